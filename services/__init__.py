@@ -1,0 +1,1 @@
+"""RLMF: microservices that trade with an LLM policy and re-align it to market feedback."""

@@ -1,0 +1,98 @@
+"""The `rlmf` command: one sub-command group per service, plus the broker and `up`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import typer
+
+from services.common import json_logging
+from services.common.broker import BrokerError, EmbeddedBroker
+from services.common.supervisor import Supervisor, available_services, service_spec
+
+app = typer.Typer(no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market.")
+
+# Each service (and the shared `market` / `models` tools) may ship `cli.py` with a Typer `app`;
+# it is mounted under its name, so the CLI grows as services land without a central list.
+GROUPS = (
+    "ingest", "sentiment", "features", "policy", "simulator", "trainer",
+    "common.market_cli", "common.models_cli", "demo",
+)
+
+
+def _mount_groups() -> None:
+    for name in GROUPS:
+        module_name = f"services.{name}" if "." in name else f"services.{name}.cli"
+        if importlib.util.find_spec(module_name.rsplit(".", 1)[0]) is None:
+            continue
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        group = getattr(module, "app", None)
+        if isinstance(group, typer.Typer):
+            app.add_typer(group, name=getattr(module, "GROUP_NAME", name.split(".")[-1]))
+
+
+@app.command()
+def broker(port: int = typer.Option(9092, help="Port for the embedded broker.")) -> None:
+    """Run the embedded Kafka-protocol broker (tansu, in-memory) until Ctrl-C."""
+    json_logging.configure("broker", json_format=False)
+    try:
+        embedded = EmbeddedBroker(port=port).start()
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"broker ready on {embedded.bootstrap} (in-memory; data is gone when it stops)")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        embedded.stop()
+
+
+@app.command()
+def up(
+    port: int = typer.Option(9092, help="Port for the embedded broker."),
+    no_broker: bool = typer.Option(False, help="Use the broker at RLMF_BUS_BOOTSTRAP instead."),
+    log_dir: Path = typer.Option(Path("rlmf-logs"), help="One log file per service goes here."),
+) -> None:
+    """Start the broker and every service that exists; restart one that dies; Ctrl-C stops all."""
+    json_logging.configure("up", json_format=False)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    env: dict[str, str] = {}
+    if not no_broker:
+        try:
+            embedded = EmbeddedBroker(port=port, log_path=log_dir / "broker.log").start()
+        except BrokerError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        env = {"RLMF_BUS_BOOTSTRAP": embedded.bootstrap, "RLMF_BUS_GROUP_PROTOCOL": "manual"}
+    names = available_services()
+    typer.echo(f"starting: {', '.join(names) or 'no services yet'} (logs in {log_dir}/)")
+    supervisor = Supervisor([service_spec(name, env) for name in names], log_dir=log_dir)
+    supervisor.start_all()
+    signal.signal(signal.SIGTERM, lambda *_: supervisor._stop.set())
+    try:
+        supervisor.watch()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        codes = supervisor.stop()
+        typer.echo(f"stopped: {codes}")
+        if embedded:
+            embedded.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    _mount_groups()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

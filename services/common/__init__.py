@@ -1,0 +1,1 @@
+"""Pieces every service shares: the bus, envelopes, settings, metrics, health and logging."""

@@ -1,0 +1,528 @@
+"""The Kafka bus every service uses: a producer and an at-least-once consumer loop.
+
+Delivery contract:
+- at-least-once: a consumer commits a message's offset only after the outputs its handler
+  produced (and any dead letter) are flushed to the broker, so a crash re-delivers it;
+- idempotent handling: consumers drop envelope ids they have already handled, and outputs get
+  ids derived from their input's id, so a re-delivered input re-produces the *same* output ids
+  and downstream de-duplication removes them;
+- nothing is dropped silently: a message that fails to decode, fails validation, carries an
+  unknown schema version or makes its handler raise goes to the topic's `.dlq` twin with the
+  error text, the original bytes and the original headers; transient broker errors are retried
+  with exponential backoff, and when retries run out the service stops *without committing*.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from services.common import envelope as envelopes
+from services.common import metrics
+from services.common.json_logging import current_trace_id
+from services.common.settings import BusSettings
+from services.common.topics import dlq, payload_type
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data crossing the handler boundary
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One decoded message handed to a handler."""
+
+    topic: str
+    partition: int
+    offset: int
+    envelope: envelopes.Envelope
+    raw: bytes
+    headers: Headers
+
+    @property
+    def payload(self) -> Any:
+        return self.envelope.payload
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message a handler wants published. `id` defaults to one derived from the input."""
+
+    topic: str
+    payload: Message
+    key: str
+    event_time: datetime
+    id: str | None = None
+
+
+class ValidationFailed(Exception):
+    """Raise from a handler for input that is well-formed but invalid; it is dead-lettered."""
+
+
+MessageHandler = Callable[[Incoming], Iterable[Outgoing]]
+# A batch handler answers, for each input in order, its outputs or the exception it caused.
+BatchHandler = Callable[[Sequence[Incoming]], Sequence["list[Outgoing] | Exception"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_transient(exc: BaseException) -> bool:
+    # kafka-python marks connection losses, timeouts and leader moves as retriable.
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+def retrying(settings: BusSettings, service: str, operation: str) -> Retrying:
+    """Exponential backoff for transient broker errors; re-raises when attempts run out."""
+
+    def count(_: Any) -> None:
+        metrics.BROKER_RETRIES.labels(service, operation).inc()
+
+    return Retrying(
+        retry=retry_if_exception(_is_transient),
+        stop=stop_after_attempt(settings.retry_attempts),
+        wait=wait_exponential(multiplier=0.1, max=settings.retry_max_wait_s),
+        before_sleep=lambda state: (count(state), before_sleep_log(log, logging.WARNING)(state)),
+        reraise=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Topics
+# ---------------------------------------------------------------------------------------------
+
+
+def ensure_topics(settings: BusSettings, topics: Iterable[str], service: str = "bus") -> None:
+    """Create `topics` (and nothing else) if they do not exist yet."""
+    wanted = sorted(set(topics))
+    for attempt in retrying(settings, service, "create_topics"):
+        with attempt:
+            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=service)
+            try:
+                existing = set(admin.list_topics())
+                missing = [t for t in wanted if t not in existing]
+                if missing:
+                    new = [NewTopic(t, settings.partitions, 1) for t in missing]
+                    try:
+                        admin.create_topics(new)
+                    except TopicAlreadyExistsError:
+                        pass  # another service created it between our list and create
+            finally:
+                admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Producer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    future: Any = None
+
+
+class Producer:
+    """Publishes envelopes; `flush()` returns only when every send since the last flush landed."""
+
+    def __init__(self, settings: BusSettings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self._pending: list[_Pending] = []
+        self._lock = threading.Lock()
+        self._kafka = self._connect()
+
+    def _connect(self) -> KafkaProducer:
+        for attempt in retrying(self.settings, self.service, "connect_producer"):
+            with attempt:
+                return KafkaProducer(
+                    bootstrap_servers=self.settings.bootstrap,
+                    client_id=self.service,
+                    acks="all",
+                    linger_ms=5,
+                    retries=5,
+                )
+        raise AssertionError("unreachable")
+
+    def publish(
+        self,
+        topic: str,
+        payload: Message,
+        *,
+        key: str,
+        event_time: datetime,
+        trace_id: str | None = None,
+        id: str | None = None,
+        headers: Headers | None = None,
+    ) -> str:
+        """Wrap `payload` in an envelope and send it; returns the envelope id."""
+        env = envelopes.wrap(
+            payload,
+            key=key,
+            event_time=event_time,
+            source=self.service,
+            trace_id=trace_id or current_trace_id.get() or None,
+            id=id,
+        )
+        self.send_raw(topic, envelopes.encode(env), key=key, headers=headers or [])
+        return env.id
+
+    def send_raw(self, topic: str, value: bytes, *, key: str | None, headers: Headers) -> None:
+        item = _Pending(topic, key.encode() if key else None, value, list(headers))
+        self._send(item)
+        with self._lock:
+            self._pending.append(item)
+
+    def dead_letter(
+        self, topic: str, raw: bytes, *, key: bytes | None, headers: Headers, error: BaseException
+    ) -> None:
+        """Send the original bytes and headers of a failed message to `topic`'s DLQ twin."""
+        reason = type(error).__name__
+        extra: Headers = [
+            ("rlmf-error", str(error).encode("utf-8", "replace")[:4000]),
+            ("rlmf-error-type", reason.encode()),
+            ("rlmf-source-topic", topic.encode()),
+            ("rlmf-failed-by", self.service.encode()),
+        ]
+        keep = [(k, v) for k, v in headers if not k.startswith("rlmf-error")]
+        item = _Pending(dlq(topic), key, raw, keep + extra)
+        self._send(item)
+        with self._lock:
+            self._pending.append(item)
+        metrics.MESSAGES_DEAD_LETTERED.labels(self.service, topic, reason).inc()
+
+    def _send(self, item: _Pending) -> None:
+        for attempt in retrying(self.settings, self.service, "send"):
+            with attempt:
+                item.future = self._kafka.send(
+                    item.topic, value=item.value, key=item.key, headers=item.headers
+                )
+
+    def flush(self) -> None:
+        """Block until everything sent so far is acknowledged, re-sending failures."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for attempt in retrying(self.settings, self.service, "flush"):
+            with attempt:
+                self._kafka.flush()
+                failed = [p for p in pending if p.future is not None and p.future.failed()]
+                for item in failed:
+                    log.warning("re-sending to %s after %s", item.topic, item.future.exception)
+                    self._send(item)
+                if failed:
+                    pending = failed
+                    raise _ResendNeeded(f"{len(failed)} sends failed")
+        for item in pending:
+            if not item.topic.endswith(".dlq"):
+                metrics.MESSAGES_PRODUCED.labels(self.service, item.topic).inc()
+
+    def close(self) -> None:
+        self.flush()
+        self._kafka.close()
+
+
+class _ResendNeeded(RetriableError):
+    pass
+
+
+class _NotReadyYet(RetriableError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Consumer loop
+# ---------------------------------------------------------------------------------------------
+
+
+class _SeenIds:
+    """A bounded memory of handled envelope ids (oldest forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._ids
+
+    def add(self, item: str) -> None:
+        self._ids[item] = None
+        self._ids.move_to_end(item)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+
+@dataclass
+class LoopStats:
+    """What a loop has done; `consumed == handled + duplicates + dead_lettered` always."""
+
+    consumed: int = 0
+    handled: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    produced: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+
+class ConsumerLoop:
+    """Consumes `topics`, hands decoded messages to a handler, publishes its outputs, commits.
+
+    Give either `handle` (one message in, outputs out) or `handle_batch` (a micro-batch in,
+    per-message outputs or exceptions out).
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        topics: Sequence[str],
+        settings: BusSettings | None = None,
+        handle: MessageHandler | None = None,
+        handle_batch: BatchHandler | None = None,
+        producer: Producer | None = None,
+        group_id: str | None = None,
+        create_topics: Sequence[str] = (),
+    ) -> None:
+        if (handle is None) == (handle_batch is None):
+            raise ValueError("give exactly one of handle or handle_batch")
+        self.service = service
+        self.topics = list(topics)
+        self.settings = settings or BusSettings()
+        self.group_id = group_id or f"rlmf-{service}"
+        self._handle_batch = handle_batch or _one_by_one(handle)  # type: ignore[arg-type]
+        self._stop = threading.Event()
+        self._seen = _SeenIds(self.settings.dedup_window)
+        self.stats = LoopStats()
+        ensure_topics(self.settings, [*self.topics, *map(dlq, self.topics), *create_topics], service)
+        self.producer = producer or Producer(self.settings, service)
+        self._consumer = self._connect()
+        self.connected = True
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _connect(self) -> KafkaConsumer:
+        s = self.settings
+        for attempt in retrying(s, self.service, "connect_consumer"):
+            with attempt:
+                consumer = KafkaConsumer(
+                    bootstrap_servers=s.bootstrap,
+                    client_id=self.service,
+                    group_id=self.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset=s.auto_offset_reset,
+                    max_poll_interval_ms=s.max_poll_interval_ms,
+                    session_timeout_ms=s.session_timeout_ms,
+                    heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
+                    max_poll_records=s.max_records,
+                )
+                if s.group_protocol == "manual":
+                    consumer.assign(self._all_partitions(consumer))
+                else:
+                    consumer.subscribe(self.topics)
+                return consumer
+        raise AssertionError("unreachable")
+
+    def _all_partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+        partitions = []
+        for topic in self.topics:
+            ids = consumer.partitions_for_topic(topic)
+            if not ids:
+                raise _NotReadyYet(f"no partitions known for {topic} yet")
+            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        return partitions
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, commit it and return from `run` (SIGTERM calls this)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, *, idle_timeout_s: float | None = None, max_messages: int | None = None) -> None:
+        """Loop until stopped; optionally also after `idle_timeout_s` without messages or
+        after `max_messages` consumed (used by replays and tests)."""
+        last_message = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                handled = self.poll_once()
+                now = time.monotonic()
+                if handled:
+                    last_message = now
+                elif idle_timeout_s is not None and now - last_message > idle_timeout_s:
+                    break
+                if max_messages is not None and self.stats.consumed >= max_messages:
+                    break
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        try:
+            self.producer.close()
+        finally:
+            self._consumer.close(autocommit=False)
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """Poll one batch, handle it, flush outputs, commit. Returns messages consumed."""
+        s = self.settings
+        batch: dict[TopicPartition, list[Any]] = {}
+        for attempt in retrying(s, self.service, "poll"):
+            with attempt:
+                batch = self._consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
+        records = [r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]]
+        if not records:
+            return 0
+        self._process(records)
+        self.producer.flush()  # outputs and dead letters are on the broker ...
+        self._commit(batch)  # ... and only now is the input marked done: at-least-once.
+        self._record_lag(batch)
+        return len(records)
+
+    def _process(self, records: list[Any]) -> None:
+        valid: list[Incoming] = []
+        for record in records:
+            self.stats.consumed += 1
+            self.stats.by_topic[record.topic] = self.stats.by_topic.get(record.topic, 0) + 1
+            metrics.MESSAGES_CONSUMED.labels(self.service, record.topic).inc()
+            incoming = self._decode(record)
+            if incoming is None:
+                continue
+            if incoming.envelope.id in self._seen:
+                self.stats.duplicates += 1
+                metrics.MESSAGES_DUPLICATE.labels(self.service, record.topic).inc()
+                continue
+            valid.append(incoming)
+        if valid:
+            self._handle(valid)
+
+    def _decode(self, record: Any) -> Incoming | None:
+        headers: Headers = list(record.headers or [])
+        try:
+            env = envelopes.decode(record.value or b"", payload_type(record.topic))
+        except (envelopes.EnvelopeError, KeyError) as exc:
+            self._dead_letter(record.topic, record.value or b"", record.key, headers, exc)
+            return None
+        return Incoming(record.topic, record.partition, record.offset, env, record.value, headers)
+
+    def _handle(self, valid: list[Incoming]) -> None:
+        # Handlers are grouped per topic so latency is labelled by what was handled.
+        started = time.perf_counter()
+        try:
+            results = list(self._handle_batch(valid))
+        except Exception as exc:  # the batch handler itself failed: isolate message by message
+            log.warning("batch handler failed (%s); retrying one by one", exc)
+            results = [self._handle_single(m) for m in valid]
+        elapsed = time.perf_counter() - started
+        if len(results) != len(valid):
+            raise RuntimeError(f"batch handler answered {len(results)} results for {len(valid)}")
+        for topic in {m.topic for m in valid}:
+            metrics.HANDLER_LATENCY.labels(self.service, topic).observe(elapsed)
+        for incoming, result in zip(valid, results, strict=True):
+            if isinstance(result, Exception):
+                self._dead_letter(
+                    incoming.topic, incoming.raw, incoming.envelope.key.encode() or None,
+                    incoming.headers, result,
+                )
+                self._seen.add(incoming.envelope.id)
+                continue
+            self._publish_outputs(incoming, result)
+            self._seen.add(incoming.envelope.id)
+            self.stats.handled += 1
+
+    def _handle_single(self, incoming: Incoming) -> list[Outgoing] | Exception:
+        try:
+            return list(self._handle_batch([incoming])[0])  # type: ignore[arg-type]
+        except Exception as exc:
+            return exc
+
+    def _publish_outputs(self, incoming: Incoming, outputs: Iterable[Outgoing]) -> None:
+        token = current_trace_id.set(incoming.envelope.trace_id)
+        try:
+            for index, out in enumerate(outputs):
+                self.producer.publish(
+                    out.topic,
+                    out.payload,
+                    key=out.key,
+                    event_time=out.event_time,
+                    trace_id=incoming.envelope.trace_id,
+                    id=out.id or envelopes.derived_id(incoming.envelope.id, out.topic, index),
+                )
+                self.stats.produced += 1
+        finally:
+            current_trace_id.reset(token)
+
+    def _dead_letter(
+        self, topic: str, raw: bytes, key: bytes | None, headers: Headers, exc: BaseException
+    ) -> None:
+        log.warning("dead-lettering a message from %s: %s", topic, exc)
+        self.producer.dead_letter(topic, raw, key=key, headers=headers, error=exc)
+        self.stats.dead_lettered += 1
+
+    def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            for tp, records in batch.items()
+            if records
+        }
+        for attempt in retrying(self.settings, self.service, "commit"):
+            with attempt:
+                self._consumer.commit(offsets)
+
+    def _record_lag(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp in batch:
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            position = self._consumer.position(tp)
+            metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )
+
+
+def _one_by_one(handle: MessageHandler) -> BatchHandler:
+    def handle_batch(batch: Sequence[Incoming]) -> list[list[Outgoing] | Exception]:
+        results: list[list[Outgoing] | Exception] = []
+        for incoming in batch:
+            token = current_trace_id.set(incoming.envelope.trace_id)
+            try:
+                results.append(list(handle(incoming)))
+            except Exception as exc:  # noqa: BLE001 - every failure is dead-lettered, with its text
+                results.append(exc)
+            finally:
+                current_trace_id.reset(token)
+        return results
+
+    return handle_batch

@@ -1,0 +1,1 @@
+"""Generated protobuf code (make protos); do not edit."""

@@ -1,0 +1,63 @@
+"""Settings read from the environment (prefix RLMF_), shared by every service."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BusSettings(BaseSettings):
+    """How a service talks to Kafka. Env: RLMF_BUS_BOOTSTRAP, RLMF_BUS_..."""
+
+    model_config = SettingsConfigDict(env_prefix="RLMF_BUS_", extra="ignore")
+
+    bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap address(es), comma separated."""
+    partitions: int = 3
+    """Partitions per topic when the bus creates topics."""
+    group_protocol: str = Field(default="group", pattern="^(group|manual)$")
+    """`group`: join a consumer group (cluster, scalable); `manual`: assign every partition
+    of the topics to this one consumer and commit to the group without joining it (embedded:
+    no rebalance wait, one consumer per service)."""
+    max_poll_interval_ms: int = 10_000
+    """Also the group's rebalance timeout; a join waits this long on the embedded broker, so
+    keep it short there, and longer than the slowest handler batch."""
+    session_timeout_ms: int = 10_000
+    poll_timeout_ms: int = 200
+    """How long one poll waits for records; doubles as a micro-batch's max wait."""
+    max_records: int = 100
+    """Most records handed to a handler in one batch."""
+    dedup_window: int = 100_000
+    """How many recent envelope ids a consumer remembers to drop re-deliveries."""
+    retry_attempts: int = 8
+    """Attempts for a transient broker error before the service stops (never drops)."""
+    retry_max_wait_s: float = 5.0
+    auto_offset_reset: str = "earliest"
+
+
+class HttpSettings(BaseSettings):
+    """The health/metrics HTTP server. Env: RLMF_HTTP_HOST, RLMF_HTTP_PORT."""
+
+    model_config = SettingsConfigDict(env_prefix="RLMF_HTTP_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0 picks the service's default port."""
+
+
+class LogSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RLMF_LOG_", extra="ignore")
+
+    level: str = "INFO"
+    json_format: bool = True
+
+
+# Default HTTP ports, one per service, so `rlmf up` and the chart agree.
+DEFAULT_PORTS: dict[str, int] = {
+    "ingest": 8001,
+    "sentiment": 8002,
+    "features": 8003,
+    "simulator": 8004,
+    "trainer": 8005,
+    "policy": 8080,
+}
