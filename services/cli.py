@@ -17,25 +17,42 @@ from services.common.supervisor import Supervisor, available_services, service_s
 
 app = typer.Typer(no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market.")
 
-# Each service (and the shared `market` / `models` tools) may ship `cli.py` with a Typer `app`;
-# it is mounted under its name, so the CLI grows as services land without a central list.
-GROUPS = (
-    "ingest", "sentiment", "features", "policy", "simulator", "trainer",
-    "common.market_cli", "common.models_cli", "demo",
+# Each service may ship a `cli.py` (and the simulator a `market_cli.py`) holding a Typer `app`,
+# mounted under the module's GROUP_NAME (default: the service's name), and/or a
+# `register(root)` function that adds top-level commands such as `rlmf backtest`. The CLI grows
+# as services land, without a central list of commands.
+GROUP_MODULES = (
+    "services.ingest.cli",
+    "services.sentiment.cli",
+    "services.features.cli",
+    "services.policy.cli",
+    "services.simulator.cli",
+    "services.simulator.market_cli",
+    "services.trainer.cli",
+    "services.common.models_cli",
+    "services.demo.cli",
 )
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is not there yet
+        return False
+
+
 def _mount_groups() -> None:
-    for name in GROUPS:
-        module_name = f"services.{name}" if "." in name else f"services.{name}.cli"
-        if importlib.util.find_spec(module_name.rsplit(".", 1)[0]) is None:
-            continue
-        if importlib.util.find_spec(module_name) is None:
+    for module_name in GROUP_MODULES:
+        if not _module_exists(module_name):
             continue
         module = importlib.import_module(module_name)
         group = getattr(module, "app", None)
         if isinstance(group, typer.Typer):
-            app.add_typer(group, name=getattr(module, "GROUP_NAME", name.split(".")[-1]))
+            default_name = module_name.split(".")[1]
+            app.add_typer(group, name=getattr(module, "GROUP_NAME", default_name))
+        register = getattr(module, "register", None)
+        if callable(register):
+            register(app)
 
 
 @app.command()
