@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -65,8 +66,14 @@ def broker(port: int = typer.Option(9092, help="Port for the embedded broker."))
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"broker ready on {embedded.bootstrap} (in-memory; data is gone when it stops)")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while not stop.wait(0.5):
+            if embedded.process is not None and embedded.process.poll() is not None:
+                typer.echo(f"error: broker exited with {embedded.process.returncode}", err=True)
+                raise typer.Exit(1)
     finally:
         embedded.stop()
 
@@ -93,7 +100,7 @@ def up(
     typer.echo(f"starting: {', '.join(names) or 'no services yet'} (logs in {log_dir}/)")
     supervisor = Supervisor([service_spec(name, env) for name in names], log_dir=log_dir)
     supervisor.start_all()
-    signal.signal(signal.SIGTERM, lambda *_: supervisor._stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
     try:
         supervisor.watch()
     except KeyboardInterrupt:

@@ -310,6 +310,7 @@ class ConsumerLoop:
         producer: Producer | None = None,
         group_id: str | None = None,
         create_topics: Sequence[str] = (),
+        payload_types: dict[str, type[Message]] | None = None,
     ) -> None:
         if (handle is None) == (handle_batch is None):
             raise ValueError("give exactly one of handle or handle_batch")
@@ -318,6 +319,9 @@ class ConsumerLoop:
         self.settings = settings or BusSettings()
         self.group_id = group_id or f"rlmf-{service}"
         self._handle_batch = handle_batch or _one_by_one(handle)  # type: ignore[arg-type]
+        # Topic -> payload class; defaults to the registry in topics.py. Tests and tools that
+        # use private topic names pass their own.
+        self._payload_types = {t: (payload_types or {}).get(t) or payload_type(t) for t in topics}
         self._stop = threading.Event()
         self._seen = _SeenIds(self.settings.dedup_window)
         self.stats = LoopStats()
@@ -413,6 +417,7 @@ class ConsumerLoop:
 
     def _process(self, records: list[Any]) -> None:
         valid: list[Incoming] = []
+        in_this_batch: set[str] = set()
         for record in records:
             self.stats.consumed += 1
             self.stats.by_topic[record.topic] = self.stats.by_topic.get(record.topic, 0) + 1
@@ -420,10 +425,11 @@ class ConsumerLoop:
             incoming = self._decode(record)
             if incoming is None:
                 continue
-            if incoming.envelope.id in self._seen:
+            if incoming.envelope.id in self._seen or incoming.envelope.id in in_this_batch:
                 self.stats.duplicates += 1
                 metrics.MESSAGES_DUPLICATE.labels(self.service, record.topic).inc()
                 continue
+            in_this_batch.add(incoming.envelope.id)
             valid.append(incoming)
         if valid:
             self._handle(valid)
@@ -431,8 +437,8 @@ class ConsumerLoop:
     def _decode(self, record: Any) -> Incoming | None:
         headers: Headers = list(record.headers or [])
         try:
-            env = envelopes.decode(record.value or b"", payload_type(record.topic))
-        except (envelopes.EnvelopeError, KeyError) as exc:
+            env = envelopes.decode(record.value or b"", self._payload_types[record.topic])
+        except envelopes.EnvelopeError as exc:
             self._dead_letter(record.topic, record.value or b"", record.key, headers, exc)
             return None
         return Incoming(record.topic, record.partition, record.offset, env, record.value, headers)

@@ -95,6 +95,10 @@ class Supervisor:
             restarted.append(child.spec.name)
         return restarted
 
+    def request_stop(self) -> None:
+        """Make `watch` return; the caller then calls `stop`."""
+        self._stop.set()
+
     def watch(self, poll_s: float = 0.5) -> None:
         """Supervise until `stop()` (or Ctrl-C through the caller)."""
         while not self._stop.wait(poll_s):
