@@ -1,0 +1,1 @@
+"""The simulator: markets, trading environments, accounting, metrics, backtests and the service."""

@@ -1,0 +1,201 @@
+"""Policies the backtest and the simulator service can trade with, behind one `Policy` protocol.
+
+- built-in baselines: `buy-and-hold`, `sentiment-rule`, `random` (seeded);
+- `HttpPolicy`: the policy server over KServe v1 (`POST {url}/v1/models/policy:predict`);
+  a timeout, an HTTP error or an answer that does not validate becomes `hold`, with a metric,
+  a log line and `fallback_reason` set, never an exception;
+- `load_folder_policy`: a saved LLM policy folder, decided by services.policy's actor-critic.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import httpx
+import numpy as np
+from prometheus_client import Counter, Histogram
+from pydantic import BaseModel, Field, ValidationError
+
+from services.common.market_state import ACTIONS, MarketState
+
+log = logging.getLogger(__name__)
+
+POLICY_FALLBACKS = Counter(
+    "rlmf_simulator_policy_fallbacks_total",
+    "Decisions that fell back to hold because the policy failed",
+    ["reason"],
+)
+POLICY_LATENCY = Histogram(
+    "rlmf_simulator_policy_latency_seconds",
+    "Time one policy request took",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class Decision(BaseModel):
+    """One policy answer (the KServe v1 prediction shape) plus why it fell back, if it did."""
+
+    action: Literal["sell", "hold", "buy"]
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    value: float = 0.0
+    explanation: str | None = None
+    model_version: str
+    fallback_reason: str = ""
+
+    @property
+    def action_index(self) -> int:
+        return ACTIONS.index(self.action)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Anything that turns states into one decision each, in order."""
+
+    name: str
+
+    def decide(self, states: list[MarketState]) -> list[Decision]: ...
+
+
+def _one_hot(action: str) -> dict[str, float]:
+    return {a: 1.0 if a == action else 0.0 for a in ACTIONS}
+
+
+class BuyAndHold:
+    """Buy with all cash at the first decision, then hold."""
+
+    name = "buy-and-hold"
+
+    def decide(self, states: list[MarketState]) -> list[Decision]:
+        out = []
+        for s in states:
+            action = "buy" if s.cash > 0 and s.position == 0 else "hold"
+            out.append(Decision(action=action, probabilities=_one_hot(action), model_version="baseline:buy-and-hold"))
+        return out
+
+
+class SentimentRule:
+    """Buy when the day's news sentiment is above `threshold`, sell below -threshold, else hold."""
+
+    name = "sentiment-rule"
+
+    def __init__(self, threshold: float = 0.2) -> None:
+        self.threshold = threshold
+
+    def decide(self, states: list[MarketState]) -> list[Decision]:
+        out = []
+        for s in states:
+            score = s.sentiment or 0.0
+            action = "buy" if score > self.threshold else "sell" if score < -self.threshold else "hold"
+            out.append(
+                Decision(
+                    action=action,
+                    probabilities=_one_hot(action),
+                    explanation=f"sentiment {score:+.2f} vs threshold {self.threshold}",
+                    model_version="baseline:sentiment-rule",
+                )
+            )
+        return out
+
+
+class RandomPolicy:
+    """Uniformly random actions from a seeded generator (same seed, same decisions)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+
+    def decide(self, states: list[MarketState]) -> list[Decision]:
+        picks = self.rng.integers(0, len(ACTIONS), size=len(states))
+        probs = {a: 1.0 / len(ACTIONS) for a in ACTIONS}
+        return [Decision(action=ACTIONS[int(i)], probabilities=probs, model_version=f"baseline:random:{self.seed}") for i in picks]
+
+
+class HttpPolicy:
+    """A KServe v1 client of the policy server; failures fall back to hold."""
+
+    def __init__(self, url: str, timeout_s: float = 5.0, model_name: str = "policy", client: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.name = self.url
+        self.endpoint = f"{self.url}/v1/models/{model_name}:predict"
+        self.client = client or httpx.Client(timeout=timeout_s)
+
+    def decide(self, states: list[MarketState]) -> list[Decision]:
+        if not states:
+            return []
+        body = {"instances": [s.model_dump(mode="json") for s in states]}
+        try:
+            with POLICY_LATENCY.time():
+                response = self.client.post(self.endpoint, json=body)
+            response.raise_for_status()
+            predictions = response.json()["predictions"]
+            if not isinstance(predictions, list) or len(predictions) != len(states):
+                raise ValueError(f"expected {len(states)} predictions, got {predictions!r:.200}")
+            return [Decision.model_validate(p) for p in predictions]
+        except httpx.TimeoutException as exc:
+            return self._fallback("timeout", exc, len(states))
+        except httpx.HTTPError as exc:
+            return self._fallback("http_error", exc, len(states))
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            return self._fallback("bad_answer", exc, len(states))
+
+    def _fallback(self, reason: str, exc: BaseException, n: int) -> list[Decision]:
+        POLICY_FALLBACKS.labels(reason).inc(n)
+        log.warning("policy %s failed (%s: %.300s); holding", self.endpoint, reason, exc)
+        return [hold_decision(f"{reason}: {exc}"[:500]) for _ in range(n)]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def hold_decision(reason: str, model_version: str = "fallback") -> Decision:
+    """The decision used whenever the policy could not answer."""
+    return Decision(action="hold", probabilities=_one_hot("hold"), model_version=model_version, fallback_reason=reason)
+
+
+class FolderPolicy:
+    """Adapter over services.policy's LLM actor-critic loaded from a saved folder."""
+
+    def __init__(self, model: Any, folder: Path) -> None:
+        self.model = model
+        self.name = str(folder)
+
+    def decide(self, states: list[MarketState]) -> list[Decision]:
+        return [Decision.model_validate(d.model_dump()) for d in self.model.decide(states)]
+
+
+def load_folder_policy(folder: str | Path) -> FolderPolicy:
+    """Load a saved LLM policy folder through services.policy.actor_critic.
+
+    Imported lazily: torch and transformers are only needed when a folder policy is used.
+    """
+    from services.policy.actor_critic import LLMActorCritic
+
+    folder = Path(folder)
+    model = LLMActorCritic.from_pretrained(folder, model_version=folder.name)
+    return FolderPolicy(model, folder)
+
+
+BASELINES = ("buy-and-hold", "sentiment-rule", "random")
+
+
+def make_policy(spec: str, seed: int = 0, timeout_s: float = 5.0) -> Policy:
+    """A policy from a baseline name, an http(s) URL or a saved policy folder.
+
+    Raises:
+        ValueError: `spec` is none of those.
+    """
+    if spec == "buy-and-hold":
+        return BuyAndHold()
+    if spec == "sentiment-rule":
+        return SentimentRule()
+    if spec == "random":
+        return RandomPolicy(seed)
+    if spec.startswith(("http://", "https://")):
+        return HttpPolicy(spec, timeout_s)
+    if Path(spec).is_dir():
+        return load_folder_policy(spec)
+    raise ValueError(f"policy {spec!r} is not a baseline ({', '.join(BASELINES)}), an http(s) URL or a folder")

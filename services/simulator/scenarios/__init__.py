@@ -1,0 +1,1 @@
+"""Shipped parameter files of the regime-switching market (`default`, `regime-shift`)."""
