@@ -1,0 +1,266 @@
+{{/* Names, labels and the pieces every RLMF workload shares. */}}
+
+{{- define "rlmf.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-rlmf, or just <release> when it already contains the chart name. */}}
+{{- define "rlmf.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object; call with (dict "root" $ "component" "ingest"). */}}
+{{- define "rlmf.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "rlmf.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: rlmf
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* The immutable subset used in selectors. */}}
+{{- define "rlmf.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rlmf.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "rlmf.image" -}}
+{{- printf "%s/rlmf-%s:%s" .root.Values.image.registry .service (default .root.Chart.AppVersion .root.Values.image.tag) -}}
+{{- end -}}
+
+{{/* Kafka bootstrap: Strimzi's bootstrap Service, or the given address; stops when neither. */}}
+{{- define "rlmf.kafkaBootstrap" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+{{- printf "%s-kafka-kafka-bootstrap:9092" (include "rlmf.fullname" .) -}}
+{{- else -}}
+{{- required "kafka.bootstrap is required (the address of an existing Kafka) unless kafka.strimzi.enabled=true" .Values.kafka.bootstrap -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "rlmf.redisAddress" -}}
+{{- default (printf "%s-redis:6379" (include "rlmf.fullname" .)) .Values.feast.redis.external -}}
+{{- end -}}
+
+{{- define "rlmf.modelsClaim" -}}
+{{- if .Values.models.create -}}
+{{- printf "%s-models" (include "rlmf.fullname" .) -}}
+{{- else -}}
+{{- required "models.existingClaim is required when models.create=false" .Values.models.existingClaim -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment every RLMF container gets; call with (dict "root" $ "service" "ingest"). */}}
+{{- define "rlmf.commonEnv" -}}
+- name: RLMF_BUS_BOOTSTRAP
+  value: {{ include "rlmf.kafkaBootstrap" .root | quote }}
+- name: RLMF_BUS_GROUP_PROTOCOL
+  value: group
+- name: RLMF_BUS_PARTITIONS
+  value: {{ .root.Values.kafka.partitions | quote }}
+- name: RLMF_HTTP_HOST
+  value: "0.0.0.0"
+- name: RLMF_HTTP_PORT
+  value: {{ index .root.Values.ports .service | quote }}
+- name: RLMF_LOG_LEVEL
+  value: {{ .root.Values.logLevel | quote }}
+- name: RLMF_LOG_JSON_FORMAT
+  value: "true"
+- name: RLMF_MODELS_DIR
+  value: /models
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- range $name, $value := (index .root.Values .service).env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Feast settings for the services that read or write features. */}}
+{{- define "rlmf.feastEnv" -}}
+- name: RLMF_FEATURES_PROJECT
+  value: {{ .Values.feast.project | quote }}
+- name: RLMF_FEATURES_REDIS_ADDRESS
+  value: {{ include "rlmf.redisAddress" . | quote }}
+- name: RLMF_FEATURES_REGISTRY_PATH
+  value: /models/feast/registry.db
+- name: RLMF_FEATURES_OFFLINE_DIR
+  value: /models/feast/offline
+- name: RLMF_FEATURES_REPO_CONFIG
+  value: /etc/rlmf/feast/feature_store.yaml
+{{- end -}}
+
+{{- define "rlmf.resources" -}}
+{{- $res := deepCopy .spec.resources -}}
+{{- if and .spec.gpu .spec.gpu.enabled -}}
+{{- $limits := default (dict) $res.limits -}}
+{{- $_ := set $limits .spec.gpu.resourceName (.spec.gpu.count | toString) -}}
+{{- $_ := set $res "limits" $limits -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
+
+{{- define "rlmf.probes" -}}
+livenessProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 15
+  timeoutSeconds: 5
+  failureThreshold: 4
+readinessProbe:
+  httpGet: {path: /readyz, port: http}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 3
+startupProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 5
+  failureThreshold: 60
+{{- end -}}
+
+{{/*
+A Deployment, its Service and (replicas > 1) a PodDisruptionBudget for one long-running
+service; call with (dict "root" $ "service" "ingest" "feast" true "models" false).
+*/}}
+{{- define "rlmf.deployment" -}}
+{{- $root := .root -}}
+{{- $spec := index $root.Values .service -}}
+{{- $ctx := dict "root" $root "component" .service -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "rlmf.fullname" $root }}-{{ .service }}
+  labels:
+    {{- include "rlmf.labels" $ctx | nindent 4 }}
+spec:
+  replicas: {{ $spec.replicas }}
+  selector:
+    matchLabels:
+      {{- include "rlmf.selectorLabels" $ctx | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "rlmf.labels" $ctx | nindent 8 }}
+      annotations:
+        checksum/feast: {{ include (print $root.Template.BasePath "/feast-configmap.yaml") $root | sha256sum }}
+    spec:
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      automountServiceAccountToken: false
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: {{ .service }}
+          image: {{ include "rlmf.image" (dict "root" $root "service" .service) }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          ports:
+            - name: http
+              containerPort: {{ index $root.Values.ports .service }}
+              protocol: TCP
+          env:
+            {{- include "rlmf.commonEnv" (dict "root" $root "service" .service) | nindent 12 }}
+            {{- if .feast }}
+            {{- include "rlmf.feastEnv" $root | nindent 12 }}
+            {{- end }}
+            {{- with .extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          {{- include "rlmf.probes" . | nindent 10 }}
+          resources:
+            {{- include "rlmf.resources" (dict "spec" $spec) | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
+          volumeMounts:
+            - {name: tmp, mountPath: /tmp}
+            - {name: models, mountPath: /models, readOnly: {{ not .modelsWritable }}}
+            {{- if .feast }}
+            - {name: feast-config, mountPath: /etc/rlmf/feast, readOnly: true}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        - name: models
+          persistentVolumeClaim:
+            claimName: {{ include "rlmf.modelsClaim" $root }}
+        {{- if .feast }}
+        - name: feast-config
+          configMap:
+            name: {{ include "rlmf.fullname" $root }}-feast
+        {{- end }}
+      {{- with $spec.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $spec.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "rlmf.fullname" $root }}-{{ .service }}
+  labels:
+    {{- include "rlmf.labels" $ctx | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "rlmf.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ index $root.Values.ports .service }}
+      targetPort: http
+      protocol: TCP
+{{- if gt (int $spec.replicas) 1 }}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "rlmf.fullname" $root }}-{{ .service }}
+  labels:
+    {{- include "rlmf.labels" $ctx | nindent 4 }}
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels:
+      {{- include "rlmf.selectorLabels" $ctx | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the simulator reaches the policy (KServe's in-cluster URL of the InferenceService). */}}
+{{- define "rlmf.simulatorEnv" -}}
+- name: RLMF_SIMULATOR_POLICY_URL
+  value: {{ printf "http://%s-policy.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace | quote }}
+{{- end -}}
+
+{{/* Every topic and its .dlq twin (services/common/topics.py; a test keeps them equal). */}}
+{{- define "rlmf.topics" -}}
+- news.raw.v1
+- news.raw.v1.dlq
+- news.enriched.v1
+- news.enriched.v1.dlq
+- market.bars.v1
+- market.bars.v1.dlq
+- features.ready.v1
+- features.ready.v1.dlq
+- trading.decisions.v1
+- trading.decisions.v1.dlq
+- trading.fills.v1
+- trading.fills.v1.dlq
+- portfolio.snapshots.v1
+- portfolio.snapshots.v1.dlq
+- market.feedback.v1
+- market.feedback.v1.dlq
+- models.promotions.v1
+- models.promotions.v1.dlq
+{{- end -}}
