@@ -168,15 +168,20 @@ class FolderPolicy:
 
 
 def load_folder_policy(folder: str | Path) -> FolderPolicy:
-    """Load a saved LLM policy folder through services.policy.actor_critic.
+    """Load a saved LLM policy folder through services.policy.
 
-    Imported lazily: torch and transformers are only needed when a folder policy is used.
+    A versioned artifact (with manifest.json) loads through services.policy.artifacts, which
+    verifies every file's hash; a plain model folder loads as a fresh actor-critic (its value
+    head newly initialised). Imported lazily: torch is only needed when a folder policy is used.
     """
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file():
+        from services.policy.artifacts import load_artifact
+
+        return FolderPolicy(load_artifact(folder), folder)
     from services.policy.actor_critic import LLMActorCritic
 
-    folder = Path(folder)
-    model = LLMActorCritic.from_pretrained(folder, model_version=folder.name)
-    return FolderPolicy(model, folder)
+    return FolderPolicy(LLMActorCritic.from_pretrained(folder, model_version=folder.name), folder)
 
 
 BASELINES = ("buy-and-hold", "sentiment-rule", "random")

@@ -1,0 +1,346 @@
+"""The simulator service: bars in, decisions, fills, snapshots and market feedback out.
+
+Modes (RLMF_SIMULATOR_MODE):
+- replay: reads a CSV (or the regime-switching generator), publishes each bar to market.bars.v1
+  (so the features service computes from it), waits for that bar's features.ready.v1 watermark,
+  trades it, publishes the outputs, then moves to the next bar: it runs as fast as the slowest
+  service, or at `speed` bars per second.
+- live: consumes market.bars.v1 published by someone else and trades each bar as it comes
+  (at-least-once through ConsumerLoop; a bad or out-of-order bar is dead-lettered).
+
+Per bar t: trading.fills.v1 (the order decided at t-1, filled at t's open), market.feedback.v1
+for t-1 (only now that t is known), trading.decisions.v1 for t, portfolio.snapshots.v1 at t.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import Counter
+
+from services.common import envelope as envelopes
+from services.common import json_logging, topics
+from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer, ValidationFailed, ensure_topics
+from services.common.envelope import set_time
+from services.common.http_server import HealthApp
+from services.common.market_state import MarketState
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.common.service import on_sigterm, run_consumer_service, start_http
+from services.common.settings import BusSettings, LogSettings
+from services.policy.prompt import state_block
+from services.simulator.baseline_policies import Decision, HttpPolicy, Policy, hold_decision, make_policy
+from services.simulator.market_data import load_prices_csv
+from services.simulator.regime_market import generate_market, load_params
+from services.simulator.session import BarData, StepOutput, TradingSession
+from services.simulator.settings import SimulatorSettings
+
+log = logging.getLogger(__name__)
+SERVICE = "simulator"
+OUTPUT_TOPICS = (topics.TRADING_DECISIONS, topics.TRADING_FILLS, topics.PORTFOLIO_SNAPSHOTS, topics.MARKET_FEEDBACK)
+
+FEATURES_WAIT_TIMEOUTS = Counter(
+    "rlmf_simulator_features_wait_timeouts_total", "Bars traded without their features watermark", ["ticker"]
+)
+BARS_TRADED = Counter("rlmf_simulator_bars_total", "Bars the simulator traded", ["ticker", "mode"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Features watermarks
+# ---------------------------------------------------------------------------------------------
+
+
+class WatermarkTracker:
+    """Follows features.ready.v1 from its end and remembers each ticker's highest watermark."""
+
+    def __init__(self, bus: BusSettings) -> None:
+        ensure_topics(bus, [topics.FEATURES_READY], SERVICE)
+        self._consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, client_id=f"{SERVICE}-watermarks", enable_auto_commit=False)
+        parts = self._consumer.partitions_for_topic(topics.FEATURES_READY) or set()
+        tps = [TopicPartition(topics.FEATURES_READY, p) for p in sorted(parts)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, before any bar of this run is published
+            self._consumer.position(tp)
+        self._marks: dict[str, datetime] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watermarks", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for records in self._consumer.poll(timeout_ms=100).values():
+                    for record in records:
+                        self._record(record.value or b"")
+        finally:
+            self._consumer.close()
+
+    def _record(self, raw: bytes) -> None:
+        try:
+            msg = envelopes.decode(raw, pb.FeaturesReady).payload
+        except envelopes.EnvelopeError as exc:
+            log.warning("ignoring an undecodable features.ready message: %s", exc)
+            return
+        mark = envelopes.to_datetime(msg.watermark)
+        with self._cond:
+            if msg.ticker not in self._marks or mark > self._marks[msg.ticker]:
+                self._marks[msg.ticker] = mark
+            self._cond.notify_all()
+
+    def wait(self, ticker: str, until: datetime, timeout_s: float) -> bool:
+        """True once `ticker`'s watermark reaches `until`; False after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while ticker not in self._marks or self._marks[ticker] < until:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bars in, messages out
+# ---------------------------------------------------------------------------------------------
+
+
+def bar_from_pb(bar: pb.Bar) -> BarData:
+    return BarData(bar.ticker, envelopes.to_datetime(bar.start), bar.open, bar.high, bar.low, bar.close, bar.volume)
+
+
+def bar_to_pb(bar: BarData, bar_seconds: float) -> pb.Bar:
+    msg = pb.Bar(ticker=bar.ticker, open=bar.open, high=bar.high, low=bar.low, close=bar.close, volume=bar.volume)
+    set_time(msg.start, bar.time)
+    set_time(msg.end, bar.time + pd.Timedelta(seconds=bar_seconds))
+    return msg
+
+
+def frame_bars(frame: pd.DataFrame, ticker: str) -> list[BarData]:
+    vol = frame["volume"].fillna(0.0)
+    return [
+        BarData(ticker, t.to_pydatetime(), float(o), float(h), float(lo), float(c), float(v))
+        for t, o, h, lo, c, v in zip(frame.index, frame["open"], frame["high"], frame["low"], frame["close"], vol)
+    ]
+
+
+def _decision_pb(ticker: str, d: Decision, when: datetime) -> pb.Decision:
+    msg = pb.Decision(ticker=ticker, action=d.action, value=d.value, explanation=d.explanation or "",
+                      model_version=d.model_version, fallback_reason=d.fallback_reason)
+    msg.probabilities.update(d.probabilities)
+    set_time(msg.decision_time, when)
+    return msg
+
+
+def outputs_of(step: StepOutput, ticker: str, run_id: str) -> list[Outgoing]:
+    """The messages of one bar, in order, with ids derived from (run, ticker, time, kind) so a
+    re-processed bar re-produces the same ids and consumers drop the duplicates."""
+    out: list[Outgoing] = []
+
+    def add(topic: str, payload: Any, when: datetime, kind: str) -> None:
+        out.append(Outgoing(topic, payload, ticker, when, envelopes.derived_id(run_id, ticker, when.isoformat(), kind)))
+
+    for fill_time, fill, decided_at in step.fills:
+        msg = pb.Fill(ticker=ticker, quantity=fill.quantity, price=fill.price, cost=fill.cost,
+                      decision_id=envelopes.derived_id(run_id, ticker, decided_at.isoformat(), "decision"))
+        set_time(msg.fill_time, fill_time)
+        add(topics.TRADING_FILLS, msg, fill_time, f"fill:{decided_at.isoformat()}")
+    if step.feedback is not None:
+        fb = step.feedback
+        msg = pb.MarketFeedback(ticker=ticker, state=state_block(fb.state), action=fb.decision.action, reward=fb.reward,
+                                realised_return=fb.realised_return, model_version=fb.decision.model_version,
+                                value=fb.decision.value)
+        msg.probabilities.update(fb.decision.probabilities)
+        set_time(msg.decision_time, fb.decision_time)
+        set_time(msg.realised_time, fb.realised_time)
+        add(topics.MARKET_FEEDBACK, msg, fb.realised_time, "feedback")
+    assert step.decision is not None
+    add(topics.TRADING_DECISIONS, _decision_pb(ticker, step.decision, step.bar.time), step.bar.time, "decision")
+    snap = pb.PortfolioSnapshot(cash=step.cash, net_worth=step.net_worth, buy_and_hold_net_worth=step.buy_and_hold_net_worth,
+                                model_version=step.decision.model_version)
+    snap.positions.add(ticker=ticker, quantity=step.position, price=step.bar.close)
+    set_time(snap.as_of, step.bar.time)
+    add(topics.PORTFOLIO_SNAPSHOTS, snap, step.bar.time, "snapshot")
+    return out
+
+
+class Trader:
+    """Per-ticker sessions, the policy, the optional features wait and reader."""
+
+    def __init__(self, settings: SimulatorSettings, policy: Policy, watermarks: WatermarkTracker | None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.watermarks = watermarks
+        self.sessions: dict[str, TradingSession] = {}
+        self.reader = _load_reader(settings.features_reader)
+        self.run_id = f"{settings.mode}:{settings.prices_csv or settings.scenario}:{settings.seed}"
+
+    def decide(self, state: MarketState) -> Decision:
+        """The policy's decision; any failure becomes hold, a metric and a log line."""
+        try:
+            return self.policy.decide([state])[0]
+        except Exception as exc:  # noqa: BLE001 - a policy bug must not stop trading; it is logged and counted
+            from services.simulator.baseline_policies import POLICY_FALLBACKS
+
+            POLICY_FALLBACKS.labels("policy_error").inc()
+            log.warning("policy %s raised %s: %s; holding", getattr(self.policy, "name", "?"), type(exc).__name__, exc)
+            return hold_decision(f"policy_error: {exc}"[:500])
+
+    def _features(self, bar: BarData) -> tuple[dict[str, float], float | None, str]:
+        if self.watermarks is not None and not self.watermarks.wait(bar.ticker, bar.time, self.settings.features_timeout_s):
+            FEATURES_WAIT_TIMEOUTS.labels(bar.ticker).inc()
+            log.warning("no features watermark for %s at %s after %.1fs; trading on prices only",
+                        bar.ticker, bar.time, self.settings.features_timeout_s)
+            return {}, None, ""
+        if self.reader is None:
+            return {}, None, ""
+        values = dict(self.reader(bar.ticker, bar.time))
+        summary = str(values.pop("news_summary", "") or "")
+        sentiment = values.pop("sentiment", None)
+        numeric = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+        return numeric, None if sentiment is None else float(sentiment), summary
+
+    def on_bar(self, bar: BarData) -> list[Outgoing]:
+        session = self.sessions.get(bar.ticker)
+        if session is None:
+            session = self.sessions[bar.ticker] = TradingSession(bar.ticker, self.settings.execution())
+        features, sentiment, summary = self._features(bar)
+        step = session.on_bar(bar, self.decide, features, sentiment, summary)
+        BARS_TRADED.labels(bar.ticker, self.settings.mode).inc()
+        return outputs_of(step, bar.ticker, self.run_id)
+
+
+def _load_reader(spec: str | None) -> Callable[[str, datetime], dict[str, Any]] | None:
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"features_reader {spec!r} must look like 'package.module:function'")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def build_policy(settings: SimulatorSettings) -> Policy:
+    if settings.policy_url:
+        return HttpPolicy(settings.policy_url, settings.policy_timeout_s)
+    return make_policy(settings.baseline_policy, seed=settings.seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The two modes
+# ---------------------------------------------------------------------------------------------
+
+
+def replay_bars(settings: SimulatorSettings) -> tuple[list[BarData], float]:
+    """The bars to replay and their length in seconds."""
+    if settings.prices_csv is not None:
+        frame = load_prices_csv(settings.prices_csv, settings.price_column)
+        ticker = settings.ticker or settings.prices_csv.stem.upper()
+    else:
+        params = load_params(settings.scenario)
+        frame, _ = generate_market(params, settings.days, settings.seed)
+        ticker = settings.ticker or params.ticker
+    end = None if settings.max_bars is None else settings.start_bar + settings.max_bars
+    frame = frame.iloc[settings.start_bar : end]
+    return frame_bars(frame, ticker), float(frame.attrs["bar_seconds"])
+
+
+class Replay:
+    """Publishes bars one by one and trades each after its features watermark."""
+
+    def __init__(self, settings: SimulatorSettings, bus: BusSettings) -> None:
+        self.settings = settings
+        ensure_topics(bus, [topics.MARKET_BARS, *OUTPUT_TOPICS], SERVICE)
+        self.producer = Producer(bus, SERVICE)
+        watermarks = WatermarkTracker(bus) if settings.wait_for_features else None
+        self.trader = Trader(settings, build_policy(settings), watermarks)
+        self._stop = threading.Event()
+        self.bars_done = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        bars, bar_seconds = replay_bars(self.settings)
+        log.info("replaying %d bars of %s", len(bars), bars[0].ticker if bars else "?")
+        try:
+            for bar in bars:
+                if self._stop.is_set():
+                    break
+                started = time.monotonic()
+                self.producer.publish(topics.MARKET_BARS, bar_to_pb(bar, bar_seconds), key=bar.ticker, event_time=bar.time,
+                                      id=envelopes.derived_id(self.trader.run_id, bar.ticker, bar.time.isoformat(), "bar"))
+                self.producer.flush()  # the features service can see the bar before we wait on it
+                for out in self.trader.on_bar(bar):
+                    self.producer.publish(out.topic, out.payload, key=out.key, event_time=out.event_time, id=out.id)
+                self.producer.flush()
+                self.bars_done += 1
+                if self.settings.speed > 0:
+                    self._stop.wait(max(0.0, 1.0 / self.settings.speed - (time.monotonic() - started)))
+        finally:
+            self.close()
+        return self.bars_done
+
+    def close(self) -> None:
+        if self.trader.watermarks is not None:
+            self.trader.watermarks.close()
+        self.producer.close()
+
+
+def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
+    """A ConsumerLoop over market.bars.v1 trading each wanted ticker's bars."""
+    watermarks = WatermarkTracker(bus) if settings.wait_for_features else None
+    trader = Trader(settings, build_policy(settings), watermarks)
+    wanted = set(settings.tickers)
+
+    def handle(incoming: Incoming) -> list[Outgoing]:
+        bar = bar_from_pb(incoming.payload)
+        if wanted and bar.ticker not in wanted:
+            return []
+        try:
+            return trader.on_bar(bar)
+        except ValueError as exc:  # a bad or out-of-order bar: dead-lettered with this text
+            raise ValidationFailed(str(exc)) from exc
+
+    return ConsumerLoop(service=SERVICE, topics=[topics.MARKET_BARS], settings=bus, handle=handle,
+                        group_id=settings.group_id, create_topics=OUTPUT_TOPICS)
+
+
+def main() -> int:
+    """Entry point of `python -m services.simulator`; returns the exit code."""
+    settings = SimulatorSettings()
+    bus = BusSettings()
+    if settings.mode == "live":
+        return run_consumer_service(SERVICE, lambda: live_loop(settings, bus))
+    logs = LogSettings()
+    json_logging.configure(SERVICE, logs.level, logs.json_format)
+    health = HealthApp(SERVICE)
+    server = start_http(SERVICE, health)
+    try:
+        replay = Replay(settings, bus)
+    except Exception:
+        log.exception("could not start the replay: the broker, the data or the policy is unavailable")
+        server.stop()
+        return 2
+    health.add_readiness_check("replay", lambda: not replay._stop.is_set())
+    on_sigterm(replay.request_stop)
+    try:
+        done = replay.run()
+    except Exception:
+        log.exception("replay stopped on an error")
+        return 1
+    finally:
+        server.stop()
+    log.info("replay finished after %d bars", done)
+    return 0

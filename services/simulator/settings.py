@@ -1,0 +1,62 @@
+"""The simulator service's settings, from RLMF_SIMULATOR_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.simulator.accounting import ExecutionConfig
+
+
+class SimulatorSettings(BaseSettings):
+    """Env: RLMF_SIMULATOR_MODE, RLMF_SIMULATOR_PRICES_CSV, RLMF_SIMULATOR_POLICY_URL, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="RLMF_SIMULATOR_", extra="ignore")
+
+    mode: Literal["replay", "live"] = "replay"
+    """replay: read a CSV (or the generator), publish each bar to market.bars.v1 and trade it;
+    live: consume market.bars.v1 (published by someone else) and trade each bar."""
+    prices_csv: Path | None = None
+    """Replay this OHLCV CSV; when unset, replay the regime-switching generator."""
+    price_column: str | None = None
+    scenario: str = "default"
+    """Generator parameters: a shipped scenario (default, regime-shift) or a YAML path."""
+    days: int = Field(default=500, ge=3)
+    """Bars the generator produces."""
+    seed: int = 0
+    ticker: str | None = None
+    """Ticker of the replayed series (default: the CSV's file name, or the scenario's ticker)."""
+    tickers: list[str] = Field(default_factory=list)
+    """Live mode: only trade these tickers (empty: every ticker on market.bars.v1)."""
+    start_bar: int = Field(default=0, ge=0)
+    max_bars: int | None = None
+    """Replay at most this many bars (from start_bar)."""
+    speed: float = Field(default=0.0, ge=0.0)
+    """Replay pace in bars per second; 0 replays as fast as the features watermark allows."""
+    policy_url: str | None = None
+    """KServe v1 policy server root URL; unset trades with `baseline_policy`."""
+    policy_timeout_s: float = Field(default=5.0, gt=0)
+    baseline_policy: str = "sentiment-rule"
+    """buy-and-hold | sentiment-rule | random: used when no policy_url is set."""
+    wait_for_features: bool = True
+    """Wait for features.ready.v1's watermark of a bar before deciding on it. Turn off when no
+    features service runs (the decision then uses price-derived features only)."""
+    features_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait for a watermark; after it the bar is traded without fresh features (logged,
+    counted in rlmf_simulator_features_wait_timeouts_total)."""
+    features_reader: str | None = None
+    """Optional "module:function" called as f(ticker, as_of) -> dict of features (may include
+    "sentiment" and "news_summary"); e.g. the features service's online-store reader."""
+    group_id: str = "rlmf-simulator"
+    cost_bps: float = Field(default=10.0, ge=0)
+    fixed_fee: float = Field(default=0.0, ge=0)
+    fill_at: Literal["next_open", "close"] = "next_open"
+    initial_cash: float = Field(default=10_000.0, gt=0)
+
+    def execution(self) -> ExecutionConfig:
+        return ExecutionConfig(
+            initial_cash=self.initial_cash, cost_bps=self.cost_bps, fixed_fee=self.fixed_fee, fill_at=self.fill_at
+        )
