@@ -1,0 +1,1 @@
+"""The policy service: FLAG-Trader LLM actor-critic, versioned artifacts, and the KServe server."""

@@ -1,0 +1,385 @@
+"""FLAG-Trader's actor-critic: an instruction LLM whose next-token logits over the action words are
+the policy, plus a value head on the last hidden state. Lower layers frozen, top k trainable
+(or LoRA adapters via peft on those layers instead).
+
+The split API (`base_hidden` / `head_forward`) lets a trainer run the frozen layers once per batch
+under no_grad and only the trainable top with grad; `decide` serves decisions with a prefix
+key/value cache computed once for the constant part of the prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+from torch.nn import functional as F  # noqa: N812 - the conventional name
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers.masking_utils import create_causal_mask
+
+from services.common.market_state import ACTIONS, MarketState
+from services.policy.prompt import build_prompt, prompt_prefix, prompt_suffix
+
+if TYPE_CHECKING:
+    from services.policy.explain import Explainer
+
+Action = Literal["sell", "hold", "buy"]
+
+
+class ActorCriticError(RuntimeError):
+    pass
+
+
+class PolicyDecision(BaseModel):
+    """One decision as the server returns it and the simulator records it."""
+
+    action: Action
+    probabilities: dict[str, float] = Field(description="Over ACTIONS; sums to 1")
+    value: float = Field(description="Critic's estimate of the state's value")
+    explanation: str | None = None
+    model_version: str
+
+
+@dataclass
+class ActorCriticConfig:
+    """How the LM is wrapped; saved in every artifact's manifest."""
+
+    trainable_top_k: int = 2
+    """Top decoder layers trained (with the final norm); the rest stay frozen."""
+    use_lora: bool = False
+    """Train LoRA adapters on the top k layers instead of their full weights."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    value_hidden: int = 128
+    """Width of the value MLP's hidden layer."""
+    dtype: str = "float32"
+    """LM weights dtype: float32 or bfloat16 (CPU); value head stays float32."""
+    seed: int = 0
+    """Seeds the value head's initialisation."""
+
+
+@dataclass
+class ActionEval:
+    """What PPO needs for given actions: log pi(a|s), the policy entropy, V(s), the raw logits."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass
+class _PrefixCache:
+    ids: torch.Tensor
+    cache: DynamicCache
+    weights_version: int = field(default=0)
+
+
+def action_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """First token of " sell", " hold", " buy" (ACTIONS order); they must be distinct."""
+    ids = [tokenizer.encode(" " + word, add_special_tokens=False)[0] for word in ACTIONS]
+    if len(set(ids)) != len(ids):
+        raise ActorCriticError(f"action words share a first token {dict(zip(ACTIONS, ids))}")
+    return ids
+
+
+def _positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids that skip left padding, so a padded row sees the same positions as alone."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0) + offset
+
+
+class LLMActorCritic(nn.Module):
+    """Actor-critic around a Hugging Face causal LM (Llama-family decoder layout)."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ActorCriticConfig | None = None,
+        model_version: str = "unversioned",
+    ) -> None:
+        super().__init__()
+        self.config = config or ActorCriticConfig()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.model_version = model_version
+        self.explainer: Explainer | None = None
+        n_layers = len(self._decoder.layers)
+        if not 0 <= self.config.trainable_top_k <= n_layers:
+            raise ActorCriticError(f"trainable_top_k must be in [0, {n_layers}]")
+        self.n_frozen = n_layers - self.config.trainable_top_k
+        self.register_buffer(
+            "action_ids", torch.tensor(action_token_ids(tokenizer)), persistent=False
+        )
+        hidden = lm.config.hidden_size
+        generator = torch.Generator().manual_seed(self.config.seed)
+        self.value_head = nn.Sequential(
+            nn.Linear(hidden, self.config.value_hidden), nn.Tanh(), nn.Linear(self.config.value_hidden, 1)
+        )
+        with torch.no_grad():  # seeded init, independent of the global RNG
+            for p in self.value_head.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+        self._peft: list[nn.Module] = []  # a list, so the wrapper is not a second submodule
+        self._freeze()
+        self._prefix: _PrefixCache | None = None
+        self._weights_version = 0
+
+    # --- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        config: ActorCriticConfig | None = None,
+        model_version: str = "unversioned",
+    ) -> LLMActorCritic:
+        """Load the LM and tokenizer from a local folder (no hub access)."""
+        config = config or ActorCriticConfig()
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[config.dtype]
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        lm.config.use_cache = True
+        model = cls(lm, tokenizer, config, model_version)
+        model.eval()
+        return model
+
+    def _freeze(self) -> None:
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        top = list(range(self.n_frozen, len(self._decoder.layers)))
+        if self.config.use_lora and top:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=self.config.lora_r,
+                lora_alpha=self.config.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                layers_to_transform=top,
+            )
+            # peft injects adapters into self.lm in place and freezes all non-adapter weights.
+            self._peft.append(get_peft_model(self.lm, lora))
+        elif top:
+            for i in top:
+                self._decoder.layers[i].requires_grad_(True)
+            self._decoder.norm.requires_grad_(True)
+
+    @property
+    def _decoder(self) -> nn.Module:
+        return self.lm.get_decoder()
+
+    def merged_lm(self) -> nn.Module:
+        """The LM with LoRA adapters merged in (a copy), or the LM itself: what an artifact saves."""
+        if not self._peft:
+            return self.lm
+        return copy.deepcopy(self._peft[0]).merge_and_unload()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def mark_weights_changed(self) -> None:
+        """Call after an optimizer step: the prefix cache was computed with the old weights."""
+        self._weights_version += 1
+
+    # --- tokenisation -------------------------------------------------------------------------
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode(self, states: list[MarketState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full prompts (prefix + suffix, each tokenised on its own), left padded."""
+        prefix = self._tokens(prompt_prefix())
+        return self._pad_left([prefix + self._tokens(prompt_suffix(s)) for s in states])
+
+    def encode_suffixes(self, states: list[MarketState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the per-decision suffixes, left padded: the input after the cached prefix."""
+        return self._pad_left([self._tokens(prompt_suffix(s)) for s in states])
+
+    def suffix_token_counts(self, states: list[MarketState]) -> list[int]:
+        return [len(self._tokens(prompt_suffix(s))) for s in states]
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_ids.device
+
+    # --- forward passes -----------------------------------------------------------------------
+
+    def _heads(self, last_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Restricted LM head and value head on the (normed) last-position hidden state [B, H].
+
+        Only the three action rows of the LM head are computed: identical to the full
+        logits_to_keep=1 logits at those ids, without a 49k-wide matmul.
+        """
+        head = self.lm.get_output_embeddings()
+        bias = head.bias[self.action_ids] if getattr(head, "bias", None) is not None else None
+        logits = F.linear(last_hidden, head.weight[self.action_ids], bias).float()
+        values = self.value_head(last_hidden.float()).squeeze(-1)
+        return logits, values
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded full prompts -> (action_logits [B,3] in ACTIONS order, values [B])."""
+        out = self._decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=_positions(attention_mask),
+            use_cache=False,
+        )
+        return self._heads(out.last_hidden_state[:, -1])
+
+    def _layer_inputs(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        positions = _positions(attention_mask)
+        mask = create_causal_mask(
+            config=self.lm.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            cache=None,
+            position_ids=positions,
+        )
+        rotary = self._decoder.rotary_emb(hidden, position_ids=positions)
+        return mask, positions, rotary
+
+    def _run_layers(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: list[nn.Module]
+    ) -> torch.Tensor:
+        mask, positions, rotary = self._layer_inputs(hidden, attention_mask)
+        for layer in layers:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=positions,
+                position_embeddings=rotary,
+                cache=None,
+                use_cache=False,
+            )
+        return hidden
+
+    @torch.no_grad()
+    def base_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings + the frozen lower layers, no grad: the hidden states [B,T,H] entering the
+        trainable top layers. Reuse them across PPO epochs; only `head_forward` needs grad."""
+        hidden = self._decoder.embed_tokens(input_ids)
+        return self._run_layers(hidden, attention_mask, list(self._decoder.layers[: self.n_frozen]))
+
+    def head_forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trainable top layers + final norm + restricted LM head + value head, with grad."""
+        top = list(self._decoder.layers[self.n_frozen :])
+        hidden = self._run_layers(hidden, attention_mask, top)
+        return self._heads(self._decoder.norm(hidden[:, -1]))
+
+    def evaluate_actions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        actions: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+    ) -> ActionEval:
+        """log pi(actions|s), entropy, V(s). Pass `hidden` from `base_hidden` to skip the frozen
+        layers; `actions` are indices into ACTIONS."""
+        if hidden is None:
+            logits, values = self(input_ids, attention_mask)
+        else:
+            logits, values = self.head_forward(hidden, attention_mask)
+        dist = torch.distributions.Categorical(logits=logits)
+        return ActionEval(dist.log_prob(actions), dist.entropy(), values, logits)
+
+    # --- prefix cache -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefix_cache(self) -> _PrefixCache:
+        """The constant prefix's key/value cache, computed once (again after weights change)."""
+        if self._prefix is None or self._prefix.weights_version != self._weights_version:
+            ids = torch.tensor([self._tokens(prompt_prefix())], device=self.device)
+            cache = DynamicCache(config=self.lm.config)
+            self._decoder(input_ids=ids, cache=cache, use_cache=True)
+            self._prefix = _PrefixCache(ids, cache, self._weights_version)
+        return self._prefix
+
+    @torch.no_grad()
+    def cached_forward(
+        self, suffix_ids: torch.Tensor, suffix_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `forward` on prefix+suffix, but only the suffix runs; the prefix comes from cache.
+
+        The shared cache is deep-copied and repeated for the batch, because every forward
+        appends the suffix's keys/values to the cache it is given: requests never share one.
+        """
+        prefix = self.prefix_cache()
+        batch, n_prefix = suffix_ids.shape[0], prefix.ids.shape[1]
+        cache = copy.deepcopy(prefix.cache)
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
+        mask = torch.cat(
+            [torch.ones((batch, n_prefix), dtype=suffix_mask.dtype, device=self.device), suffix_mask],
+            dim=1,
+        )
+        out = self._decoder(
+            input_ids=suffix_ids,
+            attention_mask=mask,
+            position_ids=_positions(suffix_mask, offset=n_prefix),
+            cache=cache,
+            use_cache=True,
+        )
+        return self._heads(out.last_hidden_state[:, -1])
+
+    # --- decisions ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def policy_outputs(
+        self, states: list[MarketState], use_prefix_cache: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action probabilities [B,3], values [B]) for states, in eval mode."""
+        if use_prefix_cache:
+            logits, values = self.cached_forward(*self.encode_suffixes(states))
+        else:
+            logits, values = self(*self.encode(states))
+        return torch.softmax(logits, dim=-1), values
+
+    def decide(
+        self, states: list[MarketState], explain: bool = False, use_prefix_cache: bool = True
+    ) -> list[PolicyDecision]:
+        """Greedy decisions (argmax over the legal actions), optionally with a rationale."""
+        if not states:
+            return []
+        probs, values = self.policy_outputs(states, use_prefix_cache)
+        actions = [ACTIONS[int(i)] for i in probs.argmax(dim=-1)]
+        explanations: list[str | None] = [None] * len(states)
+        if explain:
+            if self.explainer is None:
+                raise ActorCriticError("explain requested but no explainer is attached")
+            actions, explanations = self.explainer.explain(self, states, actions, probs)
+        return [
+            PolicyDecision(
+                action=action,
+                probabilities={a: float(p) for a, p in zip(ACTIONS, row.tolist())},
+                value=float(value),
+                explanation=text,
+                model_version=self.model_version,
+            )
+            for action, row, value, text in zip(actions, probs, values, explanations)
+        ]
+
+    def full_prompt(self, state: MarketState) -> str:
+        return build_prompt(state).text
+
+    def config_dict(self) -> dict[str, object]:
+        return asdict(self.config)

@@ -1,0 +1,203 @@
+"""Versioned policy artifacts: a folder of weights, tokenizer, config, value head and a manifest
+holding every file's sha256. Saving is atomic (staged beside, then renamed); loading verifies
+every hash before anything is read and names the file that does not match.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file, save_model
+
+from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+VALUE_HEAD = "value_head.safetensors"
+ARTIFACT_FORMAT = 1
+
+
+class ArtifactError(RuntimeError):
+    """An artifact folder is missing, incomplete, tampered with, or otherwise unusable."""
+
+
+class TrainingWindow(BaseModel):
+    start: datetime
+    end: datetime
+
+
+class Manifest(BaseModel):
+    """manifest.json: who this model is, where it came from, and the hash of every file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = ARTIFACT_FORMAT
+    name: str = "policy"
+    version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._\-]+$")
+    parent_version: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    base_model: str
+    training_window: TrainingWindow | None = None
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+    actor_critic: dict[str, Any] = Field(default_factory=dict)
+    """ActorCriticConfig fields (trainable_top_k, use_lora, ...) the model was saved with."""
+    notes: str = ""
+    files: dict[str, str] = Field(default_factory=dict)
+    """Relative path -> sha256 hex of every file in the folder except manifest.json."""
+
+    @property
+    def trainable_top_k(self) -> int:
+        return int(self.actor_critic.get("trainable_top_k", 0))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _listed_files(folder: Path) -> dict[str, Path]:
+    return {
+        p.relative_to(folder).as_posix(): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def _write_model_files(model: LLMActorCritic, folder: Path) -> None:
+    lm = model.merged_lm()
+    # Written piece by piece rather than with save_pretrained, which refuses models whose
+    # config still carries the GGUF quantization note of the prepared SmolLM2 folder, although
+    # its weights are plain floats; the note is dropped so the artifact says what it holds.
+    config = copy.deepcopy(lm.config)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    config.save_pretrained(folder)
+    if getattr(lm, "generation_config", None) is not None:
+        lm.generation_config.save_pretrained(folder)
+    save_model(lm, str(folder / "model.safetensors"))
+    model.tokenizer.save_pretrained(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()}
+    save_file(state, str(folder / VALUE_HEAD))
+
+
+def save_artifact(
+    model: LLMActorCritic, folder: str | Path, manifest_fields: dict[str, Any], overwrite: bool = False
+) -> Manifest:
+    """Write `model` as an artifact at `folder`; returns its manifest.
+
+    `manifest_fields` holds version, base_model and optionally parent_version, training_window,
+    eval_metrics, notes, name. The folder appears complete or not at all: everything is written
+    into a temporary sibling which is then renamed into place.
+    """
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise ArtifactError(f"{folder} already exists; versions are immutable (pass overwrite)")
+    fields = {"actor_critic": model.config_dict(), **manifest_fields}
+    try:
+        Manifest(**fields)  # fail on bad fields before the expensive write
+    except ValidationError as exc:
+        raise ArtifactError(f"bad manifest fields: {exc}") from exc
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; a serving pod may run as another uid
+    try:
+        _write_model_files(model, staging)
+        files = {rel: sha256_file(p) for rel, p in _listed_files(staging).items()}
+        manifest = Manifest(**fields, files=files)
+        (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        _move_into_place(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log.info("saved artifact %s version %s", folder, manifest.version)
+    return manifest
+
+
+def _move_into_place(staging: Path, folder: Path) -> None:
+    if not folder.exists():
+        staging.rename(folder)
+        return
+    # A non-empty folder cannot be replaced by one rename: move the old one aside first.
+    trash = folder.with_name(f".{folder.name}.old-{datetime.now(UTC):%Y%m%d%H%M%S%f}")
+    folder.rename(trash)
+    staging.rename(folder)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: {folder} is not a policy artifact")
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+
+
+def verify_artifact(folder: str | Path) -> Manifest:
+    """Check every file against the manifest's sha256; raise naming the first problem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"artifact folder {folder} does not exist")
+    manifest = read_manifest(folder)
+    present = _listed_files(folder)
+    for rel, expected in manifest.files.items():
+        if rel not in present:
+            raise ArtifactError(f"{folder}: file {rel} listed in the manifest is missing")
+        actual = sha256_file(present[rel])
+        if actual != expected:
+            raise ArtifactError(
+                f"{folder}: file {rel} does not match its manifest hash "
+                f"(expected {expected[:12]}..., found {actual[:12]}...)"
+            )
+    extra = sorted(set(present) - set(manifest.files))
+    if extra:
+        raise ArtifactError(f"{folder}: file {extra[0]} is not listed in the manifest")
+    for required in ("config.json", VALUE_HEAD):
+        if required not in manifest.files:
+            raise ArtifactError(f"{folder}: the manifest lists no {required}")
+    return manifest
+
+
+def load_artifact(folder: str | Path, dtype: str | None = None) -> LLMActorCritic:
+    """Verify, then load the actor-critic; its model_version is the manifest's version."""
+    manifest = verify_artifact(folder)
+    fields = dict(manifest.actor_critic)
+    if dtype:
+        fields["dtype"] = dtype
+    try:
+        config = ActorCriticConfig(**fields)
+    except TypeError as exc:
+        raise ArtifactError(f"{folder}: manifest actor_critic settings are invalid: {exc}") from exc
+    model = LLMActorCritic.from_pretrained(folder, config, model_version=manifest.version)
+    model.value_head.load_state_dict(load_file(str(Path(folder) / VALUE_HEAD)))
+    model.manifest = manifest  # type: ignore[attr-defined]
+    return model
+
+
+def init_artifact(
+    base: str | Path,
+    out: str | Path,
+    version: str = "v0",
+    config: ActorCriticConfig | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Turn a plain Hugging Face folder into the version-0 teacher artifact (fresh value head)."""
+    base = Path(base)
+    if not (base / "config.json").is_file():
+        raise ArtifactError(f"{base} has no config.json: not a Hugging Face model folder")
+    model = LLMActorCritic.from_pretrained(base, config or ActorCriticConfig(), version)
+    fields = {"version": version, "base_model": base.name, "notes": f"initialised from {base}"}
+    return save_artifact(model, out, fields, overwrite=overwrite)
