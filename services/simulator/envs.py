@@ -317,6 +317,8 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
         common = prices[self.tickers[0]].index
         for name in self.tickers[1:]:
             common = common.intersection(prices[name].index)
+        if len(common) < 2:
+            raise ValueError(f"tickers {self.tickers} share {len(common)} bar times; need at least 2")
         sentiment = sentiment or {}
         self.markets = [
             build_arrays(prices[name].loc[common], window, self.execution, sentiment.get(name)) for name in self.tickers
