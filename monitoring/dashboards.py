@@ -1,0 +1,317 @@
+"""Grafana dashboards for RLMF, built with grafana-foundation-sdk and written as JSON into
+charts/rlmf/dashboards/ (the chart ships each as a ConfigMap for Grafana's sidecar).
+
+Run `python -m monitoring.dashboards` after changing a panel and commit the JSON; a test fails
+when the committed files differ from what this module generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, Row
+from grafana_foundation_sdk.builders.prometheus import Dataquery as PromQuery
+from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+OUT_DIR = Path(__file__).resolve().parents[1] / "charts" / "rlmf" / "dashboards"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE = "$__rate_interval"
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression and the legend Grafana draws for each of its series."""
+
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    unit: str
+    queries: tuple[Query, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DashboardSpec:
+    uid: str
+    title: str
+    description: str
+    rows: tuple[tuple[str, tuple[PanelSpec, ...]], ...] = field(default_factory=tuple)
+
+    def queries(self) -> list[str]:
+        """Every PromQL expression of the dashboard (the Prometheus test runs each one)."""
+        return [q.expr for _, panels in self.rows for p in panels for q in p.queries]
+
+
+def _p(title: str, unit: str, *queries: tuple[str, str], description: str = "") -> PanelSpec:
+    return PanelSpec(title, unit, tuple(Query(e, legend) for e, legend in queries), description)
+
+
+def _histogram_p99(metric: str, by: str) -> str:
+    return f"histogram_quantile(0.99, sum by (le, {by}) (rate({metric}_bucket[{RATE}])))"
+
+
+PIPELINE = DashboardSpec(
+    uid="rlmf-pipeline",
+    title="RLMF / Pipeline throughput and lag",
+    description="Messages through every topic, consumer lag, dead letters and readiness.",
+    rows=(
+        (
+            "Throughput",
+            (
+                _p(
+                    "Consumed per second",
+                    "ops",
+                    (f"sum by (service, topic) (rate(rlmf_messages_consumed_total[{RATE}]))",
+                     "{{service}} <- {{topic}}"),
+                ),
+                _p(
+                    "Produced per second",
+                    "ops",
+                    (f"sum by (service, topic) (rate(rlmf_messages_produced_total[{RATE}]))",
+                     "{{service}} -> {{topic}}"),
+                ),
+            ),
+        ),
+        (
+            "Health",
+            (
+                _p(
+                    "Consumer lag",
+                    "short",
+                    ("max by (service, topic) (rlmf_consumer_lag)", "{{service}} {{topic}}"),
+                    description="Messages behind the end of the partition (alert: RLMFConsumerLagHigh).",
+                ),
+                _p(
+                    "Dead letters per second",
+                    "ops",
+                    (f"sum by (service, topic, reason) (rate(rlmf_messages_dead_lettered_total[{RATE}]))",
+                     "{{service}} {{topic}} {{reason}}"),
+                ),
+                _p(
+                    "Handler latency p99",
+                    "s",
+                    (_histogram_p99("rlmf_handler_latency_seconds", "service, topic"),
+                     "{{service}} {{topic}}"),
+                ),
+                _p("Ready", "short", ("min by (service) (rlmf_ready)", "{{service}}")),
+                _p(
+                    "Duplicates dropped and broker retries",
+                    "ops",
+                    (f"sum by (service) (rate(rlmf_messages_duplicate_total[{RATE}]))",
+                     "duplicates {{service}}"),
+                    (f"sum by (service, operation) (rate(rlmf_broker_retries_total[{RATE}]))",
+                     "retries {{service}} {{operation}}"),
+                ),
+            ),
+        ),
+    ),
+)
+
+SENTIMENT = DashboardSpec(
+    uid="rlmf-sentiment",
+    title="RLMF / Sentiment",
+    description="News enriched per second, the sentiment scores and the scorer's latency.",
+    rows=(
+        (
+            "Sentiment",
+            (
+                _p(
+                    "News enriched per second",
+                    "ops",
+                    (f'sum(rate(rlmf_messages_produced_total{{topic="news.enriched.v1"}}[{RATE}]))',
+                     "enriched"),
+                    (f'sum(rate(rlmf_messages_consumed_total{{service="sentiment"}}[{RATE}]))',
+                     "raw consumed"),
+                ),
+                _p(
+                    "Mean sentiment",
+                    "short",
+                    (f"sum by (model_version) (rate(rlmf_sentiment_score_sum[{RATE}])) "
+                     f"/ sum by (model_version) (rate(rlmf_sentiment_score_count[{RATE}]))",
+                     "{{model_version}}"),
+                    description="Mean of the scores in [-1, 1] over the interval.",
+                ),
+                _p(
+                    "Sentiment handler latency p99",
+                    "s",
+                    (_histogram_p99('rlmf_handler_latency_seconds{service="sentiment"}', "topic"),
+                     "{{topic}}"),
+                ),
+            ),
+        ),
+    ),
+)
+
+POLICY = DashboardSpec(
+    uid="rlmf-policy",
+    title="RLMF / Policy decisions and latency",
+    description="Decisions by action and model version (teacher and canary student), latency.",
+    rows=(
+        (
+            "Decisions",
+            (
+                _p(
+                    "Decisions per second by action and model version",
+                    "ops",
+                    (f"sum by (action, model_version) (rate(rlmf_policy_decisions_total[{RATE}]))",
+                     "{{action}} {{model_version}}"),
+                ),
+                _p(
+                    "Fallbacks to hold",
+                    "ops",
+                    (f"sum by (reason) (rate(rlmf_simulator_policy_fallbacks_total[{RATE}]))",
+                     "{{reason}}"),
+                ),
+            ),
+        ),
+        (
+            "Latency",
+            (
+                _p(
+                    "Server latency p99 by model version",
+                    "s",
+                    (_histogram_p99("rlmf_policy_latency_seconds", "model_version"),
+                     "{{model_version}}"),
+                ),
+                _p(
+                    "Caller latency p99 (simulator)",
+                    "s",
+                    (f"histogram_quantile(0.99, sum by (le) "
+                     f"(rate(rlmf_simulator_policy_latency_seconds_bucket[{RATE}])))", "p99"),
+                    description="What the simulator waits for (alert: RLMFPolicyLatencyP99High).",
+                ),
+            ),
+        ),
+    ),
+)
+
+PORTFOLIO = DashboardSpec(
+    uid="rlmf-portfolio",
+    title="RLMF / Portfolio vs Buy & Hold",
+    description="The simulated portfolio's value beside Buy & Hold on the same window.",
+    rows=(
+        (
+            "Value",
+            (
+                _p(
+                    "Portfolio value vs Buy & Hold",
+                    "currencyUSD",
+                    ("sum by (ticker) (rlmf_portfolio_value)", "policy {{ticker}}"),
+                    ("sum by (ticker) (rlmf_portfolio_buy_and_hold_value)", "buy & hold {{ticker}}"),
+                ),
+                _p(
+                    "Snapshots and fills per second",
+                    "ops",
+                    (f'sum by (topic) (rate(rlmf_messages_produced_total{{service="simulator"}}[{RATE}]))',
+                     "{{topic}}"),
+                ),
+            ),
+        ),
+    ),
+)
+
+TRAINING = DashboardSpec(
+    uid="rlmf-training",
+    title="RLMF / Training and promotions",
+    description="Market feedback for the trainer, promotions and rollbacks, artifact checks.",
+    rows=(
+        (
+            "Training",
+            (
+                _p(
+                    "Market feedback published",
+                    "short",
+                    ('sum(rlmf_messages_produced_total{topic="market.feedback.v1"})', "feedback"),
+                ),
+                _p(
+                    "Promotions by outcome",
+                    "short",
+                    ("sum by (outcome) (rlmf_promotions_total)", "{{outcome}}"),
+                    description="promoted, rejected, failed, rolled_back (alert: RLMFPromotionFailed).",
+                ),
+                _p(
+                    "Artifact hash mismatches",
+                    "short",
+                    ("sum by (service) (rlmf_artifact_hash_mismatch_total)", "{{service}}"),
+                ),
+            ),
+        ),
+    ),
+)
+
+DASHBOARDS: tuple[DashboardSpec, ...] = (PIPELINE, SENTIMENT, POLICY, PORTFOLIO, TRAINING)
+
+
+def build(spec: DashboardSpec) -> Dashboard:
+    """The grafana-foundation-sdk builder of one dashboard: rows of time series, two per line."""
+    board = (
+        Dashboard(spec.title)
+        .uid(spec.uid)
+        .description(spec.description)
+        .tags(["rlmf", "generated"])
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("utc")
+        .with_variable(DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+    )
+    for row_title, panels in spec.rows:
+        board = board.with_row(Row(row_title))
+        for panel in panels:
+            board = board.with_panel(_timeseries(panel))
+    return board
+
+
+def _timeseries(panel: PanelSpec) -> Timeseries:
+    ts = (
+        Timeseries()
+        .title(panel.title)
+        .description(panel.description)
+        .unit(panel.unit)
+        .datasource(DATASOURCE)
+        .height(8)
+        .span(12)
+    )
+    for i, query in enumerate(panel.queries):
+        ts = ts.with_target(
+            PromQuery().expr(query.expr).legend_format(query.legend).ref_id(chr(ord("A") + i))
+        )
+    return ts
+
+
+def render(spec: DashboardSpec) -> str:
+    """The dashboard as stable, pretty JSON (sorted keys, trailing newline) for a clean diff."""
+    data = json.loads(JSONEncoder(sort_keys=True).encode(build(spec).build()))
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write_all(out_dir: Path = OUT_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for spec in DASHBOARDS:
+        path = out_dir / f"{spec.uid.removeprefix('rlmf-')}.json"
+        path.write_text(render(spec))
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="where the JSON files go")
+    args = parser.parse_args(argv)
+    for path in write_all(args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
