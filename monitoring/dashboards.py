@@ -178,10 +178,19 @@ POLICY = DashboardSpec(
             "Latency",
             (
                 _p(
-                    "Server latency p99 by model version",
+                    "Server predict latency p99 (KServe)",
                     "s",
-                    (_histogram_p99("rlmf_policy_latency_seconds", "model_version"),
-                     "{{model_version}}"),
+                    (_histogram_p99("request_predict_seconds", "model_name"), "{{model_name}}"),
+                    description="KServe's own predict histogram; the served model version is in "
+                    "rlmf_policy_model_info.",
+                ),
+                _p(
+                    "Forward pass p99 and batch size",
+                    "s",
+                    (f"histogram_quantile(0.99, sum by (le) (rate(rlmf_policy_batch_seconds_bucket[{RATE}])))",
+                     "forward pass p99"),
+                    (f"sum(rate(rlmf_policy_batch_size_sum[{RATE}])) / sum(rate(rlmf_policy_batch_size_count[{RATE}]))",
+                     "mean batch size"),
                 ),
                 _p(
                     "Caller latency p99 (simulator)",
@@ -238,6 +247,14 @@ TRAINING = DashboardSpec(
                     "short",
                     ("sum by (outcome) (rlmf_promotions_total)", "{{outcome}}"),
                     description="promoted, rejected, failed, rolled_back (alert: RLMFPromotionFailed).",
+                ),
+                _p(
+                    "Policy reloads by outcome",
+                    "short",
+                    ("sum by (outcome) (rlmf_policy_reloads_total)", "{{outcome}}"),
+                    ("max(rlmf_policy_reload_failed)", "last reload refused"),
+                    description="A refused reload (hash mismatch, bad files) keeps the old model "
+                    "serving (alert: RLMFPolicyReloadRefused).",
                 ),
                 _p(
                     "Artifact hash mismatches",

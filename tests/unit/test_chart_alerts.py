@@ -38,7 +38,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules(rules_dir: Path) -> None:
     result = _run("check", "rules", str(rules_dir / "rlmf-rules.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass(rules_dir: Path) -> None:
