@@ -16,7 +16,9 @@ from services.common import json_logging
 from services.common.broker import BrokerError, EmbeddedBroker
 from services.common.supervisor import Supervisor, available_services, service_spec
 
-app = typer.Typer(no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market.")
+app = typer.Typer(
+    no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market."
+)
 
 # Each service may ship a `cli.py` (and the simulator a `market_cli.py`) holding a Typer `app`,
 # mounted under the module's GROUP_NAME (default: the service's name), and/or a

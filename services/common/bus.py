@@ -14,6 +14,7 @@ Delivery contract:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -129,10 +130,9 @@ def ensure_topics(settings: BusSettings, topics: Iterable[str], service: str = "
                 missing = [t for t in wanted if t not in existing]
                 if missing:
                     new = [NewTopic(t, settings.partitions, 1) for t in missing]
-                    try:
+                    # Another service may create one between our list and our create.
+                    with contextlib.suppress(TopicAlreadyExistsError):
                         admin.create_topics(new)
-                    except TopicAlreadyExistsError:
-                        pass  # another service created it between our list and create
             finally:
                 admin.close()
 
@@ -221,6 +221,14 @@ class Producer:
         metrics.MESSAGES_DEAD_LETTERED.labels(self.service, topic, reason).inc()
 
     def _send(self, item: _Pending) -> None:
+        try:  # the common case, without building a retry controller per message
+            item.future = self._kafka.send(
+                item.topic, value=item.value, key=item.key, headers=item.headers
+            )
+            return
+        except KafkaError as exc:
+            if not _is_transient(exc):
+                raise
         for attempt in retrying(self.settings, self.service, "send"):
             with attempt:
                 item.future = self._kafka.send(
@@ -231,6 +239,8 @@ class Producer:
         """Block until everything sent so far is acknowledged, re-sending failures."""
         with self._lock:
             pending, self._pending = self._pending, []
+        if not pending:
+            return
         for attempt in retrying(self.settings, self.service, "flush"):
             with attempt:
                 self._kafka.flush()
@@ -241,9 +251,12 @@ class Producer:
                 if failed:
                     pending = failed
                     raise _ResendNeeded(f"{len(failed)} sends failed")
+        per_topic: dict[str, int] = {}
         for item in pending:
             if not item.topic.endswith(".dlq"):
-                metrics.MESSAGES_PRODUCED.labels(self.service, item.topic).inc()
+                per_topic[item.topic] = per_topic.get(item.topic, 0) + 1
+        for topic, count in per_topic.items():
+            metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc(count)
 
     def close(self) -> None:
         self.flush()
@@ -325,7 +338,9 @@ class ConsumerLoop:
         self._stop = threading.Event()
         self._seen = _SeenIds(self.settings.dedup_window)
         self.stats = LoopStats()
-        ensure_topics(self.settings, [*self.topics, *map(dlq, self.topics), *create_topics], service)
+        ensure_topics(
+            self.settings, [*self.topics, *map(dlq, self.topics), *create_topics], service
+        )
         self.producer = producer or Producer(self.settings, service)
         self._consumer = self._connect()
         self.connected = True
@@ -406,7 +421,9 @@ class ConsumerLoop:
         for attempt in retrying(s, self.service, "poll"):
             with attempt:
                 batch = self._consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
-        records = [r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]]
+        records = [
+            r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
+        ]
         if not records:
             return 0
         self._process(records)
@@ -418,10 +435,14 @@ class ConsumerLoop:
     def _process(self, records: list[Any]) -> None:
         valid: list[Incoming] = []
         in_this_batch: set[str] = set()
+        per_topic: dict[str, int] = {}
         for record in records:
-            self.stats.consumed += 1
-            self.stats.by_topic[record.topic] = self.stats.by_topic.get(record.topic, 0) + 1
-            metrics.MESSAGES_CONSUMED.labels(self.service, record.topic).inc()
+            per_topic[record.topic] = per_topic.get(record.topic, 0) + 1
+        for topic, count in per_topic.items():
+            self.stats.consumed += count
+            self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + count
+            metrics.MESSAGES_CONSUMED.labels(self.service, topic).inc(count)
+        for record in records:
             incoming = self._decode(record)
             if incoming is None:
                 continue
@@ -459,8 +480,11 @@ class ConsumerLoop:
         for incoming, result in zip(valid, results, strict=True):
             if isinstance(result, Exception):
                 self._dead_letter(
-                    incoming.topic, incoming.raw, incoming.envelope.key.encode() or None,
-                    incoming.headers, result,
+                    incoming.topic,
+                    incoming.raw,
+                    incoming.envelope.key.encode() or None,
+                    incoming.headers,
+                    result,
                 )
                 self._seen.add(incoming.envelope.id)
                 continue

@@ -23,7 +23,9 @@ class MarketState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ticker: str = Field(pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$", description="Exchange ticker, e.g. MSFT")
+    ticker: str = Field(
+        pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$", description="Exchange ticker, e.g. MSFT"
+    )
     as_of: datetime = Field(description="Decision cutoff (event time); nothing after it is in here")
     recent_closes: list[float] = Field(
         min_length=1, max_length=MAX_RECENT_PRICES, description="Closes up to as_of, oldest first"

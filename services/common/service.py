@@ -16,7 +16,9 @@ from services.common.settings import DEFAULT_PORTS, HttpSettings, LogSettings
 log = logging.getLogger(__name__)
 
 
-def start_http(service: str, health: HealthApp, http: HttpSettings | None = None) -> BackgroundServer:
+def start_http(
+    service: str, health: HealthApp, http: HttpSettings | None = None
+) -> BackgroundServer:
     http = http or HttpSettings()
     port = http.port or DEFAULT_PORTS.get(service, 0)
     server = BackgroundServer(health.app, http.host, port)
@@ -29,7 +31,9 @@ def on_sigterm(stop: Callable[[], None]) -> None:
     """Call `stop` on SIGTERM and SIGINT; the loop finishes the message in hand and commits."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: finishing the batch in hand, then exiting", signal.Signals(signum).name)
+        log.info(
+            "received %s: finishing the batch in hand, then exiting", signal.Signals(signum).name
+        )
         stop()
 
     signal.signal(signal.SIGTERM, handler)

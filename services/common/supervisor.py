@@ -36,9 +36,7 @@ class Supervised:
 
 def available_services() -> list[str]:
     """Services whose package has an entrypoint (`python -m services.<name>`)."""
-    return [
-        name for name in SERVICE_ORDER if importlib.util.find_spec(f"services.{name}.__main__")
-    ]
+    return [name for name in SERVICE_ORDER if importlib.util.find_spec(f"services.{name}.__main__")]
 
 
 def service_spec(name: str, env: dict[str, str] | None = None) -> ProcessSpec:
@@ -72,7 +70,9 @@ class Supervisor:
             if self.log_dir
             else None
         )
-        child.process = subprocess.Popen(child.spec.argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        child.process = subprocess.Popen(
+            child.spec.argv, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         child.last_start = time.monotonic()
         log.info("started %s (pid %s)", child.spec.name, child.process.pid)
 

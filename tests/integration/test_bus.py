@@ -30,7 +30,8 @@ def news(i: int, headline: str = "steady") -> pb.NewsItem:
 def publish_news(settings: BusSettings, topic: str, count: int, start: int = 0) -> list[str]:
     producer = Producer(settings, "test")
     ids = [
-        producer.publish(topic, news(i), key="MSFT", event_time=NOW) for i in range(start, start + count)
+        producer.publish(topic, news(i), key="MSFT", event_time=NOW)
+        for i in range(start, start + count)
     ]
     producer.close()
     return ids
@@ -40,8 +41,13 @@ def decoded(bootstrap: str, topic: str, payload_type: type) -> list[envelopes.En
     return [envelopes.decode(r.value, payload_type) for r in read_topic(bootstrap, topic)]
 
 
-def start_echo(settings: BusSettings, in_topic: str, out_topic: str, delay_s: float = 0.0,
-               max_records: int = 100) -> subprocess.Popen[bytes]:
+def start_echo(
+    settings: BusSettings,
+    in_topic: str,
+    out_topic: str,
+    delay_s: float = 0.0,
+    max_records: int = 100,
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RLMF_BUS_BOOTSTRAP": settings.bootstrap,
@@ -50,8 +56,18 @@ def start_echo(settings: BusSettings, in_topic: str, out_topic: str, delay_s: fl
         "RLMF_BUS_POLL_TIMEOUT_MS": "100",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.bus_echo_service", in_topic, out_topic, str(delay_s)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.bus_echo_service",
+            in_topic,
+            out_topic,
+            str(delay_s),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -75,12 +91,19 @@ def echo_loop(settings: BusSettings, in_topic: str, out_topic: str) -> ConsumerL
         return [Outgoing(out_topic, out, message.envelope.key, message.envelope.event_time)]
 
     return ConsumerLoop(
-        service="echo-inproc", topics=[in_topic], settings=settings, handle=handle,
-        group_id=f"g-{in_topic}", create_topics=[out_topic], payload_types={in_topic: pb.NewsItem},
+        service="echo-inproc",
+        topics=[in_topic],
+        settings=settings,
+        handle=handle,
+        group_id=f"g-{in_topic}",
+        create_topics=[out_topic],
+        payload_types={in_topic: pb.NewsItem},
     )
 
 
-def test_round_trip_carries_payload_key_time_and_trace(bus_settings: BusSettings, unique: str) -> None:
+def test_round_trip_carries_payload_key_time_and_trace(
+    bus_settings: BusSettings, unique: str
+) -> None:
     in_topic, out_topic = f"t.in.{unique}", f"t.out.{unique}"
     loop = echo_loop(bus_settings, in_topic, out_topic)
     ids = publish_news(bus_settings, in_topic, 5)
@@ -98,7 +121,9 @@ def test_round_trip_carries_payload_key_time_and_trace(bus_settings: BusSettings
     assert loop.stats.consumed == loop.stats.handled == 5
 
 
-def test_each_bad_message_is_dead_lettered_with_its_error(bus_settings: BusSettings, unique: str) -> None:
+def test_each_bad_message_is_dead_lettered_with_its_error(
+    bus_settings: BusSettings, unique: str
+) -> None:
     in_topic, out_topic = f"t.in.{unique}", f"t.out.{unique}"
     loop = echo_loop(bus_settings, in_topic, out_topic)
     producer = Producer(bus_settings, "test")
@@ -113,13 +138,19 @@ def test_each_bad_message_is_dead_lettered_with_its_error(bus_settings: BusSetti
     }
     for name, raw in bad.items():
         producer.send_raw(in_topic, raw, key="MSFT", headers=[("case", name.encode())])
-    producer.publish(in_topic, news(1, "boom"), key="MSFT", event_time=NOW, headers=[("case", b"raises")])
-    producer.publish(in_topic, news(2, "invalid"), key="MSFT", event_time=NOW, headers=[("case", b"invalid")])
+    producer.publish(
+        in_topic, news(1, "boom"), key="MSFT", event_time=NOW, headers=[("case", b"raises")]
+    )
+    producer.publish(
+        in_topic, news(2, "invalid"), key="MSFT", event_time=NOW, headers=[("case", b"invalid")]
+    )
     producer.publish(in_topic, news(3), key="MSFT", event_time=NOW)
     producer.close()
     loop.run(idle_timeout_s=1.5)
 
-    dead = {r.headers["case"].decode(): r for r in read_topic(bus_settings.bootstrap, in_topic + ".dlq")}
+    dead = {
+        r.headers["case"].decode(): r for r in read_topic(bus_settings.bootstrap, in_topic + ".dlq")
+    }
     expected_errors = {
         "not protobuf": "not a protobuf rlmf.v1.Envelope",
         "unknown schema": "unknown schema_version 99",
@@ -162,7 +193,9 @@ def test_redelivered_envelope_ids_are_dropped(bus_settings: BusSettings, unique:
     assert len(read_topic(bus_settings.bootstrap, out_topic)) == 1
 
 
-def test_sigkill_mid_batch_then_restart_loses_nothing(bus_settings: BusSettings, unique: str) -> None:
+def test_sigkill_mid_batch_then_restart_loses_nothing(
+    bus_settings: BusSettings, unique: str
+) -> None:
     in_topic, out_topic = f"t.in.{unique}", f"t.out.{unique}"
     ensure_topics(bus_settings, [in_topic, out_topic])
     ids = publish_news(bus_settings, in_topic, 300)
@@ -172,9 +205,11 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(bus_settings: BusSettings,
     worker.wait()
     worker = start_echo(bus_settings, in_topic, out_topic)
     try:
+
         def all_arrived() -> bool:
             outs = decoded(bus_settings.bootstrap, out_topic, pb.EnrichedNews)
             return len({e.id for e in outs}) >= 300
+
         wait_for(all_arrived, timeout_s=60, what="all 300 outputs after restart")
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -188,7 +223,9 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(bus_settings: BusSettings,
     )
 
 
-def test_sigterm_finishes_batch_commits_and_exits_zero(bus_settings: BusSettings, unique: str) -> None:
+def test_sigterm_finishes_batch_commits_and_exits_zero(
+    bus_settings: BusSettings, unique: str
+) -> None:
     in_topic, out_topic = f"t.in.{unique}", f"t.out.{unique}"
     ensure_topics(bus_settings, [in_topic, out_topic])
     ids = publish_news(bus_settings, in_topic, 200)
@@ -234,7 +271,9 @@ def test_counts_reconcile_over_a_mixed_stream(bus_settings: BusSettings, unique:
 
 def test_unknown_topic_without_a_payload_type_is_refused(bus_settings: BusSettings) -> None:
     with pytest.raises(KeyError, match="unknown topic"):
-        ConsumerLoop(service="x", topics=["no.such.topic"], settings=bus_settings, handle=lambda m: [])
+        ConsumerLoop(
+            service="x", topics=["no.such.topic"], settings=bus_settings, handle=lambda m: []
+        )
 
 
 def test_envelope_round_trip_keeps_every_field() -> None:
@@ -242,7 +281,11 @@ def test_envelope_round_trip_keeps_every_field() -> None:
     env = envelopes.wrap(item, key="MSFT", event_time=NOW, source="ingest", trace_id="t1", id="e1")
     back = envelopes.decode(envelopes.encode(env), pb.NewsItem)
     assert (back.id, back.key, back.source, back.trace_id, back.schema_version) == (
-        "e1", "MSFT", "ingest", "t1", 1,
+        "e1",
+        "MSFT",
+        "ingest",
+        "t1",
+        1,
     )
     assert back.event_time == NOW and back.payload == item
     assert isinstance(env, envelope_pb2.Envelope)

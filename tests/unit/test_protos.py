@@ -16,8 +16,15 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
     protos = sorted((REPO / "protos/rlmf/v1").glob("*.proto"))
     assert protos, "no .proto files found"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'protos'}",
-         f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", *map(str, protos)],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO / 'protos'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            *map(str, protos),
+        ],
         check=True,
     )
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2.py*"))

@@ -1,0 +1,142 @@
+"""Bus throughput: raw kafka-python against the project's bus, same broker, same run.
+
+Prints one JSON line. Produce: N small messages then flush. Consume: read N messages with a
+commit per polled batch (the raw loop commits too, so both pay for at-least-once).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from services.common import envelope as envelopes
+from services.common.broker import EmbeddedBroker, free_port
+from services.common.bus import ConsumerLoop, Producer, ensure_topics
+from services.common.pb.rlmf.v1 import envelope_pb2
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.common.settings import BusSettings
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+ROUNDS = 3
+NOW = datetime(2024, 1, 2, tzinfo=UTC)
+
+
+def item(i: int) -> pb.NewsItem:
+    return pb.NewsItem(item_id=str(i), ticker="MSFT", headline="Microsoft beats estimates")
+
+
+def raw_produce(bootstrap: str, topic: str) -> float:
+    """The baseline sends the same bytes the bus puts on the wire, serialised in advance, so
+    the ratio is the cost of the bus's own work (envelopes, ids, bookkeeping)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    payloads = [
+        envelopes.encode(envelopes.wrap(item(i), key="MSFT", event_time=NOW, source="raw"))
+        for i in range(N)
+    ]
+    start = time.perf_counter()
+    for value in payloads:
+        producer.send(topic, value=value, key=b"MSFT")
+    producer.flush()
+    elapsed = time.perf_counter() - start
+    producer.close()
+    return N / elapsed
+
+
+def bus_produce(settings: BusSettings, topic: str) -> float:
+    producer = Producer(settings, "bench")
+    items = [item(i) for i in range(N)]
+    start = time.perf_counter()
+    for payload in items:
+        producer.publish(topic, payload, key="MSFT", event_time=NOW)
+    producer.flush()
+    elapsed = time.perf_counter() - start
+    producer.close()
+    return N / elapsed
+
+
+def raw_consume(bootstrap: str, topic: str, group: str) -> float:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=500,
+    )
+    consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    seen = 0
+    start = time.perf_counter()
+    while seen < N:
+        batch = consumer.poll(timeout_ms=200, max_records=500)
+        for tp, records in batch.items():
+            seen += len(records)
+            for r in records:
+                envelope_pb2.Envelope.FromString(r.value)
+            consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return N / elapsed
+
+
+def bus_consume(settings: BusSettings, topic: str, group: str) -> float:
+    loop = ConsumerLoop(
+        service="bench",
+        topics=[topic],
+        settings=settings,
+        handle=lambda m: [],
+        group_id=group,
+        payload_types={topic: pb.NewsItem},
+    )
+    start = time.perf_counter()
+    while loop.stats.consumed < N:
+        loop.poll_once()
+    elapsed = time.perf_counter() - start
+    loop.close()
+    return N / elapsed
+
+
+def main() -> None:
+    results: dict[str, list[float]] = {k: [] for k in ("raw_p", "bus_p", "raw_c", "bus_c")}
+    with EmbeddedBroker(port=free_port()) as broker:
+        settings = BusSettings(
+            bootstrap=broker.bootstrap, group_protocol="manual", max_records=500, partitions=1
+        )
+        for r in range(ROUNDS):  # alternate the two so machine noise hits both alike
+            raw_topic, bus_topic = f"bench.raw.{r}", f"bench.bus.{r}"
+            ensure_topics(settings, [raw_topic, bus_topic, bus_topic + ".dlq"])
+            results["raw_p"].append(raw_produce(broker.bootstrap, raw_topic))
+            results["bus_p"].append(bus_produce(settings, bus_topic))
+            results["raw_c"].append(raw_consume(broker.bootstrap, raw_topic, f"raw-{r}"))
+            results["bus_c"].append(bus_consume(settings, bus_topic, f"bus-{r}"))
+            print(
+                f"round {r}: " + ", ".join(f"{k}={v[-1]:.0f}/s" for k, v in results.items()),
+                file=sys.stderr,
+            )
+    best = {k: max(v) for k, v in results.items()}
+    produce_ratio = best["bus_p"] / best["raw_p"]
+    consume_ratio = best["bus_c"] / best["raw_c"]
+    print(
+        json.dumps(
+            {
+                "bench": "bus",
+                "messages": N,
+                "rounds": ROUNDS,
+                "raw_produce_msgs_per_s": round(best["raw_p"]),
+                "bus_produce_msgs_per_s": round(best["bus_p"]),
+                "raw_consume_msgs_per_s": round(best["raw_c"]),
+                "bus_consume_msgs_per_s": round(best["bus_c"]),
+                "produce_ratio": round(produce_ratio, 3),
+                "consume_ratio": round(consume_ratio, 3),
+                "bus_vs_raw_ratio": round(min(produce_ratio, consume_ratio), 3),
+                "target": 0.8,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
