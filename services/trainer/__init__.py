@@ -1,0 +1,1 @@
+"""The trainer: grows a student policy from market feedback and promotes it over the teacher."""

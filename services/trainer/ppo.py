@@ -1,0 +1,500 @@
+"""PPO with the RLMF objective for an LLM actor-critic, CleanRL style, read top to bottom.
+
+trl 1.16 ships no PPOTrainer (not in trl.experimental either), so the loop is written once here,
+following cleanrl/ppo.py: one dataclass of hyperparameters (FLAG-Trader's Table 3 defaults),
+small helpers, then rollout -> GAE -> clipped update. What RLMF adds:
+  loss = -L_RL + mf_coef * L_MF + kl_coef * KL(student || frozen teacher)
+where -L_RL is PPO's clipped policy loss + value loss - entropy bonus and L_MF is the
+cross-entropy of the student's action distribution against the realised market move's label
+(up -> buy, down -> sell, flat -> hold), the market feedback itself.
+
+The base is frozen, so the hidden states that enter the trainable top layers do not change
+during an update: the rollout computes them once per sample (`agent.base_hidden`) and the
+update runs only `agent.head_forward` on them, across every epoch and minibatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Categorical
+
+from services.common.market_state import ACTIONS, MarketState
+from services.trainer import checkpoint
+
+log = logging.getLogger(__name__)
+
+SELL, HOLD, BUY = (ACTIONS.index(a) for a in ("sell", "hold", "buy"))
+
+
+@dataclass
+class PPOArgs:
+    """PPO + RLMF hyperparameters; defaults are FLAG-Trader's Table 3 unless marked RLMF."""
+
+    seed: int = 1
+    """seed of the run: action sampling, minibatch shuffling and env resets all derive from it"""
+    total_timesteps: int = 13860
+    """total environment steps of the run"""
+    learning_rate: float = 5e-5
+    """learning rate of the AdamW optimizer"""
+    num_envs: int = 1
+    """parallel environments (the text policy steps one env at a time; only 1 is supported)"""
+    num_steps: int = 40
+    """steps per rollout before each update"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over the run"""
+    gamma: float = 0.95
+    """discount factor"""
+    gae_lambda: float = 0.98
+    """lambda of generalised advantage estimation"""
+    update_epochs: int = 1
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in the PPO paper"""
+    ent_coef: float = 0.05
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    kl_coef: float = 0.05
+    """coefficient of KL(student || frozen teacher) per state"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip"""
+    target_kl: float | None = None
+    """stop the epoch early when approx KL exceeds this (None: never)"""
+    dropout: float = 0.0
+    """dropout inside the model while training (0: deterministic forward)"""
+    train_dtype: str = "float32"
+    """dtype of the trainable parameters (FLAG-Trader float16 on GPU; float32 on CPU)"""
+    gradient_accumulation_steps: int = 8
+    """micro-batches per minibatch; one optimizer step per minibatch"""
+    minibatch_size: int = 32
+    """samples per minibatch"""
+    max_episode_steps: int = 65
+    """episode length cap in the environment"""
+    mf_coef: float = 1.0
+    """RLMF: gamma, the weight of the market-feedback prediction loss L_MF"""
+    mf_flat_threshold: float = 0.0
+    """RLMF: |realised return| at or below this labels the move `hold`"""
+    reuse_hidden: bool = True
+    """compute frozen-base hidden states once per rollout sample and reuse them in the update"""
+    checkpoint_every: int = 1
+    """iterations between resumable checkpoints (when a checkpoint folder is given)"""
+
+    # derived in `derive()`, like CleanRL does right after parsing
+    batch_size: int = field(default=0, init=False)
+    """samples per rollout (num_envs * num_steps)"""
+    num_iterations: int = field(default=0, init=False)
+    """rollout/update iterations in the run"""
+    micro_batch_size: int = field(default=0, init=False)
+    """samples per gradient-accumulation micro-batch"""
+
+    def derive(self) -> PPOArgs:
+        if self.num_envs != 1:
+            raise ValueError("num_envs must be 1: the text policy steps one environment")
+        if self.minibatch_size % self.gradient_accumulation_steps:
+            raise ValueError("minibatch_size must be a multiple of gradient_accumulation_steps")
+        self.batch_size = self.num_envs * self.num_steps
+        self.num_iterations = max(1, self.total_timesteps // self.batch_size)
+        self.micro_batch_size = self.minibatch_size // self.gradient_accumulation_steps
+        return self
+
+
+class ActorCritic(Protocol):
+    """What the loop needs from the policy (services.policy.actor_critic.LLMActorCritic)."""
+
+    def base_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+
+    def head_forward(self, hidden: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def parameters(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
+class StateEnv(Protocol):
+    """A gymnasium env over the discrete {sell, hold, buy} actions that can show its state."""
+
+    def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]: ...
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]: ...
+
+    def current_state(self) -> MarketState: ...
+
+
+Encoder = Callable[[MarketState], tuple[Tensor, Tensor]]
+"""MarketState -> (input_ids [1, T], attention_mask [1, T]) at a fixed T so samples stack."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: the math, each testable on its own
+# ---------------------------------------------------------------------------------------------
+
+
+def move_label(realised_return: float, flat_threshold: float = 0.0) -> int:
+    """The action the realised move rewarded: up -> buy, down -> sell, flat -> hold."""
+    if realised_return > flat_threshold:
+        return BUY
+    if realised_return < -flat_threshold:
+        return SELL
+    return HOLD
+
+
+def compute_gae(
+    rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, next_done: Tensor,
+    gamma: float, gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over one rollout (CleanRL's loop, [T] tensors).
+
+    dones[t] is 1 when the observation at step t started a new episode, as in CleanRL.
+    Returns (advantages, returns).
+    """
+    steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        if t == steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages, advantages + values
+
+
+@dataclass
+class LossParts:
+    loss: Tensor
+    pg_loss: Tensor
+    v_loss: Tensor
+    entropy: Tensor
+    mf_loss: Tensor
+    kl_teacher: Tensor
+    approx_kl: Tensor
+    clipfrac: Tensor
+
+
+def rlmf_loss(
+    logits: Tensor, newvalue: Tensor, *, actions: Tensor, old_logprobs: Tensor,
+    advantages: Tensor, returns: Tensor, old_values: Tensor, move_labels: Tensor,
+    teacher_logits: Tensor, args: PPOArgs,
+) -> LossParts:
+    """-L_RL (clipped PPO policy + value loss - entropy) + mf_coef * L_MF + kl_coef * KL."""
+    dist = Categorical(logits=logits)
+    newlogprob = dist.log_prob(actions)
+    entropy = dist.entropy().mean()
+    logratio = newlogprob - old_logprobs
+    ratio = logratio.exp()
+    with torch.no_grad():
+        # http://joschu.net/blog/kl-approx.html, as in CleanRL
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    mb_advantages = advantages
+    if args.norm_adv and advantages.numel() > 1:
+        mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+    pg_loss1 = -mb_advantages * ratio
+    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - returns) ** 2
+        v_clipped = old_values + torch.clamp(newvalue - old_values, -args.clip_coef, args.clip_coef)
+        v_loss = 0.5 * torch.max(v_loss_unclipped, (v_clipped - returns) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+
+    # L_MF: the market's realised move is the label; no human in the loop.
+    mf_loss = F.cross_entropy(logits, move_labels)
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(teacher_logits, dim=-1)
+    kl_teacher = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+    neg_l_rl = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
+    loss = neg_l_rl + args.mf_coef * mf_loss + args.kl_coef * kl_teacher
+    return LossParts(loss, pg_loss, v_loss, entropy, mf_loss, kl_teacher, approx_kl, clipfrac)
+
+
+def realised_return(info: dict[str, Any], before: MarketState, after: MarketState | None) -> float:
+    """The close-to-close move of the step just taken (from the env's info when it says)."""
+    if "realised_return" in info:
+        return float(info["realised_return"])
+    if after is None:
+        return 0.0
+    return after.price / before.price - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One rollout's buffers (CleanRL's obs/actions/logprobs/... arrays) for num_envs=1."""
+
+    input_ids: list[Tensor] = field(default_factory=list)
+    attention_mask: list[Tensor] = field(default_factory=list)
+    hidden: list[Tensor] = field(default_factory=list)
+    actions: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    dones: list[float] = field(default_factory=list)
+    move_labels: list[int] = field(default_factory=list)
+    teacher_logits: list[Tensor] = field(default_factory=list)
+
+
+@dataclass
+class PPOResult:
+    iterations_done: int
+    global_step: int
+    resumed_from: int
+    episode_returns: list[float]
+    metrics: dict[str, float]
+    update_tokens: int
+    update_seconds: float
+
+    @property
+    def update_tokens_per_s(self) -> float:
+        return self.update_tokens / self.update_seconds if self.update_seconds else 0.0
+
+
+def _trainable(agent: ActorCritic) -> list[torch.nn.Parameter]:
+    return [p for p in agent.parameters() if p.requires_grad]
+
+
+def _sample_forward(
+    agent: ActorCritic, teacher: ActorCritic, ids: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    with torch.no_grad():
+        hidden = agent.base_hidden(ids, mask)
+        logits, value = agent.head_forward(hidden, mask)
+        # The student starts as a copy of the teacher over the same frozen base, so the
+        # teacher's hidden states are the student's: only its (frozen) head runs again.
+        teacher_logits, _ = teacher.head_forward(hidden, mask)
+    return hidden, logits, value, teacher_logits
+
+
+def collect_rollout(
+    agent: ActorCritic, teacher: ActorCritic, env: StateEnv, encode: Encoder, args: PPOArgs,
+    state: dict[str, Any], gen: torch.Generator,
+) -> Rollout:
+    """num_steps of acting in `env`; `state` carries the running episode between rollouts."""
+    buf = Rollout()
+    for _ in range(args.num_steps):
+        market = env.current_state()
+        ids, mask = encode(market)
+        hidden, logits, value, teacher_logits = _sample_forward(agent, teacher, ids, mask)
+        dist = Categorical(logits=logits[0])
+        action = int(torch.multinomial(dist.probs, 1, generator=gen).item())
+        _, reward, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        after = None if done else env.current_state()
+        move = realised_return(info, market, after)
+
+        buf.input_ids.append(ids[0])
+        buf.attention_mask.append(mask[0])
+        buf.hidden.append(hidden[0] if args.reuse_hidden else torch.empty(0))
+        buf.actions.append(action)
+        buf.logprobs.append(float(dist.log_prob(torch.tensor(action))))
+        buf.values.append(float(value[0]))
+        buf.rewards.append(float(reward))
+        buf.dones.append(state["next_done"])
+        buf.move_labels.append(move_label(move, args.mf_flat_threshold))
+        buf.teacher_logits.append(teacher_logits[0])
+
+        state["episode_return"] += float(reward)
+        state["next_done"] = 1.0 if done else 0.0
+        if done:
+            state["episode_returns"].append(state["episode_return"])
+            state["episode_return"] = 0.0
+            state["episodes"] += 1
+            env.reset(seed=args.seed + state["episodes"])
+    return buf
+
+
+def _bootstrap_value(agent: ActorCritic, env: StateEnv, encode: Encoder, next_done: float) -> float:
+    if next_done:
+        return 0.0
+    ids, mask = encode(env.current_state())
+    with torch.no_grad():
+        _, value = agent.head_forward(agent.base_hidden(ids, mask), mask)
+    return float(value[0])
+
+
+def update(
+    agent: ActorCritic, optimizer: torch.optim.Optimizer, buf: Rollout, advantages: Tensor,
+    returns: Tensor, args: PPOArgs, gen: torch.Generator,
+) -> tuple[dict[str, float], int]:
+    """update_epochs over the rollout; one optimizer step per minibatch. Returns (metrics, tokens)."""
+    b_mask = torch.stack(buf.attention_mask)
+    b_ids = torch.stack(buf.input_ids)
+    b_hidden = torch.stack(buf.hidden) if args.reuse_hidden else None
+    b_actions = torch.tensor(buf.actions)
+    b_logprobs = torch.tensor(buf.logprobs)
+    b_values = torch.tensor(buf.values)
+    b_labels = torch.tensor(buf.move_labels)
+    b_teacher = torch.stack(buf.teacher_logits)
+    params = _trainable(agent)
+    tokens = 0
+    sums: dict[str, float] = {}
+    count = 0
+    agent.train()
+    for _epoch in range(args.update_epochs):
+        b_inds = torch.randperm(args.batch_size, generator=gen)
+        approx_kls = []
+        for start in range(0, args.batch_size, args.minibatch_size):
+            mb_inds = b_inds[start : start + args.minibatch_size]
+            optimizer.zero_grad(set_to_none=True)
+            micro = [mb_inds[i : i + args.micro_batch_size] for i in range(0, len(mb_inds), args.micro_batch_size)]
+            for u_inds in micro:
+                mask = b_mask[u_inds]
+                if b_hidden is not None:
+                    hidden = b_hidden[u_inds]
+                else:  # no reuse: run the frozen base again for every micro-batch
+                    with torch.no_grad():
+                        hidden = agent.base_hidden(b_ids[u_inds], mask)
+                logits, newvalue = agent.head_forward(hidden, mask)
+                parts = rlmf_loss(
+                    logits, newvalue, actions=b_actions[u_inds], old_logprobs=b_logprobs[u_inds],
+                    advantages=advantages[u_inds], returns=returns[u_inds],
+                    old_values=b_values[u_inds], move_labels=b_labels[u_inds],
+                    teacher_logits=b_teacher[u_inds], args=args,
+                )
+                # Scale so accumulated micro-batch gradients equal the minibatch mean's.
+                (parts.loss * len(u_inds) / len(mb_inds)).backward()
+                tokens += int(mask.sum())
+                approx_kls.append(float(parts.approx_kl))
+                for name in ("loss", "pg_loss", "v_loss", "entropy", "mf_loss", "kl_teacher", "clipfrac"):
+                    sums[name] = sums.get(name, 0.0) + float(getattr(parts, name).detach())
+                count += 1
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+        if args.target_kl is not None and sum(approx_kls) / len(approx_kls) > args.target_kl:
+            break
+    metrics = {f"losses/{k}": v / max(count, 1) for k, v in sums.items()}
+    return metrics, tokens
+
+
+def train(
+    agent: ActorCritic, teacher: ActorCritic, env: StateEnv, encode: Encoder, args: PPOArgs,
+    checkpoint_dir: Path | None = None, stop_after_iterations: int | None = None,
+) -> PPOResult:
+    """Run PPO+RLMF; resumes from the newest checkpoint in `checkpoint_dir` when there is one."""
+    args.derive()
+    torch.manual_seed(args.seed)
+    params = _trainable(agent)
+    dtype = getattr(torch, args.train_dtype)
+    for p in params:
+        p.data = p.data.to(dtype)
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5)
+    gen = torch.Generator().manual_seed(args.seed)
+    state: dict[str, Any] = {"next_done": 0.0, "episode_return": 0.0, "episodes": 0, "episode_returns": []}
+    start_iteration = 1
+    global_step = 0
+    saved = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
+    if saved is not None:
+        start_iteration, global_step = _restore(saved, agent, optimizer, gen, state)
+        log.info("resuming PPO at iteration %d (global step %d)", start_iteration, global_step)
+    resumed_from = start_iteration - 1
+    # A resumed run starts a fresh episode: the env's position is not part of the checkpoint.
+    env.reset(seed=args.seed + state["episodes"])
+    state["next_done"] = 0.0
+
+    metrics: dict[str, float] = {}
+    update_tokens, update_seconds = 0, 0.0
+    last = args.num_iterations
+    if stop_after_iterations is not None:
+        last = min(last, start_iteration - 1 + stop_after_iterations)
+    for iteration in range(start_iteration, last + 1):
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+
+        agent.train(False)
+        buf = collect_rollout(agent, teacher, env, encode, args, state, gen)
+        global_step += args.batch_size
+        next_value = _bootstrap_value(agent, env, encode, state["next_done"])
+        advantages, returns = compute_gae(
+            torch.tensor(buf.rewards), torch.tensor(buf.values), torch.tensor(buf.dones),
+            torch.tensor(next_value), torch.tensor(state["next_done"]), args.gamma, args.gae_lambda,
+        )
+
+        started = time.perf_counter()
+        metrics, tokens = update(agent, optimizer, buf, advantages, returns, args, gen)
+        update_seconds += time.perf_counter() - started
+        update_tokens += tokens
+        metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
+        metrics["charts/mean_reward"] = sum(buf.rewards) / len(buf.rewards)
+        _check_finite(metrics, iteration)
+        log.info("ppo iteration %d/%d", iteration, args.num_iterations, extra={"fields": metrics})
+
+        if checkpoint_dir and (iteration % args.checkpoint_every == 0 or iteration == last):
+            checkpoint.save(checkpoint_dir, iteration, _snapshot(iteration, global_step, agent, optimizer, gen, state))
+    return PPOResult(
+        iterations_done=last, global_step=global_step, resumed_from=resumed_from,
+        episode_returns=list(state["episode_returns"]), metrics=metrics,
+        update_tokens=update_tokens, update_seconds=update_seconds,
+    )
+
+
+def _check_finite(metrics: dict[str, float], iteration: int) -> None:
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"PPO iteration {iteration}: non-finite {', '.join(bad)}")
+
+
+def _trainable_state(agent: ActorCritic) -> dict[str, Tensor]:
+    named = agent.named_parameters()  # type: ignore[attr-defined]
+    return {name: p.detach().clone() for name, p in named if p.requires_grad}
+
+
+def _snapshot(
+    iteration: int, global_step: int, agent: ActorCritic, optimizer: torch.optim.Optimizer,
+    gen: torch.Generator, state: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "iteration": iteration,
+        "global_step": global_step,
+        "trainable": _trainable_state(agent),
+        "optimizer": optimizer.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "episode_state": {k: v for k, v in state.items()},
+    }
+
+
+def _restore(
+    saved: dict[str, Any], agent: ActorCritic, optimizer: torch.optim.Optimizer,
+    gen: torch.Generator, state: dict[str, Any],
+) -> tuple[int, int]:
+    named = dict(agent.named_parameters())  # type: ignore[attr-defined]
+    with torch.no_grad():
+        for name, value in saved["trainable"].items():
+            named[name].copy_(value)
+    optimizer.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    state.update(saved["episode_state"])
+    return int(saved["iteration"]) + 1, int(saved["global_step"])
+
+
+def args_dict(args: PPOArgs) -> dict[str, Any]:
+    return asdict(args)

@@ -1,0 +1,216 @@
+"""PPO + RLMF math: GAE against a hand computation, the RLMF loss's gradient, and learning."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from services.common.market_state import MarketState
+from services.trainer import ppo
+from services.trainer.ppo import BUY, HOLD, SELL, PPOArgs, compute_gae, move_label, rlmf_loss
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Tiny tensors: extra intra-op threads only contend on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_gae_matches_hand_computation() -> None:
+    gamma, lam = 0.9, 0.5
+    rewards = torch.tensor([1.0, 0.0, 2.0])
+    values = torch.tensor([0.5, 1.0, 1.5])
+    dones = torch.tensor([0.0, 0.0, 1.0])  # step 2's observation starts a new episode
+    next_value, next_done = torch.tensor(3.0), torch.tensor(0.0)
+    adv, ret = compute_gae(rewards, values, dones, next_value, next_done, gamma, lam)
+    # by hand, backwards:
+    d2 = 2.0 + 0.9 * 3.0 - 1.5  # 3.2, bootstrapped from next_value
+    a2 = d2
+    d1 = 0.0 + 0.9 * 1.5 * 0.0 - 1.0  # step 2 begins a new episode: no bootstrap across it
+    a1 = d1 + 0.9 * 0.5 * 0.0 * a2
+    d0 = 1.0 + 0.9 * 1.0 - 0.5
+    a0 = d0 + 0.9 * 0.5 * a1
+    assert adv.tolist() == pytest.approx([a0, a1, a2])
+    assert ret.tolist() == pytest.approx([a0 + 0.5, a1 + 1.0, a2 + 1.5])
+
+
+def test_move_label_follows_the_sign_of_the_realised_move() -> None:
+    assert move_label(0.01) == BUY
+    assert move_label(-0.01) == SELL
+    assert move_label(0.0) == HOLD
+    assert move_label(0.001, flat_threshold=0.005) == HOLD
+
+
+def _loss_inputs(logits: Tensor, labels: list[int]) -> dict[str, Any]:
+    n = logits.shape[0]
+    return dict(
+        actions=torch.zeros(n, dtype=torch.long), old_logprobs=torch.log_softmax(logits.detach(), -1)[:, 0],
+        advantages=torch.zeros(n), returns=torch.zeros(n), old_values=torch.zeros(n),
+        move_labels=torch.tensor(labels), teacher_logits=logits.detach().clone(),
+    )
+
+
+def test_rlmf_loss_gradient_is_the_market_feedback_cross_entropy_gradient() -> None:
+    # With zero advantages/values, no entropy or KL weight, the gradient w.r.t. the logits is
+    # mf_coef * (softmax - onehot(label)) / n: the closed form of cross-entropy's gradient.
+    logits = torch.tensor([[0.2, -0.1, 0.4], [1.0, 0.0, -1.0]], requires_grad=True)
+    args = PPOArgs(ent_coef=0.0, kl_coef=0.0, mf_coef=0.7, vf_coef=0.0, norm_adv=False)
+    parts = rlmf_loss(logits, torch.zeros(2, requires_grad=True), args=args, **_loss_inputs(logits, [BUY, SELL]))
+    parts.loss.backward()
+    onehot = torch.nn.functional.one_hot(torch.tensor([BUY, SELL]), 3).float()
+    expected = 0.7 * (torch.softmax(logits.detach(), -1) - onehot) / 2
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+def test_rlmf_loss_combines_rl_feedback_and_kl_terms() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3, requires_grad=True)
+    values = torch.randn(4, requires_grad=True)
+    inputs = _loss_inputs(logits, [BUY, BUY, SELL, HOLD])
+    inputs["advantages"] = torch.tensor([1.0, -1.0, 0.5, 2.0])
+    inputs["returns"] = torch.tensor([1.0, 0.0, 0.5, 0.2])
+    inputs["teacher_logits"] = torch.randn(4, 3)
+    args = PPOArgs(mf_coef=0.3)
+    parts = rlmf_loss(logits, values, args=args, **inputs)
+    expected = (parts.pg_loss - args.ent_coef * parts.entropy + args.vf_coef * parts.v_loss
+                + 0.3 * parts.mf_loss + args.kl_coef * parts.kl_teacher)
+    assert torch.isclose(parts.loss, expected)
+    assert parts.kl_teacher > 0  # a different teacher costs something
+    parts.loss.backward()
+    assert logits.grad is not None and values.grad is not None
+    assert torch.isfinite(logits.grad).all()
+
+
+# ---- a tiny actor-critic and a steady uptrend: PPO must learn `buy` ----------------------
+
+
+class TinyActorCritic(nn.Module):
+    """A frozen "base" (embedding) and a trainable head: the split the LLM policy offers."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.base = nn.Embedding(16, dim)
+        self.base.requires_grad_(False)
+        self.policy = nn.Linear(dim, 3)
+        self.value = nn.Linear(dim, 1)
+        self.base_calls = 0
+
+    def base_hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        self.base_calls += 1
+        return self.base(input_ids)
+
+    def head_forward(self, hidden: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        pooled = hidden.mean(1)
+        return self.policy(pooled), self.value(pooled).squeeze(-1)
+
+
+class UptrendEnv:
+    """Price rises 1% a day; reward = position's P&L (buy +r, sell -r, hold 0)."""
+
+    def __init__(self, max_episode_steps: int = 20) -> None:
+        self.max_steps = max_episode_steps
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
+        self.t = 0
+        return None, {}
+
+    def current_state(self) -> MarketState:
+        closes = [100 * 1.01 ** (self.t + i) for i in range(5)]
+        return MarketState(ticker="UP", as_of=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=self.t),
+                           recent_closes=closes)
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        pnl = {BUY: 0.01, HOLD: 0.0, SELL: -0.01}[action]
+        return None, pnl * 100, False, self.t >= self.max_steps, {"realised_return": 0.01}
+
+
+def _encode(state: MarketState) -> tuple[Tensor, Tensor]:
+    ids = torch.tensor([[1, 2, 3, 4]])
+    return ids, torch.ones_like(ids)
+
+
+def _buy_probability(agent: TinyActorCritic) -> float:
+    ids, mask = _encode(UptrendEnv().current_state())
+    with torch.no_grad():
+        logits, _ = agent.head_forward(agent.base_hidden(ids, mask), mask)
+    return float(torch.softmax(logits, -1)[0, BUY])
+
+
+def _agents(seed: int) -> tuple[TinyActorCritic, TinyActorCritic]:
+    torch.manual_seed(seed)
+    agent = TinyActorCritic()
+    teacher = TinyActorCritic()
+    teacher.load_state_dict(agent.state_dict())
+    return agent, teacher
+
+
+@pytest.mark.parametrize("mf_coef", [0.0, 1.0])
+def test_ppo_learns_to_buy_a_steady_uptrend(mf_coef: float) -> None:
+    agent, teacher = _agents(0)
+    before = _buy_probability(agent)
+    args = PPOArgs(total_timesteps=800, learning_rate=3e-2, num_steps=40, minibatch_size=8,
+                   gradient_accumulation_steps=2, update_epochs=4, kl_coef=0.0, mf_coef=mf_coef, seed=3)
+    result = ppo.train(agent, teacher, UptrendEnv(), _encode, args)
+    after = _buy_probability(agent)
+    assert before < 0.5 and after > 0.9, (before, after)
+    # episodes at the end earn clearly more than the random start's (max 20 per episode)
+    assert sum(result.episode_returns[-5:]) / 5 > 15
+
+
+def test_reuse_runs_the_frozen_base_once_per_sample() -> None:
+    args = PPOArgs(total_timesteps=40, num_steps=40, minibatch_size=8, gradient_accumulation_steps=2,
+                   update_epochs=3, kl_coef=0.0)
+    for reuse, extra in ((True, 0), (False, 3 * 40 // 4)):
+        agent, teacher = _agents(0)
+        args.reuse_hidden = reuse
+        ppo.train(agent, teacher, UptrendEnv(), _encode, args)
+        # 40 rollout samples (the episode ends on the last, so no bootstrap pass); without
+        # reuse, one more base pass per micro-batch of every epoch
+        assert agent.base_calls == 40 + extra
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
+    args = PPOArgs(total_timesteps=160, num_steps=40, minibatch_size=8, gradient_accumulation_steps=2,
+                   learning_rate=1e-2, seed=5)
+    # uninterrupted reference
+    ref, ref_teacher = _agents(1)
+    ppo.train(ref, ref_teacher, UptrendEnv(), _encode, PPOArgs(**_init_fields(args)))
+    # "killed" after 2 of 4 iterations, then resumed
+    agent, teacher = _agents(1)
+    first = ppo.train(agent, teacher, UptrendEnv(), _encode, PPOArgs(**_init_fields(args)),
+                      checkpoint_dir=tmp_path, stop_after_iterations=2)
+    assert first.iterations_done == 2
+    fresh, fresh_teacher = _agents(1)  # a new process: weights start from the teacher again
+    resumed = ppo.train(fresh, fresh_teacher, UptrendEnv(), _encode, PPOArgs(**_init_fields(args)),
+                        checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 2 and resumed.iterations_done == 4
+    assert resumed.global_step == 160
+    # episodes are 20 steps, so iteration boundaries coincide with episode starts: same result
+    for a, b in zip(ref.parameters(), fresh.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def _init_fields(args: PPOArgs) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+
+
+def test_defaults_are_flag_trader_table_3() -> None:
+    args = PPOArgs().derive()
+    assert (args.total_timesteps, args.learning_rate, args.num_steps, args.gamma, args.gae_lambda) == (
+        13860, 5e-5, 40, 0.95, 0.98)
+    assert (args.clip_coef, args.ent_coef, args.vf_coef, args.kl_coef, args.max_grad_norm) == (
+        0.2, 0.05, 0.5, 0.05, 0.5)
+    assert (args.gradient_accumulation_steps, args.minibatch_size, args.max_episode_steps) == (8, 32, 65)
+    assert args.target_kl is None and args.anneal_lr and args.norm_adv and args.clip_vloss
+    assert args.num_iterations == 13860 // 40 and args.micro_batch_size == 4
