@@ -135,7 +135,7 @@ class StateEnv(Protocol):
 
 
 Encoder = Callable[[MarketState], tuple[Tensor, Tensor]]
-"""MarketState -> (input_ids [1, T], attention_mask [1, T]) at a fixed T so samples stack."""
+"""MarketState -> (input_ids [1, T], attention_mask [1, T]); T may differ between states."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +229,16 @@ def rlmf_loss(
     neg_l_rl = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
     loss = neg_l_rl + args.mf_coef * mf_loss + args.kl_coef * kl_teacher
     return LossParts(loss, pg_loss, v_loss, entropy, mf_loss, kl_teacher, approx_kl, clipfrac)
+
+
+def pad_left(rows: list[Tensor], value: float = 0) -> Tensor:
+    """Stack [T_i, ...] tensors into [B, max T, ...], padding on the left as the policy does
+    (its position ids skip left padding, so a padded row computes what it does alone)."""
+    width = max(r.shape[0] for r in rows)
+    out = rows[0].new_full((len(rows), width, *rows[0].shape[1:]), value)
+    for i, row in enumerate(rows):
+        out[i, width - row.shape[0] :] = row
+    return out
 
 
 def realised_return(info: dict[str, Any], before: MarketState, after: MarketState | None) -> float:
@@ -344,9 +354,6 @@ def update(
     returns: Tensor, args: PPOArgs, gen: torch.Generator,
 ) -> tuple[dict[str, float], int]:
     """update_epochs over the rollout; one optimizer step per minibatch. Returns (metrics, tokens)."""
-    b_mask = torch.stack(buf.attention_mask)
-    b_ids = torch.stack(buf.input_ids)
-    b_hidden = torch.stack(buf.hidden) if args.reuse_hidden else None
     b_actions = torch.tensor(buf.actions)
     b_logprobs = torch.tensor(buf.logprobs)
     b_values = torch.tensor(buf.values)
@@ -365,12 +372,13 @@ def update(
             optimizer.zero_grad(set_to_none=True)
             micro = [mb_inds[i : i + args.micro_batch_size] for i in range(0, len(mb_inds), args.micro_batch_size)]
             for u_inds in micro:
-                mask = b_mask[u_inds]
-                if b_hidden is not None:
-                    hidden = b_hidden[u_inds]
+                rows = u_inds.tolist()
+                mask = pad_left([buf.attention_mask[i] for i in rows])
+                if args.reuse_hidden:
+                    hidden = pad_left([buf.hidden[i] for i in rows])
                 else:  # no reuse: run the frozen base again for every micro-batch
                     with torch.no_grad():
-                        hidden = agent.base_hidden(b_ids[u_inds], mask)
+                        hidden = agent.base_hidden(pad_left([buf.input_ids[i] for i in rows]), mask)
                 logits, newvalue = agent.head_forward(hidden, mask)
                 parts = rlmf_loss(
                     logits, newvalue, actions=b_actions[u_inds], old_logprobs=b_logprobs[u_inds],
