@@ -59,7 +59,7 @@ def news_frame(
     decayed = seeded.ewm(alpha=1.0 - decay, adjust=False).mean().iloc[1:].reset_index(drop=True)
     latest = (
         news.sort_values(["published", "item_id"]).groupby("day")["summary"].last()
-        .reindex(range(len(ends))).ffill().fillna("")
+        .reindex(range(len(ends))).astype("string").ffill().fillna("")
     )  # fmt: skip
     out = pd.DataFrame(
         {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.common import topics
 
@@ -41,7 +43,7 @@ class FeaturesSettings(BaseSettings):
     """The FeatureService readers ask for by default and features.ready names."""
 
     # --- event time --------------------------------------------------------------------------
-    tickers: list[str] = ["MSFT", "GOOGL"]
+    tickers: Annotated[list[str], NoDecode] = ["MSFT", "GOOGL"]
     """Tickers the service accepts; a bar or news item for any other is dead-lettered."""
     news_cutoff_before_close_s: float = Field(default=0.0, ge=0.0)
     """Day t's news is what was published up to (close_t - this many seconds); 0 = the close."""
@@ -60,9 +62,12 @@ class FeaturesSettings(BaseSettings):
     @field_validator("tickers", mode="before")
     @classmethod
     def _split_tickers(cls, value: object) -> object:
-        # Accept `MSFT,GOOGL` as well as the JSON list pydantic-settings expects.
-        if isinstance(value, str) and not value.strip().startswith("["):
-            return [t.strip() for t in value.split(",") if t.strip()]
+        # Accept `MSFT,GOOGL` as well as a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [t.strip() for t in text.split(",") if t.strip()]
         return value
 
     @property
