@@ -1,0 +1,264 @@
+"""The policy behind a real kserve.ModelServer on a loopback port (a subprocess per module):
+v1/v2 round trips, 400s for bad requests, micro-batching, metrics, and hot reload under load."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from services.common.broker import free_port
+from services.common.market_state import ACTIONS, MarketState
+from services.policy.artifacts import init_artifact, load_artifact, save_artifact
+from services.policy.client import PolicyClient, PolicyClientError, request_reload
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = {"ticker": "MSFT", "as_of": "2024-01-02T21:00:00Z", "recent_closes": [100.0, 101.5], "cash": 1e4}
+
+
+def _state(i: int) -> MarketState:
+    return MarketState(
+        ticker="MSFT",
+        as_of=datetime(2024, 1, 2, 21, tzinfo=UTC),
+        recent_closes=[100.0 + k for k in range(1 + i % 5)],
+        cash=1000.0,
+        sentiment=0.1,
+    )
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def _start(model_dir: Path, log: Path, extra_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    env = {**os.environ, "RLMF_POLICY_MAX_WAIT_MS": "30", "RLMF_POLICY_MAX_INSTANCES": "8",
+           "RLMF_POLICY_MAX_STATE_TOKENS": "400", **(extra_env or {})}
+    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(model_dir),
+           "--http_port", str(port), "--enable_grpc", "false"]
+    out = log.open("wb")
+    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Server(f"http://127.0.0.1:{port}", process, log)
+
+
+def _wait_ready(server: Server, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited {server.process.returncode}: {server.log.read_text()[-2000:]}")
+        if PolicyClient(server.url, timeout=2).ready():
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"server not ready in {timeout_s}s: {server.log.read_text()[-2000:]}")
+
+
+def _stop(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("policy-artifacts")
+    init_artifact(tiny_llama_dir, root / "v0", "v0")
+    model = load_artifact(root / "v0")
+    with torch.no_grad():  # a "trained" student: a different value head
+        model.value_head[2].bias.fill_(5.0)
+    save_artifact(model, root / "v1", {"version": "v1", "parent_version": "v0", "base_model": "tiny-llama"})
+    bad = root / "v2-tampered"
+    shutil.copytree(root / "v1", bad)
+    with (bad / "model.safetensors").open("r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    return {"v0": root / "v0", "v1": root / "v1", "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def server(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = _start(artifacts["v0"], tmp_path_factory.mktemp("logs") / "policy.log")
+    try:
+        _wait_ready(srv)
+        yield srv
+    finally:
+        _stop(srv)
+
+
+def _predict(url: str, body: object, **kw: object) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{url}/v1/models/policy:predict", content=content, timeout=60, **kw)
+
+
+def test_v1_round_trip(server: Server) -> None:
+    r = _predict(server.url, {"instances": [STATE, {**STATE, "ticker": "GOOGL"}]})
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert len(predictions) == 2
+    version = PolicyClient(server.url).status()["model_version"]
+    for p in predictions:
+        assert p["action"] in ACTIONS and set(p["probabilities"]) == set(ACTIONS)
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert p["model_version"] == version and isinstance(p["value"], float)
+        assert "explanation" not in p
+
+
+def test_v2_round_trip(server: Server) -> None:
+    body = {"id": "req-7", "inputs": [{"name": "state", "shape": [2], "datatype": "BYTES",
+                                       "data": [json.dumps(STATE), json.dumps({**STATE, "cash": 0})]}]}
+    r = httpx.post(f"{server.url}/v2/models/policy/infer", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "req-7"
+    tensors = {o["name"]: o for o in out["outputs"]}
+    assert tensors["probabilities"]["shape"] == [2, 3] and tensors["probabilities"]["datatype"] == "FP32"
+    probs = tensors["probabilities"]["data"]
+    assert sum(probs[:3]) == pytest.approx(1.0, abs=1e-5) and sum(probs[3:]) == pytest.approx(1.0, abs=1e-5)
+    assert all(a in ACTIONS for a in tensors["action"]["data"])
+    assert tensors["value"]["shape"] == [2] and len(tensors["model_version"]["data"]) == 2
+    # v1 and v2 agree on the same state
+    v1 = _predict(server.url, {"instances": [STATE]}).json()["predictions"][0]
+    assert probs[:3] == pytest.approx([v1["probabilities"][a] for a in ACTIONS], abs=1e-6)
+
+
+def test_client_decide_and_explanation(server: Server) -> None:
+    with PolicyClient(server.url) as client:
+        decisions = client.decide([_state(1), _state(2)], explain=True)
+        status = client.status()
+    assert [d.action in ACTIONS for d in decisions] == [True, True]
+    assert all(isinstance(d.explanation, str) for d in decisions)
+    # No reward model is configured, so best-of-n is off and the status says so.
+    assert status["best_of_n_active"] is False and "greedy" in str(status["explain"])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{broken", "request format"),  # KServe parses the JSON and says so
+        ({"states": []}, "unknown top-level field"),
+        ({"instances": "MSFT"}, "must be a list"),
+        ({"instances": [{k: v for k, v in STATE.items() if k != "recent_closes"}]}, "recent_closes"),
+        ({"instances": [{**STATE, "cash": "lots"}]}, "cash"),
+        ({"instances": [{**STATE, "ticker": 7}]}, "ticker"),
+        ({"instances": [STATE] * 9}, "too many instances: 9"),
+        ({"instances": [{**STATE, "news_summary": "n" * 2001}]}, "news_summary"),
+        ({"instances": [{**STATE, "news_summary": "word " * 390}]}, "tokens, more than 400"),
+        ({"instances": [{**STATE, "recent_closes": [1.0, 0.0]}]}, "recent_closes"),
+    ],
+)
+def test_bad_v1_requests_get_400_with_the_reason(server: Server, body: object, message: str) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = httpx.post(f"{server.url}/v1/models/policy:predict", content=content, timeout=60)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": 3}, "inputs"),
+        ({"inputs": [{"name": "state", "shape": [1], "datatype": "BYTES"}]}, "data"),
+        ({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["{}"]}]}, 'missing input "state"'),
+        ({"inputs": [{"name": "state", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "datatype BYTES"),
+        ({"inputs": [{"name": "state", "shape": [1], "datatype": "BYTES", "data": ["{\"ticker\": 1}"]}]}, "instance 0"),
+    ],
+)
+def test_bad_v2_requests_get_400_with_the_reason(server: Server, body: object, message: str) -> None:
+    r = httpx.post(f"{server.url}/v2/models/policy/infer", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def test_concurrent_requests_are_micro_batched_and_metered(server: Server) -> None:
+    def count(text: str, name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    before = httpx.get(f"{server.url}/metrics").text
+    threads = [threading.Thread(target=_predict, args=(server.url, {"instances": [STATE]})) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = httpx.get(f"{server.url}/metrics").text
+    batches = count(after, "rlmf_policy_batch_size_count") - count(before, "rlmf_policy_batch_size_count")
+    states = count(after, "rlmf_policy_batch_size_sum") - count(before, "rlmf_policy_batch_size_sum")
+    assert states == 8 and batches < 8, f"{batches} batches for 8 concurrent requests"
+    assert 'rlmf_policy_decisions_total{action="' in after
+    assert "rlmf_policy_model_info{" in after
+    assert "request_predict_seconds_bucket" in after  # KServe's own histograms
+
+
+def test_reload_under_load_loses_nothing_and_switches_version(
+    server: Server, artifacts: dict[str, Path]
+) -> None:
+    stop = threading.Event()
+    seen: list[tuple[int, float, str, int]] = []  # (worker, start time, version, status)
+    errors: list[BaseException] = []
+
+    def worker(w: int) -> None:
+        with PolicyClient(server.url, timeout=60) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    seen.append((w, started, client.decide([_state(w)])[0].model_version, 200))
+                except (PolicyClientError, httpx.HTTPError) as exc:
+                    errors.append(exc)
+
+    request_reload(server.url, artifacts["v0"])  # known starting point
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    result = request_reload(server.url, artifacts["v1"])
+    swapped_at = time.monotonic()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert result == {"model_version": "v1", "previous_version": "v0"}
+    versions = [v for _, _, v, _ in seen]
+    assert "v0" in versions and "v1" in versions
+    assert all(v == "v1" for _, started, v, _ in seen if started > swapped_at)
+    for w in range(4):  # per client, the version only ever moves forward
+        mine = [v for ww, _, v, _ in sorted(seen, key=lambda s: s[1]) if ww == w]
+        assert mine == sorted(mine), mine
+
+    # A folder that fails verification is refused; v1 keeps serving and the alert is raised.
+    with pytest.raises(PolicyClientError, match="model.safetensors does not match") as refused:
+        request_reload(server.url, artifacts["bad"])
+    assert refused.value.status == 422
+    assert PolicyClient(server.url).decide([_state(0)])[0].model_version == "v1"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "rlmf_policy_reload_failed 1.0" in metrics
+    assert request_reload(server.url, artifacts["v0"])["model_version"] == "v0"
+    assert "rlmf_policy_reload_failed 0.0" in httpx.get(f"{server.url}/metrics").text
+
+
+def test_server_refuses_to_start_on_a_tampered_artifact(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    srv = _start(artifacts["bad"], tmp_path / "bad.log")
+    try:
+        assert srv.process.wait(timeout=120) == 2
+    finally:
+        if srv.process.poll() is None:
+            _stop(srv)
+    assert "model.safetensors does not match" in srv.log.read_text()
