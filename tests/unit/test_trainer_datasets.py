@@ -1,0 +1,113 @@
+"""Feedback validation, walk-forward windows (evaluation always after training), SEP pairs."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common import envelope
+from services.common.bus import Incoming, ValidationFailed
+from services.common.envelope import set_time
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.common.topics import MARKET_FEEDBACK
+from services.trainer.datasets import (
+    FeedbackLog, FeedbackRecord, Window, newest_window, preference_pairs, record_from_incoming, walk_forward,
+)
+
+T0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
+
+
+def _incoming(**changes: object) -> Incoming:
+    msg = pb.MarketFeedback(ticker="MSFT", state="price 100", action="buy", reward=1.0,
+                            realised_return=0.01, model_version="v0", value=0.2)
+    msg.probabilities.update({"sell": 0.2, "hold": 0.3, "buy": 0.5})
+    set_time(msg.decision_time, T0)
+    set_time(msg.realised_time, T0 + timedelta(days=1))
+    for key, value in changes.items():
+        if key in ("decision_time", "realised_time"):
+            set_time(getattr(msg, key), value)  # type: ignore[arg-type]
+        else:
+            setattr(msg, key, value)
+    env = envelope.decode(envelope.encode(envelope.wrap(msg, key="MSFT", event_time=T0, source="t")), pb.MarketFeedback)
+    return Incoming(MARKET_FEEDBACK, 0, 0, env, b"", [])
+
+
+def test_valid_feedback_becomes_a_record() -> None:
+    record = record_from_incoming(_incoming())
+    assert record.action == "buy" and record.label() == "buy" and record.correct()
+    assert record.probabilities["buy"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"action": "short"}, "not one of"),
+        ({"realised_time": T0}, "not after decision_time"),
+        ({"realised_return": float("nan")}, "realised_return is not finite"),
+        ({"state": "  "}, "empty state"),
+        ({"ticker": ""}, "no ticker"),
+    ],
+)
+def test_bad_feedback_is_refused_with_a_reason(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationFailed, match=message):
+        record_from_incoming(_incoming(**changes))
+
+
+def test_feedback_log_drops_redeliveries_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "feedback.jsonl"
+    log = FeedbackLog(path)
+    record = record_from_incoming(_incoming())
+    assert log.add(record) and not log.add(record)
+    again = FeedbackLog(path)
+    assert again.records() == [record]
+
+
+@given(st.integers(1, 40), st.integers(1, 10), st.integers(0, 80), st.integers(1, 10))
+def test_walk_forward_evaluates_only_after_training(train: int, held: int, n: int, step: int) -> None:
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(n)]
+    windows = walk_forward(days, train, held, step)
+    for w in windows:
+        assert len(w.train) == train and len(w.evaluate) == held
+        assert max(w.train) < min(w.evaluate)
+    if windows:
+        assert windows[-1].evaluate[-1] <= days[-1]
+
+
+def test_newest_window_holds_out_the_last_days() -> None:
+    w = newest_window(list(range(100)), 30, 10)
+    assert w.train == tuple(range(60, 90)) and w.evaluate == tuple(range(90, 100))
+    with pytest.raises(ValueError, match="need 50 days"):
+        newest_window(list(range(49)), 40, 10)
+
+
+def test_a_window_that_would_look_ahead_is_refused() -> None:
+    with pytest.raises(ValueError, match="after every training day"):
+        Window(train=(1, 2, 5), evaluate=(4, 6))
+
+
+def test_self_reflection_pairs_prefer_the_answer_the_market_agreed_with(tiny_llama_dir: Path) -> None:
+    import torch
+
+    from services.policy.actor_critic import LLMActorCritic
+
+    torch.set_num_threads(1)
+    model = LLMActorCritic.from_pretrained(tiny_llama_dir)
+    records = [
+        FeedbackRecord("MSFT", T0 + timedelta(days=i), T0 + timedelta(days=i + 1), f"state {i}",
+                       action, 0.0, move, "v0")
+        for i, (action, move) in enumerate([("sell", 0.02), ("buy", 0.01), ("buy", -0.03), ("hold", 0.05)])
+    ]
+    pairs, stats = preference_pairs(records, model, "PROMPT ", max_pairs=10, explain_tokens=4, tries=6, seed=0)
+    assert stats.wrong == 3  # the second record was right: no pair for it
+    assert stats.pairs + stats.unresolved == 3 and stats.pairs >= 1
+    for row in pairs:
+        assert row["prompt"].startswith("PROMPT state")
+        chosen, rejected = row["chosen"].split()[0], row["rejected"].split()[0]
+        assert chosen != rejected
+        assert "\nReason:" in row["chosen"] and "\nReason:" in row["rejected"]
+    labels = {f"PROMPT {r.state}": r.label() for r in records}
+    assert all(row["chosen"].split()[0] == labels[row["prompt"]] for row in pairs)
