@@ -56,8 +56,9 @@ def _p(title: str, unit: str, *queries: tuple[str, str], description: str = "") 
     return PanelSpec(title, unit, tuple(Query(e, legend) for e, legend in queries), description)
 
 
-def _histogram_p99(metric: str, by: str) -> str:
-    return f"histogram_quantile(0.99, sum by (le, {by}) (rate({metric}_bucket[{RATE}])))"
+def _histogram_p99(metric: str, by: str, matchers: str = "") -> str:
+    """p99 of a Prometheus histogram; `matchers` like '{service="sentiment"}'."""
+    return f"histogram_quantile(0.99, sum by (le, {by}) (rate({metric}_bucket{matchers}[{RATE}])))"
 
 
 PIPELINE = DashboardSpec(
@@ -144,7 +145,7 @@ SENTIMENT = DashboardSpec(
                 _p(
                     "Sentiment handler latency p99",
                     "s",
-                    (_histogram_p99('rlmf_handler_latency_seconds{service="sentiment"}', "topic"),
+                    (_histogram_p99("rlmf_handler_latency_seconds", "topic", '{service="sentiment"}'),
                      "{{topic}}"),
                 ),
             ),
