@@ -33,13 +33,17 @@ WINDOW = 10
 class PandasRowEnv(gym.Env):  # type: ignore[misc]
     """The obvious implementation: pandas lookups and rolling math inside every step."""
 
-    def __init__(self, prices: pd.DataFrame, sentiment: pd.Series, cfg: ExecutionConfig, rc: RewardConfig) -> None:
+    def __init__(
+        self, prices: pd.DataFrame, sentiment: pd.Series, cfg: ExecutionConfig, rc: RewardConfig
+    ) -> None:
         self.df = prices.assign(sentiment=sentiment)
         self.cfg, self.rc = cfg, rc
         self.action_space = spaces.Discrete(3)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(WINDOW + 4,), dtype=np.float32)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self.t, self.cash, self.position = 0, self.cfg.initial_cash, 0.0
         return self._obs(), {}
@@ -54,7 +58,9 @@ class PandasRowEnv(gym.Env):  # type: ignore[misc]
         row = self.df.iloc[self.t]
         window, vol = self._features(self.t)
         nw = self.cash + self.position * row["close"]
-        return np.concatenate([window, [vol, row["sentiment"], self.position * row["close"] / nw, self.cash / nw]]).astype(np.float32)
+        return np.concatenate(
+            [window, [vol, row["sentiment"], self.position * row["close"] / nw, self.cash / nw]]
+        ).astype(np.float32)
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         row, nxt = self.df.iloc[self.t], self.df.iloc[self.t + 1]
@@ -66,7 +72,15 @@ class PandasRowEnv(gym.Env):  # type: ignore[misc]
         alignment = row["sentiment"] * (int(action) - 1) if fill else 0.0
         self.t += 1
         nw_now = self.cash + self.position * nxt["close"]
-        r = acc.reward(nw_prev, nw_now, fill.notional if fill else 0.0, fill.cost if fill else 0.0, alignment, vol, self.rc)
+        r = acc.reward(
+            nw_prev,
+            nw_now,
+            fill.notional if fill else 0.0,
+            fill.cost if fill else 0.0,
+            alignment,
+            vol,
+            self.rc,
+        )
         return self._obs(), float(r), self.t >= len(self.df) - 1, False, {"net_worth": nw_now}
 
 
@@ -85,9 +99,13 @@ def drive(env: gym.Env, actions: np.ndarray) -> tuple[float, list[float]]:
 
 def main() -> None:
     prices = load_prices_csv(REPO / "data" / "GOOGL.csv")
-    sentiment = pd.Series(np.tanh(np.random.default_rng(0).normal(size=len(prices))), index=prices.index)
+    sentiment = pd.Series(
+        np.tanh(np.random.default_rng(0).normal(size=len(prices))), index=prices.index
+    )
     cfg, rc = ExecutionConfig(cost_bps=10, fixed_fee=1.0), RewardConfig()
-    fast = DiscreteTradingEnv(prices, ticker="GOOGL", sentiment=sentiment, execution=cfg, reward_config=rc, window=WINDOW)
+    fast = DiscreteTradingEnv(
+        prices, ticker="GOOGL", sentiment=sentiment, execution=cfg, reward_config=rc, window=WINDOW
+    )
     slow = PandasRowEnv(prices, sentiment, cfg, rc)
     actions = np.random.default_rng(1).integers(0, 3, size=6000)
     print("checking both envs give the same rewards ...", file=sys.stderr)
@@ -100,11 +118,21 @@ def main() -> None:
     # Best of two runs each, to damp noise from other work on a shared machine.
     fast_sps = max(drive(fast, actions)[0] for _ in range(2))
     slow_sps = max(drive(slow, actions[:2000])[0] for _ in range(2))
-    print(json.dumps({
-        "bench": "env", "env": "DiscreteTradingEnv", "baseline": "pandas-row env, same rules",
-        "steps_per_s": round(fast_sps, 1), "baseline_steps_per_s": round(slow_sps, 1),
-        "ratio": round(fast_sps / slow_sps, 2), "target_ratio": 20, "same_rewards": same, "data": "data/GOOGL.csv",
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "env",
+                "env": "DiscreteTradingEnv",
+                "baseline": "pandas-row env, same rules",
+                "steps_per_s": round(fast_sps, 1),
+                "baseline_steps_per_s": round(slow_sps, 1),
+                "ratio": round(fast_sps / slow_sps, 2),
+                "target_ratio": 20,
+                "same_rewards": same,
+                "data": "data/GOOGL.csv",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

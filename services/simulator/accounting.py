@@ -77,7 +77,9 @@ def _affordable_buy(cash: float, price: float, cfg: ExecutionConfig) -> float:
     return spendable / (price * (1.0 + cfg.cost_bps * 1e-4)) * _AFFORD_MARGIN
 
 
-def clip_quantity(quantity: float, cash: float, position: float, price: float, cfg: ExecutionConfig) -> float:
+def clip_quantity(
+    quantity: float, cash: float, position: float, price: float, cfg: ExecutionConfig
+) -> float:
     """`quantity` limited to what the account may trade at `price`."""
     if quantity > 0 and not cfg.allow_negative_cash:
         quantity = min(quantity, _affordable_buy(cash, price, cfg))

@@ -55,7 +55,12 @@ def run_policy(
     positions = [env.position]
     decisions: list[Decision] = []
     done = False
-    with tqdm(total=env.end - start, desc=label or getattr(policy, "name", "policy"), disable=not progress, unit="bar") as bar:
+    with tqdm(
+        total=env.end - start,
+        desc=label or getattr(policy, "name", "policy"),
+        disable=not progress,
+        unit="bar",
+    ) as bar:
         while not done:
             decision = policy.decide([env.current_state()])[0]
             decisions.append(decision)
@@ -85,14 +90,21 @@ def run_backtest(
 
     def make_env() -> DiscreteTradingEnv:
         return DiscreteTradingEnv(
-            prices, ticker=ticker, sentiment=sentiment, summaries=summaries,
-            start=start, end=end, execution=execution,
+            prices,
+            ticker=ticker,
+            sentiment=sentiment,
+            summaries=summaries,
+            start=start,
+            end=end,
+            execution=execution,
         )
 
     strategy = run_policy(make_env(), policy, seed, progress, "backtest")
     bench = run_policy(make_env(), BuyAndHold(), seed, False)
     ppy = float(prices.attrs.get("periods_per_year", 252.0))
-    metrics = compare_to_buy_and_hold(strategy.equity, bench.equity, ppy, strategy.traded_notional, bench.traded_notional)
+    metrics = compare_to_buy_and_hold(
+        strategy.equity, bench.equity, ppy, strategy.traded_notional, bench.traded_notional
+    )
     closes = prices["close"].to_numpy()[prices.index.get_indexer(strategy.times)]
     return BacktestResult(strategy, bench, closes, metrics)
 
@@ -119,7 +131,10 @@ def write_metrics_json(result: BacktestResult, run_info: dict[str, Any], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     versions = sorted({d.model_version for d in result.strategy.decisions})
     fallbacks = sum(1 for d in result.strategy.decisions if d.fallback_reason)
-    body = {**result.metrics, "run": {**run_info, "model_versions": versions, "policy_fallbacks": fallbacks}}
+    body = {
+        **result.metrics,
+        "run": {**run_info, "model_versions": versions, "policy_fallbacks": fallbacks},
+    }
     path = out_dir / "metrics.json"
     path.write_text(json.dumps(_finite(body), indent=2, default=str))
     return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import httpx
 import numpy as np
@@ -34,10 +34,13 @@ POLICY_LATENCY = Histogram(
 )
 
 
+Action = Literal["sell", "hold", "buy"]
+
+
 class Decision(BaseModel):
     """One policy answer (the KServe v1 prediction shape) plus why it fell back, if it did."""
 
-    action: Literal["sell", "hold", "buy"]
+    action: Action
     probabilities: dict[str, float] = Field(default_factory=dict)
     value: float = 0.0
     explanation: str | None = None
@@ -70,8 +73,14 @@ class BuyAndHold:
     def decide(self, states: list[MarketState]) -> list[Decision]:
         out = []
         for s in states:
-            action = "buy" if s.cash > 0 and s.position == 0 else "hold"
-            out.append(Decision(action=action, probabilities=_one_hot(action), model_version="baseline:buy-and-hold"))
+            action: Action = "buy" if s.cash > 0 and s.position == 0 else "hold"
+            out.append(
+                Decision(
+                    action=action,
+                    probabilities=_one_hot(action),
+                    model_version="baseline:buy-and-hold",
+                )
+            )
         return out
 
 
@@ -87,7 +96,9 @@ class SentimentRule:
         out = []
         for s in states:
             score = s.sentiment or 0.0
-            action = "buy" if score > self.threshold else "sell" if score < -self.threshold else "hold"
+            action: Action = (
+                "buy" if score > self.threshold else "sell" if score < -self.threshold else "hold"
+            )
             out.append(
                 Decision(
                     action=action,
@@ -111,13 +122,26 @@ class RandomPolicy:
     def decide(self, states: list[MarketState]) -> list[Decision]:
         picks = self.rng.integers(0, len(ACTIONS), size=len(states))
         probs = {a: 1.0 / len(ACTIONS) for a in ACTIONS}
-        return [Decision(action=ACTIONS[int(i)], probabilities=probs, model_version=f"baseline:random:{self.seed}") for i in picks]
+        return [
+            Decision(
+                action=cast(Action, ACTIONS[int(i)]),
+                probabilities=probs,
+                model_version=f"baseline:random:{self.seed}",
+            )
+            for i in picks
+        ]
 
 
 class HttpPolicy:
     """A KServe v1 client of the policy server; failures fall back to hold."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0, model_name: str = "policy", client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 5.0,
+        model_name: str = "policy",
+        client: httpx.Client | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.name = self.url
         self.endpoint = f"{self.url}/v1/models/{model_name}:predict"
@@ -153,7 +177,12 @@ class HttpPolicy:
 
 def hold_decision(reason: str, model_version: str = "fallback") -> Decision:
     """The decision used whenever the policy could not answer."""
-    return Decision(action="hold", probabilities=_one_hot("hold"), model_version=model_version, fallback_reason=reason)
+    return Decision(
+        action="hold",
+        probabilities=_one_hot("hold"),
+        model_version=model_version,
+        fallback_reason=reason,
+    )
 
 
 class FolderPolicy:
@@ -203,4 +232,6 @@ def make_policy(spec: str, seed: int = 0, timeout_s: float = 5.0) -> Policy:
         return HttpPolicy(spec, timeout_s)
     if Path(spec).is_dir():
         return load_folder_policy(spec)
-    raise ValueError(f"policy {spec!r} is not a baseline ({', '.join(BASELINES)}), an http(s) URL or a folder")
+    raise ValueError(
+        f"policy {spec!r} is not a baseline ({', '.join(BASELINES)}), an http(s) URL or a folder"
+    )

@@ -194,27 +194,36 @@ class _SingleAssetEnv(gym.Env):  # type: ignore[misc]
 
     # -- one step ---------------------------------------------------------------------------
 
-    def _trade_and_advance(self, quantity: float, direction: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def _trade_and_advance(
+        self, quantity: float, direction: int
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._t >= self.end:
             raise RuntimeError("episode is over; call reset()")
         m, t = self.market, self._t
         nw_prev = self.net_worth
         price = float(m.fill_price[t])
-        self.cash, self.position, fill = acc.execute(self.cash, self.position, quantity, price, self.execution)
+        self.cash, self.position, fill = acc.execute(
+            self.cash, self.position, quantity, price, self.execution
+        )
         self._t = t + 1
         self._steps += 1
         nw_now = self.net_worth
         notional = fill.notional if fill else 0.0
         cost = fill.cost if fill else 0.0
         alignment = float(m.sentiment[t]) * direction if fill else 0.0
-        r = acc.reward(nw_prev, nw_now, notional, cost, alignment, float(m.volatility[t]), self.reward_config)
+        r = acc.reward(
+            nw_prev, nw_now, notional, cost, alignment, float(m.volatility[t]), self.reward_config
+        )
         if self.record:
             self.equity.append(nw_now)
             if fill:
                 filled_at = m.times[t + 1] if self.execution.fill_at == "next_open" else m.times[t]
                 self.trades.append(TradeRecord(m.times[t], filled_at, fill))
         terminated = self._t >= self.end or nw_now <= 0
-        truncated = bool(self.max_episode_steps and self._steps >= self.max_episode_steps) and not terminated
+        truncated = (
+            bool(self.max_episode_steps and self._steps >= self.max_episode_steps)
+            and not terminated
+        )
         info = {"net_worth": nw_now, "cost": cost, "filled": fill is not None, "t": self._t}
         return self._obs(), float(r), bool(terminated), truncated, info
 
@@ -228,10 +237,19 @@ class DiscreteTradingEnv(_SingleAssetEnv):
     """{sell, hold, buy} (index order = ACTIONS): buy spends `trade_fraction` of cash, sell sells
     `trade_fraction` of holdings. `current_state()` is the MarketState the LLM policy prompts on."""
 
-    def __init__(self, prices: pd.DataFrame, *, trade_fraction: float = 1.0, state_closes: int = 32, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        prices: pd.DataFrame,
+        *,
+        trade_fraction: float = 1.0,
+        state_closes: int = 32,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(prices, **kwargs)
         if self.execution.allow_short:
-            raise ValueError("DiscreteTradingEnv's MarketState has no short positions; allow_short must be False")
+            raise ValueError(
+                "DiscreteTradingEnv's MarketState has no short positions; allow_short must be False"
+            )
         if not 0 < trade_fraction <= 1:
             raise ValueError(f"trade_fraction must be in (0, 1], got {trade_fraction}")
         if not 1 <= state_closes <= MAX_RECENT_PRICES:
@@ -245,7 +263,9 @@ class DiscreteTradingEnv(_SingleAssetEnv):
         if not 0 <= a < len(ACTIONS):
             raise ValueError(f"action {action!r} is not one of 0..{len(ACTIONS) - 1} ({ACTIONS})")
         price = float(self.market.fill_price[self._t])
-        qty = acc.discrete_quantity(a, self.cash, self.position, price, self.trade_fraction, self.execution)
+        qty = acc.discrete_quantity(
+            a, self.cash, self.position, price, self.trade_fraction, self.execution
+        )
         return self._trade_and_advance(qty, a - 1)
 
     def step_action(self, name: str) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -275,18 +295,24 @@ class DiscreteTradingEnv(_SingleAssetEnv):
 class ContinuousTradingEnv(_SingleAssetEnv):
     """The News-driven RL seed's env: action (type in [0,2], amount in [0,0.5])."""
 
-    def __init__(self, prices: pd.DataFrame, *, hold_tolerance: float = HOLD_TOLERANCE, **kwargs: Any) -> None:
+    def __init__(
+        self, prices: pd.DataFrame, *, hold_tolerance: float = HOLD_TOLERANCE, **kwargs: Any
+    ) -> None:
         super().__init__(prices, **kwargs)
         self.hold_tolerance = hold_tolerance
         self.action_space = spaces.Box(
-            low=np.array([0.0, 0.0], dtype=np.float32), high=np.array([2.0, 0.5], dtype=np.float32), dtype=np.float32
+            low=np.array([0.0, 0.0], dtype=np.float32),
+            high=np.array([2.0, 0.5], dtype=np.float32),
+            dtype=np.float32,
         )
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         kind = float(np.clip(action[0], 0.0, 2.0))
         amount = float(np.clip(action[1], 0.0, 0.5))
         price = float(self.market.fill_price[self._t])
-        qty, direction = acc.continuous_quantity(kind, amount, self.cash, self.position, price, self.hold_tolerance)
+        qty, direction = acc.continuous_quantity(
+            kind, amount, self.cash, self.position, price, self.hold_tolerance
+        )
         return self._trade_and_advance(qty, direction)
 
 
@@ -318,31 +344,40 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
         for name in self.tickers[1:]:
             common = common.intersection(prices[name].index)
         if len(common) < 2:
-            raise ValueError(f"tickers {self.tickers} share {len(common)} bar times; need at least 2")
+            raise ValueError(
+                f"tickers {self.tickers} share {len(common)} bar times; need at least 2"
+            )
         sentiment = sentiment or {}
         self.markets = [
-            build_arrays(prices[name].loc[common], window, self.execution, sentiment.get(name)) for name in self.tickers
+            build_arrays(prices[name].loc[common], window, self.execution, sentiment.get(name))
+            for name in self.tickers
         ]
         self.times = common
         self.start, self.end = _window_bounds(len(common), start, end)
         self.max_episode_steps = max_episode_steps
         n = len(self.tickers)
-        self.close = np.stack([m.close for m in self.markets], axis=1)
-        self.fill = np.stack([m.fill_price for m in self.markets], axis=1)
+        self.closes = np.stack([m.close for m in self.markets], axis=1)
+        self.fill_prices = np.stack([m.fill_price for m in self.markets], axis=1)
         self.features = np.concatenate(
-            [np.stack([m.returns_window for m in self.markets], axis=1).reshape(len(common), -1),
-             np.stack([m.volatility for m in self.markets], axis=1),
-             np.stack([m.sentiment for m in self.markets], axis=1)],
+            [
+                np.stack([m.returns_window for m in self.markets], axis=1).reshape(len(common), -1),
+                np.stack([m.volatility for m in self.markets], axis=1),
+                np.stack([m.sentiment for m in self.markets], axis=1),
+            ],
             axis=1,
         )
         self.action_space = spaces.Box(0.0, 1.0, shape=(n + 1,), dtype=np.float32)
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.features.shape[1] + n + 1,), dtype=np.float32)
+        self.observation_space = spaces.Box(
+            -np.inf, np.inf, shape=(self.features.shape[1] + n + 1,), dtype=np.float32
+        )
         self._t = self.start
         self._steps = 0
         self.cash = self.execution.initial_cash
         self.positions = np.zeros(n)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._t = self.start
         self._steps = 0
@@ -352,7 +387,7 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
 
     @property
     def net_worth(self) -> float:
-        return self.cash + float(self.positions @ self.close[self._t])
+        return self.cash + float(self.positions @ self.closes[self._t])
 
     def weights(self, prices: np.ndarray) -> np.ndarray:
         values = self.positions * prices
@@ -363,7 +398,7 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
 
     def _obs(self) -> np.ndarray:
         t = self._t
-        return np.concatenate([self.features[t], self.weights(self.close[t])]).astype(np.float32)
+        return np.concatenate([self.features[t], self.weights(self.closes[t])]).astype(np.float32)
 
     @staticmethod
     def normalise(action: np.ndarray) -> np.ndarray:
@@ -380,14 +415,20 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
             raise RuntimeError("episode is over; call reset()")
         t = self._t
         target = self.normalise(action)
-        prices = self.fill[t]
+        prices = self.fill_prices[t]
         nw_prev = self.net_worth
         before = self.weights(prices)
         nw_fill = self.cash + float(self.positions @ prices)
         delta = target[:-1] * nw_fill / prices - self.positions
         notional = cost = 0.0
         for i in [*np.flatnonzero(delta < 0), *np.flatnonzero(delta > 0)]:  # sells free cash first
-            self.cash, pos, fill = acc.execute(self.cash, float(self.positions[i]), float(delta[i]), float(prices[i]), self.execution)
+            self.cash, pos, fill = acc.execute(
+                self.cash,
+                float(self.positions[i]),
+                float(delta[i]),
+                float(prices[i]),
+                self.execution,
+            )
             self.positions[i] = pos
             if fill:
                 notional += fill.notional
@@ -397,8 +438,19 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
         self._steps += 1
         nw_now = self.net_worth
         vol = float(np.mean([m.volatility[t] for m in self.markets]))
-        alignment = float(np.sum([m.sentiment[t] for m in self.markets] * (after[:-1] - before[:-1])))
+        alignment = float(
+            np.sum([m.sentiment[t] for m in self.markets] * (after[:-1] - before[:-1]))
+        )
         r = acc.reward(nw_prev, nw_now, notional, cost, alignment, vol, self.reward_config)
         terminated = self._t >= self.end or nw_now <= 0
-        truncated = bool(self.max_episode_steps and self._steps >= self.max_episode_steps) and not terminated
-        return self._obs(), float(r), bool(terminated), truncated, {"net_worth": nw_now, "cost": cost}
+        truncated = (
+            bool(self.max_episode_steps and self._steps >= self.max_episode_steps)
+            and not terminated
+        )
+        return (
+            self._obs(),
+            float(r),
+            bool(terminated),
+            truncated,
+            {"net_worth": nw_now, "cost": cost},
+        )

@@ -20,10 +20,14 @@ app = typer.Typer(no_args_is_help=True, help="Synthetic markets and publishing b
 
 @app.command()
 def generate(
-    out: Path = typer.Option(..., help="CSV file to write (time,open,high,low,close,volume,regime)."),
+    out: Path = typer.Option(
+        ..., help="CSV file to write (time,open,high,low,close,volume,regime)."
+    ),
     days: int = typer.Option(500, min=3, help="Number of business-day bars."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same market."),
-    params: str = typer.Option("default", help="Shipped scenario (default, regime-shift) or a YAML file."),
+    params: str = typer.Option(
+        "default", help="Shipped scenario (default, regime-shift) or a YAML file."
+    ),
     start: str = typer.Option("2020-01-01", help="Date of the first bar."),
 ) -> None:
     """Write a regime-switching market; its shift schedule goes to OUT with suffix .shifts.csv."""
@@ -38,7 +42,10 @@ def generate(
     shifts_path = out.with_suffix(".shifts.csv")
     lines = ["time,from,to", *(f"{t.isoformat()},{a},{b}" for t, a, b in shifts)]
     shifts_path.write_text("\n".join(lines) + "\n")
-    typer.echo(f"wrote {days} bars of {market_params.ticker} to {out}; {len(shifts)} regime shift(s) in {shifts_path}")
+    typer.echo(
+        f"wrote {days} bars of {market_params.ticker} to {out}; "
+        f"{len(shifts)} regime shift(s) in {shifts_path}"
+    )
 
 
 @app.command()
@@ -46,8 +53,12 @@ def publish(
     prices: Path = typer.Option(..., exists=True, dir_okay=False, help="OHLCV CSV to publish."),
     ticker: str | None = typer.Option(None, help="Ticker key (default: the file name)."),
     speed: float = typer.Option(1.0, min=0.0, help="Bars per second."),
-    as_fast_as_possible: bool = typer.Option(False, help="Ignore --speed and publish without pauses."),
-    bootstrap: str | None = typer.Option(None, help="Kafka bootstrap (default RLMF_BUS_BOOTSTRAP)."),
+    as_fast_as_possible: bool = typer.Option(
+        False, help="Ignore --speed and publish without pauses."
+    ),
+    bootstrap: str | None = typer.Option(
+        None, help="Kafka bootstrap (default RLMF_BUS_BOOTSTRAP)."
+    ),
 ) -> None:
     """Send each bar as a Bar envelope keyed by ticker to market.bars.v1."""
     from services.simulator.service import bar_to_pb, frame_bars
@@ -64,7 +75,12 @@ def publish(
     pause = 0.0 if as_fast_as_possible or speed == 0 else 1.0 / speed
     try:
         for bar in frame_bars(frame, symbol):
-            producer.publish(topics.MARKET_BARS, bar_to_pb(bar, frame.attrs["bar_seconds"]), key=symbol, event_time=bar.time)
+            producer.publish(
+                topics.MARKET_BARS,
+                bar_to_pb(bar, frame.attrs["bar_seconds"]),
+                key=symbol,
+                event_time=bar.time,
+            )
             if pause:
                 producer.flush()
                 time.sleep(pause)

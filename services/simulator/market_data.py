@@ -50,7 +50,9 @@ def _parse_times(raw: pd.Series, path: Path) -> pd.DatetimeIndex:
     bad = np.flatnonzero(times.isna().to_numpy())
     if len(bad):
         i = int(bad[0])
-        raise MarketDataError(f"{path}: row {_line(i)}: time {raw.iloc[i]!r} is missing or not a date")
+        raise MarketDataError(
+            f"{path}: row {_line(i)}: time {raw.iloc[i]!r} is missing or not a date"
+        )
     return pd.DatetimeIndex(times, name="time")
 
 
@@ -83,11 +85,15 @@ def _check_prices(out: pd.DataFrame, path: Path, present: set[str]) -> None:
         missing = np.flatnonzero(~np.isfinite(values))
         if len(missing):
             i = int(missing[0])
-            raise MarketDataError(f"{path}: row {_line(i)}: {name} price is missing or not a number")
+            raise MarketDataError(
+                f"{path}: row {_line(i)}: {name} price is missing or not a number"
+            )
         bad = np.flatnonzero(values <= 0)
         if len(bad):
             i = int(bad[0])
-            raise MarketDataError(f"{path}: row {_line(i)}: {name} price {values[i]} is not positive")
+            raise MarketDataError(
+                f"{path}: row {_line(i)}: {name} price {values[i]} is not positive"
+            )
 
 
 def _check_order(index: pd.DatetimeIndex, path: Path) -> None:
@@ -104,7 +110,8 @@ def _check_order(index: pd.DatetimeIndex, path: Path) -> None:
         )
     if first_dup is not None:
         raise MarketDataError(
-            f"{path}: row {_line(first_dup)}: duplicate time {index[first_dup]} (same as the previous row)"
+            f"{path}: row {_line(first_dup)}: duplicate time {index[first_dup]} "
+            "(same as the previous row)"
         )
 
 
@@ -125,7 +132,11 @@ def infer_periods_per_year(index: pd.DatetimeIndex) -> tuple[float, str]:
         return bars_per_day * days_per_year, "intraday"
     if spacing_days <= 1.5:
         return float(days_per_year), "daily"
-    for low, high, per_year, label in ((6, 8, 52, "weekly"), (26, 33, 12, "monthly"), (85, 95, 4, "quarterly")):
+    for low, high, per_year, label in (
+        (6, 8, 52, "weekly"),
+        (26, 33, 12, "monthly"),
+        (85, 95, 4, "quarterly"),
+    ):
         if low <= spacing_days <= high:
             return float(per_year), label
     span_years = (index[-1] - index[0]).total_seconds() / (365.25 * 86_400)

@@ -22,17 +22,24 @@ def load_news_file(path: str | Path, ticker: str | None = None) -> pd.DataFrame:
     """Rows with a UTC `time`, `sentiment` and `summary`, sorted by time.
 
     Raises:
-        MarketDataError: unreadable file, no time or sentiment column, or bad values (the row is named).
+        MarketDataError: unreadable file, no time or sentiment column, or a bad value
+            (the row is named).
     """
     path = Path(path)
     try:
-        raw = pd.read_json(path, lines=True) if path.suffix in (".jsonl", ".ndjson") else pd.read_csv(path)
+        raw = (
+            pd.read_json(path, lines=True)
+            if path.suffix in (".jsonl", ".ndjson")
+            else pd.read_csv(path)
+        )
     except (OSError, ValueError) as exc:
         raise MarketDataError(f"{path}: cannot read news: {exc}") from exc
     columns = {str(c).lower(): c for c in raw.columns}
     time_col = next((columns[n] for n in TIME_NAMES if n in columns), None)
     if time_col is None or "sentiment" not in columns:
-        raise MarketDataError(f"{path}: news needs a time column ({', '.join(TIME_NAMES)}) and a sentiment column")
+        raise MarketDataError(
+            f"{path}: news needs a time column ({', '.join(TIME_NAMES)}) and a sentiment column"
+        )
     if ticker is not None and "ticker" in columns:
         raw = raw[raw[columns["ticker"]].astype(str).str.upper() == ticker.upper()]
     times = pd.to_datetime(raw[time_col], utc=True, errors="coerce", format="mixed")
@@ -40,14 +47,24 @@ def load_news_file(path: str | Path, ticker: str | None = None) -> pd.DataFrame:
     bad = np.flatnonzero((times.isna() | sentiment.isna() | (sentiment.abs() > 1)).to_numpy())
     if len(bad):
         row = raw.index[bad[0]]
-        raise MarketDataError(f"{path}: row {row + 2}: time missing or sentiment not a number in [-1, 1]")
+        raise MarketDataError(
+            f"{path}: row {row + 2}: time missing or sentiment not a number in [-1, 1]"
+        )
     text_col = columns.get("summary", columns.get("headline"))
-    summary = raw[text_col].fillna("").astype(str) if text_col is not None else pd.Series("", index=raw.index)
-    out = pd.DataFrame({"time": times.to_numpy(), "sentiment": sentiment.to_numpy(), "summary": summary.to_numpy()})
+    summary = (
+        raw[text_col].fillna("").astype(str)
+        if text_col is not None
+        else pd.Series("", index=raw.index)
+    )
+    out = pd.DataFrame(
+        {"time": times.to_numpy(), "sentiment": sentiment.to_numpy(), "summary": summary.to_numpy()}
+    )
     return out.sort_values("time", kind="stable").reset_index(drop=True)
 
 
-def bucket_news(news: pd.DataFrame, bar_times: pd.DatetimeIndex, bar_seconds: float) -> tuple[pd.Series, pd.Series]:
+def bucket_news(
+    news: pd.DataFrame, bar_times: pd.DatetimeIndex, bar_seconds: float
+) -> tuple[pd.Series, pd.Series]:
     """Mean sentiment and joined summaries per bar (empty bars: sentiment NaN, summary "")."""
     cutoffs = bar_times + pd.Timedelta(seconds=bar_seconds)
     bar_of = np.searchsorted(cutoffs.asi8, pd.DatetimeIndex(news["time"]).asi8, side="right")

@@ -83,7 +83,9 @@ def sharpe(returns: np.ndarray, periods_per_year: float) -> float:
 
 
 def sortino(returns: np.ndarray, periods_per_year: float) -> float:
-    downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2))) * math.sqrt(periods_per_year)
+    downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2))) * math.sqrt(
+        periods_per_year
+    )
     if downside == 0:
         return float("nan")
     return float(np.mean(returns) * periods_per_year / downside)
@@ -113,7 +115,9 @@ def turnover(traded_notional: Sequence[float], equity: Sequence[float] | np.ndar
     return float(np.sum(np.abs(traded_notional)) / np.mean(_curve(equity)))
 
 
-def rolling_sharpe(equity: Sequence[float] | np.ndarray, periods_per_year: float, window: int) -> np.ndarray:
+def rolling_sharpe(
+    equity: Sequence[float] | np.ndarray, periods_per_year: float, window: int
+) -> np.ndarray:
     """Sharpe over the trailing `window` returns at each point (NaN until enough data)."""
     r = period_returns(equity)
     out = np.full(len(r), np.nan)
@@ -122,7 +126,9 @@ def rolling_sharpe(equity: Sequence[float] | np.ndarray, periods_per_year: float
     views = np.lib.stride_tricks.sliding_window_view(r, window)
     std = views.std(axis=1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out[window - 1 :] = np.where(std > 0, views.mean(axis=1) / std * math.sqrt(periods_per_year), np.nan)
+        out[window - 1 :] = np.where(
+            std > 0, views.mean(axis=1) / std * math.sqrt(periods_per_year), np.nan
+        )
     return out
 
 
@@ -162,5 +168,8 @@ def compare_to_buy_and_hold(
         raise ValueError("strategy and Buy & Hold curves must cover the same window")
     strategy = compute_metrics(equity, periods_per_year, traded_notional).to_dict()
     bench = compute_metrics(buy_and_hold_equity, periods_per_year, buy_and_hold_notional).to_dict()
-    excess = {k: float(strategy[k]) - float(bench[k]) for k in ("cumulative_return", "annual_return", "sharpe", "max_drawdown")}
+    excess = {
+        k: float(strategy[k]) - float(bench[k])
+        for k in ("cumulative_return", "annual_return", "sharpe", "max_drawdown")
+    }
     return {"strategy": strategy, "buy_and_hold": bench, "excess": excess}

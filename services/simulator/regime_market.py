@@ -25,7 +25,9 @@ class RegimeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mu: float
-    phi: float = Field(gt=-1.0, lt=1.0, description="AR(1) coefficient; |phi| < 1 keeps it stationary")
+    phi: float = Field(
+        gt=-1.0, lt=1.0, description="AR(1) coefficient; |phi| < 1 keeps it stationary"
+    )
     sigma: float = Field(gt=0.0)
 
 
@@ -52,12 +54,16 @@ class MarketParams(BaseModel):
     def _consistent(self) -> MarketParams:
         names = set(self.regimes)
         if self.initial_regime not in names:
-            raise ValueError(f"initial_regime {self.initial_regime!r} is not one of {sorted(names)}")
+            raise ValueError(
+                f"initial_regime {self.initial_regime!r} is not one of {sorted(names)}"
+            )
         if set(self.transitions) != names:
             raise ValueError(f"transitions must have one row per regime {sorted(names)}")
         for source, row in self.transitions.items():
             if set(row) - names:
-                raise ValueError(f"transitions[{source}] names unknown regimes {sorted(set(row) - names)}")
+                raise ValueError(
+                    f"transitions[{source}] names unknown regimes {sorted(set(row) - names)}"
+                )
             if any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1.0) > 1e-9:
                 raise ValueError(f"transitions[{source}] must be non-negative and sum to 1")
         for shift in self.forced_shifts:
@@ -69,7 +75,11 @@ class MarketParams(BaseModel):
 def load_params(name_or_path: str | Path = "default") -> MarketParams:
     """A shipped scenario by name, or a YAML file."""
     if str(name_or_path) in SHIPPED:
-        text = resources.files("services.simulator.scenarios").joinpath(f"{name_or_path}.yaml").read_text()
+        text = (
+            resources.files("services.simulator.scenarios")
+            .joinpath(f"{name_or_path}.yaml")
+            .read_text()
+        )
     else:
         text = Path(name_or_path).read_text()
     return MarketParams.model_validate(yaml.safe_load(text))
@@ -120,12 +130,28 @@ def generate_market(
     volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(n_days) + 20 * sigma))
     index = pd.bdate_range(pd.Timestamp(start, tz="UTC"), periods=n_days, name="time")
     frame = pd.DataFrame(
-        {"open": opens, "high": high, "low": low, "close": close, "volume": volume, "regime": regimes}, index=index
+        {
+            "open": opens,
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+            "regime": regimes,
+        },
+        index=index,
     )
     ppy, frequency = infer_periods_per_year(index)
     frame.attrs.update(
-        periods_per_year=ppy, frequency=frequency, bar_seconds=86_400.0,
-        source=f"regime_market(seed={seed}, ticker={params.ticker})", price_column="close", ohlc_from_close=False,
+        periods_per_year=ppy,
+        frequency=frequency,
+        bar_seconds=86_400.0,
+        source=f"regime_market(seed={seed}, ticker={params.ticker})",
+        price_column="close",
+        ohlc_from_close=False,
     )
-    shifts = [(index[t], regimes[t - 1], regimes[t]) for t in range(1, n_days) if regimes[t] != regimes[t - 1]]
+    shifts = [
+        (index[t], regimes[t - 1], regimes[t])
+        for t in range(1, n_days)
+        if regimes[t] != regimes[t - 1]
+    ]
     return frame, shifts

@@ -81,8 +81,22 @@ def plot_trades(data: ReportData, path: Path) -> Path:
     top.plot(data.times, data.closes, color="black", linewidth=0.8, label="close")
     buys = [t for t in data.trades if t.quantity > 0]
     sells = [t for t in data.trades if t.quantity < 0]
-    top.scatter([t.time for t in buys], [t.price for t in buys], marker="^", color="green", label="buy", zorder=3)
-    top.scatter([t.time for t in sells], [t.price for t in sells], marker="v", color="red", label="sell", zorder=3)
+    top.scatter(
+        [t.time for t in buys],
+        [t.price for t in buys],
+        marker="^",
+        color="green",
+        label="buy",
+        zorder=3,
+    )
+    top.scatter(
+        [t.time for t in sells],
+        [t.price for t in sells],
+        marker="v",
+        color="red",
+        label="sell",
+        zorder=3,
+    )
     top.set_title("Trades on the price")
     top.legend()
     bottom.step(data.times, data.positions, where="post")
@@ -95,7 +109,12 @@ def plot_rolling_sharpe(data: ReportData, path: Path, window: int | None = None)
     fig, ax = plt.subplots(figsize=(10, 3))
     times = list(data.times)[1:]
     ax.plot(times, rolling_sharpe(data.equity, data.periods_per_year, window), label="strategy")
-    ax.plot(times, rolling_sharpe(data.buy_and_hold, data.periods_per_year, window), label="Buy & Hold", alpha=0.8)
+    ax.plot(
+        times,
+        rolling_sharpe(data.buy_and_hold, data.periods_per_year, window),
+        label="Buy & Hold",
+        alpha=0.8,
+    )
     ax.axhline(0, color="gray", linewidth=0.5)
     ax.set_title(f"Rolling Sharpe ({window} periods)")
     ax.legend()
@@ -113,7 +132,9 @@ def _metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
     names = list(metrics[columns[0]]) if columns else []
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = "".join(
-        f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(metrics[c].get(n))}</td>" for c in columns) + "</tr>"
+        f"<tr><td>{html.escape(n)}</td>"
+        + "".join(f"<td>{_fmt(metrics[c].get(n))}</td>" for c in columns)
+        + "</tr>"
         for n in names
     )
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
@@ -127,7 +148,10 @@ def write_report(data: ReportData, out_dir: str | Path) -> Path:
     plot_drawdown(data, out / PLOTS[1])
     plot_trades(data, out / PLOTS[2])
     plot_rolling_sharpe(data, out / PLOTS[3])
-    run = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in data.run_info.items())
+    run = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>"
+        for k, v in data.run_info.items()
+    )
     images = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in PLOTS)
     extra = "".join(f"<h2>{html.escape(h)}</h2>{body}" for h, body in data.extra_sections)
     page = (

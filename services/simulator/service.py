@@ -28,7 +28,14 @@ from prometheus_client import Counter
 
 from services.common import envelope as envelopes
 from services.common import json_logging, topics
-from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer, ValidationFailed, ensure_topics
+from services.common.bus import (
+    ConsumerLoop,
+    Incoming,
+    Outgoing,
+    Producer,
+    ValidationFailed,
+    ensure_topics,
+)
 from services.common.envelope import set_time
 from services.common.http_server import HealthApp
 from services.common.market_state import MarketState
@@ -36,7 +43,13 @@ from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.service import on_sigterm, run_consumer_service, start_http
 from services.common.settings import BusSettings, LogSettings
 from services.policy.prompt import state_block
-from services.simulator.baseline_policies import Decision, HttpPolicy, Policy, hold_decision, make_policy
+from services.simulator.baseline_policies import (
+    Decision,
+    HttpPolicy,
+    Policy,
+    hold_decision,
+    make_policy,
+)
 from services.simulator.market_data import load_prices_csv
 from services.simulator.regime_market import generate_market, load_params
 from services.simulator.session import BarData, StepOutput, TradingSession
@@ -44,10 +57,17 @@ from services.simulator.settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "simulator"
-OUTPUT_TOPICS = (topics.TRADING_DECISIONS, topics.TRADING_FILLS, topics.PORTFOLIO_SNAPSHOTS, topics.MARKET_FEEDBACK)
+OUTPUT_TOPICS = (
+    topics.TRADING_DECISIONS,
+    topics.TRADING_FILLS,
+    topics.PORTFOLIO_SNAPSHOTS,
+    topics.MARKET_FEEDBACK,
+)
 
 FEATURES_WAIT_TIMEOUTS = Counter(
-    "rlmf_simulator_features_wait_timeouts_total", "Bars traded without their features watermark", ["ticker"]
+    "rlmf_simulator_features_wait_timeouts_total",
+    "Bars traded without their features watermark",
+    ["ticker"],
 )
 BARS_TRADED = Counter("rlmf_simulator_bars_total", "Bars the simulator traded", ["ticker", "mode"])
 
@@ -62,7 +82,11 @@ class WatermarkTracker:
 
     def __init__(self, bus: BusSettings) -> None:
         ensure_topics(bus, [topics.FEATURES_READY], SERVICE)
-        self._consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, client_id=f"{SERVICE}-watermarks", enable_auto_commit=False)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=bus.bootstrap,
+            client_id=f"{SERVICE}-watermarks",
+            enable_auto_commit=False,
+        )
         parts = self._consumer.partitions_for_topic(topics.FEATURES_READY) or set()
         tps = [TopicPartition(topics.FEATURES_READY, p) for p in sorted(parts)]
         self._consumer.assign(tps)
@@ -118,11 +142,26 @@ class WatermarkTracker:
 
 
 def bar_from_pb(bar: pb.Bar) -> BarData:
-    return BarData(bar.ticker, envelopes.to_datetime(bar.start), bar.open, bar.high, bar.low, bar.close, bar.volume)
+    return BarData(
+        bar.ticker,
+        envelopes.to_datetime(bar.start),
+        bar.open,
+        bar.high,
+        bar.low,
+        bar.close,
+        bar.volume,
+    )
 
 
 def bar_to_pb(bar: BarData, bar_seconds: float) -> pb.Bar:
-    msg = pb.Bar(ticker=bar.ticker, open=bar.open, high=bar.high, low=bar.low, close=bar.close, volume=bar.volume)
+    msg = pb.Bar(
+        ticker=bar.ticker,
+        open=bar.open,
+        high=bar.high,
+        low=bar.low,
+        close=bar.close,
+        volume=bar.volume,
+    )
     set_time(msg.start, bar.time)
     set_time(msg.end, bar.time + pd.Timedelta(seconds=bar_seconds))
     return msg
@@ -132,13 +171,27 @@ def frame_bars(frame: pd.DataFrame, ticker: str) -> list[BarData]:
     vol = frame["volume"].fillna(0.0)
     return [
         BarData(ticker, t.to_pydatetime(), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(frame.index, frame["open"], frame["high"], frame["low"], frame["close"], vol)
+        for t, o, h, lo, c, v in zip(
+            frame.index,
+            frame["open"],
+            frame["high"],
+            frame["low"],
+            frame["close"],
+            vol,
+            strict=True,
+        )
     ]
 
 
 def _decision_pb(ticker: str, d: Decision, when: datetime) -> pb.Decision:
-    msg = pb.Decision(ticker=ticker, action=d.action, value=d.value, explanation=d.explanation or "",
-                      model_version=d.model_version, fallback_reason=d.fallback_reason)
+    msg = pb.Decision(
+        ticker=ticker,
+        action=d.action,
+        value=d.value,
+        explanation=d.explanation or "",
+        model_version=d.model_version,
+        fallback_reason=d.fallback_reason,
+    )
     msg.probabilities.update(d.probabilities)
     set_time(msg.decision_time, when)
     return msg
@@ -150,26 +203,54 @@ def outputs_of(step: StepOutput, ticker: str, run_id: str) -> list[Outgoing]:
     out: list[Outgoing] = []
 
     def add(topic: str, payload: Any, when: datetime, kind: str) -> None:
-        out.append(Outgoing(topic, payload, ticker, when, envelopes.derived_id(run_id, ticker, when.isoformat(), kind)))
+        out.append(
+            Outgoing(
+                topic,
+                payload,
+                ticker,
+                when,
+                envelopes.derived_id(run_id, ticker, when.isoformat(), kind),
+            )
+        )
 
     for fill_time, fill, decided_at in step.fills:
-        msg = pb.Fill(ticker=ticker, quantity=fill.quantity, price=fill.price, cost=fill.cost,
-                      decision_id=envelopes.derived_id(run_id, ticker, decided_at.isoformat(), "decision"))
+        msg = pb.Fill(
+            ticker=ticker,
+            quantity=fill.quantity,
+            price=fill.price,
+            cost=fill.cost,
+            decision_id=envelopes.derived_id(run_id, ticker, decided_at.isoformat(), "decision"),
+        )
         set_time(msg.fill_time, fill_time)
         add(topics.TRADING_FILLS, msg, fill_time, f"fill:{decided_at.isoformat()}")
     if step.feedback is not None:
         fb = step.feedback
-        msg = pb.MarketFeedback(ticker=ticker, state=state_block(fb.state), action=fb.decision.action, reward=fb.reward,
-                                realised_return=fb.realised_return, model_version=fb.decision.model_version,
-                                value=fb.decision.value)
+        msg = pb.MarketFeedback(
+            ticker=ticker,
+            state=state_block(fb.state),
+            action=fb.decision.action,
+            reward=fb.reward,
+            realised_return=fb.realised_return,
+            model_version=fb.decision.model_version,
+            value=fb.decision.value,
+        )
         msg.probabilities.update(fb.decision.probabilities)
         set_time(msg.decision_time, fb.decision_time)
         set_time(msg.realised_time, fb.realised_time)
         add(topics.MARKET_FEEDBACK, msg, fb.realised_time, "feedback")
     assert step.decision is not None
-    add(topics.TRADING_DECISIONS, _decision_pb(ticker, step.decision, step.bar.time), step.bar.time, "decision")
-    snap = pb.PortfolioSnapshot(cash=step.cash, net_worth=step.net_worth, buy_and_hold_net_worth=step.buy_and_hold_net_worth,
-                                model_version=step.decision.model_version)
+    add(
+        topics.TRADING_DECISIONS,
+        _decision_pb(ticker, step.decision, step.bar.time),
+        step.bar.time,
+        "decision",
+    )
+    snap = pb.PortfolioSnapshot(
+        cash=step.cash,
+        net_worth=step.net_worth,
+        buy_and_hold_net_worth=step.buy_and_hold_net_worth,
+        model_version=step.decision.model_version,
+    )
     snap.positions.add(ticker=ticker, quantity=step.position, price=step.bar.close)
     set_time(snap.as_of, step.bar.time)
     add(topics.PORTFOLIO_SNAPSHOTS, snap, step.bar.time, "snapshot")
@@ -179,7 +260,9 @@ def outputs_of(step: StepOutput, ticker: str, run_id: str) -> list[Outgoing]:
 class Trader:
     """Per-ticker sessions, the policy, the optional features wait and reader."""
 
-    def __init__(self, settings: SimulatorSettings, policy: Policy, watermarks: WatermarkTracker | None) -> None:
+    def __init__(
+        self, settings: SimulatorSettings, policy: Policy, watermarks: WatermarkTracker | None
+    ) -> None:
         self.settings = settings
         self.policy = policy
         self.watermarks = watermarks
@@ -195,14 +278,25 @@ class Trader:
             from services.simulator.baseline_policies import POLICY_FALLBACKS
 
             POLICY_FALLBACKS.labels("policy_error").inc()
-            log.warning("policy %s raised %s: %s; holding", getattr(self.policy, "name", "?"), type(exc).__name__, exc)
+            log.warning(
+                "policy %s raised %s: %s; holding",
+                getattr(self.policy, "name", "?"),
+                type(exc).__name__,
+                exc,
+            )
             return hold_decision(f"policy_error: {exc}"[:500])
 
     def _features(self, bar: BarData) -> tuple[dict[str, float], float | None, str]:
-        if self.watermarks is not None and not self.watermarks.wait(bar.ticker, bar.time, self.settings.features_timeout_s):
+        if self.watermarks is not None and not self.watermarks.wait(
+            bar.ticker, bar.time, self.settings.features_timeout_s
+        ):
             FEATURES_WAIT_TIMEOUTS.labels(bar.ticker).inc()
-            log.warning("no features watermark for %s at %s after %.1fs; trading on prices only",
-                        bar.ticker, bar.time, self.settings.features_timeout_s)
+            log.warning(
+                "no features watermark for %s at %s after %.1fs; trading on prices only",
+                bar.ticker,
+                bar.time,
+                self.settings.features_timeout_s,
+            )
             return {}, None, ""
         if self.reader is None:
             return {}, None, ""
@@ -215,7 +309,9 @@ class Trader:
     def on_bar(self, bar: BarData) -> list[Outgoing]:
         session = self.sessions.get(bar.ticker)
         if session is None:
-            session = self.sessions[bar.ticker] = TradingSession(bar.ticker, self.settings.execution())
+            session = self.sessions[bar.ticker] = TradingSession(
+                bar.ticker, self.settings.execution()
+            )
         features, sentiment, summary = self._features(bar)
         step = session.on_bar(bar, self.decide, features, sentiment, summary)
         BARS_TRADED.labels(bar.ticker, self.settings.mode).inc()
@@ -279,15 +375,26 @@ class Replay:
                 if self._stop.is_set():
                     break
                 started = time.monotonic()
-                self.producer.publish(topics.MARKET_BARS, bar_to_pb(bar, bar_seconds), key=bar.ticker, event_time=bar.time,
-                                      id=envelopes.derived_id(self.trader.run_id, bar.ticker, bar.time.isoformat(), "bar"))
+                self.producer.publish(
+                    topics.MARKET_BARS,
+                    bar_to_pb(bar, bar_seconds),
+                    key=bar.ticker,
+                    event_time=bar.time,
+                    id=envelopes.derived_id(
+                        self.trader.run_id, bar.ticker, bar.time.isoformat(), "bar"
+                    ),
+                )
                 self.producer.flush()  # the features service can see the bar before we wait on it
                 for out in self.trader.on_bar(bar):
-                    self.producer.publish(out.topic, out.payload, key=out.key, event_time=out.event_time, id=out.id)
+                    self.producer.publish(
+                        out.topic, out.payload, key=out.key, event_time=out.event_time, id=out.id
+                    )
                 self.producer.flush()
                 self.bars_done += 1
                 if self.settings.speed > 0:
-                    self._stop.wait(max(0.0, 1.0 / self.settings.speed - (time.monotonic() - started)))
+                    self._stop.wait(
+                        max(0.0, 1.0 / self.settings.speed - (time.monotonic() - started))
+                    )
         finally:
             self.close()
         return self.bars_done
@@ -313,8 +420,14 @@ def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
         except ValueError as exc:  # a bad or out-of-order bar: dead-lettered with this text
             raise ValidationFailed(str(exc)) from exc
 
-    return ConsumerLoop(service=SERVICE, topics=[topics.MARKET_BARS], settings=bus, handle=handle,
-                        group_id=settings.group_id, create_topics=OUTPUT_TOPICS)
+    return ConsumerLoop(
+        service=SERVICE,
+        topics=[topics.MARKET_BARS],
+        settings=bus,
+        handle=handle,
+        group_id=settings.group_id,
+        create_topics=OUTPUT_TOPICS,
+    )
 
 
 def main() -> int:
@@ -330,7 +443,9 @@ def main() -> int:
     try:
         replay = Replay(settings, bus)
     except Exception:
-        log.exception("could not start the replay: the broker, the data or the policy is unavailable")
+        log.exception(
+            "could not start the replay: the broker, the data or the policy is unavailable"
+        )
         server.stop()
         return 2
     health.add_readiness_check("replay", lambda: not replay._stop.is_set())

@@ -37,7 +37,9 @@ class BarData:
         for name in ("open", "high", "low", "close"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"bar {self.ticker} {self.time}: {name} = {value} is not a positive price")
+                raise ValueError(
+                    f"bar {self.ticker} {self.time}: {name} = {value} is not a positive price"
+                )
 
 
 @dataclass(frozen=True)
@@ -141,18 +143,32 @@ class TradingSession:
         notional = p.fill.notional if p.fill else 0.0
         cost = p.fill.cost if p.fill else 0.0
         alignment = p.sentiment * (p.decision.action_index - 1) if p.fill else 0.0
-        r = acc.reward(p.nw_before, nw_now, notional, cost, alignment, p.volatility, self.reward_config)
+        r = acc.reward(
+            p.nw_before, nw_now, notional, cost, alignment, p.volatility, self.reward_config
+        )
         realised = bar.close / p.state.recent_closes[-1] - 1.0
         return Feedback(self.ticker, p.decision_time, bar.time, p.state, p.decision, r, realised)
 
-    def build_state(self, bar: BarData, features: dict[str, float], sentiment: float | None, summary: str) -> MarketState:
+    def build_state(
+        self, bar: BarData, features: dict[str, float], sentiment: float | None, summary: str
+    ) -> MarketState:
         closes = list(self.closes)[-self.state_closes :]
         rets = np.asarray(self.log_returns)
-        merged = {"return_1": float(rets[-1]), f"return_{self.window}": float(rets.sum()), "volatility": float(rets.std())}
+        merged = {
+            "return_1": float(rets[-1]),
+            f"return_{self.window}": float(rets.sum()),
+            "volatility": float(rets.std()),
+        }
         merged.update(features)
         return MarketState(
-            ticker=self.ticker, as_of=bar.time, recent_closes=closes, position=max(self.book.position, 0.0),
-            cash=max(self.book.cash, 0.0), features=merged, news_summary=summary[:2000], sentiment=sentiment,
+            ticker=self.ticker,
+            as_of=bar.time,
+            recent_closes=closes,
+            position=max(self.book.position, 0.0),
+            cash=max(self.book.cash, 0.0),
+            features=merged,
+            news_summary=summary[:2000],
+            sentiment=sentiment,
         )
 
     def on_bar(
@@ -170,7 +186,9 @@ class TradingSession:
         """
         bar.check()
         if self.last_time is not None and bar.time <= self.last_time:
-            raise ValueError(f"bar {self.ticker} {bar.time} is not after the previous bar {self.last_time}")
+            raise ValueError(
+                f"bar {self.ticker} {bar.time} is not after the previous bar {self.last_time}"
+            )
         out = StepOutput(bar)
         self.fill_pending(bar, out)
         if self.closes:
@@ -186,7 +204,9 @@ class TradingSession:
         if self.benchmark.position == 0 and self.benchmark.cash == self.cfg.initial_cash:
             self._bench_pending = True
         if self.cfg.fill_at == "close":
-            self.pending.fill = self.book.trade(decision.action_index, bar.close, self.trade_fraction)
+            self.pending.fill = self.book.trade(
+                decision.action_index, bar.close, self.trade_fraction
+            )
             if self.pending.fill:
                 out.fills.append((bar.time, self.pending.fill, bar.time))
             if self._bench_pending:
@@ -195,7 +215,9 @@ class TradingSession:
         out.state, out.decision = state, decision
         out.cash, out.position = self.book.cash, self.book.position
         out.net_worth = acc.net_worth(self.book.cash, self.book.position, bar.close)
-        out.buy_and_hold_net_worth = acc.net_worth(self.benchmark.cash, self.benchmark.position, bar.close)
+        out.buy_and_hold_net_worth = acc.net_worth(
+            self.benchmark.cash, self.benchmark.position, bar.close
+        )
         return out
 
 

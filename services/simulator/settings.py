@@ -58,5 +58,8 @@ class SimulatorSettings(BaseSettings):
 
     def execution(self) -> ExecutionConfig:
         return ExecutionConfig(
-            initial_cash=self.initial_cash, cost_bps=self.cost_bps, fixed_fee=self.fixed_fee, fill_at=self.fill_at
+            initial_cash=self.initial_cash,
+            cost_bps=self.cost_bps,
+            fixed_fee=self.fixed_fee,
+            fill_at=self.fill_at,
         )

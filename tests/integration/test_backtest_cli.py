@@ -29,19 +29,41 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def backtest(*args: str) -> subprocess.CompletedProcess[str]:
     code = "from services.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, "backtest", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, "backtest", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def test_backtest_writes_metrics_and_a_report_with_plots(tmp_path: Path) -> None:
     out = tmp_path / "bt"
-    done = backtest("--prices", "data/GOOGL.csv", "--policy", "random", "--seed", "3", "--cost-bps", "5", "--out", str(out))
+    done = backtest(
+        "--prices",
+        "data/GOOGL.csv",
+        "--policy",
+        "random",
+        "--seed",
+        "3",
+        "--cost-bps",
+        "5",
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
     assert "backtest" in done.stderr  # the tqdm progress bar
     metrics = json.loads((out / "metrics.json").read_text())
     for column in ("strategy", "buy_and_hold"):
-        assert {"cumulative_return", "sharpe", "annual_volatility", "max_drawdown"} <= set(metrics[column])
+        assert {"cumulative_return", "sharpe", "annual_volatility", "max_drawdown"} <= set(
+            metrics[column]
+        )
     run = metrics["run"]
-    assert run["data_sha256"] == __import__("hashlib").sha256((REPO / "data/GOOGL.csv").read_bytes()).hexdigest()
+    assert (
+        run["data_sha256"]
+        == __import__("hashlib").sha256((REPO / "data/GOOGL.csv").read_bytes()).hexdigest()
+    )
     assert run["seed"] == 3 and run["periods_per_year"] == 252 and run["settings"]["cost_bps"] == 5
     assert run["model_versions"] == ["baseline:random:3"]
     html = (out / "report.html").read_text()
@@ -51,25 +73,52 @@ def test_backtest_writes_metrics_and_a_report_with_plots(tmp_path: Path) -> None
         assert f'src="{name}"' in html
     # Seeded: the same command gives the same numbers.
     again = tmp_path / "bt2"
-    assert backtest("--prices", "data/GOOGL.csv", "--policy", "random", "--seed", "3", "--cost-bps", "5", "--out", str(again)).returncode == 0
+    assert (
+        backtest(
+            "--prices",
+            "data/GOOGL.csv",
+            "--policy",
+            "random",
+            "--seed",
+            "3",
+            "--cost-bps",
+            "5",
+            "--out",
+            str(again),
+        ).returncode
+        == 0
+    )
     assert json.loads((again / "metrics.json").read_text())["strategy"] == metrics["strategy"]
 
 
 def test_news_drives_the_sentiment_rule(tmp_path: Path) -> None:
     prices = load_prices_csv(REPO / "data/GOOGL.csv").iloc[:120]
-    news = pd.DataFrame({
-        "time": prices.index[::10] + pd.Timedelta(hours=15),
-        "ticker": "GOOGL",
-        "sentiment": [0.9 if i % 2 == 0 else -0.9 for i in range(12)],
-        "summary": [f"headline {i}" for i in range(12)],
-    })
+    news = pd.DataFrame(
+        {
+            "time": prices.index[::10] + pd.Timedelta(hours=15),
+            "ticker": "GOOGL",
+            "sentiment": [0.9 if i % 2 == 0 else -0.9 for i in range(12)],
+            "summary": [f"headline {i}" for i in range(12)],
+        }
+    )
     csv = tmp_path / "GOOGL.csv"
     prices.to_csv(csv, index_label="date")
     news.to_csv(tmp_path / "news.csv", index=False)
-    done = backtest("--prices", str(csv), "--policy", "sentiment-rule", "--news", str(tmp_path / "news.csv"), "--out", str(tmp_path / "o"))
+    done = backtest(
+        "--prices",
+        str(csv),
+        "--policy",
+        "sentiment-rule",
+        "--news",
+        str(tmp_path / "news.csv"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "o/metrics.json").read_text())
-    assert metrics["strategy"]["n_trades"] == 12  # a buy after each positive day, a sell after each negative
+    assert (
+        metrics["strategy"]["n_trades"] == 12
+    )  # a buy after each positive day, a sell after each negative
 
 
 def test_bad_prices_file_exits_with_the_reason(tmp_path: Path) -> None:
@@ -77,7 +126,9 @@ def test_bad_prices_file_exits_with_the_reason(tmp_path: Path) -> None:
     bad.write_text("date,close\n2024-01-02,10\n2024-01-01,11\n2024-01-03,12\n")
     done = backtest("--prices", str(bad), "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "row 3" in done.stderr and "sorted" in done.stderr
-    unknown = backtest("--prices", "data/GOOGL.csv", "--policy", "no-such-policy", "--out", str(tmp_path / "o"))
+    unknown = backtest(
+        "--prices", "data/GOOGL.csv", "--policy", "no-such-policy", "--out", str(tmp_path / "o")
+    )
     assert unknown.returncode == 2 and "is not a baseline" in unknown.stderr
 
 
@@ -97,7 +148,8 @@ KSERVE_MODEL = textwrap.dedent(
                 c = s["recent_closes"]
                 a = "hold" if len(c) < 2 else ("buy" if c[-1] > c[-2] else "sell")
                 p = {k: (0.8 if k == a else 0.1) for k in ("sell", "hold", "buy")}
-                out.append({"action": a, "probabilities": p, "value": 0.0, "explanation": "momentum",
+                out.append({"action": a, "probabilities": p, "value": 0.0,
+                            "explanation": "momentum",
                             "model_version": "momentum-v1"})
             return {"predictions": out}
 
@@ -112,7 +164,9 @@ def kserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     script = tmp_path_factory.mktemp("kserve") / "momentum.py"
     script.write_text(KSERVE_MODEL)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -136,7 +190,9 @@ def test_policy_server_url_over_kserve_v1(kserve_url: str) -> None:
     prices = load_prices_csv(REPO / "data/GOOGL.csv").iloc[:60]
     result = run_backtest(prices, HttpPolicy(kserve_url, timeout_s=10), ticker="GOOGL")
     decisions = result.strategy.decisions
-    assert {d.model_version for d in decisions} == {"momentum-v1"} and not any(d.fallback_reason for d in decisions)
+    assert {d.model_version for d in decisions} == {"momentum-v1"} and not any(
+        d.fallback_reason for d in decisions
+    )
     closes = prices["close"].to_numpy()
     expected = ["hold"] + ["buy" if closes[t] > closes[t - 1] else "sell" for t in range(1, 59)]
     assert [d.action for d in decisions] == expected
@@ -165,7 +221,9 @@ def bad_server() -> Iterator[str]:
     server.stop()
 
 
-@pytest.mark.parametrize("model,reason", [("slow", "timeout"), ("garbage", "bad_answer"), ("short", "bad_answer")])
+@pytest.mark.parametrize(
+    "model,reason", [("slow", "timeout"), ("garbage", "bad_answer"), ("short", "bad_answer")]
+)
 def test_policy_failures_hold_with_a_metric(bad_server: str, model: str, reason: str) -> None:
     prices = load_prices_csv(REPO / "data/GOOGL.csv").iloc[:4]
     before = POLICY_FALLBACKS.labels(reason)._value.get()

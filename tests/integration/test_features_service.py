@@ -11,7 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import redis
 
@@ -116,7 +115,9 @@ def renamed(data: Sample, ticker: str) -> Sample:
 
 
 def ready_messages(bootstrap: str, topic: str) -> list[pb.FeaturesReady]:
-    return [envelopes.decode(r.value, pb.FeaturesReady).payload for r in read_topic(bootstrap, topic)]
+    return [
+        envelopes.decode(r.value, pb.FeaturesReady).payload for r in read_topic(bootstrap, topic)
+    ]
 
 
 def test_stream_with_late_duplicate_out_of_order_and_bad_bars(
@@ -129,8 +130,8 @@ def test_stream_with_late_duplicate_out_of_order_and_bad_bars(
     first = [e for e in ordered if (e.end if isinstance(e, BarIn) else e.published_at) <= close19]
     rest = ordered[len(first) :]
     late = NewsIn(ticker, "late-1", close19 - timedelta(seconds=1), 0.9, "late summary")
-    assert all(not (close19 - timedelta(seconds=2) < n.published_at < close19 + timedelta(seconds=2))
-               for n in data.news)  # fmt: skip
+    near = (close19 - timedelta(seconds=2), close19 + timedelta(seconds=2))
+    assert not any(near[0] < n.published_at < near[1] for n in data.news)  # "latest" is unambiguous
     b10, b19 = data.bars[10], data.bars[19]
     day25 = data.bars[25].end + timedelta(hours=1)
     bad = {

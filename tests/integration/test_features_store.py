@@ -50,9 +50,9 @@ def store_settings(kind: str, tmp: Path) -> FeaturesSettings:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
-def applied(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    FeaturesSettings
-]:
+def applied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FeaturesSettings]:
     """The repo applied once per store kind into a temporary folder (apply takes seconds)."""
     settings = store_settings(request.param, tmp_path_factory.mktemp(f"feast-{request.param}"))
     apply_repo(settings)
@@ -156,7 +156,9 @@ def test_online_rows_live_in_the_configured_store(
         assert applied.online.stat().st_size > 0
 
 
-def test_online_of_an_unknown_ticker_is_empty(applied: FeaturesSettings, pushed: pd.DataFrame) -> None:
+def test_online_of_an_unknown_ticker_is_empty(
+    applied: FeaturesSettings, pushed: pd.DataFrame
+) -> None:
     assert FeatureReader(applied).online("NOPE") == {}
 
 

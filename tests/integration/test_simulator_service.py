@@ -40,18 +40,24 @@ class TopicReader:
         for records in self.consumer.poll(timeout_ms=100).values():
             for r in records:
                 # A .dlq twin carries the original bytes of its source topic's payload type.
-                env = envelopes.decode(r.value, topics.payload_type(self.topic.removesuffix(topics.DLQ_SUFFIX)))
+                env = envelopes.decode(
+                    r.value, topics.payload_type(self.topic.removesuffix(topics.DLQ_SUFFIX))
+                )
                 if env.key == self.key:
                     self.headers.append(dict(r.headers or []))
                     self.items.append(env)
         return self.items
 
-    def wait_for(self, predicate: Callable[[list[envelopes.Envelope]], bool], timeout_s: float = 20.0) -> list[envelopes.Envelope]:
+    def wait_for(
+        self, predicate: Callable[[list[envelopes.Envelope]], bool], timeout_s: float = 20.0
+    ) -> list[envelopes.Envelope]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if predicate(self.poll()):
                 return self.items
-        raise AssertionError(f"timed out on {self.topic}: have {len(self.items)} messages for {self.key}")
+        raise AssertionError(
+            f"timed out on {self.topic}: have {len(self.items)} messages for {self.key}"
+        )
 
     def close(self) -> None:
         self.consumer.close()
@@ -59,7 +65,14 @@ class TopicReader:
 
 def _bar(ticker: str, day: int, close: float) -> pb.Bar:
     start = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=day)
-    bar = pb.Bar(ticker=ticker, open=close * 0.99, high=close * 1.01, low=close * 0.98, close=close, volume=1000)
+    bar = pb.Bar(
+        ticker=ticker,
+        open=close * 0.99,
+        high=close * 1.01,
+        low=close * 0.98,
+        close=close,
+        volume=1000,
+    )
     set_time(bar.start, start)
     set_time(bar.end, start + timedelta(days=1))
     return bar
@@ -69,10 +82,18 @@ def _ts(env: envelopes.Envelope, field: str) -> datetime:
     return envelopes.to_datetime(getattr(env.payload, field))
 
 
-def test_feedback_for_t_appears_only_after_t_plus_1s_bar(bus_settings: BusSettings, unique: str) -> None:
+def test_feedback_for_t_appears_only_after_t_plus_1s_bar(
+    bus_settings: BusSettings, unique: str
+) -> None:
     ticker = f"T{unique.upper()}"
-    settings = SimulatorSettings(mode="live", tickers=[ticker], wait_for_features=False, group_id=f"sim-{unique}",
-                                 baseline_policy="random", seed=3)
+    settings = SimulatorSettings(
+        mode="live",
+        tickers=[ticker],
+        wait_for_features=False,
+        group_id=f"sim-{unique}",
+        baseline_policy="random",
+        seed=3,
+    )
     loop = live_loop(settings, bus_settings)
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
@@ -94,7 +115,9 @@ def test_feedback_for_t_appears_only_after_t_plus_1s_bar(bus_settings: BusSettin
                 last = got[-1].payload
                 assert _ts(got[-1], "realised_time") == _ts_of(bar)
                 assert last.realised_return == pytest.approx(close / closes[day - 1] - 1.0)
-                assert last.action in ("sell", "hold", "buy") and '"ticker": "' + ticker in last.state
+                assert (
+                    last.action in ("sell", "hold", "buy") and '"ticker": "' + ticker in last.state
+                )
         # An out-of-order bar is dead-lettered with its reason, and the loop keeps going.
         dlq = TopicReader(bus_settings, topics.dlq(topics.MARKET_BARS), ticker)
         stale = _bar(ticker, 1, 99.0)
@@ -137,7 +160,12 @@ def _features_service(bus: BusSettings, ticker: str, stop: threading.Event, dela
                 time.sleep(delay_s)
                 msg = pb.FeaturesReady(ticker=ticker, feature_service="test")
                 msg.watermark.CopyFrom(env.payload.start)
-                producer.publish(topics.FEATURES_READY, msg, key=ticker, event_time=envelopes.to_datetime(env.payload.start))
+                producer.publish(
+                    topics.FEATURES_READY,
+                    msg,
+                    key=ticker,
+                    event_time=envelopes.to_datetime(env.payload.start),
+                )
                 producer.flush()
             seen = len(items)
     finally:
@@ -145,22 +173,37 @@ def _features_service(bus: BusSettings, ticker: str, stop: threading.Event, dela
         bars.close()
 
 
-def test_replay_waits_for_each_watermark_and_publishes_everything(bus_settings: BusSettings, unique: str, tmp_path: Path) -> None:
+def test_replay_waits_for_each_watermark_and_publishes_everything(
+    bus_settings: BusSettings, unique: str, tmp_path: Path
+) -> None:
     ticker = f"R{unique.upper()}"
     closes = [50.0, 51.0, 49.5, 52.0, 53.0, 52.5]
-    settings = SimulatorSettings(mode="replay", prices_csv=_csv(tmp_path, ticker, closes), ticker=ticker,
-                                 wait_for_features=True, features_timeout_s=20, baseline_policy="buy-and-hold")
+    settings = SimulatorSettings(
+        mode="replay",
+        prices_csv=_csv(tmp_path, ticker, closes),
+        ticker=ticker,
+        wait_for_features=True,
+        features_timeout_s=20,
+        baseline_policy="buy-and-hold",
+    )
     stop = threading.Event()
-    features = threading.Thread(target=_features_service, args=(bus_settings, ticker, stop, 0.2), daemon=True)
+    features = threading.Thread(
+        target=_features_service, args=(bus_settings, ticker, stop, 0.2), daemon=True
+    )
     features.start()
     try:
         assert Replay(settings, bus_settings).run() == len(closes)
     finally:
         stop.set()
         features.join(timeout=10)
-    readers = {t: TopicReader(bus_settings, t, ticker) for t in (*SERVICE_OUTPUTS, topics.FEATURES_READY, topics.MARKET_BARS)}
+    readers = {
+        t: TopicReader(bus_settings, t, ticker)
+        for t in (*SERVICE_OUTPUTS, topics.FEATURES_READY, topics.MARKET_BARS)
+    }
     n = len(closes)
-    got = {t: r.wait_for(lambda items, t=t: len(items) >= EXPECTED[t](n)) for t, r in readers.items()}
+    got = {
+        t: r.wait_for(lambda items, t=t: len(items) >= EXPECTED[t](n)) for t, r in readers.items()
+    }
     for r in readers.values():
         r.close()
     assert len(got[topics.MARKET_BARS]) == n and len(got[topics.MARKET_FEEDBACK]) == n - 1
@@ -172,12 +215,19 @@ def test_replay_waits_for_each_watermark_and_publishes_everything(bus_settings: 
     for f in got[topics.MARKET_FEEDBACK]:
         assert f.produce_time >= bar_at[_ts(f, "realised_time")] > bar_at[_ts(f, "decision_time")]
     fills = got[topics.TRADING_FILLS]
-    assert len(fills) == 1 and fills[0].payload.price == pytest.approx(closes[1] * 0.995)  # B&H: next open
+    assert len(fills) == 1 and fills[0].payload.price == pytest.approx(
+        closes[1] * 0.995
+    )  # B&H: next open
     last = got[topics.PORTFOLIO_SNAPSHOTS][-1].payload
     assert last.net_worth == pytest.approx(last.cash + last.positions[0].quantity * closes[-1])
 
 
-SERVICE_OUTPUTS = (topics.TRADING_DECISIONS, topics.TRADING_FILLS, topics.PORTFOLIO_SNAPSHOTS, topics.MARKET_FEEDBACK)
+SERVICE_OUTPUTS = (
+    topics.TRADING_DECISIONS,
+    topics.TRADING_FILLS,
+    topics.PORTFOLIO_SNAPSHOTS,
+    topics.MARKET_FEEDBACK,
+)
 EXPECTED: dict[str, Callable[[int], int]] = {
     topics.TRADING_DECISIONS: lambda n: n,
     topics.TRADING_FILLS: lambda n: 1,
@@ -188,10 +238,18 @@ EXPECTED: dict[str, Callable[[int], int]] = {
 }
 
 
-def test_unreachable_policy_server_holds_and_the_replay_finishes(bus_settings: BusSettings, unique: str, tmp_path: Path) -> None:
+def test_unreachable_policy_server_holds_and_the_replay_finishes(
+    bus_settings: BusSettings, unique: str, tmp_path: Path
+) -> None:
     ticker = f"P{unique.upper()}"
-    settings = SimulatorSettings(mode="replay", prices_csv=_csv(tmp_path, ticker, [10.0, 11.0, 12.0, 11.5]), ticker=ticker,
-                                 wait_for_features=False, policy_url=f"http://127.0.0.1:{free_port()}", policy_timeout_s=1)
+    settings = SimulatorSettings(
+        mode="replay",
+        prices_csv=_csv(tmp_path, ticker, [10.0, 11.0, 12.0, 11.5]),
+        ticker=ticker,
+        wait_for_features=False,
+        policy_url=f"http://127.0.0.1:{free_port()}",
+        policy_timeout_s=1,
+    )
     assert Replay(settings, bus_settings).run() == 4
     reader = TopicReader(bus_settings, topics.TRADING_DECISIONS, ticker)
     decisions = reader.wait_for(lambda items: len(items) >= 4)

@@ -32,8 +32,16 @@ def frame_of(closes: list[float], gap: list[float] | None = None) -> pd.DataFram
     close = np.asarray(closes)
     opens = close * (1.0 + np.asarray(gap if gap is not None else np.zeros(len(close))))
     index = pd.date_range("2024-01-01", periods=len(close), freq="D", tz="UTC", name="time")
-    return pd.DataFrame({"open": opens, "high": np.maximum(opens, close), "low": np.minimum(opens, close),
-                         "close": close, "volume": 1.0}, index=index)
+    return pd.DataFrame(
+        {
+            "open": opens,
+            "high": np.maximum(opens, close),
+            "low": np.minimum(opens, close),
+            "close": close,
+            "volume": 1.0,
+        },
+        index=index,
+    )
 
 
 def check_account(cash: float, position: float) -> None:
@@ -42,9 +50,16 @@ def check_account(cash: float, position: float) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(cash=st.floats(0, 1e6), position=st.floats(0, 1e4), quantity=st.floats(-2e4, 2e4),
-       price=st.floats(0.01, 1e4), cfg=configs_st)
-def test_one_execution_costs_exactly_its_cost(cash: float, position: float, quantity: float, price: float, cfg: ExecutionConfig) -> None:
+@given(
+    cash=st.floats(0, 1e6),
+    position=st.floats(0, 1e4),
+    quantity=st.floats(-2e4, 2e4),
+    price=st.floats(0.01, 1e4),
+    cfg=configs_st,
+)
+def test_one_execution_costs_exactly_its_cost(
+    cash: float, position: float, quantity: float, price: float, cfg: ExecutionConfig
+) -> None:
     new_cash, new_pos, fill = acc.execute(cash, position, quantity, price, cfg)
     check_account(new_cash, new_pos)
     before, after = acc.net_worth(cash, position, price), acc.net_worth(new_cash, new_pos, price)
@@ -53,16 +68,25 @@ def test_one_execution_costs_exactly_its_cost(cash: float, position: float, quan
         return
     assert fill.cost == pytest.approx(fill.notional * cfg.cost_bps * 1e-4 + cfg.fixed_fee)
     assert after == pytest.approx(before - fill.cost, rel=1e-12, abs=1e-9)
-    assert abs(fill.quantity) <= abs(quantity) + 1e-9 and math.copysign(1, fill.quantity) == math.copysign(1, quantity)
+    assert abs(fill.quantity) <= abs(quantity) + 1e-9 and math.copysign(
+        1, fill.quantity
+    ) == math.copysign(1, quantity)
 
 
 @settings(max_examples=150, deadline=None)
 @given(closes=prices_st, cfg=configs_st, data=st.data())
-def test_discrete_env_invariants_over_random_actions(closes: list[float], cfg: ExecutionConfig, data: st.DataObject) -> None:
-    frame = frame_of(closes, data.draw(st.lists(st.floats(-0.05, 0.05), min_size=len(closes), max_size=len(closes))))
+def test_discrete_env_invariants_over_random_actions(
+    closes: list[float], cfg: ExecutionConfig, data: st.DataObject
+) -> None:
+    frame = frame_of(
+        closes,
+        data.draw(st.lists(st.floats(-0.05, 0.05), min_size=len(closes), max_size=len(closes))),
+    )
     env = DiscreteTradingEnv(frame, execution=cfg, record=True)
     env.reset(seed=0)
-    actions = data.draw(st.lists(st.integers(0, 2), min_size=len(closes) - 1, max_size=len(closes) - 1))
+    actions = data.draw(
+        st.lists(st.integers(0, 2), min_size=len(closes) - 1, max_size=len(closes) - 1)
+    )
     total_cost = 0.0
     for a in actions:
         _, _, terminated, _, info = env.step(a)
@@ -71,21 +95,28 @@ def test_discrete_env_invariants_over_random_actions(closes: list[float], cfg: E
         total_cost += info["cost"]
         if terminated:
             break
-    # Replaying the recorded fills from the initial cash gives the same account: nothing else moved it.
+    # Replaying the recorded fills from the initial cash gives the same account:
+    # nothing else moved it.
     cash = cfg.initial_cash - sum(t.fill.quantity * t.fill.price + t.fill.cost for t in env.trades)
     assert cash == pytest.approx(env.cash, rel=1e-9, abs=1e-6)
-    assert sum(t.fill.quantity for t in env.trades) == pytest.approx(env.position, rel=1e-9, abs=1e-9)
+    assert sum(t.fill.quantity for t in env.trades) == pytest.approx(
+        env.position, rel=1e-9, abs=1e-9
+    )
     assert total_cost == pytest.approx(sum(t.fill.cost for t in env.trades))
     assert len(env.equity) == len(actions) + 1 or terminated
 
 
 @settings(max_examples=100, deadline=None)
 @given(closes=prices_st, cfg=configs_st, data=st.data())
-def test_continuous_env_invariants(closes: list[float], cfg: ExecutionConfig, data: st.DataObject) -> None:
+def test_continuous_env_invariants(
+    closes: list[float], cfg: ExecutionConfig, data: st.DataObject
+) -> None:
     env = ContinuousTradingEnv(frame_of(closes), execution=cfg)
     env.reset(seed=0)
     for _ in range(len(closes) - 1):
-        action = np.array([data.draw(st.floats(0, 2)), data.draw(st.floats(0, 0.5))], dtype=np.float32)
+        action = np.array(
+            [data.draw(st.floats(0, 2)), data.draw(st.floats(0, 0.5))], dtype=np.float32
+        )
         nw_before = env.net_worth
         _, _, terminated, _, info = env.step(action)
         check_account(env.cash, env.position)
@@ -96,15 +127,21 @@ def test_continuous_env_invariants(closes: list[float], cfg: ExecutionConfig, da
 
 @settings(max_examples=100, deadline=None)
 @given(a=prices_st, b=prices_st, cfg=configs_st, data=st.data())
-def test_portfolio_env_invariants(a: list[float], b: list[float], cfg: ExecutionConfig, data: st.DataObject) -> None:
+def test_portfolio_env_invariants(
+    a: list[float], b: list[float], cfg: ExecutionConfig, data: st.DataObject
+) -> None:
     n = min(len(a), len(b))
     env = PortfolioEnv({"AAA": frame_of(a[:n]), "BBB": frame_of(b[:n])}, execution=cfg)
     env.reset(seed=0)
     for _ in range(n - 1):
-        weights = np.array(data.draw(st.lists(st.floats(0, 1), min_size=3, max_size=3)), dtype=np.float32)
+        weights = np.array(
+            data.draw(st.lists(st.floats(0, 1), min_size=3, max_size=3)), dtype=np.float32
+        )
         _, _, terminated, _, info = env.step(weights)
         assert env.cash >= 0 and np.all(env.positions >= 0)
-        assert info["net_worth"] == pytest.approx(env.cash + float(env.positions @ env.close[env._t]))
+        assert info["net_worth"] == pytest.approx(
+            env.cash + float(env.positions @ env.closes[env._t])
+        )
         if terminated:
             break
 
@@ -122,7 +159,11 @@ class MomentumProbe:
     def decide(self, states: list[MarketState]) -> list[Decision]:
         out = []
         for s in states:
-            score = sum(s.returns()[-5:]) + s.features.get("volatility", 0) * 0.1 + (s.sentiment or 0) * 0.01
+            score = (
+                sum(s.returns()[-5:])
+                + s.features.get("volatility", 0) * 0.1
+                + (s.sentiment or 0) * 0.01
+            )
             action = "buy" if score > 0.002 else "sell" if score < -0.002 else "hold"
             out.append(Decision(action=action, model_version=f"probe:{s.net_worth:.6f}"))
         return out
@@ -146,7 +187,9 @@ def test_changing_prices_after_t_changes_nothing_up_to_t(fill_at: str, policy_fa
     a = run_backtest(base, policy_factory(), sentiment=sentiment, execution=cfg)
     b = run_backtest(changed, policy_factory(), sentiment=changed_sent, execution=cfg)
     # Decisions on bars 0..cut see identical states, so they are identical ...
-    assert [d.model_dump() for d in a.strategy.decisions[: cut + 1]] == [d.model_dump() for d in b.strategy.decisions[: cut + 1]]
+    assert [d.model_dump() for d in a.strategy.decisions[: cut + 1]] == [
+        d.model_dump() for d in b.strategy.decisions[: cut + 1]
+    ]
     # ... and so is every fill that happened at or before bar `cut`.
     limit = base.index[cut]
     fills_a = [(t.filled_at, t.fill) for t in a.strategy.trades if t.filled_at <= limit]

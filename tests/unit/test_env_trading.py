@@ -36,7 +36,9 @@ def msft() -> pd.DataFrame:
 def test_every_env_passes_the_gymnasium_checker(googl: pd.DataFrame, msft: pd.DataFrame) -> None:
     sentiment = pd.Series(np.sin(np.arange(len(googl))), index=googl.index)
     envs = [
-        DiscreteTradingEnv(googl, ticker="GOOGL", sentiment=sentiment, max_episode_steps=65, random_start=True),
+        DiscreteTradingEnv(
+            googl, ticker="GOOGL", sentiment=sentiment, max_episode_steps=65, random_start=True
+        ),
         ContinuousTradingEnv(googl, sentiment=sentiment, max_episode_steps=65),
         PortfolioEnv({"GOOGL": googl, "MSFT": msft}, max_episode_steps=65),
     ]
@@ -74,19 +76,30 @@ def test_current_state_is_the_prompt_state_at_t(googl: pd.DataFrame) -> None:
     summaries.iloc[40] = "Google beats estimates"
     sentiment = pd.Series(0.0, index=googl.index)
     sentiment.iloc[40] = 0.7
-    env = DiscreteTradingEnv(googl, ticker="GOOGL", sentiment=sentiment, summaries=summaries, start=40)
+    env = DiscreteTradingEnv(
+        googl, ticker="GOOGL", sentiment=sentiment, summaries=summaries, start=40
+    )
     env.reset(seed=0)
     state = env.current_state()
     assert isinstance(state, MarketState)
     assert state.recent_closes == pytest.approx(googl["close"].iloc[9:41].tolist())
-    assert state.as_of == googl.index[40] and state.news_summary == "Google beats estimates" and state.sentiment == 0.7
+    assert (
+        state.as_of == googl.index[40]
+        and state.news_summary == "Google beats estimates"
+        and state.sentiment == 0.7
+    )
     env.step(2)
     assert env.current_state().position == env.position and env.current_state().news_summary == ""
 
 
 def test_fills_at_next_open_by_default_and_at_close_as_a_setting(googl: pd.DataFrame) -> None:
-    for fill_at, expected in (("next_open", googl["open"].iloc[11]), ("close", googl["close"].iloc[10])):
-        env = DiscreteTradingEnv(googl, start=10, record=True, execution=ExecutionConfig(fill_at=fill_at))
+    for fill_at, expected in (
+        ("next_open", googl["open"].iloc[11]),
+        ("close", googl["close"].iloc[10]),
+    ):
+        env = DiscreteTradingEnv(
+            googl, start=10, record=True, execution=ExecutionConfig(fill_at=fill_at)
+        )
         env.reset(seed=0)
         env.step(2)
         assert env.trades[0].fill.price == expected
@@ -101,7 +114,15 @@ def test_reward_terms(googl: pd.DataFrame) -> None:
     _, r, *_ = env.step(2)
     assert r == pytest.approx(env.net_worth / nw0 - 1)  # only the change in net worth is left
     sentiment = pd.Series(0.5, index=googl.index)
-    with_bonus = DiscreteTradingEnv(googl, start=5, execution=cfg, sentiment=sentiment, reward_config=RewardConfig(stability_coef=0, cost_coef=0, sentiment_coef=0.01, vol_sensitivity=0))
+    with_bonus = DiscreteTradingEnv(
+        googl,
+        start=5,
+        execution=cfg,
+        sentiment=sentiment,
+        reward_config=RewardConfig(
+            stability_coef=0, cost_coef=0, sentiment_coef=0.01, vol_sensitivity=0
+        ),
+    )
     with_bonus.reset(seed=0)
     _, r_bonus, *_ = with_bonus.step(2)
     assert r_bonus - r == pytest.approx(0.01 * 0.5)
@@ -119,13 +140,17 @@ def test_continuous_action_semantics(googl: pd.DataFrame) -> None:
     assert env.position == pytest.approx(held / 2)
 
 
-def test_portfolio_weights_are_reached_through_the_accounting_core(googl: pd.DataFrame, msft: pd.DataFrame) -> None:
-    env = PortfolioEnv({"GOOGL": googl, "MSFT": msft}, execution=ExecutionConfig(cost_bps=0, fill_at="close"))
+def test_portfolio_weights_are_reached_through_the_accounting_core(
+    googl: pd.DataFrame, msft: pd.DataFrame
+) -> None:
+    env = PortfolioEnv(
+        {"GOOGL": googl, "MSFT": msft}, execution=ExecutionConfig(cost_bps=0, fill_at="close")
+    )
     obs, _ = env.reset(seed=0)
     _, _, _, _, info = env.step(np.array([0.5, 0.25, 0.25], dtype=np.float32))
-    weights = env.weights(env.close[env._t - 1])
+    weights = env.weights(env.closes[env._t - 1])
     assert weights == pytest.approx([0.5, 0.25, 0.25], abs=1e-9)
-    assert info["net_worth"] == pytest.approx(env.cash + float(env.positions @ env.close[env._t]))
+    assert info["net_worth"] == pytest.approx(env.cash + float(env.positions @ env.closes[env._t]))
 
 
 def test_live_session_reproduces_the_env_step_for_step() -> None:
@@ -138,7 +163,7 @@ def test_live_session_reproduces_the_env_step_for_step() -> None:
         session = TradingSession("SYN", cfg)
         policy_env, policy_live = RandomPolicy(9), RandomPolicy(9)
         env_rewards, env_worth = [], []
-        for t in range(len(frame) - 1):
+        for _ in range(len(frame) - 1):
             action = policy_env.decide([env.current_state()])[0]
             _, r, terminated, _, info = env.step(action.action_index)
             env_rewards.append(r)
@@ -148,7 +173,11 @@ def test_live_session_reproduces_the_env_step_for_step() -> None:
         live_rewards, live_worth = [], []
         for t, (time, row) in enumerate(frame.iterrows()):
             bar = BarData("SYN", time.to_pydatetime(), row.open, row.high, row.low, row.close)
-            out = session.on_bar(bar, lambda s: policy_live.decide([s])[0], sentiment=float(sentiment.iloc[t]))
+            out = session.on_bar(
+                bar,
+                lambda s, p=policy_live: p.decide([s])[0],
+                sentiment=float(sentiment.iloc[t]),
+            )
             if out.feedback is not None:
                 live_rewards.append(out.feedback.reward)
                 live_worth.append(out.net_worth)

@@ -19,7 +19,9 @@ def write(tmp_path: Path, text: str, name: str = "p.csv") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name,rows,first", [("MSFT.csv", 7983, "1986-03-13"), ("GOOGL.csv", 2335, "2009-05-22")])
+@pytest.mark.parametrize(
+    "name,rows,first", [("MSFT.csv", 7983, "1986-03-13"), ("GOOGL.csv", 2335, "2009-05-22")]
+)
 def test_real_files_load(name: str, rows: int, first: str) -> None:
     df = load_prices_csv(REPO / "data" / name)
     assert len(df) == rows and df.index.name == "time" and str(df.index.tz) == "UTC"
@@ -41,7 +43,9 @@ def test_price_column_picks_the_close(tmp_path: Path) -> None:
     df = load_prices_csv(write(tmp_path, text), price_column="adj close")
     assert df["close"].tolist() == [5, 5.5, 6]
     assert df.attrs["price_column"] == "Adj Close" and df.attrs["ohlc_from_close"]
-    assert (df["open"] == df["close"]).all()  # close-only data fills at the next close, never earlier
+    assert (
+        df["open"] == df["close"]
+    ).all()  # close-only data fills at the next close, never earlier
     with pytest.raises(MarketDataError, match="price column 'vwap' not found"):
         load_prices_csv(write(tmp_path, text), price_column="vwap")
 
@@ -61,13 +65,34 @@ def test_frequencies_set_the_annualising_factor(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("date,close\n2024-01-02,10\n2024-01-01,11\n2024-01-03,12\n", r"p.csv: row 3: time .* is before the previous row"),
-        ("date,close\n2024-01-01,10\n2024-01-01,11\n2024-01-03,12\n", r"p.csv: row 3: duplicate time"),
-        ("date,close\n2024-01-01,10\n2024-01-02,0\n2024-01-03,12\n", r"p.csv: row 3: close price 0.0 is not positive"),
-        ("date,close\n2024-01-01,10\n2024-01-02,-3\n2024-01-03,12\n", r"row 3: close price -3.0 is not positive"),
-        ("date,open,close\n2024-01-01,10,10\n2024-01-02,,11\n2024-01-03,12,12\n", r"row 3: open price is missing"),
-        ("date,close\n2024-01-01,10\n2024-01-02,abc\n2024-01-03,12\n", r"row 3: close price is missing or not a number"),
-        ("date,close\n2024-01-01,10\nnot-a-date,11\n2024-01-03,12\n", r"row 3: time 'not-a-date' is missing or not a date"),
+        (
+            "date,close\n2024-01-02,10\n2024-01-01,11\n2024-01-03,12\n",
+            r"p.csv: row 3: time .* is before the previous row",
+        ),
+        (
+            "date,close\n2024-01-01,10\n2024-01-01,11\n2024-01-03,12\n",
+            r"p.csv: row 3: duplicate time",
+        ),
+        (
+            "date,close\n2024-01-01,10\n2024-01-02,0\n2024-01-03,12\n",
+            r"p.csv: row 3: close price 0.0 is not positive",
+        ),
+        (
+            "date,close\n2024-01-01,10\n2024-01-02,-3\n2024-01-03,12\n",
+            r"row 3: close price -3.0 is not positive",
+        ),
+        (
+            "date,open,close\n2024-01-01,10,10\n2024-01-02,,11\n2024-01-03,12,12\n",
+            r"row 3: open price is missing",
+        ),
+        (
+            "date,close\n2024-01-01,10\n2024-01-02,abc\n2024-01-03,12\n",
+            r"row 3: close price is missing or not a number",
+        ),
+        (
+            "date,close\n2024-01-01,10\nnot-a-date,11\n2024-01-03,12\n",
+            r"row 3: time 'not-a-date' is missing or not a date",
+        ),
         ("date,open,volume\n2024-01-01,10,1\n2024-01-02,11,1\n", r"no close column"),
         ("price,close\n1,10\n2,11\n", r"no time column"),
         ("date,close\n", r"no data rows"),
@@ -84,5 +109,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_volume_kept_when_present(tmp_path: Path) -> None:
-    df = load_prices_csv(write(tmp_path, "Date,Close,Volume\n2024-01-01,1,5\n2024-01-02,2,6\n2024-01-03,3,7\n"))
+    df = load_prices_csv(
+        write(tmp_path, "Date,Close,Volume\n2024-01-01,1,5\n2024-01-02,2,6\n2024-01-03,3,7\n")
+    )
     assert np.array_equal(df["volume"].to_numpy(), [5, 6, 7])

@@ -26,7 +26,9 @@ def test_same_seed_same_market_other_seed_differs() -> None:
 def test_regime_shift_scenario_switches_once_on_day_250() -> None:
     frame, shifts = generate_market(load_params("regime-shift"), 400, seed=1)
     assert shifts == [(frame.index[250], "calm_bull", "volatile_bear")]
-    assert set(frame["regime"].iloc[:250]) == {"calm_bull"} and set(frame["regime"].iloc[250:]) == {"volatile_bear"}
+    assert set(frame["regime"].iloc[:250]) == {"calm_bull"} and set(frame["regime"].iloc[250:]) == {
+        "volatile_bear"
+    }
 
 
 def test_shifts_match_the_regime_column_and_bars_are_consistent() -> None:
@@ -40,7 +42,9 @@ def test_shifts_match_the_regime_column_and_bars_are_consistent() -> None:
 
 def test_returns_follow_the_ar1_law_of_each_regime() -> None:
     shipped = load_params("regime-shift").model_dump()
-    params = MarketParams.model_validate({**shipped, "forced_shifts": [{"day": 10_000, "regime": "volatile_bear"}]})
+    params = MarketParams.model_validate(
+        {**shipped, "forced_shifts": [{"day": 10_000, "regime": "volatile_bear"}]}
+    )
     frame, _ = generate_market(params, 20_000, seed=2)
     o = np.diff(np.log(frame["close"].to_numpy()))
     regime = frame["regime"].to_numpy()[1:]
@@ -60,12 +64,17 @@ def test_invalid_params_are_rejected_with_the_reason() -> None:
     with pytest.raises(ValidationError, match="must be non-negative and sum to 1"):
         MarketParams.model_validate(bad_row)
     with pytest.raises(ValidationError, match="phi"):
-        MarketParams.model_validate({**base, "regimes": {**base["regimes"], "bull": {"mu": 0, "phi": 1.2, "sigma": 0.01}}})
+        MarketParams.model_validate(
+            {**base, "regimes": {**base["regimes"], "bull": {"mu": 0, "phi": 1.2, "sigma": 0.01}}}
+        )
 
 
 def test_cli_writes_a_csv_the_loader_reads(tmp_path: Path) -> None:
     out = tmp_path / "syn.csv"
-    result = CliRunner().invoke(app, ["generate", "--out", str(out), "--days", "300", "--seed", "5", "--params", "regime-shift"])
+    result = CliRunner().invoke(
+        app,
+        ["generate", "--out", str(out), "--days", "300", "--seed", "5", "--params", "regime-shift"],
+    )
     assert result.exit_code == 0, result.output
     df = load_prices_csv(out)
     expected, _ = generate_market(load_params("regime-shift"), 300, seed=5)
