@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from services.common.bus import ConsumerLoop
 from services.common.http_server import HealthApp
 from services.common.service import exit_with, run_consumer_service
 from services.features.consumer import SERVICE, build_loop
@@ -27,11 +28,11 @@ def main() -> int:
     health = HealthApp(SERVICE)
     state: dict[str, bool] = {"store": False}
 
-    def build():  # type: ignore[no-untyped-def]
+    def build() -> ConsumerLoop:
         if settings.apply_on_start:
             apply_repo(settings)
         writer = FeatureWriter(settings)
-        # The HTTP thread gets its own store object: Feast's online stores are not shared across threads.
+        # The HTTP thread gets its own store: Feast's online stores are not shared across threads.
         add_routes(health, FeatureReader(settings))
         state["store"] = True
         loop, _ = build_loop(settings, writer=writer)

@@ -38,9 +38,7 @@ def market_frame(close: pd.Series, volume: pd.Series) -> pd.DataFrame:
     return out[list(MARKET_FEATURES)]
 
 
-def news_frame(
-    ends: pd.Series, news: pd.DataFrame, settings: FeaturesSettings
-) -> pd.DataFrame:
+def news_frame(ends: pd.Series, news: pd.DataFrame, settings: FeaturesSettings) -> pd.DataFrame:
     """News features of one ticker for the days closing at `ends` (sorted)."""
     ends = pd.Series(pd.to_datetime(ends, utc=True)).reset_index(drop=True)
     cutoffs = ends - pd.Timedelta(seconds=settings.news_cutoff_before_close_s)

@@ -14,16 +14,20 @@ app = typer.Typer(no_args_is_help=True, help="Market and news features in Feast.
 @app.command()
 def apply(
     data_dir: Path = typer.Option(None, help="Apply into this folder (RLMF_FEATURES_DATA_DIR)."),
-    store: str = typer.Option(None, help="local (SQLite) or cluster (Redis) (RLMF_FEATURES_STORE)."),
+    store: str = typer.Option(
+        None, help="local (SQLite) or cluster (Redis) (RLMF_FEATURES_STORE)."
+    ),
 ) -> None:
     """Register the entity, sources, views and feature services of feature_repo/."""
     from services.features.repo import apply_repo
     from services.features.settings import FeaturesSettings
 
     overrides = {k: v for k, v in {"data_dir": data_dir, "store": store}.items() if v is not None}
-    settings = FeaturesSettings(**overrides)
+    settings = FeaturesSettings(**overrides)  # type: ignore[arg-type]  # validated here
     path = apply_repo(settings)
-    typer.echo(f"applied feature_repo ({settings.store} store, project {settings.project}) in {path}")
+    typer.echo(
+        f"applied feature_repo ({settings.store} store, project {settings.project}) in {path}"
+    )
 
 
 @app.command()

@@ -30,7 +30,9 @@ DAYS_SERVED = Counter("rlmf_features_days_served_total", "Ticker-days pushed to 
 LATE_NEWS = Counter(
     "rlmf_features_late_news_total", "News that arrived after its day was served (-> next day)"
 )
-DUPLICATE_BARS = Counter("rlmf_features_duplicate_bars_total", "Bars dropped as (ticker, end) repeats")
+DUPLICATE_BARS = Counter(
+    "rlmf_features_duplicate_bars_total", "Bars dropped as (ticker, end) repeats"
+)
 PUSH_SECONDS = Histogram(
     "rlmf_features_push_seconds",
     "One ONLINE_AND_OFFLINE push of a micro-batch",

@@ -68,7 +68,9 @@ def validate_bar(bar: BarIn, allowed: set[str]) -> None:
     """Raise ValidationFailed naming what is wrong with `bar`."""
     where = f"bar {bar.ticker or '<no ticker>'} at {bar.end.isoformat()}"
     if bar.ticker not in allowed:
-        raise ValidationFailed(f"{where}: unknown ticker {bar.ticker!r}; allowed: {sorted(allowed)}")
+        raise ValidationFailed(
+            f"{where}: unknown ticker {bar.ticker!r}; allowed: {sorted(allowed)}"
+        )
     prices = {"open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close}
     for name, value in {**prices, "volume": bar.volume}.items():
         if not math.isfinite(value):
@@ -93,7 +95,9 @@ def validate_news(news: NewsIn, allowed: set[str]) -> None:
     """Raise ValidationFailed naming what is wrong with `news`."""
     where = f"news {news.item_id or '<no id>'} for {news.ticker or '<no ticker>'}"
     if news.ticker not in allowed:
-        raise ValidationFailed(f"{where}: unknown ticker {news.ticker!r}; allowed: {sorted(allowed)}")
+        raise ValidationFailed(
+            f"{where}: unknown ticker {news.ticker!r}; allowed: {sorted(allowed)}"
+        )
     if not news.item_id:
         raise ValidationFailed(f"{where}: no item_id, so it cannot be de-duplicated")
     if not (math.isfinite(news.sentiment) and -1.0 <= news.sentiment <= 1.0):

@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 DEFINITIONS = "feature_definitions.py"
 TEMPLATES = {"local": "feature_store.yaml", "cluster": "feature_store.cluster.yaml"}
-_ARROW_TYPES = {Float64: pa.float64(), Int64: pa.int64(), String: pa.string()}
+_ARROW_TYPES: dict[object, pa.DataType] = {
+    Float64: pa.float64(),
+    Int64: pa.int64(),
+    String: pa.string(),
+}
 
 # Feast says ODFVs are "experimental" on every apply and read; we know, and the noise hides
 # real warnings in the service's logs.

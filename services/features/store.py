@@ -51,7 +51,11 @@ class FeatureWriter:
     def _frame(days: Sequence[DayFeatures], columns: Sequence[str], news: bool) -> pd.DataFrame:
         # Column order must equal the Parquet file's: the file offline store checks it.
         rows = [
-            {"ticker": d.ticker, "event_timestamp": d.event_timestamp, **(d.news if news else d.market)}
+            {
+                "ticker": d.ticker,
+                "event_timestamp": d.event_timestamp,
+                **(d.news if news else d.market),
+            }
             for d in days
         ]
         frame = pd.DataFrame(rows, columns=["ticker", "event_timestamp", *columns])
