@@ -215,8 +215,8 @@ def test_policy_serves_teacher_without_canary_by_default() -> None:
     container = predictor["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["STORAGE_URI"] == "pvc://rlmf-models/teacher"
-    assert env["RLMF_POLICY_ROLE"] == "teacher"
-    assert container["args"] == ["--model-dir", "/mnt/models"]
+    assert named(render("external-kafka"), "InferenceService", "rlmf-policy")["metadata"]["annotations"]["rlmf.io/serving"] == "teacher"
+    assert container["args"] == ["--model-dir", "/mnt/models", "--http-port", "8080", "--enable_grpc", "false"]
     assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
 
 
@@ -227,7 +227,7 @@ def test_student_rolls_out_as_canary(key: str, percent: int) -> None:
     assert predictor["canaryTrafficPercent"] == percent
     env = {e["name"]: e.get("value") for e in predictor["containers"][0]["env"]}
     assert env["STORAGE_URI"] == "pvc://rlmf-models/students/s1"
-    assert env["RLMF_POLICY_ROLE"] == "student"
+    assert named(docs, "InferenceService", "rlmf-policy")["metadata"]["annotations"]["rlmf.io/serving"] == "student-canary"
     isvc = named(docs, "InferenceService", "rlmf-policy")
     assert isvc["metadata"]["annotations"]["rlmf.io/teacher-storage-uri"] == "pvc://rlmf-models/teacher"
 
@@ -361,3 +361,24 @@ def test_notes_render() -> None:
     notes = render_raw(VALUE_SETS["canary-10"])["rlmf/templates/NOTES.txt"]
     assert "10% of requests go to the student" in notes
     assert "helm test rlmf -n trading" in notes
+
+
+@pytest.mark.parametrize("release", ["rlmf", "prod", "rlmf-staging"])
+def test_trainer_promotion_values_render_and_name_the_isvc(release: str) -> None:
+    """The values services/trainer/promotion.py upgrades with pass the schema and move the
+    student to teacher; its InferenceService name matches the chart's."""
+    from pathlib import Path as _Path
+
+    from services.trainer.promotion import ClusterPromoter
+
+    promoter = ClusterPromoter(
+        release=release, chart=CHART, namespace=NAMESPACE,
+        storage_uri=lambda folder: f"pvc://rlmf-models/{folder.name}",
+    )  # fmt: skip
+    values = VALUE_SETS["canary-10"] | promoter.values(_Path("/models/v7"))
+    rendered = _chart().render(copy.deepcopy(values), name=release, namespace=NAMESPACE, is_upgrade=True)
+    docs = _documents(rendered)
+    isvc = named(docs, "InferenceService", promoter.isvc_name)
+    env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["STORAGE_URI"] == "pvc://rlmf-models/v7"
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]

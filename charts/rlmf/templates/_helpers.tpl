@@ -84,18 +84,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Feast settings for the services that read or write features. */}}
+{{/* Feast settings for the services that read or write features (services/features/settings.py):
+the cluster store (Redis online, Parquet offline on the models volume, shared with the trainer). */}}
 {{- define "rlmf.feastEnv" -}}
+- name: RLMF_FEATURES_STORE
+  value: cluster
 - name: RLMF_FEATURES_PROJECT
   value: {{ .Values.feast.project | quote }}
 - name: RLMF_FEATURES_REDIS_ADDRESS
   value: {{ include "rlmf.redisAddress" . | quote }}
-- name: RLMF_FEATURES_REGISTRY_PATH
-  value: /models/feast/registry.db
-- name: RLMF_FEATURES_OFFLINE_DIR
-  value: /models/feast/offline
-- name: RLMF_FEATURES_REPO_CONFIG
-  value: /etc/rlmf/feast/feature_store.yaml
+- name: RLMF_FEATURES_REPO_DIR
+  value: /app/feature_repo
+- name: RLMF_FEATURES_DATA_DIR
+  value: /models/feast
+- name: RLMF_FEATURES_TICKERS
+  value: {{ join "," .Values.tickers | quote }}
 {{- end -}}
 
 {{- define "rlmf.resources" -}}
@@ -184,7 +187,8 @@ spec:
             - {name: tmp, mountPath: /tmp}
             - {name: models, mountPath: /models, readOnly: {{ not .modelsWritable }}}
             {{- if .feast }}
-            - {name: feast-config, mountPath: /etc/rlmf/feast, readOnly: true}
+            # The chart's store config replaces the image's copy of the repo's cluster config.
+            - {name: feast-config, mountPath: /app/feature_repo/feature_store.cluster.yaml, subPath: feature_store.yaml, readOnly: true}
             {{- end }}
       volumes:
         - name: tmp
@@ -239,6 +243,10 @@ spec:
 
 {{/* Where the simulator reaches the policy (KServe's in-cluster URL of the InferenceService). */}}
 {{- define "rlmf.simulatorEnv" -}}
+- name: RLMF_SIMULATOR_MODE
+  value: live
+- name: RLMF_SIMULATOR_TICKERS
+  value: {{ toJson .Values.tickers | quote }}
 - name: RLMF_SIMULATOR_POLICY_URL
   value: {{ printf "http://%s-policy.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace | quote }}
 {{- end -}}
