@@ -77,7 +77,7 @@ def publish(
         for bar in frame_bars(frame, symbol):
             producer.publish(
                 topics.MARKET_BARS,
-                bar_to_pb(bar, frame.attrs["bar_seconds"]),
+                bar_to_pb(bar),
                 key=symbol,
                 event_time=bar.time,
             )

@@ -142,18 +142,12 @@ class WatermarkTracker:
 
 
 def bar_from_pb(bar: pb.Bar) -> BarData:
-    return BarData(
-        bar.ticker,
-        envelopes.to_datetime(bar.start),
-        bar.open,
-        bar.high,
-        bar.low,
-        bar.close,
-        bar.volume,
-    )
+    start = envelopes.to_datetime(bar.start)
+    end = envelopes.to_datetime(bar.end) if bar.HasField("end") else start
+    return BarData(bar.ticker, start, bar.open, bar.high, bar.low, bar.close, bar.volume, end)
 
 
-def bar_to_pb(bar: BarData, bar_seconds: float) -> pb.Bar:
+def bar_to_pb(bar: BarData) -> pb.Bar:
     msg = pb.Bar(
         ticker=bar.ticker,
         open=bar.open,
@@ -163,14 +157,25 @@ def bar_to_pb(bar: BarData, bar_seconds: float) -> pb.Bar:
         volume=bar.volume,
     )
     set_time(msg.start, bar.time)
-    set_time(msg.end, bar.time + pd.Timedelta(seconds=bar_seconds))
+    set_time(msg.end, bar.cutoff)
     return msg
 
 
 def frame_bars(frame: pd.DataFrame, ticker: str) -> list[BarData]:
+    """The frame's rows as bars; each ends `attrs["bar_seconds"]` after it starts."""
     vol = frame["volume"].fillna(0.0)
+    length = pd.Timedelta(seconds=float(frame.attrs["bar_seconds"]))
     return [
-        BarData(ticker, t.to_pydatetime(), float(o), float(h), float(lo), float(c), float(v))
+        BarData(
+            ticker,
+            t.to_pydatetime(),
+            float(o),
+            float(h),
+            float(lo),
+            float(c),
+            float(v),
+            (t + length).to_pydatetime(),
+        )
         for t, o, h, lo, c, v in zip(
             frame.index,
             frame["open"],
@@ -287,8 +292,10 @@ class Trader:
             return hold_decision(f"policy_error: {exc}"[:500])
 
     def _features(self, bar: BarData) -> tuple[dict[str, float], float | None, str]:
+        # The features service stamps a bar's watermark with the bar's end; waiting for its
+        # start would accept the previous bar's watermark when bars are contiguous.
         if self.watermarks is not None and not self.watermarks.wait(
-            bar.ticker, bar.time, self.settings.features_timeout_s
+            bar.ticker, bar.cutoff, self.settings.features_timeout_s
         ):
             FEATURES_WAIT_TIMEOUTS.labels(bar.ticker).inc()
             log.warning(
@@ -300,7 +307,7 @@ class Trader:
             return {}, None, ""
         if self.reader is None:
             return {}, None, ""
-        values = dict(self.reader(bar.ticker, bar.time))
+        values = dict(self.reader(bar.ticker, bar.cutoff))
         summary = str(values.pop("news_summary", "") or "")
         sentiment = values.pop("sentiment", None)
         numeric = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
@@ -338,8 +345,8 @@ def build_policy(settings: SimulatorSettings) -> Policy:
 # ---------------------------------------------------------------------------------------------
 
 
-def replay_bars(settings: SimulatorSettings) -> tuple[list[BarData], float]:
-    """The bars to replay and their length in seconds."""
+def replay_bars(settings: SimulatorSettings) -> list[BarData]:
+    """The bars to replay, from the CSV or the generator."""
     if settings.prices_csv is not None:
         frame = load_prices_csv(settings.prices_csv, settings.price_column)
         ticker = settings.ticker or settings.prices_csv.stem.upper()
@@ -349,7 +356,7 @@ def replay_bars(settings: SimulatorSettings) -> tuple[list[BarData], float]:
         ticker = settings.ticker or params.ticker
     end = None if settings.max_bars is None else settings.start_bar + settings.max_bars
     frame = frame.iloc[settings.start_bar : end]
-    return frame_bars(frame, ticker), float(frame.attrs["bar_seconds"])
+    return frame_bars(frame, ticker)
 
 
 class Replay:
@@ -368,7 +375,7 @@ class Replay:
         self._stop.set()
 
     def run(self) -> int:
-        bars, bar_seconds = replay_bars(self.settings)
+        bars = replay_bars(self.settings)
         log.info("replaying %d bars of %s", len(bars), bars[0].ticker if bars else "?")
         try:
             for bar in bars:
@@ -377,7 +384,7 @@ class Replay:
                 started = time.monotonic()
                 self.producer.publish(
                     topics.MARKET_BARS,
-                    bar_to_pb(bar, bar_seconds),
+                    bar_to_pb(bar),
                     key=bar.ticker,
                     event_time=bar.time,
                     id=envelopes.derived_id(

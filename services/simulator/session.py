@@ -31,6 +31,12 @@ class BarData:
     low: float
     close: float
     volume: float = 0.0
+    end: datetime | None = None
+    """When the bar closed (features are stamped with it); defaults to `time`."""
+
+    @property
+    def cutoff(self) -> datetime:
+        return self.end or self.time
 
     def check(self) -> None:
         """Raises ValueError naming the field of a bar that cannot be traded on."""
