@@ -359,3 +359,40 @@ def test_every_dashboard_query_returns_data(run: Run, tmp_path: Path) -> None:
     assert len(with_data) >= len(report) // 2, "fewer than half the queries returned data"
     stale = set(PENDING) - {s for r in report.values() for s in r.get("missing", [])}
     assert not stale, f"these now return data: remove them from PENDING: {stale}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The chart's topics Job script, run as the Job runs it, against the real broker
+# ---------------------------------------------------------------------------------------------
+
+
+def test_topics_job_script_creates_topics_idempotently(broker: str, tmp_path: Path) -> None:
+    from kafka import KafkaAdminClient
+
+    docs = render("external-kafka")
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "rlmf-topics"]
+    script = tmp_path / "create_topics.py"
+    script.write_text(cm["data"]["create_topics.py"])
+    suffix = f"{os.getpid()}.{int(time.time() * 1000) % 10**8}"
+    wanted = [f"{t}.jobtest{suffix}" for t in cm["data"]["topics.txt"].split()]
+    listing = tmp_path / "topics.txt"
+    listing.write_text("\n".join(wanted) + "\n")
+    env = {**os.environ, "RLMF_BUS_BOOTSTRAP": broker, "RLMF_TOPICS_PARTITIONS": "2"}
+
+    def job() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(script), str(listing)], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    first, second = job(), job()
+    assert first.returncode == 0, first.stderr
+    assert f"created {len(wanted)} topic(s), 0 already there" in first.stdout
+    assert second.returncode == 0 and f"created 0 topic(s), {len(wanted)} already there" in second.stdout
+    admin = KafkaAdminClient(bootstrap_servers=broker)
+    try:
+        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(wanted)}
+    finally:
+        admin.close()
+    assert described == dict.fromkeys(wanted, 2)
+    missing = subprocess.run([sys.executable, str(script), str(listing)], capture_output=True, text=True,
+                             env={k: v for k, v in env.items() if k != "RLMF_BUS_BOOTSTRAP"}, timeout=60)  # fmt: skip
+    assert missing.returncode == 2 and "RLMF_BUS_BOOTSTRAP is not set" in missing.stderr
