@@ -1,0 +1,1 @@
+"""`rlmf demo`: the whole closed loop on one machine, ending with a report."""

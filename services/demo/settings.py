@@ -1,0 +1,41 @@
+"""Settings of `rlmf demo` from RLMF_DEMO_* environment variables (the CLI overrides some)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DemoSettings(BaseSettings):
+    """Env: RLMF_DEMO_SEED, RLMF_DEMO_BARS, RLMF_DEMO_NEWS_INFORMATIVENESS, ..."""
+
+    model_config = SettingsConfigDict(env_prefix="RLMF_DEMO_", extra="ignore")
+
+    seed: int = 0
+    """Seeds the news generator, the regime market, the models and every service."""
+    bars: int = Field(default=504, ge=20)
+    """Bars replayed in the full demo: the last `bars` rows of the CSV (504 = two years)."""
+    quick_bars: int = Field(default=80, ge=20)
+    """Bars replayed with --quick."""
+    prices_csv: str = "data/MSFT.csv"
+    """The real daily bars replayed by the `real` scenario (relative to the repository root)."""
+    ticker: str = "MSFT"
+    news_informativeness: float = Field(default=0.6, ge=0.0, le=1.0)
+    """Synthetic news: P(a headline's tone matches the next day's move) = 0.5 + this / 2."""
+    news_per_day: float = Field(default=1.5, gt=0.0)
+    """Mean synthetic headlines per trading day (Poisson)."""
+    train_every_bars: int = Field(default=0, ge=0)
+    """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
+    cycle_timeout_s: float = Field(default=900.0, gt=0)
+    """Longest the market waits for one trainer cycle's promotion decision."""
+    regime_days: int = Field(default=300, ge=20)
+    """Bars the regime-shift scenario generates (quick uses quick_bars)."""
+    service_start_timeout_s: float = Field(default=240.0, gt=0)
+    """Longest wait for every service to report ready."""
+    drain_timeout_s: float = Field(default=300.0, gt=0)
+    """Longest wait for consumers to catch up (news enriched, feedback trained on)."""
+    replay_timeout_s: float = Field(default=3600.0, gt=0)
+    features_timeout_s: float = Field(default=60.0, gt=0)
+    """The simulator's longest wait for a bar's features watermark."""
+    offline_model_backtests: bool = True
+    """Full demo: also backtest the teacher and every promoted student over the whole window."""
