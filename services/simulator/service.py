@@ -69,6 +69,9 @@ FEATURES_WAIT_TIMEOUTS = Counter(
     "Bars traded without their features watermark",
     ["ticker"],
 )
+FEATURES_READ_ERRORS = Counter(
+    "rlmf_simulator_feature_read_errors_total", "Feature-store reads that failed", ["ticker"]
+)
 BARS_TRADED = Counter("rlmf_simulator_bars_total", "Bars the simulator traded", ["ticker", "mode"])
 
 
@@ -273,6 +276,10 @@ class Trader:
         self.watermarks = watermarks
         self.sessions: dict[str, TradingSession] = {}
         self.reader = _load_reader(settings.features_reader)
+        if self.reader is None and settings.features_source == "feast":
+            from services.simulator.feature_source import FeastFeatures
+
+            self.reader = FeastFeatures()
         self.run_id = f"{settings.mode}:{settings.prices_csv or settings.scenario}:{settings.seed}"
 
     def decide(self, state: MarketState) -> Decision:
@@ -307,7 +314,17 @@ class Trader:
             return {}, None, ""
         if self.reader is None:
             return {}, None, ""
-        values = dict(self.reader(bar.ticker, bar.cutoff))
+        try:
+            values = dict(self.reader(bar.ticker, bar.cutoff))
+        except Exception as exc:  # noqa: BLE001 - a store outage degrades to price features, visibly
+            FEATURES_READ_ERRORS.labels(bar.ticker).inc()
+            log.warning(
+                "feature read for %s at %s failed (%s); trading on prices only",
+                bar.ticker,
+                bar.cutoff,
+                exc,
+            )
+            return {}, None, ""
         summary = str(values.pop("news_summary", "") or "")
         sentiment = values.pop("sentiment", None)
         numeric = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}

@@ -47,6 +47,9 @@ class SimulatorSettings(BaseSettings):
     features_timeout_s: float = Field(default=30.0, gt=0)
     """Longest wait for a watermark; after it the bar is traded without fresh features (logged,
     counted in rlmf_simulator_features_wait_timeouts_total)."""
+    features_source: Literal["none", "feast"] = "none"
+    """feast: read each decision's features point in time from the features service's Feast
+    store (RLMF_FEATURES_* settings say where); none: price-derived features only."""
     features_reader: str | None = None
     """Optional "module:function" called as f(ticker, as_of) -> dict of features (may include
     "sentiment" and "news_summary"); e.g. the features service's online-store reader."""

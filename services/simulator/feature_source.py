@@ -1,0 +1,45 @@
+"""Decision features from the features service's Feast store, read point in time.
+
+A point-in-time read returns the features as they were known at the bar's cutoff; an online
+read would return the latest row, which in live mode may already be a later bar's if the
+features service ran ahead of the simulator. Imported only when enabled (Feast is heavy).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+KEYS = ("ticker", "event_timestamp")
+
+
+class FeastFeatures:
+    """Callable as reader(ticker, cutoff) -> {numeric features..., "sentiment", "news_summary"}."""
+
+    def __init__(self, settings: Any = None) -> None:
+        from services.features.store import FeatureReader
+
+        self.reader = FeatureReader(settings)
+
+    def __call__(self, ticker: str, cutoff: datetime) -> dict[str, Any]:
+        entity = pd.DataFrame({"ticker": [ticker], "event_timestamp": [pd.Timestamp(cutoff)]})
+        row = self.reader.historical(entity).iloc[0]
+        out: dict[str, Any] = {}
+        for name, value in row.items():
+            if name in KEYS or value is None:
+                continue
+            if isinstance(value, str):
+                continue
+            number = float(value)
+            if math.isfinite(number):
+                out[str(name)] = number
+        count = out.get("news_count", 0.0)
+        mean = out.get("news_sentiment_mean")
+        # No news that day: the state says "no sentiment" rather than a fake neutral 0.
+        out["sentiment"] = max(-1.0, min(1.0, mean)) if count and mean is not None else None
+        summary = row.get("news_latest_summary")
+        out["news_summary"] = summary if isinstance(summary, str) else ""
+        return out
