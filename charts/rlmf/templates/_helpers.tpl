@@ -31,8 +31,14 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* image.overrides.<service> (a full reference, set by skaffold) wins over the composed name. */}}
 {{- define "rlmf.image" -}}
+{{- $override := index .root.Values.image.overrides .service | default "" -}}
+{{- if $override -}}
+{{- $override -}}
+{{- else -}}
 {{- printf "%s/rlmf-%s:%s" .root.Values.image.registry .service (default .root.Chart.AppVersion .root.Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Kafka bootstrap: Strimzi's bootstrap Service, or the given address; stops when neither. */}}

@@ -1,0 +1,100 @@
+"""skaffold.yaml: one artifact per service image built from its Dockerfile, and a Helm deploy
+of the chart whose values (base and each profile) render, with every workload running the image
+skaffold built. Not run here: skaffold itself and image builds (no Docker engine, no cluster)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.test_chart_render import (
+    CHART,
+    NAMESPACE,
+    REPO,
+    _chart,
+    _documents,
+    _pod_specs,
+)
+
+SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+SERVICES = ("ingest", "sentiment", "features", "simulator", "policy", "trainer")
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    node = values
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+
+
+def _apply_patches(config: dict[str, Any], patches: list[dict[str, Any]]) -> dict[str, Any]:
+    """JSON-patch `add` operations (the only kind skaffold.yaml uses; others fail the test)."""
+    config = copy.deepcopy(config)
+    for patch in patches:
+        assert patch["op"] == "add", f"unsupported patch op {patch['op']}"
+        *parents, leaf = [p.replace("~1", "/") for p in patch["path"].strip("/").split("/")]
+        node: Any = config
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[leaf] = patch["value"]
+    return config
+
+
+def _values(config: dict[str, Any]) -> dict[str, Any]:
+    (release,) = config["deploy"]["helm"]["releases"]
+    assert (REPO / release["chartPath"]).resolve() == CHART
+    values: dict[str, Any] = {}
+    for dotted, value in release.get("setValues", {}).items():
+        _set_dotted(values, dotted, value)
+    for dotted, template in release.get("setValueTemplates", {}).items():
+        # skaffold fills IMAGE_FULLY_QUALIFIED_<image> with the built reference
+        name = re.fullmatch(r"\{\{\.IMAGE_FULLY_QUALIFIED_(\w+)\}\}", template).group(1)
+        _set_dotted(values, dotted, f"registry.test/{name.replace('_', '-')}@sha256:{'0' * 64}")
+    return values
+
+
+def test_one_artifact_per_service_with_its_dockerfile() -> None:
+    artifacts = {a["image"]: a for a in SKAFFOLD["build"]["artifacts"]}
+    assert set(artifacts) == {f"rlmf-{s}" for s in SERVICES}
+    for service in SERVICES:
+        artifact = artifacts[f"rlmf-{service}"]
+        assert artifact["context"] == "."
+        dockerfile = REPO / artifact["docker"]["dockerfile"]
+        assert dockerfile == REPO / "services" / service / "Dockerfile" and dockerfile.is_file()
+        # Everything the Dockerfile COPYs from the context exists in the repository.
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY ") and "--from=" not in line:
+                for source in line.split()[1:-1]:
+                    assert (REPO / source).exists(), f"{dockerfile}: COPY source {source} is missing"
+
+
+@pytest.mark.parametrize("profile", [None, *[p["name"] for p in SKAFFOLD["profiles"]]])
+def test_deploy_values_render_with_the_built_images(profile: str | None) -> None:
+    config = SKAFFOLD
+    if profile is not None:
+        (spec,) = [p for p in SKAFFOLD["profiles"] if p["name"] == profile]
+        config = _apply_patches(SKAFFOLD, spec.get("patches", []))
+    values = _values(config)
+    docs = _documents(_chart().render(values, name="rlmf", namespace=NAMESPACE, is_install=True))
+    images = {c["image"] for _, pod in _pod_specs(docs) for c in pod["containers"]}
+    ours = {i for i in images if "rlmf-" in i}
+    assert ours and all(i.startswith("registry.test/rlmf-") for i in ours), ours
+    assert {re.search(r"rlmf-(\w+)@", i).group(1) for i in ours} == set(SERVICES)
+    if profile == "gpu":
+        gpus = [pod for _, pod in _pod_specs(docs) if "nvidia.com/gpu" in pod["containers"][0]["resources"]["limits"]]
+        assert len(gpus) == 3
+
+
+def test_profiles_exist() -> None:
+    assert {p["name"] for p in SKAFFOLD["profiles"]} == {"local", "gpu"}
+
+
+def test_paths_are_repo_relative() -> None:
+    for artifact in SKAFFOLD["build"]["artifacts"]:
+        assert not Path(artifact["docker"]["dockerfile"]).is_absolute()
