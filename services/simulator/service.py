@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -325,10 +326,7 @@ class Trader:
                 exc,
             )
             return {}, None, ""
-        summary = str(values.pop("news_summary", "") or "")
-        sentiment = values.pop("sentiment", None)
-        numeric = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
-        return numeric, None if sentiment is None else float(sentiment), summary
+        return clean_features(values)
 
     def on_bar(self, bar: BarData) -> list[Outgoing]:
         session = self.sessions.get(bar.ticker)
@@ -340,6 +338,22 @@ class Trader:
         step = session.on_bar(bar, self.decide, features, sentiment, summary)
         BARS_TRADED.labels(bar.ticker, self.settings.mode).inc()
         return outputs_of(step, bar.ticker, self.run_id)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def clean_features(values: dict[str, Any]) -> tuple[dict[str, float], float | None, str]:
+    """A reader's answer as (finite numeric features, sentiment in [-1, 1] or None, summary):
+    what MarketState accepts. NaN (e.g. a return before enough history) is not a value."""
+    summary = str(values.pop("news_summary", "") or "")
+    sentiment = _finite(values.pop("sentiment", None))
+    numeric = {k: v for k, v in ((k, _finite(v)) for k, v in values.items()) if v is not None}
+    clipped = None if sentiment is None else max(-1.0, min(1.0, sentiment))
+    return numeric, clipped, summary
 
 
 def _load_reader(spec: str | None) -> Callable[[str, datetime], dict[str, Any]] | None:

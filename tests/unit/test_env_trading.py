@@ -186,3 +186,13 @@ def test_live_session_reproduces_the_env_step_for_step() -> None:
         # include a close fill of t+1's own decision, so compare the next_open case exactly.
         if fill_at == "next_open":
             assert live_worth == pytest.approx(env_worth, rel=1e-12)
+
+
+def test_reader_answers_are_cleaned_to_what_market_state_accepts() -> None:
+    from services.simulator.service import clean_features
+
+    features, sentiment, summary = clean_features(
+        {"ret_1d": float("nan"), "rsi_14": 55, "flag": True, "sentiment": 1.7, "news_summary": "x"}
+    )
+    assert features == {"rsi_14": 55.0} and sentiment == 1.0 and summary == "x"
+    assert clean_features({"sentiment": float("nan")})[1] is None
