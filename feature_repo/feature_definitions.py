@@ -9,7 +9,6 @@ Paths are relative to the applied repo folder (settings.data_dir), never to this
 
 from datetime import timedelta
 
-import pandas as pd
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
@@ -116,20 +115,27 @@ news_sentiment_fv = FeatureView(
 
 # Feast 0.67 compares the declared output Field with one it infers by running the function,
 # description included, so a description here fails `apply`; the view's description says it.
+# mode="python" (dicts of lists) rather than "pandas": online reads take ~0.5 ms instead of ~15.
 @on_demand_feature_view(
     sources=[market_features_fv, news_sentiment_fv],
     schema=[Field(name="vol_adjusted_sentiment", dtype=Float64)],
-    mode="pandas",
+    mode="python",
     description="vol_adjusted_sentiment = news_sentiment_decayed / (1 + annualised 20-day "
     "volatility): the News-driven RL seed's sentiment signal, damped when the market is volatile",
 )
-def volatility_adjusted_sentiment(inputs: pd.DataFrame) -> pd.DataFrame:
-    annualised_vol = inputs["realised_vol_20d"].astype(float) * (252.0**0.5)
-    out = pd.DataFrame()
-    out["vol_adjusted_sentiment"] = inputs["news_sentiment_decayed"].astype(float) / (
-        1.0 + annualised_vol
-    )
-    return out
+def volatility_adjusted_sentiment(inputs: dict[str, list]) -> dict[str, list]:
+    # Feast re-runs this from its source text, without this module's imports: builtins only.
+    # A row a point-in-time join found nothing for has None inputs, and gets None.
+    return {
+        "vol_adjusted_sentiment": [
+            None
+            if sentiment is None or vol is None
+            else float(sentiment) / (1.0 + float(vol) * 252.0**0.5)
+            for sentiment, vol in zip(
+                inputs["news_sentiment_decayed"], inputs["realised_vol_20d"], strict=True
+            )
+        ]
+    }
 
 
 # --- feature service -----------------------------------------------------------------------
