@@ -1,0 +1,96 @@
+"""The embedded trainer: consumes market.feedback.v1 and runs a cycle every N simulated days.
+
+Feedback is validated (bad messages go to market.feedback.v1.dlq with the reason) and kept in a
+JSONL log. When the newest feedback day is `cycle_every_days` past the last cycle, a cycle runs
+on a worker thread over the bars known up to that day only, so the consumer keeps polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import pandas as pd
+
+from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer
+from services.common.http_server import HealthApp
+from services.common.service import run_consumer_service
+from services.common.settings import BusSettings
+from services.common.topics import MARKET_FEEDBACK, MODELS_PROMOTIONS
+from services.trainer.cycle import CycleResult, load_prices, run_cycle
+from services.trainer.datasets import FeedbackLog, record_from_incoming
+from services.trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "trainer"
+
+
+class Scheduler:
+    """Decides when a cycle is due and runs it off the consumer's thread, one at a time."""
+
+    def __init__(self, settings: TrainerSettings, feedback: FeedbackLog, prices: pd.DataFrame,
+                 producer: Producer | None, run: Callable[..., CycleResult] = run_cycle) -> None:
+        self.settings, self.feedback, self.prices, self.producer = settings, feedback, prices, producer
+        self._run = run
+        self.last_cycle_day: date | None = None
+        self.results: list[CycleResult] = []
+        self._worker: threading.Thread | None = None
+
+    def due(self) -> date | None:
+        days = self.feedback.days()
+        if not days or (self._worker is not None and self._worker.is_alive()):
+            return None
+        first = self.last_cycle_day or days[0]
+        return days[-1] if (days[-1] - first).days >= self.settings.cycle_every_days else None
+
+    def maybe_start(self) -> None:
+        day = self.due()
+        if day is None:
+            return
+        self.last_cycle_day = day
+        # Only bars known by the newest feedback day: no look-ahead into the replay's future.
+        known = self.prices[self.prices.index.date <= day]
+        self._worker = threading.Thread(target=self._cycle, args=(known,), name="cycle", daemon=True)
+        self._worker.start()
+
+    def _cycle(self, prices: pd.DataFrame) -> None:
+        try:
+            self.results.append(self._run(self.settings, prices=prices, feedback=self.feedback, producer=self.producer))
+        except Exception:  # a failed cycle leaves the teacher serving; log it, try next time
+            log.exception("cycle failed; the teacher keeps serving")
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+
+def build(settings: TrainerSettings, bus: BusSettings | None = None) -> tuple[ConsumerLoop, Scheduler]:
+    bus = bus or BusSettings()
+    feedback = FeedbackLog(settings.work_dir / "feedback.jsonl")
+    producer = Producer(bus, SERVICE) if settings.publish else None
+    scheduler = Scheduler(settings, feedback, load_prices(settings), producer)
+
+    def handle(incoming: Incoming) -> list[Outgoing]:
+        feedback.add(record_from_incoming(incoming))  # ValidationFailed -> .dlq
+        scheduler.maybe_start()
+        return []
+
+    loop = ConsumerLoop(service=SERVICE, topics=[MARKET_FEEDBACK], settings=bus, handle=handle,
+                        create_topics=[MODELS_PROMOTIONS])
+    return loop, scheduler
+
+
+def main() -> int:
+    settings = TrainerSettings()
+    health = HealthApp(SERVICE)
+    holder: dict[str, Any] = {}
+
+    def build_loop() -> ConsumerLoop:
+        loop, holder["scheduler"] = build(settings)
+        return loop
+
+    return run_consumer_service(SERVICE, build_loop, health)
