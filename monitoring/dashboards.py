@@ -72,14 +72,18 @@ PIPELINE = DashboardSpec(
                 _p(
                     "Consumed per second",
                     "ops",
-                    (f"sum by (service, topic) (rate(rlmf_messages_consumed_total[{RATE}]))",
-                     "{{service}} <- {{topic}}"),
+                    (
+                        f"sum by (service, topic) (rate(rlmf_messages_consumed_total[{RATE}]))",
+                        "{{service}} <- {{topic}}",
+                    ),
                 ),
                 _p(
                     "Produced per second",
                     "ops",
-                    (f"sum by (service, topic) (rate(rlmf_messages_produced_total[{RATE}]))",
-                     "{{service}} -> {{topic}}"),
+                    (
+                        f"sum by (service, topic) (rate(rlmf_messages_produced_total[{RATE}]))",
+                        "{{service}} -> {{topic}}",
+                    ),
                 ),
             ),
         ),
@@ -90,28 +94,38 @@ PIPELINE = DashboardSpec(
                     "Consumer lag",
                     "short",
                     ("max by (service, topic) (rlmf_consumer_lag)", "{{service}} {{topic}}"),
-                    description="Messages behind the end of the partition (alert: RLMFConsumerLagHigh).",
+                    description="Messages behind the end of the partition "
+                    "(alert: RLMFConsumerLagHigh).",
                 ),
                 _p(
                     "Dead letters per second",
                     "ops",
-                    (f"sum by (service, topic, reason) (rate(rlmf_messages_dead_lettered_total[{RATE}]))",
-                     "{{service}} {{topic}} {{reason}}"),
+                    (
+                        "sum by (service, topic, reason) "
+                        f"(rate(rlmf_messages_dead_lettered_total[{RATE}]))",
+                        "{{service}} {{topic}} {{reason}}",
+                    ),
                 ),
                 _p(
                     "Handler latency p99",
                     "s",
-                    (_histogram_p99("rlmf_handler_latency_seconds", "service, topic"),
-                     "{{service}} {{topic}}"),
+                    (
+                        _histogram_p99("rlmf_handler_latency_seconds", "service, topic"),
+                        "{{service}} {{topic}}",
+                    ),
                 ),
                 _p("Ready", "short", ("min by (service) (rlmf_ready)", "{{service}}")),
                 _p(
                     "Duplicates dropped and broker retries",
                     "ops",
-                    (f"sum by (service) (rate(rlmf_messages_duplicate_total[{RATE}]))",
-                     "duplicates {{service}}"),
-                    (f"sum by (service, operation) (rate(rlmf_broker_retries_total[{RATE}]))",
-                     "retries {{service}} {{operation}}"),
+                    (
+                        f"sum by (service) (rate(rlmf_messages_duplicate_total[{RATE}]))",
+                        "duplicates {{service}}",
+                    ),
+                    (
+                        f"sum by (service, operation) (rate(rlmf_broker_retries_total[{RATE}]))",
+                        "retries {{service}} {{operation}}",
+                    ),
                 ),
             ),
         ),
@@ -129,24 +143,34 @@ SENTIMENT = DashboardSpec(
                 _p(
                     "News enriched per second",
                     "ops",
-                    (f'sum(rate(rlmf_messages_produced_total{{topic="news.enriched.v1"}}[{RATE}]))',
-                     "enriched"),
-                    (f'sum(rate(rlmf_messages_consumed_total{{service="sentiment"}}[{RATE}]))',
-                     "raw consumed"),
+                    (
+                        f'sum(rate(rlmf_messages_produced_total{{topic="news.enriched.v1"}}[{RATE}]))',
+                        "enriched",
+                    ),
+                    (
+                        f'sum(rate(rlmf_messages_consumed_total{{service="sentiment"}}[{RATE}]))',
+                        "raw consumed",
+                    ),
                 ),
                 _p(
                     "Mean sentiment",
                     "short",
-                    (f"sum by (model_version) (rate(rlmf_sentiment_score_sum[{RATE}])) "
-                     f"/ sum by (model_version) (rate(rlmf_sentiment_score_count[{RATE}]))",
-                     "{{model_version}}"),
+                    (
+                        f"sum by (model_version) (rate(rlmf_sentiment_score_sum[{RATE}])) "
+                        f"/ sum by (model_version) (rate(rlmf_sentiment_score_count[{RATE}]))",
+                        "{{model_version}}",
+                    ),
                     description="Mean of the scores in [-1, 1] over the interval.",
                 ),
                 _p(
                     "Sentiment handler latency p99",
                     "s",
-                    (_histogram_p99("rlmf_handler_latency_seconds", "topic", '{service="sentiment"}'),
-                     "{{topic}}"),
+                    (
+                        _histogram_p99(
+                            "rlmf_handler_latency_seconds", "topic", '{service="sentiment"}'
+                        ),
+                        "{{topic}}",
+                    ),
                 ),
             ),
         ),
@@ -164,14 +188,19 @@ POLICY = DashboardSpec(
                 _p(
                     "Decisions per second by action and model version",
                     "ops",
-                    (f"sum by (action, model_version) (rate(rlmf_policy_decisions_total[{RATE}]))",
-                     "{{action}} {{model_version}}"),
+                    (
+                        "sum by (action, model_version) "
+                        f"(rate(rlmf_policy_decisions_total[{RATE}]))",
+                        "{{action}} {{model_version}}",
+                    ),
                 ),
                 _p(
                     "Fallbacks to hold",
                     "ops",
-                    (f"sum by (reason) (rate(rlmf_simulator_policy_fallbacks_total[{RATE}]))",
-                     "{{reason}}"),
+                    (
+                        f"sum by (reason) (rate(rlmf_simulator_policy_fallbacks_total[{RATE}]))",
+                        "{{reason}}",
+                    ),
                 ),
             ),
         ),
@@ -188,16 +217,25 @@ POLICY = DashboardSpec(
                 _p(
                     "Forward pass p99 and batch size",
                     "s",
-                    (f"histogram_quantile(0.99, sum by (le) (rate(rlmf_policy_batch_seconds_bucket[{RATE}])))",
-                     "forward pass p99"),
-                    (f"sum(rate(rlmf_policy_batch_size_sum[{RATE}])) / sum(rate(rlmf_policy_batch_size_count[{RATE}]))",
-                     "mean batch size"),
+                    (
+                        "histogram_quantile(0.99, sum by (le) "
+                        f"(rate(rlmf_policy_batch_seconds_bucket[{RATE}])))",
+                        "forward pass p99",
+                    ),
+                    (
+                        f"sum(rate(rlmf_policy_batch_size_sum[{RATE}])) "
+                        f"/ sum(rate(rlmf_policy_batch_size_count[{RATE}]))",
+                        "mean batch size",
+                    ),
                 ),
                 _p(
                     "Caller latency p99 (simulator)",
                     "s",
-                    (f"histogram_quantile(0.99, sum by (le) "
-                     f"(rate(rlmf_simulator_policy_latency_seconds_bucket[{RATE}])))", "p99"),
+                    (
+                        f"histogram_quantile(0.99, sum by (le) "
+                        f"(rate(rlmf_simulator_policy_latency_seconds_bucket[{RATE}])))",
+                        "p99",
+                    ),
                     description="What the simulator waits for (alert: RLMFPolicyLatencyP99High).",
                 ),
             ),
@@ -217,13 +255,19 @@ PORTFOLIO = DashboardSpec(
                     "Portfolio value vs Buy & Hold",
                     "currencyUSD",
                     ("sum by (ticker) (rlmf_portfolio_value)", "policy {{ticker}}"),
-                    ("sum by (ticker) (rlmf_portfolio_buy_and_hold_value)", "buy & hold {{ticker}}"),
+                    (
+                        "sum by (ticker) (rlmf_portfolio_buy_and_hold_value)",
+                        "buy & hold {{ticker}}",
+                    ),
                 ),
                 _p(
                     "Snapshots and fills per second",
                     "ops",
-                    (f'sum by (topic) (rate(rlmf_messages_produced_total{{service="simulator"}}[{RATE}]))',
-                     "{{topic}}"),
+                    (
+                        "sum by (topic) "
+                        f'(rate(rlmf_messages_produced_total{{service="simulator"}}[{RATE}]))',
+                        "{{topic}}",
+                    ),
                 ),
             ),
         ),
@@ -247,7 +291,8 @@ TRAINING = DashboardSpec(
                     "Promotions by outcome",
                     "short",
                     ("sum by (outcome) (rlmf_promotions_total)", "{{outcome}}"),
-                    description="promoted, rejected, failed, rolled_back (alert: RLMFPromotionFailed).",
+                    description="promoted, rejected, failed, rolled_back "
+                    "(alert: RLMFPromotionFailed).",
                 ),
                 _p(
                     "Policy reloads by outcome",

@@ -17,6 +17,7 @@ Not run here: Kubernetes service discovery (ServiceMonitors) and Grafana itself 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,20 +50,28 @@ BARS = 12
 
 # Selectors with no series in this run, and why. Everything else a dashboard or alert asks
 # for must return data.
+_NOT_STARTED = "the sentiment service is not started by this test"
+_UNDEFINED = "not defined yet: {} should expose {}"
 PENDING: dict[str, str] = {
-    'rlmf_messages_consumed_total{service="sentiment"}': "the sentiment service is not started by this test",
-    'rlmf_handler_latency_seconds_bucket{service="sentiment"}': "the sentiment service is not started by this test",
-    "rlmf_sentiment_score_sum": "not defined yet: sentiment should expose histogram rlmf_sentiment_score{model_version}",
-    "rlmf_sentiment_score_count": "not defined yet: sentiment should expose histogram rlmf_sentiment_score{model_version}",
-    "rlmf_portfolio_value": "not defined yet: simulator should expose gauge rlmf_portfolio_value{ticker}",
-    "rlmf_portfolio_buy_and_hold_value": "not defined yet: simulator should expose gauge rlmf_portfolio_buy_and_hold_value{ticker}",
-    "rlmf_promotions_total": "not defined yet: the consumer of models.promotions.v1 should count rlmf_promotions_total{outcome}",
-    "rlmf_artifact_hash_mismatch_total": "not defined yet: policy/trainer should count rlmf_artifact_hash_mismatch_total{service}",
-    "rlmf_broker_retries_total": "only on a transient broker error, which this run does not provoke",
-    "rlmf_simulator_policy_fallbacks_total": "only when the policy fails, which this run does not provoke",
-    "rlmf_policy_reloads_total": "only after a model reload, which this run does not provoke",
-    'rlmf_messages_produced_total{topic="news.enriched.v1"}': "the sentiment service is not started by this test",
-    'rlmf_promotions_total{outcome=~"failed|rolled_back"}': "not defined yet (see rlmf_promotions_total)",
+    'rlmf_messages_consumed_total{service="sentiment"}': _NOT_STARTED,
+    'rlmf_handler_latency_seconds_bucket{service="sentiment"}': _NOT_STARTED,
+    'rlmf_messages_produced_total{topic="news.enriched.v1"}': _NOT_STARTED,
+    "rlmf_sentiment_score_sum": _UNDEFINED.format("sentiment", "histogram rlmf_sentiment_score"),
+    "rlmf_sentiment_score_count": _UNDEFINED.format("sentiment", "histogram rlmf_sentiment_score"),
+    "rlmf_portfolio_value": _UNDEFINED.format("simulator", "gauge rlmf_portfolio_value{ticker}"),
+    "rlmf_portfolio_buy_and_hold_value": _UNDEFINED.format(
+        "simulator", "gauge rlmf_portfolio_buy_and_hold_value{ticker}"
+    ),
+    "rlmf_promotions_total": _UNDEFINED.format(
+        "the consumer of models.promotions.v1", "counter rlmf_promotions_total{outcome}"
+    ),
+    'rlmf_promotions_total{outcome=~"failed|rolled_back"}': "see rlmf_promotions_total",
+    "rlmf_artifact_hash_mismatch_total": _UNDEFINED.format(
+        "policy and trainer", "counter rlmf_artifact_hash_mismatch_total{service}"
+    ),
+    "rlmf_broker_retries_total": "only on a transient broker error; this run provokes none",
+    "rlmf_simulator_policy_fallbacks_total": "only when the policy fails; this run provokes none",
+    "rlmf_policy_reloads_total": "only after a model reload; this run does none",
 }
 
 _NOT_METRICS = {
@@ -86,7 +95,10 @@ def selectors(expr: str) -> list[str]:
 
 
 def test_selector_parser() -> None:
-    expr = 'histogram_quantile(0.99, sum by (le, topic) (rate(rlmf_x_bucket{service="s"}[$__rate_interval])))'
+    expr = (
+        "histogram_quantile(0.99, sum by (le, topic) "
+        '(rate(rlmf_x_bucket{service="s"}[$__rate_interval])))'
+    )
     assert selectors(expr) == ['rlmf_x_bucket{service="s"}']
     assert selectors("max by (service) (rlmf_ready) == 0") == ["rlmf_ready"]
 
@@ -174,10 +186,9 @@ class Kubelet(threading.Thread):
             for proc in self.procs:
                 if proc.name == "policy":
                     continue  # KServe's readiness lives at /v2/health/ready, not /readyz
-                try:
+                # A probe that fails is what a kubelet sees too; the metric says so.
+                with contextlib.suppress(httpx.HTTPError):
                     httpx.get(f"http://127.0.0.1:{proc.port}/readyz", timeout=1)
-                except httpx.HTTPError:
-                    pass  # a probe that fails is what a kubelet sees too; the metric says so
 
 
 def _prometheus(procs: list[Proc], tmp: Path) -> subprocess.Popen[bytes]:
@@ -214,14 +225,25 @@ def _feed(bus: BusSettings, ticker: str) -> None:
                 summary="steady", sentiment=0.2, model_name="test", model_version="t",
             )  # fmt: skip
             set_time(news.item.published_at, end - timedelta(hours=3))
-            producer.publish(topics.NEWS_ENRICHED, news, key=ticker, event_time=end - timedelta(hours=3))
+            producer.publish(
+                topics.NEWS_ENRICHED, news, key=ticker, event_time=end - timedelta(hours=3)
+            )
             close = 100.0 + d
-            bar = pb.Bar(ticker=ticker, open=close - 0.5, high=close + 1, low=close - 1, close=close, volume=1e6)
+            bar = pb.Bar(
+                ticker=ticker,
+                open=close - 0.5,
+                high=close + 1,
+                low=close - 1,
+                close=close,
+                volume=1e6,
+            )
             set_time(bar.start, end - timedelta(hours=6, minutes=30))
             set_time(bar.end, end)
             bar_id = producer.publish(topics.MARKET_BARS, bar, key=ticker, event_time=end)
             first_id = first_id or (bar, end, bar_id)
-        producer.send_raw(topics.MARKET_BARS, b"\x00not a protobuf envelope", key=ticker, headers=[])
+        producer.send_raw(
+            topics.MARKET_BARS, b"\x00not a protobuf envelope", key=ticker, headers=[]
+        )
         bar, end, bar_id = first_id
         producer.publish(topics.MARKET_BARS, bar, key=ticker, event_time=end, id=bar_id)
         producer.flush()
@@ -247,7 +269,8 @@ def run(
         _spawn("features", ["-m", "services.features"],
                bus_env | {"RLMF_HTTP_PORT": str(ports["features"]), "RLMF_FEATURES_TICKERS": ticker,
                           "RLMF_FEATURES_DATA_DIR": str(tmp / "feast"),
-                          "RLMF_FEATURES_PROJECT": f"prom{ticker.lower()}"}, tmp, ports["features"]),
+                          "RLMF_FEATURES_PROJECT": f"prom{ticker.lower()}"},
+               tmp, ports["features"]),
         _spawn("simulator", ["-m", "services.simulator"],
                bus_env | {"RLMF_HTTP_PORT": str(ports["simulator"]), "RLMF_SIMULATOR_MODE": "live",
                           "RLMF_SIMULATOR_TICKERS": json.dumps([ticker]),
@@ -275,7 +298,7 @@ def run(
 
 
 def _wait_prometheus(process: subprocess.Popen[bytes], tmp: Path) -> str:
-    config = (tmp / "prometheus.log")
+    config = tmp / "prometheus.log"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -295,7 +318,12 @@ def _query_range(run: Run, expr: str) -> list[dict[str, object]]:
     expr = expr.replace("$__rate_interval", f"{4 * SCRAPE_S}s")
     response = httpx.get(
         f"{run.prometheus}/api/v1/query_range",
-        params={"query": expr, "start": run.started - 5, "end": time.time(), "step": f"{SCRAPE_S}s"},
+        params={
+            "query": expr,
+            "start": run.started - 5,
+            "end": time.time(),
+            "step": f"{SCRAPE_S}s",
+        },
         timeout=10,
     )
     body = response.json()
@@ -306,7 +334,8 @@ def _query_range(run: Run, expr: str) -> list[dict[str, object]]:
 def _wait_traded(run: Run, timeout_s: float) -> None:
     """Until the simulator has published decisions and Prometheus has scraped them twice."""
     deadline = time.monotonic() + timeout_s
-    expr = f'sum(rlmf_messages_produced_total{{service="simulator",topic="{topics.TRADING_DECISIONS}"}})'
+    selector = f'service="simulator",topic="{topics.TRADING_DECISIONS}"'
+    expr = f"sum(rlmf_messages_produced_total{{{selector}}})"
     while time.monotonic() < deadline:
         for proc in run.procs:
             if proc.process.poll() is not None:
@@ -326,7 +355,9 @@ def _wait_traded(run: Run, timeout_s: float) -> None:
 
 def _all_queries() -> dict[str, str]:
     """Every dashboard query and alert expression, named by where it comes from."""
-    queries = {f"{spec.uid}: {expr}": expr for spec in dashboards.DASHBOARDS for expr in spec.queries()}
+    queries = {
+        f"{spec.uid}: {expr}": expr for spec in dashboards.DASHBOARDS for expr in spec.queries()
+    }
     (rule,) = of_kind(render("external-kafka"), "PrometheusRule")
     for group in rule["spec"]["groups"]:
         for alert in group["rules"]:
@@ -386,13 +417,19 @@ def test_topics_job_script_creates_topics_idempotently(broker: str, tmp_path: Pa
     first, second = job(), job()
     assert first.returncode == 0, first.stderr
     assert f"created {len(wanted)} topic(s), 0 already there" in first.stdout
-    assert second.returncode == 0 and f"created 0 topic(s), {len(wanted)} already there" in second.stdout
+    assert (
+        second.returncode == 0
+        and f"created 0 topic(s), {len(wanted)} already there" in second.stdout
+    )
     admin = KafkaAdminClient(bootstrap_servers=broker)
     try:
         described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(wanted)}
     finally:
         admin.close()
     assert described == dict.fromkeys(wanted, 2)
-    missing = subprocess.run([sys.executable, str(script), str(listing)], capture_output=True, text=True,
-                             env={k: v for k, v in env.items() if k != "RLMF_BUS_BOOTSTRAP"}, timeout=60)  # fmt: skip
+    no_kafka = {k: v for k, v in env.items() if k != "RLMF_BUS_BOOTSTRAP"}
+    missing = subprocess.run(
+        [sys.executable, str(script), str(listing)],
+        capture_output=True, text=True, env=no_kafka, timeout=60,
+    )  # fmt: skip
     assert missing.returncode == 2 and "RLMF_BUS_BOOTSTRAP is not set" in missing.stderr

@@ -49,7 +49,9 @@ def test_promtool_unit_tests_pass(rules_dir: Path) -> None:
 def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     (rule,) = of_kind(render("external-kafka"), "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    cases = [c for t in yaml.safe_load(RULES_TEST.read_text())["tests"] for c in t["alert_rule_test"]]
+    cases = [
+        c for t in yaml.safe_load(RULES_TEST.read_text())["tests"] for c in t["alert_rule_test"]
+    ]
     firing = {c["alertname"] for c in cases if c["exp_alerts"]}
     quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
     assert firing == alerts, f"alerts without a firing test: {alerts - firing}"
@@ -61,7 +63,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
 def test_unit_tests_catch_a_changed_threshold(rules_dir: Path) -> None:
     """A mutation check: with the lag threshold raised, the firing case must fail."""
     path = rules_dir / "rlmf-rules.yaml"
-    path.write_text(path.read_text().replace("(rlmf_consumer_lag) > 1000", "(rlmf_consumer_lag) > 5000"))
+    path.write_text(
+        path.read_text().replace("(rlmf_consumer_lag) > 1000", "(rlmf_consumer_lag) > 5000")
+    )
     result = _run("test", "rules", str(rules_dir / "rules_test.yaml"))
     assert result.returncode != 0
     assert "RLMFConsumerLagHigh" in result.stdout + result.stderr
@@ -70,6 +74,8 @@ def test_unit_tests_catch_a_changed_threshold(rules_dir: Path) -> None:
 def test_thresholds_come_from_values() -> None:
     from tests.unit.test_chart_render import EXTERNAL, render_raw
 
-    values = EXTERNAL | {"monitoring": {"prometheusRule": {"enabled": True, "consumerLagMessages": 77}}}
+    values = EXTERNAL | {
+        "monitoring": {"prometheusRule": {"enabled": True, "consumerLagMessages": 77}}
+    }
     text = render_raw(values)["rlmf/templates/prometheusrule.yaml"]
     assert "(rlmf_consumer_lag) > 77" in text

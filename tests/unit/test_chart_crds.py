@@ -21,8 +21,8 @@ import subprocess
 from typing import Any
 
 import jsonschema
-import kubernetes.client.models as k8s_models
 import kserve.models as kserve_models
+import kubernetes.client.models as k8s_models
 import pytest
 
 from tests.unit.test_chart_render import REPO, VALUE_SETS, of_kind, render, strip
@@ -157,7 +157,9 @@ def test_operator_validators_reject_bad_objects() -> None:
 def test_a_service_monitor_per_service() -> None:
     docs = render("external-kafka")
     monitors = {d["metadata"]["name"]: d for d in of_kind(docs, "ServiceMonitor")}
-    assert set(monitors) == {f"rlmf-{s}" for s in ("ingest", "sentiment", "features", "simulator", "policy")}
+    assert set(monitors) == {
+        f"rlmf-{s}" for s in ("ingest", "sentiment", "features", "simulator", "policy")
+    }
     services = of_kind(docs, "Service")
     for name, monitor in monitors.items():
         selector = monitor["spec"]["selector"]["matchLabels"]
@@ -174,11 +176,21 @@ def test_a_service_monitor_per_service() -> None:
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "additionalProperties": False, "properties": props, "required": required or []}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        "required": required or [],
+    }
 
 
 _QUANTITY = {"type": ["string", "integer"], "pattern": r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$"}
-_RESOURCES = _obj({"requests": {"type": "object", "additionalProperties": _QUANTITY}, "limits": {"type": "object", "additionalProperties": _QUANTITY}})
+_RESOURCES = _obj(
+    {
+        "requests": {"type": "object", "additionalProperties": _QUANTITY},
+        "limits": {"type": "object", "additionalProperties": _QUANTITY},
+    }
+)
 _METADATA = {
     "type": "object",
     "required": ["name"],
@@ -192,29 +204,43 @@ _TYPE_META = {"apiVersion": {"const": "kafka.strimzi.io/v1beta2"}}
 
 STRIMZI_SCHEMAS: dict[str, dict[str, Any]] = {
     # KafkaNodePool: replicas, roles (controller/broker in KRaft), storage (ephemeral,
-    # persistent-claim or jbod of volumes with id, size, class, deleteClaim, kraftMetadata), resources.
+    # persistent-claim or jbod of volumes with id, size, class, deleteClaim, kraftMetadata),
+    # resources.
     "KafkaNodePool": _obj(
-        _TYPE_META | {
+        _TYPE_META
+        | {
             "kind": {"const": "KafkaNodePool"},
             "metadata": _METADATA | {"required": ["name", "labels"]},
             "spec": _obj(
                 {
                     "replicas": {"type": "integer", "minimum": 0},
-                    "roles": {"type": "array", "minItems": 1, "items": {"enum": ["controller", "broker"]}, "uniqueItems": True},
+                    "roles": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"enum": ["controller", "broker"]},
+                        "uniqueItems": True,
+                    },
                     "storage": _obj(
                         {
                             "type": {"enum": ["ephemeral", "persistent-claim", "jbod"]},
-                            "volumes": {"type": "array", "minItems": 1, "items": _obj(
-                                {
-                                    "id": {"type": "integer", "minimum": 0},
-                                    "type": {"enum": ["ephemeral", "persistent-claim"]},
-                                    "size": {"type": "string", "pattern": r"^[0-9]+(Mi|Gi|Ti)$"},
-                                    "class": {"type": "string"},
-                                    "deleteClaim": {"type": "boolean"},
-                                    "kraftMetadata": {"enum": ["shared"]},
-                                },
-                                ["id", "type"],
-                            )},
+                            "volumes": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": _obj(
+                                    {
+                                        "id": {"type": "integer", "minimum": 0},
+                                        "type": {"enum": ["ephemeral", "persistent-claim"]},
+                                        "size": {
+                                            "type": "string",
+                                            "pattern": r"^[0-9]+(Mi|Gi|Ti)$",
+                                        },
+                                        "class": {"type": "string"},
+                                        "deleteClaim": {"type": "boolean"},
+                                        "kraftMetadata": {"enum": ["shared"]},
+                                    },
+                                    ["id", "type"],
+                                ),
+                            },
                         },
                         ["type"],
                     ),
@@ -228,7 +254,8 @@ STRIMZI_SCHEMAS: dict[str, dict[str, Any]] = {
     # Kafka: spec.kafka (version, listeners with name/port/type/tls, config) and entityOperator;
     # with node pools and KRaft, replicas and storage live in the KafkaNodePool instead.
     "Kafka": _obj(
-        _TYPE_META | {
+        _TYPE_META
+        | {
             "kind": {"const": "Kafka"},
             "metadata": _METADATA,
             "spec": _obj(
@@ -237,20 +264,40 @@ STRIMZI_SCHEMAS: dict[str, dict[str, Any]] = {
                         {
                             "version": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+\.[0-9]+$"},
                             "metadataVersion": {"type": "string"},
-                            "listeners": {"type": "array", "minItems": 1, "items": _obj(
-                                {
-                                    "name": {"type": "string", "pattern": r"^[a-z0-9]{1,11}$"},
-                                    "port": {"type": "integer", "minimum": 9092},
-                                    "type": {"enum": ["internal", "route", "loadbalancer", "nodeport", "ingress", "cluster-ip"]},
-                                    "tls": {"type": "boolean"},
+                            "listeners": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": _obj(
+                                    {
+                                        "name": {"type": "string", "pattern": r"^[a-z0-9]{1,11}$"},
+                                        "port": {"type": "integer", "minimum": 9092},
+                                        "type": {
+                                            "enum": [
+                                                "internal",
+                                                "route",
+                                                "loadbalancer",
+                                                "nodeport",
+                                                "ingress",
+                                                "cluster-ip",
+                                            ]
+                                        },
+                                        "tls": {"type": "boolean"},
+                                    },
+                                    ["name", "port", "type", "tls"],
+                                ),
+                            },
+                            "config": {
+                                "type": "object",
+                                "additionalProperties": {
+                                    "type": ["string", "integer", "boolean", "number"]
                                 },
-                                ["name", "port", "type", "tls"],
-                            )},
-                            "config": {"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean", "number"]}},
+                            },
                         },
                         ["listeners"],
                     ),
-                    "entityOperator": _obj({"topicOperator": {"type": "object"}, "userOperator": {"type": "object"}}),
+                    "entityOperator": _obj(
+                        {"topicOperator": {"type": "object"}, "userOperator": {"type": "object"}}
+                    ),
                 },
                 ["kafka"],
             ),
@@ -259,7 +306,8 @@ STRIMZI_SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     # KafkaTopic: labelled with strimzi.io/cluster; spec topicName, partitions, replicas, config.
     "KafkaTopic": _obj(
-        _TYPE_META | {
+        _TYPE_META
+        | {
             "kind": {"const": "KafkaTopic"},
             "metadata": _METADATA | {"required": ["name", "labels"]},
             "spec": _obj(
@@ -267,7 +315,12 @@ STRIMZI_SCHEMAS: dict[str, dict[str, Any]] = {
                     "topicName": {"type": "string", "pattern": r"^[a-zA-Z0-9._-]{1,249}$"},
                     "partitions": {"type": "integer", "minimum": 1},
                     "replicas": {"type": "integer", "minimum": 1, "maximum": 32767},
-                    "config": {"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean", "number"]}},
+                    "config": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": ["string", "integer", "boolean", "number"]
+                        },
+                    },
                 },
                 ["partitions", "replicas"],
             ),

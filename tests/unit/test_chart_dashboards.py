@@ -37,7 +37,11 @@ def test_dashboards_cover_the_issue() -> None:
 
 
 def test_chart_ships_each_dashboard_for_the_sidecar() -> None:
-    maps = [d for d in of_kind(render("external-kafka"), "ConfigMap") if "-dashboard-" in d["metadata"]["name"]]
+    maps = [
+        d
+        for d in of_kind(render("external-kafka"), "ConfigMap")
+        if "-dashboard-" in d["metadata"]["name"]
+    ]
     assert len(maps) == len(dashboards.DASHBOARDS)
     for cm in maps:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"

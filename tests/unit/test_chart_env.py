@@ -70,12 +70,18 @@ def test_common_settings_exist() -> None:
         env = _chart_env(component)
         for name in env:
             if name.split("_")[1] in ("BUS", "HTTP", "LOG"):
-                assert name in common, f"{component}: {name} is not a setting in services/common/settings.py"
+                assert name in common, (
+                    f"{component}: {name} is not a setting in services/common/settings.py"
+                )
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_env_names_are_settings(service: str) -> None:
-    env = {n for n in _chart_env(service) if n.startswith("RLMF_") and n.split("_")[1] not in ("BUS", "HTTP", "LOG", "MODELS")}
+    env = {
+        n
+        for n in _chart_env(service)
+        if n.startswith("RLMF_") and n.split("_")[1] not in ("BUS", "HTTP", "LOG", "MODELS")
+    }
     known = _settings_env(f"services.{service}.settings")
     if known is None and env:
         pytest.skip(f"services/{service}/settings.py does not exist yet: unchecked {sorted(env)}")

@@ -33,11 +33,22 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "trainer": {"gpu": {"enabled": True, "count": 1}},
     },
     "canary-0": EXTERNAL
-    | {"policy": {"student": {"storageUri": "pvc://rlmf-models/students/s1", "canaryTrafficPercent": 0}}},
+    | {
+        "policy": {
+            "student": {"storageUri": "pvc://rlmf-models/students/s1", "canaryTrafficPercent": 0}
+        }
+    },
     "canary-10": EXTERNAL
-    | {"policy": {"student": {"storageUri": "pvc://rlmf-models/students/s1", "canaryTrafficPercent": 10}}},
+    | {
+        "policy": {
+            "student": {"storageUri": "pvc://rlmf-models/students/s1", "canaryTrafficPercent": 10}
+        }
+    },
     "external-redis-no-netpol": EXTERNAL
-    | {"feast": {"redis": {"external": "redis.data.svc:6379"}}, "networkPolicies": {"enabled": False}},
+    | {
+        "feast": {"redis": {"external": "redis.data.svc:6379"}},
+        "networkPolicies": {"enabled": False},
+    },
     "scaled-out": EXTERNAL
     | {name: {"replicas": 3} for name in ("ingest", "sentiment", "features", "simulator")},
 }
@@ -133,7 +144,9 @@ def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
 def test_every_manifest_is_valid_kubernetes(key: str) -> None:
     docs = render(key)
     kinds = {d["kind"] for d in docs}
-    assert kinds <= CORE_KINDS | CUSTOM_KINDS, f"unexpected kinds {kinds - CORE_KINDS - CUSTOM_KINDS}"
+    assert kinds <= CORE_KINDS | CUSTOM_KINDS, (
+        f"unexpected kinds {kinds - CORE_KINDS - CUSTOM_KINDS}"
+    )
     for doc in docs:
         if doc["kind"] in CORE_KINDS:
             try:
@@ -147,7 +160,9 @@ def test_recommended_labels_on_every_object(key: str) -> None:
     for doc in render(key):
         labels = doc["metadata"].get("labels", {})
         for label in ("name", "instance", "version", "managed-by", "component", "part-of"):
-            assert f"app.kubernetes.io/{label}" in labels, f"{doc['kind']} {doc['metadata']['name']}"
+            assert f"app.kubernetes.io/{label}" in labels, (
+                f"{doc['kind']} {doc['metadata']['name']}"
+            )
         assert labels["app.kubernetes.io/instance"] == RELEASE
 
 
@@ -215,8 +230,20 @@ def test_policy_serves_teacher_without_canary_by_default() -> None:
     container = predictor["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["STORAGE_URI"] == "pvc://rlmf-models/teacher"
-    assert named(render("external-kafka"), "InferenceService", "rlmf-policy")["metadata"]["annotations"]["rlmf.io/serving"] == "teacher"
-    assert container["args"] == ["--model-dir", "/mnt/models", "--http-port", "8080", "--enable_grpc", "false"]
+    assert (
+        named(render("external-kafka"), "InferenceService", "rlmf-policy")["metadata"][
+            "annotations"
+        ]["rlmf.io/serving"]
+        == "teacher"
+    )
+    assert container["args"] == [
+        "--model-dir",
+        "/mnt/models",
+        "--http-port",
+        "8080",
+        "--enable_grpc",
+        "false",
+    ]
     assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
 
 
@@ -227,9 +254,15 @@ def test_student_rolls_out_as_canary(key: str, percent: int) -> None:
     assert predictor["canaryTrafficPercent"] == percent
     env = {e["name"]: e.get("value") for e in predictor["containers"][0]["env"]}
     assert env["STORAGE_URI"] == "pvc://rlmf-models/students/s1"
-    assert named(docs, "InferenceService", "rlmf-policy")["metadata"]["annotations"]["rlmf.io/serving"] == "student-canary"
+    assert (
+        named(docs, "InferenceService", "rlmf-policy")["metadata"]["annotations"]["rlmf.io/serving"]
+        == "student-canary"
+    )
     isvc = named(docs, "InferenceService", "rlmf-policy")
-    assert isvc["metadata"]["annotations"]["rlmf.io/teacher-storage-uri"] == "pvc://rlmf-models/teacher"
+    assert (
+        isvc["metadata"]["annotations"]["rlmf.io/teacher-storage-uri"]
+        == "pvc://rlmf-models/teacher"
+    )
 
 
 def test_external_kafka_gets_a_topics_job_with_every_topic() -> None:
@@ -261,20 +294,28 @@ def test_feast_config_is_the_repos_cluster_store() -> None:
     shipped = (CHART / "files" / "feature_store.yaml").read_text()
     source = REPO / "feature_repo" / "feature_store.cluster.yaml"
     assert source.is_file(), "feature_repo/feature_store.cluster.yaml is the source of truth"
-    assert shipped == source.read_text(), "run: cp feature_repo/feature_store.cluster.yaml charts/rlmf/files/feature_store.yaml"
+    assert shipped == source.read_text(), (
+        "run: cp feature_repo/feature_store.cluster.yaml charts/rlmf/files/feature_store.yaml"
+    )
     cm = named(render("external-kafka"), "ConfigMap", "rlmf-feast")
     assert yaml.safe_load(cm["data"]["feature_store.yaml"]) == yaml.safe_load(shipped)
 
 
 def test_redis_runs_in_chart_unless_external() -> None:
     features = named(render("external-kafka"), "Deployment", "rlmf-features")
-    env = {e["name"]: e.get("value") for e in features["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in features["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["RLMF_FEATURES_REDIS_ADDRESS"] == "rlmf-redis:6379"
     assert named(render("external-kafka"), "StatefulSet", "rlmf-redis")
     external = render("external-redis-no-netpol")
     assert not of_kind(external, "StatefulSet")
     features = named(external, "Deployment", "rlmf-features")
-    env = {e["name"]: e.get("value") for e in features["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in features["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["RLMF_FEATURES_REDIS_ADDRESS"] == "redis.data.svc:6379"
 
 
@@ -286,8 +327,14 @@ def test_trainer_may_only_touch_this_namespace() -> None:
     assert pod["containers"][0]["image"].endswith("rlmf-trainer:0.1.0")
     role = named(docs, "Role", "rlmf-trainer")
     binding = named(docs, "RoleBinding", "rlmf-trainer")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rlmf-trainer"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rlmf-trainer", "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "rlmf-trainer",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rlmf-trainer", "namespace": NAMESPACE}
+    ]
     # Nothing cluster-wide, and only the kinds this chart renders (plus Helm's release Secrets).
     assert not [d for d in docs if d["kind"].startswith("Cluster")]
     kinds = {d["kind"].lower() for v in VALUE_SETS for d in render(v)}
@@ -310,11 +357,20 @@ def test_network_policies_cover_every_workload() -> None:
     assert set(policies) == expected
     for name, policy in policies.items():
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"], name
+
     # Only features, simulator and trainer may reach Redis; only the trainer the API server.
     def reaches(name: str, port: int) -> bool:
-        return any(p.get("port") == port for rule in policies[name]["spec"]["egress"] for p in rule.get("ports", []))
+        return any(
+            p.get("port") == port
+            for rule in policies[name]["spec"]["egress"]
+            for p in rule.get("ports", [])
+        )
 
-    assert [c for c in LONG_RUNNING + ("trainer",) if reaches(f"rlmf-{c}", 6379)] == ["features", "simulator", "trainer"]
+    assert [c for c in LONG_RUNNING + ("trainer",) if reaches(f"rlmf-{c}", 6379)] == [
+        "features",
+        "simulator",
+        "trainer",
+    ]
     assert [c for c in LONG_RUNNING + ("trainer",) if reaches(f"rlmf-{c}", 6443)] == ["trainer"]
     assert not of_kind(render("external-redis-no-netpol"), "NetworkPolicy")
 
@@ -333,9 +389,15 @@ def test_helm_test_pod_checks_the_pipeline() -> None:
     ("values", "message"),
     [
         ({}, "kafka.bootstrap is required"),
-        (EXTERNAL | {"ingest": {"replicas": "two"}}, "at '/ingest/replicas': got string, want integer"),
+        (
+            EXTERNAL | {"ingest": {"replicas": "two"}},
+            "at '/ingest/replicas': got string, want integer",
+        ),
         (EXTERNAL | {"ingest": {"replicass": 2}}, "additional properties 'replicass' not allowed"),
-        (EXTERNAL | {"policy": {"student": {"canaryTrafficPercent": 150}}}, "/policy/student/canaryTrafficPercent"),
+        (
+            EXTERNAL | {"policy": {"student": {"canaryTrafficPercent": 150}}},
+            "/policy/student/canaryTrafficPercent",
+        ),
         (EXTERNAL | {"policy": {"deploymentMode": "Knative"}}, "/policy/deploymentMode"),
         (EXTERNAL | {"trainer": {"schedule": "every night"}}, "/trainer/schedule"),
         ({"kafka": {"bootstrap": "no port here"}}, "/kafka/bootstrap"),
@@ -376,7 +438,9 @@ def test_trainer_promotion_values_render_and_name_the_isvc(release: str) -> None
         storage_uri=lambda folder: f"pvc://rlmf-models/{folder.name}",
     )  # fmt: skip
     values = VALUE_SETS["canary-10"] | promoter.values(_Path("/models/v7"))
-    rendered = _chart().render(copy.deepcopy(values), name=release, namespace=NAMESPACE, is_upgrade=True)
+    rendered = _chart().render(
+        copy.deepcopy(values), name=release, namespace=NAMESPACE, is_upgrade=True
+    )
     docs = _documents(rendered)
     isvc = named(docs, "InferenceService", promoter.isvc_name)
     env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}

@@ -71,7 +71,9 @@ def test_one_artifact_per_service_with_its_dockerfile() -> None:
         for line in dockerfile.read_text().splitlines():
             if line.startswith("COPY ") and "--from=" not in line:
                 for source in line.split()[1:-1]:
-                    assert (REPO / source).exists(), f"{dockerfile}: COPY source {source} is missing"
+                    assert (REPO / source).exists(), (
+                        f"{dockerfile}: COPY source {source} is missing"
+                    )
 
 
 @pytest.mark.parametrize("profile", [None, *[p["name"] for p in SKAFFOLD["profiles"]]])
@@ -87,7 +89,11 @@ def test_deploy_values_render_with_the_built_images(profile: str | None) -> None
     assert ours and all(i.startswith("registry.test/rlmf-") for i in ours), ours
     assert {re.search(r"rlmf-(\w+)@", i).group(1) for i in ours} == set(SERVICES)
     if profile == "gpu":
-        gpus = [pod for _, pod in _pod_specs(docs) if "nvidia.com/gpu" in pod["containers"][0]["resources"]["limits"]]
+        gpus = [
+            pod
+            for _, pod in _pod_specs(docs)
+            if "nvidia.com/gpu" in pod["containers"][0]["resources"]["limits"]
+        ]
         assert len(gpus) == 3
 
 
