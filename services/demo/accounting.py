@@ -68,7 +68,9 @@ class Accounting:
         }
 
 
-def count_topics(bootstrap: str, running: set[str]) -> tuple[list[TopicCount], dict[str, list[Any]]]:
+def count_topics(
+    bootstrap: str, running: set[str]
+) -> tuple[list[TopicCount], dict[str, list[Any]]]:
     """Counts of every topic, with the consumers of the services in `running`; also the
     records read, by topic, for the flow checks."""
     counts, records = [], {}
@@ -84,19 +86,31 @@ def count_topics(bootstrap: str, running: set[str]) -> tuple[list[TopicCount], d
 
 
 def flow_checks(
-    counts: list[TopicCount], events: dict[str, list[Event]], expected_bars: int, news_sent: int,
+    counts: list[TopicCount],
+    events: dict[str, list[Event]],
+    expected_bars: int,
+    news_sent: int,
     news_topic: str = topics.NEWS_RAW,
 ) -> list[Check]:
     """The checks that make the numbers reconcile; each says what it compared."""
     by = {c.topic: c for c in counts}
     checks = [
-        Check(f"{c.topic} consumed by {', '.join(c.consumed)}", c.fully_consumed,
-              f"{c.records} records, committed {c.consumed}")
-        for c in counts if c.consumed
-    ]  # fmt: skip
+        Check(
+            f"{c.topic} consumed by {', '.join(c.consumed)}",
+            c.fully_consumed,
+            f"{c.records} records, committed {c.consumed}",
+        )
+        for c in counts
+        if c.consumed
+    ]
     bars = by[topics.MARKET_BARS].unique
-    checks.append(Check("every bar of the window published", bars == expected_bars,
-                        f"{bars} unique bars, window has {expected_bars}"))
+    checks.append(
+        Check(
+            "every bar of the window published",
+            bars == expected_bars,
+            f"{bars} unique bars, window has {expected_bars}",
+        )
+    )
     for topic, want, what in (
         (topics.TRADING_DECISIONS, bars, "one decision per bar"),
         (topics.PORTFOLIO_SNAPSHOTS, bars, "one snapshot per bar"),
@@ -106,11 +120,21 @@ def flow_checks(
         checks.append(Check(what, got == want, f"{topic}: {got} unique, expected {want}"))
     raw, enriched = by[topics.NEWS_RAW], by[topics.NEWS_ENRICHED]
     sent = by[news_topic].unique
-    checks.append(Check("every generated news item published", sent == news_sent,
-                        f"{sent} unique on {news_topic}, generated {news_sent}"))
+    checks.append(
+        Check(
+            "every generated news item published",
+            sent == news_sent,
+            f"{sent} unique on {news_topic}, generated {news_sent}",
+        )
+    )
     if raw.consumed:
-        checks.append(Check("news enriched or dead-lettered", raw.unique == enriched.unique + raw.dead_lettered,
-                            f"{raw.unique} raw = {enriched.unique} enriched + {raw.dead_lettered} dead-lettered"))
+        checks.append(
+            Check(
+                "news enriched or dead-lettered",
+                raw.unique == enriched.unique + raw.dead_lettered,
+                f"{raw.unique} raw = {enriched.unique} enriched + {raw.dead_lettered} dead-lettered",
+            )
+        )
     checks.append(_decisions_accounted(events))
     checks.append(_feedback_after_next_bar(events))
     return checks
@@ -164,7 +188,9 @@ def _feedback_after_next_bar(events: dict[str, list[Event]]) -> Check:
         if nxt.get(t) is None or realised != nxt[t] or e.event_time < nxt[t]:
             bad.append(f"{t:%Y-%m-%d} realised {realised:%Y-%m-%d} event {e.event_time:%Y-%m-%d}")
     n = len(events[topics.MARKET_FEEDBACK])
-    detail = f"{n} feedback messages checked against the next bar" + (f"; wrong: {bad[:3]}" if bad else "")
+    detail = f"{n} feedback messages checked against the next bar" + (
+        f"; wrong: {bad[:3]}" if bad else ""
+    )
     return Check("feedback for day t only after t+1", not bad and n > 0, detail)
 
 

@@ -41,7 +41,9 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, timeout_s: float = 30.0, quiet_polls: int = 3) -> list[TopicRecord]:
+def read_all(
+    bootstrap: str, topic: str, timeout_s: float = 30.0, quiet_polls: int = 3
+) -> list[TopicRecord]:
     """Every record in `topic`: from the beginning until the end offsets are passed and
     `quiet_polls` polls in a row bring nothing.
 

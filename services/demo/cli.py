@@ -8,24 +8,47 @@ import typer
 
 
 def demo(
-    scenario: str = typer.Option("real", help="real (MSFT daily bars) or regime-shift (generator)."),
+    scenario: str = typer.Option(
+        "real", help="real (MSFT daily bars) or regime-shift (generator)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Short window and a tiny model: minutes."),
-    out: Path = typer.Option(Path("demo-out"), help="Folder for report.html, run.json, logs, state."),
+    out: Path = typer.Option(
+        Path("demo-out"), help="Folder for report.html, run.json, logs, state."
+    ),
     seed: int = typer.Option(None, help="Seed of the whole run (default RLMF_DEMO_SEED or 0)."),
     bars: int = typer.Option(None, help="Bars to replay (default 504, or 80 with --quick)."),
-    kill_service: str = typer.Option(None, help="Chaos: SIGKILL this service mid-run (e.g. features)."),
+    kill_service: str = typer.Option(
+        None, help="Chaos: SIGKILL this service mid-run (e.g. features)."
+    ),
     kill_after_bars: int = typer.Option(10, help="... once this many decisions were published."),
+    bootstrap: str = typer.Option(
+        None, help="Use this Kafka (empty topics) instead of the embedded broker."
+    ),
 ) -> None:
     """Run the whole closed loop on this machine and write OUT/report.html."""
+    import logging
+
     from services.demo.orchestrator import Demo, DemoConfig, DemoError
     from services.demo.settings import DemoSettings
+
+    # kafka-python logs "Metadata refresh failed: Cancelled" at ERROR when a short-lived reader
+    # closes with a metadata request in flight; the demo opens many such readers, on purpose.
+    logging.getLogger("kafka.cluster").setLevel(logging.CRITICAL)
 
     overrides = {"seed": seed} if seed is not None else {}
     if bars is not None:
         overrides["quick_bars" if quick else "bars"] = bars
         overrides["regime_days"] = bars
     try:
-        cfg = DemoConfig(scenario, quick, out, DemoSettings(**overrides), kill_service, kill_after_bars)
+        cfg = DemoConfig(
+            scenario,
+            quick,
+            out,
+            DemoSettings(**overrides),
+            kill_service,
+            kill_after_bars,
+            bootstrap,
+        )
     except DemoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -29,32 +29,76 @@ def _frame(rows: list[dict[str, Any]], index: str) -> pd.DataFrame:
 
 
 def tables(events: dict[str, list[Event]]) -> RunTables:
-    bars = _frame([{"time": e.event_time, "close": e.payload.close, "open": e.payload.open}
-                   for e in events[topics.MARKET_BARS]], "time")  # fmt: skip
-    decisions = _frame([
-        {"time": e.event_time, "id": e.id, "action": e.payload.action,
-         "model_version": e.payload.model_version, "value": e.payload.value,
-         "p_buy": e.payload.probabilities.get("buy", float("nan")),
-         "p_hold": e.payload.probabilities.get("hold", float("nan")),
-         "p_sell": e.payload.probabilities.get("sell", float("nan")),
-         "explanation": e.payload.explanation, "fallback": e.payload.fallback_reason}
-        for e in events[topics.TRADING_DECISIONS]], "time")  # fmt: skip
-    snapshots = _frame([
-        {"time": e.event_time, "net_worth": e.payload.net_worth, "cash": e.payload.cash,
-         "buy_and_hold": e.payload.buy_and_hold_net_worth, "model_version": e.payload.model_version,
-         "position": sum(p.quantity for p in e.payload.positions)}
-        for e in events[topics.PORTFOLIO_SNAPSHOTS]], "time")  # fmt: skip
-    news = pd.DataFrame([
-        {"time": to_datetime(e.payload.item.published_at), "sentiment": e.payload.sentiment,
-         "headline": e.payload.item.headline, "summary": e.payload.summary,
-         "synthetic": e.payload.item.synthetic, "model": e.payload.model_name}
-        for e in events[topics.NEWS_ENRICHED]], columns=["time", "sentiment", "headline", "summary", "synthetic", "model"])  # fmt: skip
-    feedback = pd.DataFrame([
-        {"decision_time": to_datetime(e.payload.decision_time), "realised_time": to_datetime(e.payload.realised_time),
-         "event_time": e.event_time, "action": e.payload.action, "reward": e.payload.reward,
-         "realised_return": e.payload.realised_return, "state": e.payload.state}
-        for e in events[topics.MARKET_FEEDBACK]])  # fmt: skip
-    promotions = [_promotion(e) for e in sorted(events[topics.MODELS_PROMOTIONS], key=lambda e: e.event_time)]
+    bars = _frame(
+        [
+            {"time": e.event_time, "close": e.payload.close, "open": e.payload.open}
+            for e in events[topics.MARKET_BARS]
+        ],
+        "time",
+    )
+    decisions = _frame(
+        [
+            {
+                "time": e.event_time,
+                "id": e.id,
+                "action": e.payload.action,
+                "model_version": e.payload.model_version,
+                "value": e.payload.value,
+                "p_buy": e.payload.probabilities.get("buy", float("nan")),
+                "p_hold": e.payload.probabilities.get("hold", float("nan")),
+                "p_sell": e.payload.probabilities.get("sell", float("nan")),
+                "explanation": e.payload.explanation,
+                "fallback": e.payload.fallback_reason,
+            }
+            for e in events[topics.TRADING_DECISIONS]
+        ],
+        "time",
+    )
+    snapshots = _frame(
+        [
+            {
+                "time": e.event_time,
+                "net_worth": e.payload.net_worth,
+                "cash": e.payload.cash,
+                "buy_and_hold": e.payload.buy_and_hold_net_worth,
+                "model_version": e.payload.model_version,
+                "position": sum(p.quantity for p in e.payload.positions),
+            }
+            for e in events[topics.PORTFOLIO_SNAPSHOTS]
+        ],
+        "time",
+    )
+    news = pd.DataFrame(
+        [
+            {
+                "time": to_datetime(e.payload.item.published_at),
+                "sentiment": e.payload.sentiment,
+                "headline": e.payload.item.headline,
+                "summary": e.payload.summary,
+                "synthetic": e.payload.item.synthetic,
+                "model": e.payload.model_name,
+            }
+            for e in events[topics.NEWS_ENRICHED]
+        ],
+        columns=["time", "sentiment", "headline", "summary", "synthetic", "model"],
+    )
+    feedback = pd.DataFrame(
+        [
+            {
+                "decision_time": to_datetime(e.payload.decision_time),
+                "realised_time": to_datetime(e.payload.realised_time),
+                "event_time": e.event_time,
+                "action": e.payload.action,
+                "reward": e.payload.reward,
+                "realised_return": e.payload.realised_return,
+                "state": e.payload.state,
+            }
+            for e in events[topics.MARKET_FEEDBACK]
+        ]
+    )
+    promotions = [
+        _promotion(e) for e in sorted(events[topics.MODELS_PROMOTIONS], key=lambda e: e.event_time)
+    ]
     return RunTables(bars, decisions, snapshots, news.sort_values("time"), promotions, feedback)
 
 
@@ -76,10 +120,17 @@ def _promotion(e: Event) -> dict[str, Any]:
     }
 
 
-def daily_sentiment(news: pd.DataFrame, bar_times: pd.DatetimeIndex, bar_seconds: float) -> tuple[pd.Series, pd.Series]:
+def daily_sentiment(
+    news: pd.DataFrame, bar_times: pd.DatetimeIndex, bar_seconds: float
+) -> tuple[pd.Series, pd.Series]:
     """Per bar: mean sentiment of the news published before its close, and their headlines."""
     from services.simulator.news_series import bucket_news
 
-    frame = pd.DataFrame({"time": pd.to_datetime(news["time"], utc=True), "sentiment": news["sentiment"],
-                          "summary": news["headline"]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "time": pd.to_datetime(news["time"], utc=True),
+            "sentiment": news["sentiment"],
+            "summary": news["headline"],
+        }
+    )
     return bucket_news(frame, bar_times, bar_seconds)

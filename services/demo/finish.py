@@ -40,10 +40,21 @@ def live_curves(t: RunTables, ppy: float, n_fills: int) -> list[Curve]:
     live = snaps["net_worth"].to_numpy(dtype=float)
     bh = snaps["buy_and_hold"].to_numpy(dtype=float)
     return [
-        Curve("live loop (teacher, then promoted students)", times, live, _metrics(live, ppy, n_fills),
-              f"the services' run over the bus; versions {versions}"),
-        Curve("Buy & Hold", times, bh, _metrics(bh, ppy, 1), "the simulator's benchmark account, same costs"),
-    ]  # fmt: skip
+        Curve(
+            "live loop (teacher, then promoted students)",
+            times,
+            live,
+            _metrics(live, ppy, n_fills),
+            f"the services' run over the bus; versions {versions}",
+        ),
+        Curve(
+            "Buy & Hold",
+            times,
+            bh,
+            _metrics(bh, ppy, 1),
+            "the simulator's benchmark account, same costs",
+        ),
+    ]
 
 
 def segment_curves(t: RunTables, ppy: float) -> list[Curve]:
@@ -62,13 +73,22 @@ def segment_curves(t: RunTables, ppy: float) -> list[Curve]:
             if len(seg) >= 2:
                 eq = seg["net_worth"].to_numpy(dtype=float)
                 times = pd.DatetimeIndex(seg.index)
-                curves.append(Curve(f"{versions[start]} (live, {times[0]:%Y-%m-%d}..{times[-1]:%Y-%m-%d})",
-                                    times, eq, _metrics(eq, ppy), "its own decisions in the live loop"))  # fmt: skip
+                curves.append(
+                    Curve(
+                        f"{versions[start]} (live, {times[0]:%Y-%m-%d}..{times[-1]:%Y-%m-%d})",
+                        times,
+                        eq,
+                        _metrics(eq, ppy),
+                        "its own decisions in the live loop",
+                    )
+                )
             start = k
     return curves
 
 
-def offline_curves(demo: Demo, t: RunTables, sentiment: pd.Series, summaries: pd.Series) -> list[Curve]:
+def offline_curves(
+    demo: Demo, t: RunTables, sentiment: pd.Series, summaries: pd.Series
+) -> list[Curve]:
     """Sentiment-rule baseline and each model (teacher, promoted students) through the same env."""
     from services.demo.orchestrator import status
     from services.simulator.backtest import run_backtest
@@ -80,23 +100,51 @@ def offline_curves(demo: Demo, t: RunTables, sentiment: pd.Series, summaries: pd
     ppy = float(frame.attrs.get("periods_per_year", 252.0))
     news_sent = sentiment.reindex(frame.index)
     news_text = summaries.reindex(frame.index).fillna("")
-    policies: list[tuple[str, Any, str]] = [("sentiment rule (baseline)", SentimentRule(), "buy above +0.2, sell below -0.2")]
+    policies: list[tuple[str, Any, str]] = [
+        ("sentiment rule (baseline)", SentimentRule(), "buy above +0.2, sell below -0.2")
+    ]
     # Every model over the whole window costs a full LLM backtest each: the full demo does it,
     # --quick shows each model's live segment only.
-    models = [] if not demo.cfg.settings.offline_model_backtests or demo.cfg.quick else [("teacher v0", demo.state.teacher_dir)]
+    models = (
+        []
+        if not demo.cfg.settings.offline_model_backtests or demo.cfg.quick
+        else [("teacher v0", demo.state.teacher_dir)]
+    )
     if models:
-        models += [(f"student {p['student']} (promoted), offline", Path(p["artifact_path"])) for p in t.promotions
-                   if p["promoted"] and p["artifact_path"] and Path(p["artifact_path"]).is_dir()]  # fmt: skip
+        models += [
+            (f"student {p['student']} (promoted), offline", Path(p["artifact_path"]))
+            for p in t.promotions
+            if p["promoted"] and p["artifact_path"] and Path(p["artifact_path"]).is_dir()
+        ]
     curves = []
     for label, folder in models:
-        policies.append((label, load_folder_policy(folder), f"offline backtest of {folder.name} on the whole window"))
+        policies.append(
+            (
+                label,
+                load_folder_policy(folder),
+                f"offline backtest of {folder.name} on the whole window",
+            )
+        )
     for label, policy, note in policies:
         status(f"report: backtesting {label}")
-        result = run_backtest(frame, policy, ticker=w.ticker, sentiment=news_sent, summaries=news_text,
-                              seed=demo.cfg.settings.seed)  # fmt: skip
+        result = run_backtest(
+            frame,
+            policy,
+            ticker=w.ticker,
+            sentiment=news_sent,
+            summaries=news_text,
+            seed=demo.cfg.settings.seed,
+        )
         run = result.strategy
-        curves.append(Curve(label, pd.DatetimeIndex(run.times), run.equity,
-                            _metrics(run.equity, ppy, len(run.trades)), note))  # fmt: skip
+        curves.append(
+            Curve(
+                label,
+                pd.DatetimeIndex(run.times),
+                run.equity,
+                _metrics(run.equity, ppy, len(run.trades)),
+                note,
+            )
+        )
     return curves
 
 
@@ -106,20 +154,34 @@ def explained(t: RunTables) -> list[dict[str, Any]]:
         return []
     fb = t.feedback.set_index("decision_time")
     trades = t.decisions[t.decisions["action"] != "hold"]
-    picks = list(trades.index[:: max(1, len(trades) // EXPLAINED)][:EXPLAINED]) or list(t.decisions.index[:EXPLAINED])
+    picks = list(trades.index[:: max(1, len(trades) // EXPLAINED)][:EXPLAINED]) or list(
+        t.decisions.index[:EXPLAINED]
+    )
     out = []
     for when in picks:
         d = t.decisions.loc[when]
         state = fb.loc[when, "state"] if when in fb.index else "(last bar: no feedback yet)"
-        outcome = (f" | next day's return {fb.loc[when, 'realised_return']:+.4f}, reward {fb.loc[when, 'reward']:+.4f}"
-                   if when in fb.index else "")  # fmt: skip
-        out.append({
-            "when": f"{pd.Timestamp(when):%Y-%m-%d}", "action": d["action"], "model_version": str(d["model_version"]),
-            "probs": f"{d['p_buy']:.2f}/{d['p_hold']:.2f}/{d['p_sell']:.2f}", "value": float(d["value"]),
-            "state": str(state),
-            "explanation": (d["explanation"] or "(the live loop asks for actions only; rationales come with "
-                            "`rlmf policy decide --explain`)") + outcome,
-        })  # fmt: skip
+        outcome = (
+            f" | next day's return {fb.loc[when, 'realised_return']:+.4f}, reward {fb.loc[when, 'reward']:+.4f}"
+            if when in fb.index
+            else ""
+        )
+        out.append(
+            {
+                "when": f"{pd.Timestamp(when):%Y-%m-%d}",
+                "action": d["action"],
+                "model_version": str(d["model_version"]),
+                "probs": f"{d['p_buy']:.2f}/{d['p_hold']:.2f}/{d['p_sell']:.2f}",
+                "value": float(d["value"]),
+                "state": str(state),
+                "explanation": (
+                    d["explanation"]
+                    or "(the live loop asks for actions only; rationales come with "
+                    "`rlmf policy decide --explain`)"
+                )
+                + outcome,
+            }
+        )
     return out
 
 
@@ -127,11 +189,27 @@ def services_table(demo: Demo) -> list[dict[str, Any]]:
     rows = []
     for name in demo.state.plans:
         killed = [k for k in demo.state.killed if k["service"] == name]
-        note = f"SIGKILLed (pid {killed[0]['pid']}) after {killed[0]['after_bars']} bars, restarted by the supervisor" if killed else ""
-        rows.append({"name": name, "exit_code": demo.state.exit_codes.get(name),
-                     "restarts": demo.state.restarts.get(name, 0), "note": note})  # fmt: skip
-    rows.append({"name": "simulator (replay)", "exit_code": demo.state.simulator_exit, "restarts": 0,
-                 "note": "ends by itself after the last bar"})  # fmt: skip
+        note = (
+            f"SIGKILLed (pid {killed[0]['pid']}) after {killed[0]['after_bars']} bars, restarted by the supervisor"
+            if killed
+            else ""
+        )
+        rows.append(
+            {
+                "name": name,
+                "exit_code": demo.state.exit_codes.get(name),
+                "restarts": demo.state.restarts.get(name, 0),
+                "note": note,
+            }
+        )
+    rows.append(
+        {
+            "name": "simulator (replay)",
+            "exit_code": demo.state.simulator_exit,
+            "restarts": 0,
+            "note": "ends by itself after the last bar",
+        }
+    )
     return rows
 
 
@@ -146,23 +224,40 @@ def run_info(demo: Demo, t: RunTables) -> dict[str, Any]:
         "seed": cfg.settings.seed,
         "data_file": str(w.data_file) if w.data_file else None,
         "data_sha256": sha256_of(w.data_file) if w.data_file else None,
-        "window": {"first_bar": f"{w.frame.index[0]:%Y-%m-%d}", "last_bar": f"{w.frame.index[-1]:%Y-%m-%d}",
-                   "bars": len(w.frame), "description": w.description, "simulator_env": w.simulator_env},
-        "news": {"synthetic": True, "items": len(demo.state.news),
-                 "informativeness": cfg.settings.news_informativeness, "per_day": cfg.settings.news_per_day},
+        "window": {
+            "first_bar": f"{w.frame.index[0]:%Y-%m-%d}",
+            "last_bar": f"{w.frame.index[-1]:%Y-%m-%d}",
+            "bars": len(w.frame),
+            "description": w.description,
+            "simulator_env": w.simulator_env,
+        },
+        "news": {
+            "synthetic": True,
+            "items": len(demo.state.news),
+            "informativeness": cfg.settings.news_informativeness,
+            "per_day": cfg.settings.news_per_day,
+        },
         "base_model": str(demo.state.base_model),
-        "model_versions": list(dict.fromkeys(t.decisions["model_version"].astype(str))) if not t.decisions.empty else [],
-        "promotions": [{k: v for k, v in p.items() if k in ("student", "teacher", "promoted", "artifact_path")}
-                       for p in t.promotions],
+        "model_versions": list(dict.fromkeys(t.decisions["model_version"].astype(str)))
+        if not t.decisions.empty
+        else [],
+        "promotions": [
+            {k: v for k, v in p.items() if k in ("student", "teacher", "promoted", "artifact_path")}
+            for p in t.promotions
+        ],
         "train_every_bars": cfg.train_every,
         "train_every_calendar_days": cfg.train_every_days,
         "settings": cfg.settings.model_dump(),
-        "services": {n: {k: v for k, v in p.env.items() if k.startswith("RLMF_")} for n, p in demo.state.plans.items()},
+        "services": {
+            n: {k: v for k, v in p.env.items() if k.startswith("RLMF_")}
+            for n, p in demo.state.plans.items()
+        },
         "killed": demo.state.killed,
+        "restarts": demo.state.restarts,
         "exit_codes": demo.state.exit_codes,
         "stage_seconds": demo.state.stage_seconds,
         "python": platform.python_version(),
-    }  # fmt: skip
+    }
 
 
 def finish(demo: Demo) -> int:
@@ -171,7 +266,9 @@ def finish(demo: Demo) -> int:
     started = time.monotonic()
     st, w = demo.state, demo.state.window
     assert w is not None
-    accounting, events = build_accounting(st.bootstrap, set(st.plans), len(w.frame), len(st.news), st.news_topic)
+    accounting, events = build_accounting(
+        st.bootstrap, set(st.plans), len(w.frame), len(st.news), st.news_topic
+    )
     t = tables(events)
     bar_seconds = float(w.frame.attrs.get("bar_seconds", 86_400.0))
     sentiment, summaries = daily_sentiment(t.news, pd.DatetimeIndex(w.frame.index), bar_seconds)
@@ -181,21 +278,37 @@ def finish(demo: Demo) -> int:
     info = run_info(demo, t)
     data = ReportInput(
         title=f"RLMF demo — {demo.cfg.scenario}{' (quick)' if demo.cfg.quick else ''}",
-        header_lines=[f"Window: {w.description}", f"Seed {demo.cfg.settings.seed}; base model {st.base_model}",
-                      f"News: {len(st.news)} synthetic items, informativeness {demo.cfg.settings.news_informativeness} "
-                      "(P(tone matches the next day's move) = 0.5 + informativeness/2)",
-                      f"Trainer cycle every {demo.cfg.train_every} bars ({demo.cfg.train_every_days} calendar days); "
-                      "the market pauses while a cycle trains",
-                      f"Stage timings (s): {st.stage_seconds}"],
-        curves=curves, closes=t.bars["close"], decisions=t.decisions, sentiment=sentiment, news=t.news,
-        promotions=t.promotions, explained=explained(t), accounting=accounting.to_dict(),
-        services=services_table(demo), notes=st.notes, run_info=info,
-    )  # fmt: skip
+        header_lines=[
+            f"Window: {w.description}",
+            f"Seed {demo.cfg.settings.seed}; base model {st.base_model}",
+            f"News: {len(st.news)} synthetic items, informativeness {demo.cfg.settings.news_informativeness} "
+            "(P(tone matches the next day's move) = 0.5 + informativeness/2)",
+            f"Trainer cycle every {demo.cfg.train_every} bars ({demo.cfg.train_every_days} calendar days); "
+            "the market pauses while a cycle trains",
+            f"Stage timings (s): {st.stage_seconds}",
+        ],
+        curves=curves,
+        closes=t.bars["close"],
+        decisions=t.decisions,
+        sentiment=sentiment,
+        news=t.news,
+        promotions=t.promotions,
+        explained=explained(t),
+        accounting=accounting.to_dict(),
+        services=services_table(demo),
+        notes=st.notes,
+        run_info=info,
+    )
     out = demo.out
     plots = write_plots(data, out / "plots")
     report = write_html(data, out, plots)
-    info["metrics"] = {c.label: {k: c.metrics.get(k) for k in ("cumulative_return", "sharpe", "annual_volatility", "max_drawdown")}
-                       for c in curves}  # fmt: skip
+    info["metrics"] = {
+        c.label: {
+            k: c.metrics.get(k)
+            for k in ("cumulative_return", "sharpe", "annual_volatility", "max_drawdown")
+        }
+        for c in curves
+    }
     info["accounting"] = accounting.to_dict()
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
     status(f"report: {report} and {out / 'run.json'} ({time.monotonic() - started:.0f}s)")

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import date
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -69,16 +69,23 @@ class DemoConfig:
     settings: DemoSettings = field(default_factory=DemoSettings)
     kill_service: str | None = None
     kill_after_bars: int = 0
+    bootstrap: str | None = None
+    """Use this running Kafka (e.g. a test's broker) instead of starting the embedded one."""
     models_dir: Path = field(default_factory=lambda: REPO_ROOT / "models")
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
-            raise DemoError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+            raise DemoError(
+                f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}"
+            )
 
     @property
     def bars(self) -> int:
-        return self.settings.quick_bars if self.quick else (
-            self.settings.bars if self.scenario == "real" else self.settings.regime_days)
+        return (
+            self.settings.quick_bars
+            if self.quick
+            else (self.settings.bars if self.scenario == "real" else self.settings.regime_days)
+        )
 
     @property
     def train_every(self) -> int:
@@ -115,16 +122,24 @@ def select_window(cfg: DemoConfig) -> Window:
         full = load_prices_csv(path)
         start = max(0, len(full) - cfg.bars)
         frame = full.iloc[start:]
-        env = {"RLMF_SIMULATOR_PRICES_CSV": str(path), "RLMF_SIMULATOR_START_BAR": str(start),
-               "RLMF_SIMULATOR_MAX_BARS": str(cfg.bars), "RLMF_SIMULATOR_TICKER": s.ticker}  # fmt: skip
-        desc = (f"real daily {s.ticker} bars from {path.name}, rows {start}..{len(full) - 1} "
-                f"({frame.index[0]:%Y-%m-%d} to {frame.index[-1]:%Y-%m-%d}, {len(frame)} bars)")  # fmt: skip
+        env = {
+            "RLMF_SIMULATOR_PRICES_CSV": str(path),
+            "RLMF_SIMULATOR_START_BAR": str(start),
+            "RLMF_SIMULATOR_MAX_BARS": str(cfg.bars),
+            "RLMF_SIMULATOR_TICKER": s.ticker,
+        }
+        desc = (
+            f"real daily {s.ticker} bars from {path.name}, rows {start}..{len(full) - 1} "
+            f"({frame.index[0]:%Y-%m-%d} to {frame.index[-1]:%Y-%m-%d}, {len(frame)} bars)"
+        )
         return Window(frame, s.ticker, env, desc, path)
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
     env = {"RLMF_SIMULATOR_SCENARIO": "regime-shift", "RLMF_SIMULATOR_DAYS": str(cfg.bars)}
-    desc = (f"synthetic regime-switching market (scenario regime-shift, seed {s.seed}, "
-            f"{cfg.bars} bars, ticker {params.ticker}): not real prices")  # fmt: skip
+    desc = (
+        f"synthetic regime-switching market (scenario regime-shift, seed {s.seed}, "
+        f"{cfg.bars} bars, ticker {params.ticker}): not real prices"
+    )
     return Window(frame, params.ticker, env, desc)
 
 
@@ -184,10 +199,22 @@ class Demo:
         status(f"window: {self.state.window.description}")
 
     def start_broker(self) -> None:
-        self.broker = EmbeddedBroker(port=free_port(), log_path=self.logs / "broker.log").start()
-        self.state.bootstrap = self.broker.bootstrap
+        if self.cfg.bootstrap:
+            self.state.bootstrap = self.cfg.bootstrap
+            what = "an existing broker (--bootstrap)"
+        else:
+            self.broker = EmbeddedBroker(
+                port=free_port(), log_path=self.logs / "broker.log"
+            ).start()
+            self.state.bootstrap = self.broker.bootstrap
+            what = "tansu (in-memory)"
         ensure_topics(self.bus(), topics.all_topics_with_dlq(), "demo")
-        status(f"broker: tansu (in-memory) on {self.broker.bootstrap}, {len(topics.ALL_TOPICS)} topics + DLQs")
+        if any(read_all(self.state.bootstrap, t, quiet_polls=1) for t in topics.ALL_TOPICS):
+            raise DemoError(
+                f"the broker at {self.state.bootstrap} already holds messages on the demo's "
+                "topics; the accounting needs empty topics (use a fresh broker)"
+            )
+        status(f"broker: {what} on {self.state.bootstrap}, {len(topics.ALL_TOPICS)} topics + DLQs")
 
     def bus(self) -> BusSettings:
         return BusSettings(bootstrap=self.state.bootstrap, group_protocol="manual")
@@ -197,7 +224,15 @@ class Demo:
         the model preparation (both spend most of their time importing on a 2-core machine)."""
         assert self.state.window is not None
         env = {**os.environ, "RLMF_FEATURES_TICKERS": self.state.window.ticker}
-        argv = [sys.executable, "-m", "services.cli", "features", "apply", "--data-dir", str(self.out / "feast")]
+        argv = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "features",
+            "apply",
+            "--data-dir",
+            str(self.out / "feast"),
+        ]
         log = open(self.logs / "feast-apply.log", "ab")  # noqa: SIM115 - closed in wait_feast
         self._feast = (subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT), log)
         status("feast: applying the repo (SQLite online, Parquet offline) in the background")
@@ -233,8 +268,13 @@ class Demo:
 
         assert self.state.base_model is not None
         teacher = self.out / "models" / "policy" / "v0"
-        manifest = init_artifact(self.state.base_model, teacher, "v0",
-                                 ActorCriticConfig(seed=self.cfg.settings.seed), overwrite=True)  # fmt: skip
+        manifest = init_artifact(
+            self.state.base_model,
+            teacher,
+            "v0",
+            ActorCriticConfig(seed=self.cfg.settings.seed),
+            overwrite=True,
+        )
         self.state.teacher_dir = teacher
         status(f"teacher: artifact {manifest.version} ({len(manifest.files)} files) at {teacher}")
 
@@ -245,20 +285,27 @@ class Demo:
         s, w = self.cfg.settings, self.state.window
         assert w is not None and self.state.teacher_dir is not None
         plans: dict[str, ServicePlan] = {}
-        feast_env = {"RLMF_FEATURES_DATA_DIR": str(self.out / "feast"), "RLMF_FEATURES_TICKERS": w.ticker,
-                     "RLMF_FEATURES_APPLY_ON_START": "false"}  # the demo applied it (stage feast)
+        feast_env = {
+            "RLMF_FEATURES_DATA_DIR": str(self.out / "feast"),
+            "RLMF_FEATURES_TICKERS": w.ticker,
+            "RLMF_FEATURES_APPLY_ON_START": "false",
+        }  # the demo applied it (stage feast)
         if has_entrypoint("sentiment"):
             plans["sentiment"] = self._plan("sentiment", self._sentiment_env())
         else:
-            self.state.notes.append("services.sentiment has no entrypoint yet: the demo scored the "
-                                    "synthetic news with the VADER lexicon scorer itself")  # fmt: skip
+            self.state.notes.append(
+                "services.sentiment has no entrypoint yet: the demo scored the "
+                "synthetic news with the VADER lexicon scorer itself"
+            )
         plans["features"] = self._plan("features", feast_env)
         plans["policy"] = policy_plan(self.state.bootstrap, s.seed, self.state.teacher_dir)
         if has_entrypoint("trainer"):
             plans["trainer"] = self._plan("trainer", self._trainer_env())
         else:
-            self.state.notes.append("services.trainer has no entrypoint yet: no training cycle "
-                                    "and no promotion decision could run")  # fmt: skip
+            self.state.notes.append(
+                "services.trainer has no entrypoint yet: no training cycle "
+                "and no promotion decision could run"
+            )
         return plans
 
     def _plan(self, name: str, extra: dict[str, str]) -> ServicePlan:
@@ -267,9 +314,15 @@ class Demo:
         return ServicePlan(name, module_argv(name), env, port)
 
     def _sentiment_env(self) -> dict[str, str]:
-        backend = "lexicon" if self.cfg.quick else "llm"
-        return {"RLMF_SENTIMENT_BACKEND": backend,
-                "RLMF_SENTIMENT_MODEL_DIR": str(self.cfg.models_dir / "SmolLM2-135M-Instruct")}  # fmt: skip
+        """--quick scores with VADER; the full demo with SmolLM2 (services/sentiment/settings.py).
+        Per-day LLM summaries are off: generating them for two years of days would double the
+        demo's time on 2 cores; the policy sees the day's headlines instead."""
+        return {
+            "RLMF_SENTIMENT_BACKEND": "lexicon" if self.cfg.quick else "llm",
+            "RLMF_SENTIMENT_MODEL_DIR": str(self.cfg.models_dir / "SmolLM2-135M-Instruct"),
+            "RLMF_SENTIMENT_SUMMARIES": "false",
+            "RLMF_SENTIMENT_THREADS": "1",
+        }
 
     def _trainer_env(self) -> dict[str, str]:
         """The trainer's settings (services/trainer/settings.py) for this window."""
@@ -300,8 +353,11 @@ class Demo:
         if w.data_file is not None:
             env["RLMF_TRAINER_PRICES_CSV"] = str(w.data_file)
         else:
-            env |= {"RLMF_TRAINER_MARKET_SCENARIO": "regime-shift", "RLMF_TRAINER_MARKET_DAYS": str(len(w.frame)),
-                    "RLMF_TRAINER_MARKET_SEED": str(s.seed)}  # fmt: skip
+            env |= {
+                "RLMF_TRAINER_MARKET_SCENARIO": "regime-shift",
+                "RLMF_TRAINER_MARKET_DAYS": str(len(w.frame)),
+                "RLMF_TRAINER_MARKET_SEED": str(s.seed),
+            }
         return env
 
     def start_services(self) -> None:
@@ -310,8 +366,12 @@ class Demo:
             self.state.plans = plans
             plans["trainer"] = self._plan("trainer", self._trainer_env())
         self.state.plans = plans
-        self.supervisor = Supervisor([p.spec() for p in plans.values()], log_dir=self.logs,
-                                     max_restarts=3, restart_delay_s=0.5)  # fmt: skip
+        self.supervisor = Supervisor(
+            [p.spec() for p in plans.values()],
+            log_dir=self.logs,
+            max_restarts=3,
+            restart_delay_s=0.5,
+        )
         self.supervisor.start_all()
         self._write_pids()
         self._watcher = threading.Thread(target=self._watch, name="supervisor", daemon=True)
@@ -356,23 +416,33 @@ class Demo:
                         bar.update(1)
                 self._check_alive()
                 if time.monotonic() > deadline:
-                    raise DemoError(f"not ready after {self.cfg.settings.service_start_timeout_s:.0f}s: "
-                                    f"{', '.join(pending)} (see {self.logs}/<service>.log)")  # fmt: skip
+                    raise DemoError(
+                        f"not ready after {self.cfg.settings.service_start_timeout_s:.0f}s: "
+                        f"{', '.join(pending)} (see {self.logs}/<service>.log)"
+                    )
                 time.sleep(0.5)
         status("services: all ready")
 
     def _check_alive(self) -> None:
         assert self.supervisor is not None
         for name, child in self.supervisor.children.items():
-            if child.restarts >= self.supervisor.max_restarts and child.process and child.process.poll() is not None:
-                raise DemoError(f"{name} keeps exiting (code {child.process.returncode}); see {self.logs}/{name}.log")
+            if (
+                child.restarts >= self.supervisor.max_restarts
+                and child.process
+                and child.process.poll() is not None
+            ):
+                raise DemoError(
+                    f"{name} keeps exiting (code {child.process.returncode}); see {self.logs}/{name}.log"
+                )
 
     # -- news ---------------------------------------------------------------------------------
 
     def publish_news(self) -> None:
         s, w = self.cfg.settings, self.state.window
         assert w is not None
-        self.state.news = generate_news(w.frame, w.ticker, s.news_informativeness, s.news_per_day, s.seed)
+        self.state.news = generate_news(
+            w.frame, w.ticker, s.news_informativeness, s.news_per_day, s.seed
+        )
         producer = Producer(self.bus(), "demo-news")
         topic = topics.NEWS_RAW if "sentiment" in self.state.plans else topics.NEWS_ENRICHED
         self.state.news_topic = topic
@@ -380,12 +450,21 @@ class Demo:
         for draft in tqdm(self.state.news, desc="news", unit="item", file=sys.stderr):
             item = _news_item(draft)
             payload: Any = item if scorer is None else _enrich(item, scorer)
-            producer.publish(topic, payload, key=draft.ticker, event_time=draft.published_at,
-                             id=derived_id("demo-news", draft.item_id))  # fmt: skip
+            producer.publish(
+                topic,
+                payload,
+                key=draft.ticker,
+                event_time=draft.published_at,
+                id=derived_id("demo-news", draft.item_id),
+            )
         producer.close()
-        status(f"news: {len(self.state.news)} synthetic items published to {topic} "
-               f"(informativeness {s.news_informativeness}, seed {s.seed})")  # fmt: skip
-        self._drain([(topics.NEWS_RAW, "rlmf-sentiment")] if scorer is None else [], "news enriched")
+        status(
+            f"news: {len(self.state.news)} synthetic items published to {topic} "
+            f"(informativeness {s.news_informativeness}, seed {s.seed})"
+        )
+        self._drain(
+            [(topics.NEWS_RAW, "rlmf-sentiment")] if scorer is None else [], "news enriched"
+        )
         self._drain([(topics.NEWS_ENRICHED, "rlmf-features")], "news in features")
 
     def _drain(self, pairs: list[tuple[str, str]], what: str) -> None:
@@ -399,8 +478,10 @@ class Demo:
                     break
                 self._check_alive()
                 if time.monotonic() > deadline:
-                    raise DemoError(f"{what}: {group} committed {done} of {end} on {topic} after "
-                                    f"{self.cfg.settings.drain_timeout_s:.0f}s")  # fmt: skip
+                    raise DemoError(
+                        f"{what}: {group} committed {done} of {end} on {topic} after "
+                        f"{self.cfg.settings.drain_timeout_s:.0f}s"
+                    )
                 time.sleep(1.0)
             status(f"{what}: {group} committed all {end} records of {topic}")
 
@@ -410,18 +491,27 @@ class Demo:
         w, s = self.state.window, self.cfg.settings
         assert w is not None and self.supervisor is not None
         port = free_port()
-        env = {**os.environ, **common_env(self.state.bootstrap, s.seed, port), **w.simulator_env,
-               "RLMF_SIMULATOR_MODE": "replay", "RLMF_SIMULATOR_SEED": str(s.seed),
-               "RLMF_SIMULATOR_POLICY_URL": f"http://127.0.0.1:{self.state.plans['policy'].port}",
-               "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
-               "RLMF_SIMULATOR_FEATURES_READER": "services.demo.features_reader:read",
-               "RLMF_SIMULATOR_FEATURES_TIMEOUT_S": str(s.features_timeout_s),
-               "RLMF_FEATURES_DATA_DIR": str(self.out / "feast"),
-               "RLMF_FEATURES_TICKERS": w.ticker}  # fmt: skip
+        env = {
+            **os.environ,
+            **common_env(self.state.bootstrap, s.seed, port),
+            **w.simulator_env,
+            "RLMF_SIMULATOR_MODE": "replay",
+            "RLMF_SIMULATOR_SEED": str(s.seed),
+            "RLMF_SIMULATOR_POLICY_URL": f"http://127.0.0.1:{self.state.plans['policy'].port}",
+            "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
+            "RLMF_SIMULATOR_FEATURES_READER": "services.demo.features_reader:read",
+            "RLMF_SIMULATOR_FEATURES_TIMEOUT_S": str(s.features_timeout_s),
+            "RLMF_FEATURES_DATA_DIR": str(self.out / "feast"),
+            "RLMF_FEATURES_TICKERS": w.ticker,
+        }
         log = open(self.logs / "simulator.log", "ab")  # noqa: SIM115 - closed below
-        self._simulator = subprocess.Popen(module_argv("simulator"), env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._simulator = subprocess.Popen(
+            module_argv("simulator"), env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         self._write_pids()
-        status(f"replay: simulator pid {self._simulator.pid} trading {len(w.frame)} bars through the policy")
+        status(
+            f"replay: simulator pid {self._simulator.pid} trading {len(w.frame)} bars through the policy"
+        )
         try:
             self._follow_replay(len(w.frame))
         finally:
@@ -444,7 +534,9 @@ class Demo:
                         self._pause_for_cycle(pacer)
                     if time.monotonic() > deadline:
                         self._simulator.kill()
-                        raise DemoError(f"replay did not finish within {self.cfg.settings.replay_timeout_s:.0f}s")
+                        raise DemoError(
+                            f"replay did not finish within {self.cfg.settings.replay_timeout_s:.0f}s"
+                        )
                     time.sleep(0.2)
                 bar.update(decisions.count - bar.n)
         finally:
@@ -452,7 +544,9 @@ class Demo:
             feedback.close()
         self.state.simulator_exit = self._simulator.returncode
         if self._simulator.returncode != 0:
-            raise DemoError(f"simulator exited with {self._simulator.returncode}; see {self.logs}/simulator.log")
+            raise DemoError(
+                f"simulator exited with {self._simulator.returncode}; see {self.logs}/simulator.log"
+            )
         status(f"replay: done, {decisions.count} decisions published")
 
     def _pause_for_cycle(self, pacer: TrainingPacer) -> None:
@@ -460,21 +554,33 @@ class Demo:
         due, so the next bars are decided by whatever that cycle promotes, as in a market that
         waits for its nightly training; resume (SIGCONT) when its promotion decision is out."""
         assert self._simulator is not None
-        before = len(read_all(self.state.bootstrap, topics.MODELS_PROMOTIONS, quiet_polls=1))
+        promotions = Tally(self.state.bootstrap, topics.MODELS_PROMOTIONS)
+        while promotions.poll():  # what earlier cycles published
+            pass
+        before = promotions.count
         self._simulator.send_signal(signal.SIGSTOP)
-        status(f"training: cycle due at {pacer.last_cycle_day}; market paused while the trainer trains")
+        status(
+            f"training: cycle due at {pacer.last_cycle_day}; market paused while the trainer trains"
+        )
         deadline = time.monotonic() + self.cfg.settings.cycle_timeout_s
         try:
-            while len(read_all(self.state.bootstrap, topics.MODELS_PROMOTIONS, quiet_polls=1)) <= before:
-                if time.monotonic() > deadline or _log_says(self.logs / "trainer.log", "cycle failed", pacer.log_offset):
-                    self.state.notes.append(f"the cycle due at {pacer.last_cycle_day} published no promotion "
-                                            f"decision (failed or over {self.cfg.settings.cycle_timeout_s:.0f}s)")
-                    status("training: no promotion decision from this cycle; resuming (see trainer.log)")
+            while not promotions.poll() and promotions.count <= before:
+                if time.monotonic() > deadline or _log_says(
+                    self.logs / "trainer.log", "cycle failed", pacer.log_offset
+                ):
+                    self.state.notes.append(
+                        f"the cycle due at {pacer.last_cycle_day} published no promotion "
+                        f"decision (failed or over {self.cfg.settings.cycle_timeout_s:.0f}s)"
+                    )
+                    status(
+                        "training: no promotion decision from this cycle; resuming (see trainer.log)"
+                    )
                     return
                 self._check_alive()
                 time.sleep(1.0)
             status("training: promotion decision published; market resumed")
         finally:
+            promotions.close()
             pacer.log_offset = _log_size(self.logs / "trainer.log")
             self._simulator.send_signal(signal.SIGCONT)
 
@@ -485,11 +591,15 @@ class Demo:
         assert self.supervisor is not None
         child = self.supervisor.children.get(name)
         if child is None or child.process is None:
-            raise DemoError(f"--kill-service {name}: no such running service ({', '.join(self.supervisor.children)})")
+            raise DemoError(
+                f"--kill-service {name}: no such running service ({', '.join(self.supervisor.children)})"
+            )
         pid = child.process.pid
         os.kill(pid, signal.SIGKILL)
         self.state.killed.append({"service": name, "pid": pid, "after_bars": bars_done})
-        status(f"chaos: SIGKILL {name} (pid {pid}) after {bars_done} bars; the supervisor restarts it")
+        status(
+            f"chaos: SIGKILL {name} (pid {pid}) after {bars_done} bars; the supervisor restarts it"
+        )
 
     # -- training and stop --------------------------------------------------------------------
 
@@ -524,14 +634,22 @@ class Demo:
         from services.demo.finish import finish
 
         self.out.mkdir(parents=True, exist_ok=True)
-        status(f"scenario {self.cfg.scenario}{' (quick)' if self.cfg.quick else ''}, out {self.out}")
+        status(
+            f"scenario {self.cfg.scenario}{' (quick)' if self.cfg.quick else ''}, out {self.out}"
+        )
         try:
-            for name, fn in (("prepare", self.prepare_out), ("broker", self.start_broker),
-                             ("feast", self.apply_feast), ("models", self.prepare_models),
-                             ("teacher", self.make_teacher), ("feast-wait", self.wait_feast),
-                             ("services", self.start_services),
-                             ("news", self.publish_news), ("replay", self.replay),
-                             ("training", self.wait_training)):  # fmt: skip
+            for name, fn in (
+                ("prepare", self.prepare_out),
+                ("broker", self.start_broker),
+                ("feast", self.apply_feast),
+                ("models", self.prepare_models),
+                ("teacher", self.make_teacher),
+                ("feast-wait", self.wait_feast),
+                ("services", self.start_services),
+                ("news", self.publish_news),
+                ("replay", self.replay),
+                ("training", self.wait_training),
+            ):
                 self.stage(name, fn)
             self.stop()  # services first: their last commits are part of the accounting
             return finish(self)
@@ -557,7 +675,11 @@ class TrainingPacer:
     def due(self, records: list[TopicRecord]) -> bool:
         hit = False
         for rec in records:
-            day = envelopes.decode(rec.value, pb.MarketFeedback).payload.decision_time.ToDatetime().date()
+            day = (
+                envelopes.decode(rec.value, pb.MarketFeedback)
+                .payload.decision_time.ToDatetime()
+                .date()
+            )
             self.first_day = self.first_day or day
             first = self.last_cycle_day or self.first_day
             if (day - first).days >= self.every_days:
@@ -585,8 +707,14 @@ def _answers(url: str) -> bool:
 
 
 def _news_item(draft: NewsDraft) -> pb.NewsItem:
-    item = pb.NewsItem(item_id=draft.item_id, ticker=draft.ticker, headline=draft.headline,
-                       body="", source_name=SOURCE_NAME, synthetic=True)  # fmt: skip
+    item = pb.NewsItem(
+        item_id=draft.item_id,
+        ticker=draft.ticker,
+        headline=draft.headline,
+        body="",
+        source_name=SOURCE_NAME,
+        synthetic=True,
+    )
     set_time(item.published_at, draft.published_at)
     return item
 
@@ -599,8 +727,12 @@ def _lexicon() -> Any:
 
 def _enrich(item: pb.NewsItem, scorer: Any) -> pb.EnrichedNews:
     score = scorer.score([item.headline])[0]
-    out = pb.EnrichedNews(summary=item.headline, sentiment=score.sentiment, model_name=scorer.name,
-                          model_version=scorer.version)  # fmt: skip
+    out = pb.EnrichedNews(
+        summary=item.headline,
+        sentiment=score.sentiment,
+        model_name=scorer.name,
+        model_version=scorer.version,
+    )
     out.item.CopyFrom(item)
     out.label_probabilities.update(score.probabilities)
     return out

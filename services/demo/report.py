@@ -19,8 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-METRIC_COLUMNS = (("cumulative_return", "CR"), ("sharpe", "SR"), ("annual_volatility", "AV"),
-                  ("max_drawdown", "MDD"), ("n_trades", "trades"), ("final_net_worth", "final net worth"))  # fmt: skip
+METRIC_COLUMNS = (
+    ("cumulative_return", "CR"),
+    ("sharpe", "SR"),
+    ("annual_volatility", "AV"),
+    ("max_drawdown", "MDD"),
+    ("n_trades", "trades"),
+    ("final_net_worth", "final net worth"),
+)
 
 
 @dataclass
@@ -75,7 +81,9 @@ def plot_decisions(data: ReportInput, path: Path) -> Path:
     d = data.decisions.join(data.closes.rename("close"), how="inner")
     for action, marker, color in (("buy", "^", "green"), ("sell", "v", "red")):
         sel = d[d["action"] == action]
-        ax.scatter(sel.index, sel["close"], marker=marker, color=color, s=28, label=action, zorder=3)
+        ax.scatter(
+            sel.index, sel["close"], marker=marker, color=color, s=28, label=action, zorder=3
+        )
     versions = d["model_version"].astype(str)
     for version, rows in d.groupby(versions, sort=False):
         ax.axvspan(rows.index.min(), rows.index.max(), alpha=0.06, color=f"C{hash(version) % 10}")
@@ -88,8 +96,16 @@ def plot_decisions(data: ReportInput, path: Path) -> Path:
 def plot_sentiment(data: ReportInput, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(11, 3.2))
     s = data.sentiment.fillna(0.0)
-    ax.bar(s.index, s.to_numpy(), width=1.0, color=np.where(s.to_numpy() >= 0, "tab:green", "tab:red"))
-    ax.plot(s.index, s.ewm(halflife=3).mean().to_numpy(), color="black", lw=1, label="decayed (half-life 3 bars)")
+    ax.bar(
+        s.index, s.to_numpy(), width=1.0, color=np.where(s.to_numpy() >= 0, "tab:green", "tab:red")
+    )
+    ax.plot(
+        s.index,
+        s.ewm(halflife=3).mean().to_numpy(),
+        color="black",
+        lw=1,
+        label="decayed (half-life 3 bars)",
+    )
     ax.set_ylim(-1.05, 1.05)
     ax.set_title("Sentiment of the SYNTHETIC news per bar (mean of the day's items)")
     ax.legend(fontsize=8)
@@ -101,11 +117,23 @@ def plot_promotions(data: ReportInput, path: Path) -> Path:
     for i, p in enumerate(data.promotions):
         sr_s = p["student_metrics"].get("sharpe", float("nan"))
         sr_t = p["teacher_metrics"].get("sharpe", float("nan"))
-        ax.scatter([p["time"]], [sr_s], marker="o" if p["promoted"] else "x",
-                   color="green" if p["promoted"] else "red", s=60, zorder=3,
-                   label="student promoted" if p["promoted"] else "student refused")  # fmt: skip
+        ax.scatter(
+            [p["time"]],
+            [sr_s],
+            marker="o" if p["promoted"] else "x",
+            color="green" if p["promoted"] else "red",
+            s=60,
+            zorder=3,
+            label="student promoted" if p["promoted"] else "student refused",
+        )
         ax.scatter([p["time"]], [sr_t], marker="s", color="grey", s=30, label="teacher")
-        ax.annotate(f"{p['student']}", (p["time"], sr_s), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{p['student']}",
+            (p["time"], sr_s),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
     if uniq:
@@ -143,7 +171,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _metrics_section(data: ReportInput) -> str:
-    rows = [[c.label, *[c.metrics.get(k, float("nan")) for k, _ in METRIC_COLUMNS], c.note] for c in data.curves]
+    rows = [
+        [c.label, *[c.metrics.get(k, float("nan")) for k, _ in METRIC_COLUMNS], c.note]
+        for c in data.curves
+    ]
     return _table(["strategy", *[h for _, h in METRIC_COLUMNS], "how"], rows)
 
 
@@ -152,14 +183,36 @@ def _promotions_section(data: ReportInput) -> str:
         return "<p class='bad'>No promotion decision was recorded.</p>"
     rows = []
     for p in data.promotions:
-        gate = "; ".join(f"{k}: student {_fmt(v)} / teacher {_fmt(p['teacher_metrics'].get(k, float('nan')))}"
-                         f" / B&amp;H {_fmt(p['buy_and_hold_metrics'].get(k, float('nan')))}"
-                         for k, v in sorted(p["student_metrics"].items()))  # fmt: skip
-        rows.append([f"{p['time']:%Y-%m-%d}", p["student"], p["teacher"], "PROMOTED" if p["promoted"] else "refused",
-                     p["reason"], ", ".join(p["failed_guards"]) or "-", gate])  # fmt: skip
-    header = ["simulated day", "student", "teacher", "decision", "reason", "failed guards", "gate numbers"]
+        gate = "; ".join(
+            f"{k}: student {_fmt(v)} / teacher {_fmt(p['teacher_metrics'].get(k, float('nan')))}"
+            f" / B&amp;H {_fmt(p['buy_and_hold_metrics'].get(k, float('nan')))}"
+            for k, v in sorted(p["student_metrics"].items())
+        )
+        rows.append(
+            [
+                f"{p['time']:%Y-%m-%d}",
+                p["student"],
+                p["teacher"],
+                "PROMOTED" if p["promoted"] else "refused",
+                p["reason"],
+                ", ".join(p["failed_guards"]) or "-",
+                gate,
+            ]
+        )
+    header = [
+        "simulated day",
+        "student",
+        "teacher",
+        "decision",
+        "reason",
+        "failed guards",
+        "gate numbers",
+    ]
     head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if i == 6 else _fmt(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if i == 6 else _fmt(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -177,12 +230,37 @@ def _explained_section(data: ReportInput) -> str:
 
 def _accounting_section(data: ReportInput) -> str:
     acc = data.accounting
-    rows = [[t["topic"], t["records"], t["unique"], t["duplicates"],
-             ", ".join(f"{g}: {n}" for g, n in t["consumed"].items()) or "(no consumer in the demo)",
-             t["dead_lettered"]] for t in acc["topics"]]  # fmt: skip
-    table = _table(["topic", "produced (records)", "unique ids", "re-deliveries", "consumed (committed)", "dead-lettered"], rows)
-    checks = _table(["check", "ok", "detail"], [[c["name"], "yes" if c["ok"] else "NO", c["detail"]] for c in acc["checks"]])
-    verdict = "<p class='ok'>The accounting reconciles.</p>" if acc["reconciles"] else "<p class='bad'>The accounting does NOT reconcile.</p>"
+    rows = [
+        [
+            t["topic"],
+            t["records"],
+            t["unique"],
+            t["duplicates"],
+            ", ".join(f"{g}: {n}" for g, n in t["consumed"].items()) or "(no consumer in the demo)",
+            t["dead_lettered"],
+        ]
+        for t in acc["topics"]
+    ]
+    table = _table(
+        [
+            "topic",
+            "produced (records)",
+            "unique ids",
+            "re-deliveries",
+            "consumed (committed)",
+            "dead-lettered",
+        ],
+        rows,
+    )
+    checks = _table(
+        ["check", "ok", "detail"],
+        [[c["name"], "yes" if c["ok"] else "NO", c["detail"]] for c in acc["checks"]],
+    )
+    verdict = (
+        "<p class='ok'>The accounting reconciles.</p>"
+        if acc["reconciles"]
+        else "<p class='bad'>The accounting does NOT reconcile.</p>"
+    )
     return verdict + table + checks
 
 
@@ -194,20 +272,24 @@ th{background:#f0f0f0}.ok{color:#060;font-weight:bold}.bad{color:#b00;font-weigh
 
 
 def write_html(data: ReportInput, out_dir: Path, plots: dict[str, Path]) -> Path:
-    img = {k: f"<img src='{p.relative_to(out_dir).as_posix()}' width='100%'>" for k, p in plots.items()}
+    img = {
+        k: f"<img src='{p.relative_to(out_dir).as_posix()}' width='100%'>" for k, p in plots.items()
+    }
     header = "".join(f"<li>{html.escape(line)}</li>" for line in data.header_lines)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in data.notes) or "<li>none</li>"
-    services = _table(["service", "exit code (SIGTERM)", "restarts", "notes"],
-                      [[s["name"], s["exit_code"], s["restarts"], s.get("note", "")] for s in data.services])  # fmt: skip
+    services = _table(
+        ["service", "exit code (SIGTERM)", "restarts", "notes"],
+        [[s["name"], s["exit_code"], s["restarts"], s.get("note", "")] for s in data.services],
+    )
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title>
 <style>{STYLE}</style></head><body><h1>{html.escape(data.title)}</h1>
 <p class='warn'>The news in this run is <b>synthetic</b>: generated by the demo, tied to the replayed market with a
 stated, seeded informativeness. It is not real news and says nothing about the real company.</p>
 <ul>{header}</ul>
-<h2>Performance on the window</h2>{_metrics_section(data)}{img['equity']}
-<h2>Decisions on the price chart</h2>{img['decisions']}
-<h2>Sentiment over time</h2>{img['sentiment']}
-<h2>Promotion timeline</h2>{img['promotions']}{_promotions_section(data)}
+<h2>Performance on the window</h2>{_metrics_section(data)}{img["equity"]}
+<h2>Decisions on the price chart</h2>{img["decisions"]}
+<h2>Sentiment over time</h2>{img["sentiment"]}
+<h2>Promotion timeline</h2>{img["promotions"]}{_promotions_section(data)}
 <h2>A few decisions and their explanations</h2>{_explained_section(data)}
 <h2>Message accounting per topic</h2>{_accounting_section(data)}
 <h2>Services</h2>{services}

@@ -65,6 +65,13 @@ def policy_plan(bootstrap: str, seed: int, model_dir: Path) -> ServicePlan:
         "RLMF_POLICY_SEED": str(seed),
         "RLMF_POLICY_TORCH_THREADS": "1",
     }
-    argv = [*module_argv("policy"), "--model_dir", str(model_dir), "--http_port", str(port),
-            "--grpc_port", str(grpc)]  # fmt: skip
+    argv = [
+        *module_argv("policy"),
+        "--model_dir",
+        str(model_dir),
+        "--http_port",
+        str(port),
+        "--grpc_port",
+        str(grpc),
+    ]
     return ServicePlan("policy", argv, env, port, ready_path="/v2/health/ready")
