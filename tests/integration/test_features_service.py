@@ -4,17 +4,24 @@ bad bars dead-lettered with their reasons, features.ready watermarks; on SQLite 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
 
 from services.common import envelope as envelopes
+from services.common.broker import free_port
 from services.common.bus import ConsumerLoop, Producer
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
@@ -28,6 +35,7 @@ from services.features.store import FeatureReader, FeatureWriter
 from tests.bus_tools import read_topic
 
 REDIS = "127.0.0.1:6379"
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental")
 NUMERIC = [
     "close", "ret_1d", "ret_5d", "ret_20d", "realised_vol_20d", "ma_gap_5d", "ma_gap_20d",
@@ -211,3 +219,63 @@ def test_a_failed_push_rolls_back_and_dead_letters(
     assert all("Feast push failed" in r.headers["rlmf-error"].decode() for r in dlq)
     assert handler.engine.states.get("MSFT") is None  # rolled back: no day half-served
     assert read_topic(bus_settings.bootstrap, settings.ready_topic) == []
+
+
+def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
+    bus_settings: BusSettings, unique: str, tmp_path: Path
+) -> None:
+    """`python -m services.features` for real: apply on start, /readyz, GET /features/{ticker}."""
+    port = free_port()
+    ticker = f"E{unique[:6].upper()}"
+    env = {
+        **os.environ,
+        "RLMF_HTTP_PORT": str(port),
+        "RLMF_FEATURES_DATA_DIR": str(tmp_path / "feast"),
+        "RLMF_FEATURES_PROJECT": f"e_{unique}",
+        "RLMF_FEATURES_TICKERS": ticker,
+        "RLMF_FEATURES_BARS_TOPIC": f"market.bars.{unique}",
+        "RLMF_FEATURES_NEWS_TOPIC": f"news.enriched.{unique}",
+        "RLMF_FEATURES_READY_TOPIC": f"features.ready.{unique}",
+    }
+    settings = FeaturesSettings(
+        tickers=[ticker], bars_topic=f"market.bars.{unique}", news_topic=f"news.enriched.{unique}"
+    )
+    log_path = tmp_path / "features.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "services.features"], cwd=REPO, env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_status(base + "/readyz") == 200, 90, log_path)
+        bars = [replace(b, ticker=ticker) for b in sample(("MSFT",), days=25, seed=2).bars]
+        producer = Producer(bus_settings, "test-features")
+        produce(producer, settings, list(bars))
+        producer.close()
+
+        def served() -> bool:
+            answer = httpx.get(f"{base}/features/{ticker}", timeout=5).json()
+            return answer.get("bars_seen") == 25.0
+
+        wait_until(served, 60, log_path)
+        answer = httpx.get(f"{base}/features/{ticker}", timeout=5).json()
+        assert answer["close"] == pytest.approx(bars[-1].close)
+        assert math.isfinite(answer["vol_adjusted_sentiment"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    assert code == 0, log_path.read_text()[-3000:]
+
+
+def http_status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; service log:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.3)
