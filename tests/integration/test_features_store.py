@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -165,3 +166,30 @@ def test_online_of_an_unknown_ticker_is_empty(
 def test_reading_an_unapplied_folder_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="rlmf features apply"):
         FeatureReader(FeaturesSettings(data_dir=tmp_path))
+
+
+def test_cli_apply_renders_the_chosen_store_into_the_given_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.features.cli import app
+
+    result = CliRunner().invoke(app, ["apply", "--data-dir", str(tmp_path), "--store", "local"])
+    assert result.exit_code == 0, result.output
+    rendered = (tmp_path / "feature_store.yaml").read_text()
+    assert "${" not in rendered and str(tmp_path / "online.db") in rendered
+    views = open_store(FeaturesSettings(data_dir=tmp_path)).list_feature_views()
+    assert {v.name for v in views} == {"market_features", "news_sentiment"}
+    bad = CliRunner().invoke(app, ["apply", "--data-dir", str(tmp_path), "--store", "s3"])
+    assert bad.exit_code != 0 and "local|cluster" in str(bad.exception)
+
+
+def test_cluster_config_renders_redis_and_keeps_env_placeholders_usable() -> None:
+    from services.features.repo import render_config
+
+    text = render_config(FeaturesSettings(store="cluster", redis_address="redis:6379,db=2"))
+    assert "type: redis" in text and "connection_string: redis:6379,db=2" in text
+    raw = (FeaturesSettings().repo_dir / "feature_store.cluster.yaml").read_text()
+    # The chart may ship the raw file: every placeholder is an RLMF_FEATURES_* variable.
+    assert set(re.findall(r"\$\{(\w+)\}", raw)) == {
+        "RLMF_FEATURES_PROJECT", "RLMF_FEATURES_REGISTRY_PATH", "RLMF_FEATURES_REDIS_ADDRESS",
+    }  # fmt: skip
