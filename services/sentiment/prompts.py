@@ -5,7 +5,10 @@ Defence against prompt injection, in three layers:
    that any instruction inside it must be ignored;
 2. the text can not close the fence or open a chat turn: fence markers and chat-template markers
    are removed from it before it is placed between the fences;
-3. the answer is read from next-token logits over fixed label words, so injected text can at most
+3. segments addressed to the model ("ignore previous instructions", "answer positive", "note to
+   the AI") are dropped and label words in the text are replaced by synonyms, because a 135M
+   model copies a label word it reads even when told not to (measured, docs/news.md);
+4. the answer is read from next-token logits over fixed label words, so injected text can at most
    shift probabilities, never change the output format.
 """
 
@@ -40,14 +43,57 @@ SUMMARY_SYSTEM = (
 
 # Chat-template and fence markers a text could use to break out of its fence.
 _BREAKOUT = re.compile(
-    r"<\|[^|>]{0,40}\|>|<<<\s*NEWS|NEWS\s*>>>|<<<|>>>|\b(?:system|assistant|user)\s*:",
+    r"<\|[^|>]{0,40}\|>|<<<\s*NEWS|NEWS\s*>>>|<<<|>>>",
     re.IGNORECASE,
 )
 
 
+# Segments that address the model instead of reporting news. A 135M model copies a label word
+# it reads, so fencing alone is not enough (measured: docs/news.md); these are dropped.
+_INSTRUCTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.{0,60}\b(?:instructions?|prompts?|rules|above|"
+    r"previous|prior|system)\b"
+    r"|\b(?:answer|respond|reply|classify|output|say|label|rate|mark|return|print)\b.{0,60}"
+    r"\b(?:positive|negative|neutral|bullish|bearish|good|bad)\b"
+    r"|\b(?:notes?|messages?|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:ai|model|assistant|"
+    r"classifier|llm|bot)\b"
+    r"|\b(?:correct|right|expected|true|only)\s+(?:answer|label|output|classification)\b"
+    r"|\byou\s+(?:are|must|should|will)\b"
+    r"|^\s*(?:system|assistant|user)\s*:",
+    re.IGNORECASE,
+)
+_SEGMENT_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+|[()\[\]{}]")
+# Label words in news text are replaced by synonyms so the model can not simply copy them.
+_LABEL_SYNONYMS = {"positive": "favourable", "negative": "unfavourable", "neutral": "mixed"}
+# A segment made only of label or chat-role words is an injected answer, not news.
+_BARE_LABELS = re.compile(
+    r"[\W_]*(?:(?:positive|negative|neutral|bullish|bearish|system|assistant|user)[\W_]*)+",
+    re.IGNORECASE,
+)
+_LABEL_WORD = re.compile(r"\b(" + "|".join(_LABEL_SYNONYMS) + r")\b", re.IGNORECASE)
+
+
 def clean(text: str) -> str:
-    """`text` with anything that could close the fence or open a chat turn removed."""
-    return " ".join(_BREAKOUT.sub(" ", text).split())
+    """`text` as data: no fence or chat markers, no segments addressed to the model, no label
+    words (replaced by synonyms)."""
+    kept = [s for s in _segments(text) if not _addresses_model(s)]
+    # Trailing punctuation is dropped so a removed trailing instruction leaves the same text.
+    text = " ".join(" ".join(kept).split()).rstrip(" .!?;:,")
+    return _LABEL_WORD.sub(lambda m: _LABEL_SYNONYMS[m.group(1).lower()], text)
+
+
+def _segments(text: str) -> list[str]:
+    # Markers become segment boundaries, so what follows a fake chat turn stands on its own.
+    return [s for s in _SEGMENT_SPLIT.split(_BREAKOUT.sub("\n", text)) if s and s.strip()]
+
+
+def _addresses_model(segment: str) -> bool:
+    return bool(_INSTRUCTION.search(segment) or _BARE_LABELS.fullmatch(segment))
+
+
+def instruction_segments(text: str) -> list[str]:
+    """The segments of `text` that `clean` drops as addressed to the model (logs, tests)."""
+    return [s.strip() for s in _segments(text) if _addresses_model(s)]
 
 
 def fence(text: str) -> str:
