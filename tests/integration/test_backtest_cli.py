@@ -3,6 +3,7 @@ over HTTP by a real kserve.ModelServer (and by servers that time out or answer g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -39,10 +40,14 @@ def backtest(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_backtest_writes_metrics_and_a_report_with_plots(tmp_path: Path) -> None:
+    # 800 real bars keep the two subprocess runs short; the CLI reads them like any file.
+    prices = tmp_path / "GOOGL.csv"
+    lines = (REPO / "data/GOOGL.csv").read_text().splitlines()[:801]
+    prices.write_text("\n".join(lines) + "\n")
     out = tmp_path / "bt"
     done = backtest(
         "--prices",
-        "data/GOOGL.csv",
+        str(prices),
         "--policy",
         "random",
         "--seed",
@@ -60,10 +65,7 @@ def test_backtest_writes_metrics_and_a_report_with_plots(tmp_path: Path) -> None
             metrics[column]
         )
     run = metrics["run"]
-    assert (
-        run["data_sha256"]
-        == __import__("hashlib").sha256((REPO / "data/GOOGL.csv").read_bytes()).hexdigest()
-    )
+    assert run["data_sha256"] == hashlib.sha256(prices.read_bytes()).hexdigest()
     assert run["seed"] == 3 and run["periods_per_year"] == 252 and run["settings"]["cost_bps"] == 5
     assert run["model_versions"] == ["baseline:random:3"]
     html = (out / "report.html").read_text()
@@ -76,7 +78,7 @@ def test_backtest_writes_metrics_and_a_report_with_plots(tmp_path: Path) -> None
     assert (
         backtest(
             "--prices",
-            "data/GOOGL.csv",
+            str(prices),
             "--policy",
             "random",
             "--seed",

@@ -73,7 +73,7 @@ def test_one_execution_costs_exactly_its_cost(
     ) == math.copysign(1, quantity)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(closes=prices_st, cfg=configs_st, data=st.data())
 def test_discrete_env_invariants_over_random_actions(
     closes: list[float], cfg: ExecutionConfig, data: st.DataObject
@@ -98,15 +98,18 @@ def test_discrete_env_invariants_over_random_actions(
     # Replaying the recorded fills from the initial cash gives the same account:
     # nothing else moved it.
     cash = cfg.initial_cash - sum(t.fill.quantity * t.fill.price + t.fill.cost for t in env.trades)
-    assert cash == pytest.approx(env.cash, rel=1e-9, abs=1e-6)
+    # Float rounding accumulates with the money moved, so the tolerance scales with it.
+    moved = cfg.initial_cash + sum(t.fill.notional for t in env.trades)
+    assert cash == pytest.approx(env.cash, rel=1e-9, abs=1e-12 * moved + 1e-9)
+    traded = sum(abs(t.fill.quantity) for t in env.trades)
     assert sum(t.fill.quantity for t in env.trades) == pytest.approx(
-        env.position, rel=1e-9, abs=1e-9
+        env.position, rel=1e-9, abs=1e-12 * traded + 1e-9
     )
     assert total_cost == pytest.approx(sum(t.fill.cost for t in env.trades))
     assert len(env.equity) == len(actions) + 1 or terminated
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(closes=prices_st, cfg=configs_st, data=st.data())
 def test_continuous_env_invariants(
     closes: list[float], cfg: ExecutionConfig, data: st.DataObject
@@ -125,7 +128,7 @@ def test_continuous_env_invariants(
             break
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(a=prices_st, b=prices_st, cfg=configs_st, data=st.data())
 def test_portfolio_env_invariants(
     a: list[float], b: list[float], cfg: ExecutionConfig, data: st.DataObject
