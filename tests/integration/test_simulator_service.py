@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -255,3 +258,57 @@ def test_unreachable_policy_server_holds_and_the_replay_finishes(
     reader.close()
     assert {d.payload.action for d in decisions} == {"hold"}
     assert all(d.payload.fallback_reason.startswith("http_error") for d in decisions)
+
+
+def test_entrypoint_replays_the_generator_and_exits_cleanly(
+    bus_settings: BusSettings, unique: str
+) -> None:
+    ticker = f"G{unique.upper()}"
+    env = {
+        **os.environ,
+        "RLMF_SIMULATOR_DAYS": "20",
+        "RLMF_SIMULATOR_SCENARIO": "regime-shift",
+        "RLMF_SIMULATOR_TICKER": ticker,
+        "RLMF_SIMULATOR_WAIT_FOR_FEATURES": "false",
+        "RLMF_HTTP_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.simulator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    reader = TopicReader(bus_settings, topics.TRADING_DECISIONS, ticker)
+    decisions = reader.wait_for(lambda items: len(items) >= 20)
+    reader.close()
+    assert len(decisions) == 20 and "replay finished after 20 bars" in done.stdout + done.stderr
+
+
+def test_market_publish_sends_every_bar(
+    bus_settings: BusSettings, unique: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.simulator.market_cli import app
+
+    ticker = f"M{unique.upper()}"
+    csv = _csv(tmp_path, ticker, [5.0, 5.5, 6.0])
+    result = CliRunner().invoke(
+        app,
+        [
+            "publish",
+            "--prices",
+            str(csv),
+            "--as-fast-as-possible",
+            "--bootstrap",
+            bus_settings.bootstrap,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    reader = TopicReader(bus_settings, topics.MARKET_BARS, ticker)
+    bars = reader.wait_for(lambda items: len(items) >= 3)
+    reader.close()
+    assert [b.payload.close for b in bars] == [5.0, 5.5, 6.0]
+    assert all(_ts(b, "end") - _ts(b, "start") == timedelta(days=1) for b in bars)
