@@ -62,6 +62,9 @@ def plot_equity(data: ReportData, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(data.times, data.equity, label="strategy")
     ax.plot(data.times, data.buy_and_hold, label="Buy & Hold", alpha=0.8)
+    both = np.concatenate([np.asarray(data.equity, float), np.asarray(data.buy_and_hold, float)])
+    if both.max() / both.min() > 20:  # decades of growth: a log axis keeps both curves readable
+        ax.set_yscale("log")
     ax.set_title("Net worth")
     ax.legend()
     return _save(fig, path)
