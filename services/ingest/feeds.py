@@ -76,7 +76,10 @@ class FeedPoller:
 def _entry(entry: Any, source: str, feed_title: str, number: int) -> Entry:
     """A feed entry as a raw news record; a missing or unparsable time stays missing so the
     normaliser rejects it with that reason."""
-    parsed_time = entry.get("published_parsed") or entry.get("updated_parsed")
+    # Keys are looked up only when present: feedparser warns on its published/updated fallback.
+    parsed_time = next(
+        (entry[k] for k in ("published_parsed", "updated_parsed") if k in entry.keys()), None
+    )
     published = (
         datetime.fromtimestamp(calendar.timegm(parsed_time), UTC).isoformat()
         if parsed_time
