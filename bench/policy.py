@@ -1,0 +1,211 @@
+"""Policy bench on the real SmolLM2-135M-Instruct: one JSON line on stdout, progress on stderr.
+
+Measured in one run, on the same states:
+  1. bare model, batch 1, no prefix cache       -> decisions/s, p50/p99 latency
+  2. bare model, batch 1, prefix cache          -> same; ratio to 1 (target >= 2x)
+  3. bare model, batches of 8 (= 8 clients), prefix cache -> decisions/s
+  4. kserve.ModelServer (subprocess, loopback), 8 concurrent clients of 1 state each, micro-batching
+     on -> decisions/s, p50/p99 request latency; ratio to 3 (target >= 0.7x)
+Iterations are few (a 135M model runs ~0.2-0.5 s per decision on 2 CPU cores); see "iterations".
+Env: BENCH_POLICY_ITERS (batch-1 decisions per mode, default 6), BENCH_POLICY_ROUNDS
+(requests per client through the server, default 2), BENCH_POLICY_THREADS (torch threads for the
+bare model and the server; default torch's own). On a 2-core machine shared with other work, 1
+thread is steadier: two OpenMP threads spin against each other when the cores are oversubscribed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from services.common.broker import free_port  # noqa: E402
+from services.common.market_state import MarketState  # noqa: E402
+from services.common.model_files import prepare_smollm2  # noqa: E402
+from services.policy.actor_critic import LLMActorCritic  # noqa: E402
+from services.policy.artifacts import init_artifact, load_artifact  # noqa: E402
+from services.policy.client import PolicyClient  # noqa: E402
+
+CONCURRENCY = 8
+
+
+def log(msg: str) -> None:
+    print(f"[bench/policy] {msg}", file=sys.stderr, flush=True)
+
+
+def make_states(n: int, seed: int = 0) -> list[MarketState]:
+    """Realistic states: 20 closes of a seeded random walk, 5 features, a news summary."""
+    gen = torch.Generator().manual_seed(seed)
+    states = []
+    for i in range(n):
+        steps = torch.randn(20, generator=gen) * 0.01
+        closes = (400.0 * torch.cumprod(1 + steps, 0)).tolist()
+        states.append(
+            MarketState(
+                ticker="MSFT",
+                as_of=datetime(2024, 1, 2, 21, tzinfo=UTC) + timedelta(days=i),
+                recent_closes=closes,
+                position=float(i % 7),
+                cash=5000.0 + 13 * i,
+                features={"rsi_14": 40 + i % 30, "vol_20": 0.012, "ret_5": 0.003 * (i % 5 - 2),
+                          "macd": 0.5, "sma_ratio": 1.01},
+                news_summary="Microsoft shares moved after the company reported cloud revenue "
+                "ahead of estimates, while analysts flagged rising capital spending.",
+                sentiment=round(0.1 * (i % 11 - 5), 2),
+            )
+        )
+    return states
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def timed_batch1(model: LLMActorCritic, states: list[MarketState], cached: bool) -> dict[str, float]:
+    model.decide(states[:1], use_prefix_cache=cached)  # warm-up (and builds the prefix cache)
+    latencies = []
+    for state in states:
+        start = time.perf_counter()
+        model.decide([state], use_prefix_cache=cached)
+        latencies.append(time.perf_counter() - start)
+    return summary(latencies, len(states), sum(latencies))
+
+
+def summary(latencies: list[float], decisions: int, wall: float) -> dict[str, float]:
+    return {
+        "decisions_per_s": round(decisions / wall, 3),
+        "p50_ms": round(1000 * statistics.median(latencies), 1),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+    }
+
+
+def bare_concurrent(model: LLMActorCritic, states: list[MarketState]) -> dict[str, float]:
+    """What the bare model does with 8 simultaneous decisions: one cached batch of 8."""
+    model.decide(states[:CONCURRENCY])
+    latencies, start = [], time.perf_counter()
+    for i in range(0, len(states), CONCURRENCY):
+        t = time.perf_counter()
+        model.decide(states[i : i + CONCURRENCY])
+        latencies.append(time.perf_counter() - t)
+    return summary(latencies, len(states), time.perf_counter() - start)
+
+
+def served(artifact: Path, states: list[MarketState], rounds: int) -> dict[str, float]:
+    port = free_port()
+    env = {**os.environ, "RLMF_POLICY_MAX_BATCH": str(CONCURRENCY), "RLMF_POLICY_MAX_WAIT_MS": "20",
+           "RLMF_POLICY_TORCH_THREADS": str(torch.get_num_threads())}
+    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(artifact),
+           "--http_port", str(port), "--enable_grpc", "false", "--enable_latency_logging", "false"]
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            return _drive(f"http://127.0.0.1:{port}", proc, states, rounds)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _drive(url: str, proc: subprocess.Popen[bytes], states: list[MarketState], rounds: int) -> dict[str, float]:
+    deadline = time.monotonic() + 300
+    while not PolicyClient(url, timeout=2).ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("policy server did not become ready")
+        time.sleep(0.5)
+    with PolicyClient(url, timeout=120) as warm:
+        warm.decide(states[:1])
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        with PolicyClient(url, timeout=120) as pc:
+            for r in range(rounds):
+                t = time.perf_counter()
+                pc.decide([states[(c * rounds + r) % len(states)]])
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(CONCURRENCY)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    result = summary(latencies, len(latencies), wall)
+    metrics = httpx.get(f"{url}/metrics").text
+    sizes = [line for line in metrics.splitlines() if line.startswith("rlmf_policy_batch_size_")]
+    count = sum(float(x.split()[-1]) for x in sizes if x.startswith("rlmf_policy_batch_size_count"))
+    total = sum(float(x.split()[-1]) for x in sizes if x.startswith("rlmf_policy_batch_size_sum"))
+    result["mean_batch"] = round(total / count, 2) if count else 0.0
+    return result
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    iters = int(os.environ.get("BENCH_POLICY_ITERS", "6"))
+    rounds = int(os.environ.get("BENCH_POLICY_ROUNDS", "2"))
+    threads = int(os.environ.get("BENCH_POLICY_THREADS", "0"))
+    if threads:
+        torch.set_num_threads(threads)
+    base = prepare_smollm2(REPO / "models")
+    states = make_states(max(iters, CONCURRENCY * rounds))
+    with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
+        artifact = Path(tmp) / "v0"
+        log("writing a v0 artifact from SmolLM2")
+        init_artifact(base, artifact)
+        model = load_artifact(artifact)
+        ids, _ = model.encode(states[:1])
+        prefix_tokens = model.prefix_cache().ids.shape[1]
+        log("batch 1 without prefix cache")
+        uncached = timed_batch1(model, states[:iters], cached=False)
+        log("batch 1 with prefix cache")
+        cached = timed_batch1(model, states[:iters], cached=True)
+        log(f"bare model, batches of {CONCURRENCY}")
+        bare = bare_concurrent(model, states[: CONCURRENCY * rounds])
+        del model
+        log(f"server, {CONCURRENCY} concurrent clients x {rounds} requests")
+        server = served(artifact, states, rounds)
+    result = {
+        "bench": "policy",
+        "model": "SmolLM2-135M-Instruct",
+        "device": "cpu (no GPU lent to this task)",
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_end": round(os.getloadavg()[0], 1),
+        "torch_threads": torch.get_num_threads(),
+        "dtype": "float32",
+        "prompt_tokens": int(ids.shape[1]),
+        "prefix_tokens": int(prefix_tokens),
+        "iterations": {"batch1_per_mode": iters, "bare_concurrent_decisions": CONCURRENCY * rounds,
+                       "served_requests": CONCURRENCY * rounds},
+        "batch1_uncached": uncached,
+        "batch1_prefix_cached": cached,
+        "bare_batch8_cached": bare,
+        "served_8_clients": server,
+        "ratios": {
+            "prefix_cache_speedup_batch1": round(cached["decisions_per_s"] / uncached["decisions_per_s"], 2),
+            "served_vs_bare_same_concurrency": round(server["decisions_per_s"] / bare["decisions_per_s"], 2),
+        },
+        "targets": {"prefix_cache_speedup_batch1": 2.0, "served_vs_bare_same_concurrency": 0.7},
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
