@@ -92,6 +92,10 @@ class FeaturesHandler:
         late_before, dup_before = self.engine.late_news, self.engine.duplicate_bars
         served: list[tuple[int, DayFeatures]] = []
         for _, index, event in events:
+            if isinstance(event, BarIn) and self.engine.is_served(event):
+                # A re-delivery (e.g. after a crash before the commit): its features are in the
+                # store; say so again, with the same watermark, in case the first ready was lost.
+                results[index] = [self._ready_at(event.ticker, event.end)]
             try:
                 day = self._apply(event)
             except ValidationFailed as exc:
@@ -100,11 +104,27 @@ class FeaturesHandler:
             if day is not None:
                 served.append((index, day))
         self._push(served, snapshot)
+        if events:
+            self._save_state()
         LATE_NEWS.inc(self.engine.late_news - late_before)
         DUPLICATE_BARS.inc(self.engine.duplicate_bars - dup_before)
         for index, day in served:
-            results[index] = [self._ready(day)]
+            results[index] = [self._ready_at(day.ticker, day.event_timestamp)]
         return results
+
+    def restore_state(self) -> int:
+        """Load the state a previous run saved (0 tickers when there is none)."""
+        path = self.settings.state_path
+        if not path.exists():
+            return 0
+        restored = self.engine.load(path)
+        log.info("restored the feature state of %d ticker(s) from %s", restored, path)
+        return restored
+
+    def _save_state(self) -> None:
+        # Saved after the push and before the bus commits: a crash in between re-delivers
+        # messages the state already holds, which then count as duplicates, not twice.
+        self.engine.save(self.settings.state_path)
 
     def _decode(self, incoming: Incoming) -> BarIn | NewsIn:
         payload = incoming.payload
@@ -137,14 +157,11 @@ class FeaturesHandler:
             raise StorePushFailed(f"Feast push failed for {len(served)} day(s): {exc}") from exc
         DAYS_SERVED.inc(len(served))
 
-    def _ready(self, day: DayFeatures) -> Outgoing:
-        payload = pb.FeaturesReady(ticker=day.ticker, feature_service=self.settings.feature_service)
-        payload.watermark.FromDatetime(day.event_timestamp)
+    def _ready_at(self, ticker: str, watermark: datetime) -> Outgoing:
+        payload = pb.FeaturesReady(ticker=ticker, feature_service=self.settings.feature_service)
+        payload.watermark.FromDatetime(watermark)
         return Outgoing(
-            topic=self.settings.ready_topic,
-            payload=payload,
-            key=day.ticker,
-            event_time=day.event_timestamp,
+            topic=self.settings.ready_topic, payload=payload, key=ticker, event_time=watermark
         )
 
 
@@ -155,6 +172,7 @@ def build_loop(
 ) -> tuple[ConsumerLoop, FeaturesHandler]:
     """The service's consumer loop and its handler (tests drive both directly)."""
     handler = FeaturesHandler(settings, writer or FeatureWriter(settings))
+    handler.restore_state()
     loop = ConsumerLoop(
         service=SERVICE,
         topics=[settings.bars_topic, settings.news_topic],

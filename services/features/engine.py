@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import pickle
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from services.common.bus import ValidationFailed
 from services.features.rolling import RollingMoments, WilderAverage
@@ -167,6 +170,26 @@ class FeatureEngine:
         return self.states[ticker]
 
     # -- snapshots let a caller undo a micro-batch whose push failed -------------------------
+
+    def is_served(self, bar: BarIn) -> bool:
+        """True when exactly this bar was already served (a re-delivery)."""
+        state = self.states.get(bar.ticker)
+        return state is not None and state.recent_bars.get(bar.end) == bar
+
+    def save(self, path: Path) -> None:
+        """Write every ticker's state to `path` atomically (write, then rename)."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(self.states, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> int:
+        """Restore the states `save` wrote; returns how many tickers were restored."""
+        # pickle: the file is written by this service into its own data folder, never received.
+        states = pickle.loads(path.read_bytes())  # noqa: S301
+        if not isinstance(states, dict):
+            raise ValueError(f"{path} does not hold feature engine state")
+        self.states = states
+        return len(states)
 
     def snapshot(self, tickers: set[str]) -> dict[str, TickerState | None]:
         return {t: copy.deepcopy(self.states.get(t)) for t in tickers}

@@ -79,5 +79,10 @@ class FeaturesSettings(BaseSettings):
         return self.online_path or self.data_dir / "online.db"
 
     @property
+    def state_path(self) -> Path:
+        """The engine's rolling state, saved after each micro-batch so a restart resumes it."""
+        return self.data_dir / "engine_state.pkl"
+
+    @property
     def offline_dir(self) -> Path:
         return self.data_dir / "offline"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -288,3 +289,26 @@ def test_timestamps_are_utc() -> None:
     day = FeatureEngine(FeaturesSettings()).on_bar(bar(0, 100.0))
     assert day is not None and day.event_timestamp.tzinfo is not None
     assert day.event_timestamp.utcoffset() == UTC.utcoffset(None)
+
+
+def test_saved_state_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
+    s = FeaturesSettings()
+    events = event_order(sample(("MSFT", "GOOGL"), days=50, seed=9))
+    whole = run_stream(events, s)
+    first = FeatureEngine(s)
+    rows = []
+    for event in events[: len(events) // 2]:
+        day = first.on_bar(event) if isinstance(event, BarIn) else first.on_news(event)
+        if day is not None:
+            rows.append(as_row(day))
+    first.save(tmp_path / "state.pkl")
+    second = FeatureEngine(s)
+    assert second.load(tmp_path / "state.pkl") == 2
+    for event in events[len(events) // 2 :]:
+        day = second.on_bar(event) if isinstance(event, BarIn) else second.on_news(event)
+        if day is not None:
+            rows.append(as_row(day))
+    assert_same(pd.DataFrame(rows), whole)
+    served = next(e for e in events if isinstance(e, BarIn))
+    assert second.is_served(served)
+    assert not second.is_served(replace(served, close=served.close * 1.001))
