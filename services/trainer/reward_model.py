@@ -17,7 +17,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
-from services.trainer.sft import StepReport
+from services.trainer.sft import StepReport, plain_float
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,7 @@ def load_reward_base(base: Path, trainable_top_k: int, seed: int) -> tuple[torch
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config  # the GGUF note of the prepared SmolLM2; weights are floats
+    plain_float(model)
     layers = model.model.layers
     model.requires_grad_(False)
     for layer in layers[len(layers) - trainable_top_k :]:

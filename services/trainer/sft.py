@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
@@ -29,6 +30,17 @@ class StepReport:
         return self.steps / self.seconds if self.seconds else 0.0
 
 
+def plain_float(model: torch.nn.Module) -> None:
+    """Drop the GGUF quantization note the prepared SmolLM2 carries: its weights are dequantized
+    floats, but the note makes HF's Trainer refuse to fine-tune it as "purely quantized"."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+
+
 def run_sft(
     student: LLMActorCritic, rows: list[dict[str, str]], *, max_steps: int, learning_rate: float,
     batch_size: int, seed: int, max_length: int = 1024,
@@ -40,6 +52,7 @@ def run_sft(
     """
     if not rows or max_steps <= 0:
         return StepReport(0, 0.0, float("nan"), len(rows))
+    plain_float(student.lm)
     with tempfile.TemporaryDirectory(prefix="rlmf-sft-") as out:
         config = SFTConfig(
             output_dir=out, max_steps=max_steps, per_device_train_batch_size=batch_size,
