@@ -132,7 +132,8 @@ def flow_checks(
             Check(
                 "news enriched or dead-lettered",
                 raw.unique == enriched.unique + raw.dead_lettered,
-                f"{raw.unique} raw = {enriched.unique} enriched + {raw.dead_lettered} dead-lettered",
+                f"{raw.unique} raw = {enriched.unique} enriched"
+                f" + {raw.dead_lettered} dead-lettered",
             )
         )
     checks.append(_decisions_accounted(events))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,7 +36,7 @@ def demo(
     # closes with a metadata request in flight; the demo opens many such readers, on purpose.
     logging.getLogger("kafka.cluster").setLevel(logging.CRITICAL)
 
-    overrides = {"seed": seed} if seed is not None else {}
+    overrides: dict[str, Any] = {"seed": seed} if seed is not None else {}
     if bars is not None:
         overrides["quick_bars" if quick else "bars"] = bars
         overrides["regime_days"] = bars

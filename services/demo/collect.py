@@ -1,4 +1,4 @@
-"""The run as tables: bars, decisions, snapshots, news, promotions, read back from the bus events."""
+"""The run as tables (bars, decisions, snapshots, news, promotions) from the bus events."""
 
 from __future__ import annotations
 

@@ -17,12 +17,22 @@ import pandas as pd
 
 from services.demo.accounting import build_accounting
 from services.demo.collect import RunTables, daily_sentiment, tables
-from services.demo.report import Curve, ReportInput, write_html, write_plots
+from services.demo.report import Curve, ReportInput, write_html, write_plots, write_summary
 
 if TYPE_CHECKING:
     from services.demo.orchestrator import Demo
 
 EXPLAINED = 6
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _metrics(equity: np.ndarray, ppy: float, n_trades: int = 0) -> dict[str, Any]:
@@ -162,7 +172,8 @@ def explained(t: RunTables) -> list[dict[str, Any]]:
         d = t.decisions.loc[when]
         state = fb.loc[when, "state"] if when in fb.index else "(last bar: no feedback yet)"
         outcome = (
-            f" | next day's return {fb.loc[when, 'realised_return']:+.4f}, reward {fb.loc[when, 'reward']:+.4f}"
+            f" | next day's return {fb.loc[when, 'realised_return']:+.4f},"
+            f" reward {fb.loc[when, 'reward']:+.4f}"
             if when in fb.index
             else ""
         )
@@ -190,7 +201,8 @@ def services_table(demo: Demo) -> list[dict[str, Any]]:
     for name in demo.state.plans:
         killed = [k for k in demo.state.killed if k["service"] == name]
         note = (
-            f"SIGKILLed (pid {killed[0]['pid']}) after {killed[0]['after_bars']} bars, restarted by the supervisor"
+            f"SIGKILLed (pid {killed[0]['pid']}) after {killed[0]['after_bars']} bars,"
+            " restarted by the supervisor"
             if killed
             else ""
         )
@@ -281,9 +293,11 @@ def finish(demo: Demo) -> int:
         header_lines=[
             f"Window: {w.description}",
             f"Seed {demo.cfg.settings.seed}; base model {st.base_model}",
-            f"News: {len(st.news)} synthetic items, informativeness {demo.cfg.settings.news_informativeness} "
+            f"News: {len(st.news)} synthetic items, informativeness "
+            f"{demo.cfg.settings.news_informativeness} "
             "(P(tone matches the next day's move) = 0.5 + informativeness/2)",
-            f"Trainer cycle every {demo.cfg.train_every} bars ({demo.cfg.train_every_days} calendar days); "
+            f"Trainer cycle every {demo.cfg.train_every} bars "
+            f"({demo.cfg.train_every_days} calendar days); "
             "the market pauses while a cycle trains",
             f"Stage timings (s): {st.stage_seconds}",
         ],
@@ -302,6 +316,7 @@ def finish(demo: Demo) -> int:
     out = demo.out
     plots = write_plots(data, out / "plots")
     report = write_html(data, out, plots)
+    write_summary(data, plots, out / "summary.png")
     info["metrics"] = {
         c.label: {
             k: c.metrics.get(k)
@@ -310,7 +325,8 @@ def finish(demo: Demo) -> int:
         for c in curves
     }
     info["accounting"] = accounting.to_dict()
-    (out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    # JSON has no NaN: an undefined metric (the Sharpe of a flat curve) is written as null.
+    (out / "run.json").write_text(json.dumps(_finite(info), indent=2, default=str, allow_nan=False))
     status(f"report: {report} and {out / 'run.json'} ({time.monotonic() - started:.0f}s)")
     return verdict(demo, accounting.reconciles, t)
 

@@ -83,6 +83,7 @@ def _draft(
     k: int,
     j: int,
 ) -> NewsDraft:
+    pool: tuple[str, ...]
     if rng.random() < 0.15:
         tone, pool = 0, _NEUTRAL
     else:

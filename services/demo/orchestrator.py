@@ -432,7 +432,8 @@ class Demo:
                 and child.process.poll() is not None
             ):
                 raise DemoError(
-                    f"{name} keeps exiting (code {child.process.returncode}); see {self.logs}/{name}.log"
+                    f"{name} keeps exiting (code {child.process.returncode}); "
+                    f"see {self.logs}/{name}.log"
                 )
 
     # -- news ---------------------------------------------------------------------------------
@@ -510,7 +511,8 @@ class Demo:
         )
         self._write_pids()
         status(
-            f"replay: simulator pid {self._simulator.pid} trading {len(w.frame)} bars through the policy"
+            f"replay: simulator pid {self._simulator.pid} trading {len(w.frame)} bars"
+            " through the policy"
         )
         try:
             self._follow_replay(len(w.frame))
@@ -535,7 +537,8 @@ class Demo:
                     if time.monotonic() > deadline:
                         self._simulator.kill()
                         raise DemoError(
-                            f"replay did not finish within {self.cfg.settings.replay_timeout_s:.0f}s"
+                            "replay did not finish within "
+                            f"{self.cfg.settings.replay_timeout_s:.0f}s"
                         )
                     time.sleep(0.2)
                 bar.update(decisions.count - bar.n)
@@ -573,7 +576,8 @@ class Demo:
                         f"decision (failed or over {self.cfg.settings.cycle_timeout_s:.0f}s)"
                     )
                     status(
-                        "training: no promotion decision from this cycle; resuming (see trainer.log)"
+                        "training: no promotion decision from this cycle;"
+                        " resuming (see trainer.log)"
                     )
                     return
                 self._check_alive()
@@ -592,7 +596,8 @@ class Demo:
         child = self.supervisor.children.get(name)
         if child is None or child.process is None:
             raise DemoError(
-                f"--kill-service {name}: no such running service ({', '.join(self.supervisor.children)})"
+                f"--kill-service {name}: no such running service"
+                f" ({', '.join(self.supervisor.children)})"
             )
         pid = child.process.pid
         os.kill(pid, signal.SIGKILL)

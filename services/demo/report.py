@@ -112,33 +112,46 @@ def plot_sentiment(data: ReportInput, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _gate_value(metrics: dict[str, float]) -> float:
+    # The gate compares Sharpe; a curve that never moved has none, which the gate counts as 0.
+    value = metrics.get("sharpe", float("nan"))
+    return value if math.isfinite(value) else 0.0
+
+
 def plot_promotions(data: ReportInput, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(11, 3.2))
-    for i, p in enumerate(data.promotions):
-        sr_s = p["student_metrics"].get("sharpe", float("nan"))
-        sr_t = p["teacher_metrics"].get("sharpe", float("nan"))
+    for p in data.promotions:
+        student, teacher = _gate_value(p["student_metrics"]), _gate_value(p["teacher_metrics"])
+        ax.plot([p["time"], p["time"]], [teacher, student], color="lightgrey", zorder=1)
+        ax.scatter(
+            [p["time"]], [teacher], marker="s", color="grey", s=30, label="teacher", zorder=2
+        )
         ax.scatter(
             [p["time"]],
-            [sr_s],
+            [student],
             marker="o" if p["promoted"] else "x",
-            color="green" if p["promoted"] else "red",
             s=60,
             zorder=3,
+            color="green" if p["promoted"] else "red",
             label="student promoted" if p["promoted"] else "student refused",
         )
-        ax.scatter([p["time"]], [sr_t], marker="s", color="grey", s=30, label="teacher")
+        verdict = "promoted" if p["promoted"] else "refused"
         ax.annotate(
-            f"{p['student']}",
-            (p["time"], sr_s),
+            f"{p['student']}: {verdict}",
+            (p["time"], student),
             fontsize=7,
-            xytext=(3, 3),
+            xytext=(4, 4),
             textcoords="offset points",
         )
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=False))
     if uniq:
         ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    ax.set_ylabel("Sharpe on the gate's window")
+    if data.promotions:
+        ax.set_xlim(data.closes.index.min(), data.closes.index.max())
+    else:
+        ax.text(0.5, 0.5, "no promotion decision", transform=ax.transAxes, ha="center")
+    ax.set_ylabel("Sharpe on the held-out window")
     ax.set_title("Promotion timeline: each trainer cycle's gate (student vs teacher)")
     return _save(fig, path)
 
@@ -151,6 +164,49 @@ def write_plots(data: ReportInput, folder: Path) -> dict[str, Path]:
         "sentiment": plot_sentiment(data, folder / "sentiment.png"),
         "promotions": plot_promotions(data, folder / "promotions.png"),
     }
+
+
+def write_summary(data: ReportInput, plots: dict[str, Path], path: Path) -> Path:
+    """One PNG of the report (metrics table and the four plots), for a README."""
+    fig = plt.figure(figsize=(14, 15))
+    grid = fig.add_gridspec(4, 2, height_ratios=[0.9, 1.6, 1.1, 1.1])
+    table_ax = fig.add_subplot(grid[0, :])
+    table_ax.axis("off")
+    cells = [
+        [
+            c.label[:60],
+            *[
+                _short(c.metrics.get(k))
+                for k in ("cumulative_return", "sharpe", "annual_volatility", "max_drawdown")
+            ],
+        ]
+        for c in data.curves
+    ]
+    table = table_ax.table(
+        cellText=cells,
+        colLabels=["strategy", "CR", "SR", "AV", "MDD"],
+        loc="center",
+        colWidths=[0.5, 0.1, 0.1, 0.1, 0.1],
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table_ax.set_title(data.title + " (news is synthetic)", fontsize=13)
+    for (row, col), key in (
+        ((1, slice(None)), "equity"),
+        ((2, 0), "decisions"),
+        ((2, 1), "sentiment"),
+        ((3, slice(None)), "promotions"),
+    ):
+        ax = fig.add_subplot(grid[row, col])
+        ax.imshow(plt.imread(plots[key]))
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float | int) and math.isfinite(value):
+        return f"{value:.3f}"
+    return "n/a"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +276,9 @@ def _explained_section(data: ReportInput) -> str:
     parts = []
     for d in data.explained:
         parts.append(
-            f"<div class='card'><b>{html.escape(d['when'])}</b> — live decision <b>{html.escape(d['action'])}</b> "
-            f"by {html.escape(d['model_version'])} (p buy/hold/sell {d['probs']}; value {_fmt(d['value'])})<br>"
+            f"<div class='card'><b>{html.escape(d['when'])}</b> — live decision "
+            f"<b>{html.escape(d['action'])}</b> by {html.escape(d['model_version'])} "
+            f"(p buy/hold/sell {d['probs']}; value {_fmt(d['value'])})<br>"
             f"<i>state the policy saw:</i><pre>{html.escape(d['state'])}</pre>"
             f"<i>rationale:</i> {html.escape(d['explanation'] or '(none)')}</div>"
         )
@@ -265,9 +322,11 @@ def _accounting_section(data: ReportInput) -> str:
 
 
 STYLE = """body{font-family:sans-serif;max-width:1150px;margin:auto;padding:1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
 th{background:#f0f0f0}.ok{color:#060;font-weight:bold}.bad{color:#b00;font-weight:bold}
-.card{border:1px solid #ddd;padding:6px;margin:6px 0;font-size:13px}pre{white-space:pre-wrap;font-size:12px;background:#fafafa}
+.card{border:1px solid #ddd;padding:6px;margin:6px 0;font-size:13px}
+pre{white-space:pre-wrap;font-size:12px;background:#fafafa}
 .warn{background:#fff4d6;padding:6px;border:1px solid #e8c66a}"""
 
 
@@ -281,10 +340,12 @@ def write_html(data: ReportInput, out_dir: Path, plots: dict[str, Path]) -> Path
         ["service", "exit code (SIGTERM)", "restarts", "notes"],
         [[s["name"], s["exit_code"], s["restarts"], s.get("note", "")] for s in data.services],
     )
-    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.title)}</title>
+    title = html.escape(data.title)
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>
 <style>{STYLE}</style></head><body><h1>{html.escape(data.title)}</h1>
-<p class='warn'>The news in this run is <b>synthetic</b>: generated by the demo, tied to the replayed market with a
-stated, seeded informativeness. It is not real news and says nothing about the real company.</p>
+<p class='warn'>The news in this run is <b>synthetic</b>: generated by the demo, tied to the
+replayed market with a stated, seeded informativeness. It is not real news and says nothing
+about the real company.</p>
 <ul>{header}</ul>
 <h2>Performance on the window</h2>{_metrics_section(data)}{img["equity"]}
 <h2>Decisions on the price chart</h2>{img["decisions"]}

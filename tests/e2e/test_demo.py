@@ -23,7 +23,7 @@ from services.common.broker import EmbeddedBroker, free_port
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.demo.bus_reader import committed_offsets, decode_unique, read_all
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 KILLED = "features"
@@ -55,7 +55,7 @@ def demo_run(demo_broker: str, tmp_path_factory: pytest.TempPathFactory) -> dict
         "--kill-after-bars",
         "15",
     ]
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=840)
     return {"proc": proc, "out": out, "bootstrap": demo_broker}
 
 
@@ -142,7 +142,7 @@ def test_killed_service_restarted_and_nothing_lost(demo_run: dict[str, Any]) -> 
         assert sum(committed_offsets(b, "rlmf-features", topic).values()) == len(records)
     ready = {e.payload.watermark.ToDatetime() for e in _events(b, topics.FEATURES_READY)}
     bars = {e.payload.end.ToDatetime() for e in _events(b, topics.MARKET_BARS)}
-    assert bars <= ready | {max(bars)} and len(ready) >= 79
+    assert bars <= ready  # every bar was served, the one in flight at the kill included
     assert not read_all(b, topics.dlq(topics.MARKET_BARS))
 
 
