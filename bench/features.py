@@ -175,7 +175,9 @@ def compute_speed(n: int, baseline_n: int) -> dict[str, Any]:
     assert last is not None
     for col in ("ret_20d", "realised_vol_20d", "ma_gap_20d", "volume_z_20d"):
         if not np.isclose(last.market[col], ref[col].iloc[-1], rtol=1e-9, atol=1e-12):
-            raise AssertionError(f"{col}: incremental {last.market[col]} != pandas {ref[col].iloc[-1]}")
+            raise AssertionError(
+                f"{col}: incremental {last.market[col]} != pandas {ref[col].iloc[-1]}"
+            )
     inc = per_event_seconds(incremental, len(bars))
     base = per_event_seconds(recompute, baseline_n)
     return {
