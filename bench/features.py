@@ -15,7 +15,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
