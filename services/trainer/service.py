@@ -68,19 +68,24 @@ class Scheduler:
             self._worker.join(timeout)
 
 
-def build(settings: TrainerSettings, bus: BusSettings | None = None) -> tuple[ConsumerLoop, Scheduler]:
+def build(
+    settings: TrainerSettings, bus: BusSettings | None = None, group_id: str | None = None
+) -> tuple[ConsumerLoop, Scheduler]:
     bus = bus or BusSettings()
     feedback = FeedbackLog(settings.work_dir / "feedback.jsonl")
     producer = Producer(bus, SERVICE) if settings.publish else None
     scheduler = Scheduler(settings, feedback, load_prices(settings), producer)
 
     def handle(incoming: Incoming) -> list[Outgoing]:
-        feedback.add(record_from_incoming(incoming))  # ValidationFailed -> .dlq
+        record = record_from_incoming(incoming)  # ValidationFailed -> .dlq, with the reason
+        if record.ticker != settings.ticker:
+            return []  # valid, but another ticker's: this trainer's env trades settings.ticker
+        feedback.add(record)
         scheduler.maybe_start()
         return []
 
     loop = ConsumerLoop(service=SERVICE, topics=[MARKET_FEEDBACK], settings=bus, handle=handle,
-                        create_topics=[MODELS_PROMOTIONS])
+                        create_topics=[MODELS_PROMOTIONS], group_id=group_id)
     return loop, scheduler
 
 

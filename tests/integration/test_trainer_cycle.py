@@ -97,7 +97,7 @@ def teacher_models(tiny_llama_dir: Path, tmp_path: Path) -> Path:
 def _env(models: Path, work: Path, **extra: str) -> dict[str, str]:
     return {
         **os.environ, "RLMF_TRAINER_MODELS_DIR": str(models), "RLMF_TRAINER_WORK_DIR": str(work),
-        "RLMF_TRAINER_MARKET_DAYS": "160", "RLMF_TRAINER_TRAIN_DAYS": "60", "RLMF_TRAINER_EVAL_DAYS": "20",
+        "RLMF_TRAINER_MARKET_DAYS": "100", "RLMF_TRAINER_TRAIN_DAYS": "40", "RLMF_TRAINER_EVAL_DAYS": "10",
         "RLMF_TRAINER_PPO_STEPS": "120", "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "8",
         "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "2", "RLMF_TRAINER_TORCH_THREADS": "1",
         "RLMF_TRAINER_PROMOTION": "none", "RLMF_TRAINER_PUBLISH": "false", "RLMF_LOG_JSON_FORMAT": "false",
@@ -175,8 +175,8 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
     try:
         assert PolicyClient(url).status()["model_version"] == "v0"
         settings = TrainerSettings(
-            models_dir=teacher_models, work_dir=tmp_path / "work", market_days=120, train_days=50,
-            eval_days=20, ppo_steps=40, ppo_minibatch_size=8, ppo_gradient_accumulation_steps=2,
+            models_dir=teacher_models, work_dir=tmp_path / "work", market_days=80, train_days=30,
+            eval_days=10, ppo_steps=40, ppo_minibatch_size=8, ppo_gradient_accumulation_steps=2,
             # an accept-anything gate: this test is about the promotion path, the gate has its own
             gate_margin=-1e9, gate_entropy_floor=0.0, gate_max_drawdown_worsening=1.0, promotion="embedded",
         )
