@@ -30,12 +30,21 @@ def apply(
     )
 
 
+def _reader():  # type: ignore[no-untyped-def]
+    from services.features.repo import RepoNotApplied
+    from services.features.store import FeatureReader
+
+    try:
+        return FeatureReader()
+    except RepoNotApplied as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def online(ticker: str) -> None:
     """Print a ticker's online features as JSON."""
-    from services.features.store import FeatureReader
-
-    typer.echo(json.dumps(FeatureReader().online(ticker), indent=2, sort_keys=True))
+    typer.echo(json.dumps(_reader().online(ticker), indent=2, sort_keys=True))
 
 
 @app.command()
@@ -43,10 +52,8 @@ def historical(
     ticker: str, at: list[str] = typer.Argument(..., help="ISO timestamps, e.g. 2017-11-10T21:00Z")
 ) -> None:
     """Print the point-in-time features of a ticker at the given times as CSV."""
-    from services.features.store import FeatureReader
-
     entity_df = pd.DataFrame({"ticker": ticker, "event_timestamp": pd.to_datetime(at, utc=True)})
-    typer.echo(FeatureReader().historical(entity_df).to_csv(index=False))
+    typer.echo(_reader().historical(entity_df).to_csv(index=False))
 
 
 @app.command()
