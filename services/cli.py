@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -121,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

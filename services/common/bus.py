@@ -102,14 +102,17 @@ def _is_transient(exc: BaseException) -> bool:
 def retrying(settings: BusSettings, service: str, operation: str) -> Retrying:
     """Exponential backoff for transient broker errors; re-raises when attempts run out."""
 
-    def count(_: Any) -> None:
+    log_before_sleep = before_sleep_log(log, logging.WARNING)
+
+    def count_and_log(state: Any) -> None:
         metrics.BROKER_RETRIES.labels(service, operation).inc()
+        log_before_sleep(state)
 
     return Retrying(
         retry=retry_if_exception(_is_transient),
         stop=stop_after_attempt(settings.retry_attempts),
         wait=wait_exponential(multiplier=0.1, max=settings.retry_max_wait_s),
-        before_sleep=lambda state: (count(state), before_sleep_log(log, logging.WARNING)(state)),
+        before_sleep=count_and_log,
         reraise=True,
     )
 

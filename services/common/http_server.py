@@ -64,7 +64,8 @@ class BackgroundServer:
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn installs signal handlers only on the main thread; the service's own SIGTERM
+        # handler (service.on_sigterm) stays in charge.
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
         self.host, self.port = host, port
 
