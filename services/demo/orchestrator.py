@@ -71,7 +71,7 @@ class DemoConfig:
     kill_after_bars: int = 0
     bootstrap: str | None = None
     """Use this running Kafka (e.g. a test's broker) instead of starting the embedded one."""
-    models_dir: Path = field(default_factory=lambda: REPO_ROOT / "models")
+    models_dir: Path = field(default_factory=lambda: _models_dir())
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -664,6 +664,12 @@ class Demo:
         finally:
             self.stop()
             self.stop_broker()
+
+
+def _models_dir() -> Path:
+    """RLMF_MODELS_DIR (as `rlmf models prepare` uses it), else the repository's models/."""
+    env = os.environ.get("RLMF_MODELS_DIR")
+    return Path(env).resolve() if env else REPO_ROOT / "models"
 
 
 class TrainingPacer:
