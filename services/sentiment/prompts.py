@@ -59,10 +59,13 @@ _INSTRUCTION = re.compile(
     r"classifier|llm|bot)\b"
     r"|\b(?:correct|right|expected|true|only)\s+(?:answer|label|output|classification)\b"
     r"|\byou\s+(?:are|must|should|will)\b"
-    r"|^\s*(?:system|assistant|user)\s*:",
+    r"|^\s*(?:system|assistant|user)\s*:"
+    r"|\b(?:sentiment|label|classification|rating|answer|verdict)\s+(?:here\s+)?"
+    r"(?:is|=|:|should\s+be|must\s+be)\s+\W*(?:positive|negative|neutral|bullish|bearish)\b"
+    r"|\b(?:language\s+models?|LLMs?|AI|chatbots?|classifiers?)\s*:",
     re.IGNORECASE,
 )
-_SEGMENT_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+|[()\[\]{}]")
+_SEGMENT_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+|[()\[\]{}]|\s+[-\u2013\u2014]{1,2}\s+")
 # Label words in news text are replaced by synonyms so the model can not simply copy them.
 _LABEL_SYNONYMS = {"positive": "favourable", "negative": "unfavourable", "neutral": "mixed"}
 # A segment made only of label or chat-role words is an injected answer, not news.
