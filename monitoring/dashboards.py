@@ -135,8 +135,29 @@ PIPELINE = DashboardSpec(
 SENTIMENT = DashboardSpec(
     uid="rlmf-sentiment",
     title="RLMF / Sentiment",
-    description="News enriched per second, the sentiment scores and the scorer's latency.",
+    description="News ingested and enriched per second, the sentiment scores, the latency.",
     rows=(
+        (
+            "News in",
+            (
+                _p(
+                    "News items by source and outcome",
+                    "ops",
+                    (
+                        f"sum by (source, outcome) (rate(rlmf_ingest_items_total[{RATE}]))",
+                        "{{source}} {{outcome}}",
+                    ),
+                ),
+                _p(
+                    "Summaries by cache hit",
+                    "ops",
+                    (
+                        f"sum by (cached) (rate(rlmf_sentiment_summaries_total[{RATE}]))",
+                        "cached={{cached}}",
+                    ),
+                ),
+            ),
+        ),
         (
             "Sentiment",
             (
@@ -153,14 +174,22 @@ SENTIMENT = DashboardSpec(
                     ),
                 ),
                 _p(
-                    "Mean sentiment",
-                    "short",
+                    "Share of news by sentiment band",
+                    "percentunit",
                     (
-                        f"sum by (model_version) (rate(rlmf_sentiment_score_sum[{RATE}])) "
-                        f"/ sum by (model_version) (rate(rlmf_sentiment_score_count[{RATE}]))",
-                        "{{model_version}}",
+                        f'sum by (model) (rate(rlmf_sentiment_score_bucket{{le="-0.2"}}[{RATE}])) '
+                        f"/ sum by (model) (rate(rlmf_sentiment_score_count[{RATE}]))",
+                        "negative (<= -0.2) {{model}}",
                     ),
-                    description="Mean of the scores in [-1, 1] over the interval.",
+                    (
+                        "1 - sum by (model) "
+                        f'(rate(rlmf_sentiment_score_bucket{{le="0.2"}}[{RATE}])) '
+                        f"/ sum by (model) (rate(rlmf_sentiment_score_count[{RATE}]))",
+                        "positive (> 0.2) {{model}}",
+                    ),
+                    # The histogram has negative buckets, so prometheus_client exports no _sum
+                    # (OpenMetrics forbids it) and a mean cannot be computed from it.
+                    description="Scores in [-1, 1] from the rlmf_sentiment_score histogram.",
                 ),
                 _p(
                     "Sentiment handler latency p99",

@@ -1,11 +1,13 @@
 """A real Prometheus (Debian's `prometheus`) scrapes an embedded run of the services, and every
 Grafana dashboard query (monitoring/dashboards.py) and every alert expression is run against it.
 
-The run: the real broker (`broker` fixture), the features service, the simulator in live mode and
-the policy behind KServe's ModelServer (a tiny random Llama artifact) as subprocesses, each
-serving /metrics on a loopback port that Prometheus scrapes every second. The test feeds bars
-and enriched news for one fresh ticker (plus one malformed bar and one re-delivered bar), waits
-until the simulator has traded, then runs each query over the run's time range.
+The run: the real broker (`broker` fixture) and, as subprocesses, ingest (HTTP push), sentiment
+(LLM backend on the tiny random Llama), features, the simulator in live mode and the policy
+behind KServe's ModelServer (a tiny Llama artifact), each serving /metrics on a loopback port
+that Prometheus scrapes every second. The test posts one news item a day to ingest and publishes
+daily bars for one fresh ticker (plus one malformed bar and one re-delivered bar), waits until
+the simulator has traded, then runs each query over the run's time range. The chart's
+`helm test` script then runs against the same run.
 
 A query must return data when every series it selects exists. A selector with no series at all
 is allowed only if it is listed in PENDING with the reason (a metric another service has not
@@ -20,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
+import string
 import subprocess
 import sys
 import threading
@@ -48,17 +52,12 @@ from tests.unit.test_chart_render import of_kind, render
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE_S = 1
 BARS = 12
+TEST_TICKER = "ZTEST"  # the chart's tests.ticker
 
 # Selectors with no series in this run, and why. Everything else a dashboard or alert asks
 # for must return data.
-_NOT_STARTED = "the sentiment service is not started by this test"
 _UNDEFINED = "not defined yet: {} should expose {}"
 PENDING: dict[str, str] = {
-    'rlmf_messages_consumed_total{service="sentiment"}': _NOT_STARTED,
-    'rlmf_handler_latency_seconds_bucket{service="sentiment"}': _NOT_STARTED,
-    'rlmf_messages_produced_total{topic="news.enriched.v1"}': _NOT_STARTED,
-    "rlmf_sentiment_score_sum": _UNDEFINED.format("sentiment", "histogram rlmf_sentiment_score"),
-    "rlmf_sentiment_score_count": _UNDEFINED.format("sentiment", "histogram rlmf_sentiment_score"),
     "rlmf_portfolio_value": _UNDEFINED.format("simulator", "gauge rlmf_portfolio_value{ticker}"),
     "rlmf_portfolio_buy_and_hold_value": _UNDEFINED.format(
         "simulator", "gauge rlmf_portfolio_buy_and_hold_value{ticker}"
@@ -115,6 +114,7 @@ class Proc:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    env: dict[str, str]
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -126,7 +126,7 @@ def _spawn(name: str, args: list[str], env: dict[str, str], logs: Path, port: in
         [sys.executable, *args], cwd=REPO, env={**os.environ, **env},
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    return Proc(name, port, process, log)
+    return Proc(name, port, process, log, env)
 
 
 def _wait_metrics(procs: list[Proc], timeout_s: float) -> None:
@@ -213,41 +213,34 @@ def _prometheus(procs: list[Proc], tmp: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _feed(bus: BusSettings, ticker: str) -> None:
-    """BARS daily bars and one enriched news item a day for `ticker`, then one malformed bar
-    (dead-lettered) and one re-delivery of the first bar's envelope (dropped as duplicate)."""
+def _feed(bus: BusSettings, ticker: str, ingest_port: int) -> None:
+    """BARS daily bars for `ticker` on market.bars.v1 and one news item a day posted to ingest's
+    HTTP API, then one malformed bar (dead-lettered) and one re-delivery of the first bar's
+    envelope (dropped as a duplicate)."""
+    day0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
+    news = [
+        {"id": f"{ticker}-{d}", "headline": f"{ticker} shares steady on day {d}",
+         "body": "Analysts expect steady demand.", "source": "prometheus-test",
+         "published_at": (day0 + timedelta(days=d, hours=-3)).isoformat(),
+         "tickers": [ticker], "synthetic": True}
+        for d in range(BARS)
+    ]  # fmt: skip
+    answer = httpx.post(f"http://127.0.0.1:{ingest_port}/v1/news", json=news, timeout=30)
+    assert answer.status_code == 202, answer.text
     producer = Producer(bus, "prometheus-test")
     try:
-        day0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
-        first_id = None
+        first = None
         for d in range(BARS):
             end = day0 + timedelta(days=d)
-            news = pb.EnrichedNews(
-                item=pb.NewsItem(item_id=f"{ticker}-{d}", ticker=ticker, headline="steady day",
-                                 source_name="test", synthetic=True),
-                summary="steady", sentiment=0.2, model_name="test", model_version="t",
-            )  # fmt: skip
-            set_time(news.item.published_at, end - timedelta(hours=3))
-            producer.publish(
-                topics.NEWS_ENRICHED, news, key=ticker, event_time=end - timedelta(hours=3)
-            )
             close = 100.0 + d
-            bar = pb.Bar(
-                ticker=ticker,
-                open=close - 0.5,
-                high=close + 1,
-                low=close - 1,
-                close=close,
-                volume=1e6,
-            )
+            bar = pb.Bar(ticker=ticker, open=close - 0.5, high=close + 1, low=close - 1,
+                         close=close, volume=1e6)  # fmt: skip
             set_time(bar.start, end - timedelta(hours=6, minutes=30))
             set_time(bar.end, end)
             bar_id = producer.publish(topics.MARKET_BARS, bar, key=ticker, event_time=end)
-            first_id = first_id or (bar, end, bar_id)
-        producer.send_raw(
-            topics.MARKET_BARS, b"\x00not a protobuf envelope", key=ticker, headers=[]
-        )
-        bar, end, bar_id = first_id
+            first = first or (bar, end, bar_id)
+        producer.send_raw(topics.MARKET_BARS, b"\x00not an envelope", key=ticker, headers=[])
+        bar, end, bar_id = first
         producer.publish(topics.MARKET_BARS, bar, key=ticker, event_time=end, id=bar_id)
         producer.flush()
     finally:
@@ -256,23 +249,38 @@ def _feed(bus: BusSettings, ticker: str) -> None:
 
 @pytest.fixture(scope="module")
 def run(
-    broker: str, policy_artifact: Path, tmp_path_factory: pytest.TempPathFactory
+    broker: str,
+    policy_artifact: Path,
+    tiny_llama_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("prometheus")
-    ticker = f"P{os.getpid() % 10000}{int(time.time()) % 100000}"
+    # Ingest accepts tickers of 1-5 letters; a fresh one keeps this run apart on the shared broker.
+    ticker = "".join(random.Random(time.time_ns()).choices(string.ascii_uppercase, k=5))
     bus_env = {"RLMF_BUS_BOOTSTRAP": broker, "RLMF_BUS_GROUP_PROTOCOL": "manual",
                "RLMF_BUS_POLL_TIMEOUT_MS": "100", "RLMF_LOG_LEVEL": "WARNING"}  # fmt: skip
     bus = BusSettings(bootstrap=broker, group_protocol="manual")
     ensure_topics(bus, topics.all_topics_with_dlq(), "prometheus-test")
-    ports = {name: free_port() for name in ("features", "simulator", "policy")}
+    ports = {
+        name: free_port() for name in ("ingest", "sentiment", "features", "simulator", "policy")
+    }
     procs = [
+        _spawn("ingest", ["-m", "services.ingest"],
+               bus_env | {"RLMF_HTTP_PORT": str(ports["ingest"])}, tmp, ports["ingest"]),
+        _spawn("sentiment", ["-m", "services.sentiment"],
+               bus_env | {"RLMF_HTTP_PORT": str(ports["sentiment"]),
+                          "RLMF_SENTIMENT_MODEL_DIR": str(tiny_llama_dir),
+                          "RLMF_SENTIMENT_FALLBACK_TO_LEXICON": "false",
+                          "RLMF_SENTIMENT_SUMMARY_MAX_NEW_TOKENS": "4"},
+               tmp, ports["sentiment"]),
         _spawn("policy", ["-m", "services.policy", "--model_dir", str(policy_artifact),
                           "--http_port", str(ports["policy"]), "--enable_grpc", "false"],
                bus_env | {"RLMF_POLICY_MAX_WAIT_MS": "5"}, tmp, ports["policy"]),
         _spawn("features", ["-m", "services.features"],
-               bus_env | {"RLMF_HTTP_PORT": str(ports["features"]), "RLMF_FEATURES_TICKERS": ticker,
+               bus_env | {"RLMF_HTTP_PORT": str(ports["features"]),
+                          "RLMF_FEATURES_TICKERS": f"{ticker},{TEST_TICKER}",
                           "RLMF_FEATURES_DATA_DIR": str(tmp / "feast"),
-                          "RLMF_FEATURES_PROJECT": f"prom{ticker.lower()}"},
+                          "RLMF_FEATURES_PROJECT": f"prom_{ticker.lower()}"},
                tmp, ports["features"]),
         _spawn("simulator", ["-m", "services.simulator"],
                bus_env | {"RLMF_HTTP_PORT": str(ports["simulator"]), "RLMF_SIMULATOR_MODE": "live",
@@ -292,7 +300,7 @@ def run(
         timings = {"services_up_s": round(time.monotonic() - t0, 1)}
         kubelet.start()
         started = time.time()
-        _feed(bus, ticker)
+        _feed(bus, ticker, ports["ingest"])
         yield Run(ticker, procs, url, started, t0, timings)
     finally:
         kubelet.stop.set()
@@ -336,21 +344,33 @@ def _query_range(run: Run, expr: str) -> list[dict[str, object]]:
     return body["data"]["result"]
 
 
+def _latest(run: Run, expr: str) -> float:
+    result = _query_range(run, expr)
+    return float(result[0]["values"][-1][1]) if result else 0.0
+
+
 def _wait_traded(run: Run, timeout_s: float) -> None:
-    """Until the simulator has published decisions and Prometheus has scraped them twice."""
+    """Until the simulator has traded the bars and sentiment has enriched the news, as seen by
+    Prometheus, then two more scrapes."""
     deadline = time.monotonic() + timeout_s
-    selector = f'service="simulator",topic="{topics.TRADING_DECISIONS}"'
-    expr = f"sum(rlmf_messages_produced_total{{{selector}}})"
+    decisions = f'service="simulator",topic="{topics.TRADING_DECISIONS}"'
+    traded = f"sum(rlmf_messages_produced_total{{{decisions}}})"
+    enriched = f'sum(rlmf_messages_produced_total{{topic="{topics.NEWS_ENRICHED}"}})'
     while time.monotonic() < deadline:
         for proc in run.procs:
             if proc.process.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-        result = _query_range(run, expr)
-        if result and float(result[0]["values"][-1][1]) >= BARS - 2:
+        if _latest(run, traded) >= BARS - 2 and _latest(run, enriched) >= BARS:
             time.sleep(3 * SCRAPE_S)
             return
         time.sleep(0.5)
-    raise AssertionError(f"the simulator did not trade in {timeout_s}s:\n{run.procs[2].tail()}")
+    tails = "\n".join(
+        f"--- {p.name}\n{p.tail()}" for p in run.procs if p.name in ("simulator", "sentiment")
+    )
+    raise AssertionError(
+        f"not traded and enriched in {timeout_s}s (decisions {_latest(run, traded)}, "
+        f"enriched {_latest(run, enriched)}):\n{tails}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,7 +406,7 @@ def _check(run: Run, expr: str) -> dict[str, object]:
 @pytest.mark.timeout(240)
 def test_every_dashboard_query_returns_data(run: Run, tmp_path: Path) -> None:
     t0 = time.monotonic()
-    _wait_traded(run, timeout_s=60)
+    _wait_traded(run, timeout_s=90)
     run.timings["traded_s"] = round(time.monotonic() - t0, 1)
     queries = _all_queries()
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -455,3 +475,22 @@ def test_topics_job_script_creates_topics_idempotently(broker: str, tmp_path: Pa
         capture_output=True, text=True, env=no_kafka, timeout=60,
     )  # fmt: skip
     assert missing.returncode == 2 and "RLMF_BUS_BOOTSTRAP is not set" in missing.stderr
+
+
+def test_helm_test_script_passes_on_the_embedded_run(run: Run, tmp_path: Path) -> None:
+    """The chart's `helm test` pod script, rendered from the chart, against the running services."""
+    docs = render("external-kafka")
+    (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == "rlmf-test-pipeline"]
+    (pod,) = of_kind(docs, "Pod")
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["RLMF_TEST_TICKER"] == TEST_TICKER
+    script = tmp_path / "pipeline_test.py"
+    script.write_text(cm["data"]["pipeline_test.py"])
+    bootstrap = next(p for p in run.procs if p.name == "ingest").env["RLMF_BUS_BOOTSTRAP"]
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, **env, "RLMF_BUS_BOOTSTRAP": bootstrap, "RLMF_TEST_TIMEOUT_S": "60"},
+        cwd=REPO, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok: news and bar for {TEST_TICKER}" in result.stdout

@@ -19,6 +19,7 @@ NOT_SETTINGS = {
     "POD_NAME": "the Kubernetes downward API, for log lines",
     "STORAGE_URI": "KServe's storage initializer",
     "RLMF_TEST_TIMEOUT_S": "the helm test script (charts/rlmf/files/pipeline_test.py)",
+    "RLMF_TEST_TICKER": "the helm test script (charts/rlmf/files/pipeline_test.py)",
     "RLMF_TOPICS_PARTITIONS": "the topics Job script (charts/rlmf/files/create_topics.py)",
     "RLMF_TOPICS_REPLICATION_FACTOR": "the topics Job script (charts/rlmf/files/create_topics.py)",
 }

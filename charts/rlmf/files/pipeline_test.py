@@ -1,5 +1,6 @@
-"""`helm test` of a running release: one news item and one bar in, the enriched news and the
-features.ready event for the same (fresh) ticker out, within RLMF_TEST_TIMEOUT_S seconds."""
+"""`helm test` of a running release: one news item and one bar for RLMF_TEST_TICKER in, the
+enriched news and the features.ready event for that ticker out, within RLMF_TEST_TIMEOUT_S
+seconds. The features service accepts the test ticker; the simulator does not trade it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -47,13 +48,13 @@ def _publish(settings: BusSettings, ticker: str, now: datetime) -> None:
         item_id=uuid.uuid4().hex, ticker=ticker, headline=f"{ticker} beats estimates",
         body="helm test item", source_name="helm-test", synthetic=True,
     )
-    envelope.set_time(news.published_at, now)
+    envelope.set_time(news.published_at, now - timedelta(hours=1))
     bar = pb.Bar(ticker=ticker, open=100, high=101, low=99, close=100.5, volume=1000)
-    envelope.set_time(bar.start, now)
+    envelope.set_time(bar.start, now - timedelta(hours=6, minutes=30))
     envelope.set_time(bar.end, now)
     producer = Producer(settings, "helm-test")
     try:
-        producer.publish(NEWS_RAW, news, key=ticker, event_time=now)
+        producer.publish(NEWS_RAW, news, key=ticker, event_time=now - timedelta(hours=1))
         producer.publish(MARKET_BARS, bar, key=ticker, event_time=now)
         producer.flush()
     finally:
@@ -63,7 +64,10 @@ def _publish(settings: BusSettings, ticker: str, now: datetime) -> None:
 def main() -> int:
     settings = BusSettings()
     deadline = time.monotonic() + float(os.environ.get("RLMF_TEST_TIMEOUT_S", "120"))
-    ticker = "T" + uuid.uuid4().hex[:7].upper()
+    ticker = os.environ.get("RLMF_TEST_TICKER", "")
+    if not ticker:
+        print("RLMF_TEST_TICKER is not set: which ticker may the test use?", file=sys.stderr)
+        return 2
     consumer = _consumer_at_end(settings)
     _publish(settings, ticker, datetime.now(UTC))
     waiting = {NEWS_ENRICHED, FEATURES_READY}

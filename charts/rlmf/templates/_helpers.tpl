@@ -104,7 +104,7 @@ the cluster store (Redis online, Parquet offline on the models volume, shared wi
 - name: RLMF_FEATURES_DATA_DIR
   value: /models/feast
 - name: RLMF_FEATURES_TICKERS
-  value: {{ join "," .Values.tickers | quote }}
+  value: {{ join "," (include "rlmf.featureTickers" . | fromYamlArray) | quote }}
 {{- end -}}
 
 {{- define "rlmf.resources" -}}
@@ -277,4 +277,11 @@ spec:
 - market.feedback.v1.dlq
 - models.promotions.v1
 - models.promotions.v1.dlq
+{{- end -}}
+
+{{/* Tickers the features service accepts: the traded ones plus the `helm test` ticker. */}}
+{{- define "rlmf.featureTickers" -}}
+{{- $tickers := .Values.tickers -}}
+{{- if .Values.tests.enabled }}{{ $tickers = append $tickers .Values.tests.ticker | uniq }}{{ end -}}
+{{- toYaml $tickers -}}
 {{- end -}}
