@@ -372,6 +372,7 @@ def test_network_policies_cover_every_workload() -> None:
         "trainer",
     ]
     assert [c for c in LONG_RUNNING + ("trainer",) if reaches(f"rlmf-{c}", 6443)] == ["trainer"]
+    assert [c for c in LONG_RUNNING + ("trainer",) if reaches(f"rlmf-{c}", 80)] == ["ingest"]
     assert not of_kind(render("external-redis-no-netpol"), "NetworkPolicy")
 
 
