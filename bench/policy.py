@@ -1,14 +1,15 @@
 """Policy bench on the real SmolLM2-135M-Instruct: one JSON line on stdout, progress on stderr.
 
-Measured in one run, on the same states:
+Measured in one run, on the same states, the compared modes alternating so that load from other
+processes on a shared machine falls on both alike:
   1. bare model, batch 1, no prefix cache       -> decisions/s, p50/p99 latency
   2. bare model, batch 1, prefix cache          -> same; ratio to 1 (target >= 2x)
-  3. bare model, batches of 8 (= 8 clients), prefix cache -> decisions/s
+  3. bare model, a batch of 8 (= 8 clients), prefix cache -> decisions/s
   4. kserve.ModelServer (subprocess, loopback), 8 concurrent clients of 1 state each, micro-batching
      on -> decisions/s, p50/p99 request latency; ratio to 3 (target >= 0.7x)
-Iterations are few (a 135M model runs ~0.2-0.5 s per decision on 2 CPU cores); see "iterations".
+Iterations are few (a 135M model runs ~0.3-0.6 s per decision on 2 CPU cores); see "iterations".
 Env: BENCH_POLICY_ITERS (batch-1 decisions per mode, default 6), BENCH_POLICY_ROUNDS
-(requests per client through the server, default 2), BENCH_POLICY_THREADS (torch threads for the
+(rounds of 8 concurrent decisions per mode, default 2), BENCH_POLICY_THREADS (torch threads for the
 bare model and the server; default torch's own). On a 2-core machine shared with other work, 1
 thread is steadier: two OpenMP threads spin against each other when the cores are oversubscribed.
 """
@@ -25,6 +26,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import httpx
 import torch
@@ -60,8 +62,13 @@ def make_states(n: int, seed: int = 0) -> list[MarketState]:
                 recent_closes=closes,
                 position=float(i % 7),
                 cash=5000.0 + 13 * i,
-                features={"rsi_14": 40 + i % 30, "vol_20": 0.012, "ret_5": 0.003 * (i % 5 - 2),
-                          "macd": 0.5, "sma_ratio": 1.01},
+                features={
+                    "rsi_14": 40 + i % 30,
+                    "vol_20": 0.012,
+                    "ret_5": 0.003 * (i % 5 - 2),
+                    "macd": 0.5,
+                    "sma_ratio": 1.01,
+                },
                 news_summary="Microsoft shares moved after the company reported cloud revenue "
                 "ahead of estimates, while analysts flagged rising capital spending.",
                 sentiment=round(0.1 * (i % 11 - 5), 2),
@@ -75,16 +82,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def timed_batch1(model: LLMActorCritic, states: list[MarketState], cached: bool) -> dict[str, float]:
-    model.decide(states[:1], use_prefix_cache=cached)  # warm-up (and builds the prefix cache)
-    latencies = []
-    for state in states:
-        start = time.perf_counter()
-        model.decide([state], use_prefix_cache=cached)
-        latencies.append(time.perf_counter() - start)
-    return summary(latencies, len(states), sum(latencies))
-
-
 def summary(latencies: list[float], decisions: int, wall: float) -> dict[str, float]:
     return {
         "decisions_per_s": round(decisions / wall, 3),
@@ -93,68 +90,91 @@ def summary(latencies: list[float], decisions: int, wall: float) -> dict[str, fl
     }
 
 
-def bare_concurrent(model: LLMActorCritic, states: list[MarketState]) -> dict[str, float]:
-    """What the bare model does with 8 simultaneous decisions: one cached batch of 8."""
-    model.decide(states[:CONCURRENCY])
-    latencies, start = [], time.perf_counter()
-    for i in range(0, len(states), CONCURRENCY):
-        t = time.perf_counter()
-        model.decide(states[i : i + CONCURRENCY])
-        latencies.append(time.perf_counter() - t)
-    return summary(latencies, len(states), time.perf_counter() - start)
+def batch1_pair(model: LLMActorCritic, states: list[MarketState]) -> tuple[dict, dict]:
+    """Batch 1 without and with the prefix cache, alternating state by state, so load from
+    other processes on a shared machine falls on both modes alike."""
+    model.decide(states[:1], use_prefix_cache=False)  # warm-up
+    model.decide(states[:1], use_prefix_cache=True)  # warm-up, builds the prefix cache
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for state in states:
+        for cached in (False, True):
+            start = time.perf_counter()
+            model.decide([state], use_prefix_cache=cached)
+            times[cached].append(time.perf_counter() - start)
+    off, on = (summary(times[c], len(states), sum(times[c])) for c in (False, True))
+    return off, on
 
 
-def served(artifact: Path, states: list[MarketState], rounds: int) -> dict[str, float]:
+def start_server(artifact: Path, log_file: IO[bytes]) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
-    env = {**os.environ, "RLMF_POLICY_MAX_BATCH": str(CONCURRENCY), "RLMF_POLICY_MAX_WAIT_MS": "20",
-           "RLMF_POLICY_TORCH_THREADS": str(torch.get_num_threads())}
-    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(artifact),
-           "--http_port", str(port), "--enable_grpc", "false", "--enable_latency_logging", "false"]
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            return _drive(f"http://127.0.0.1:{port}", proc, states, rounds)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _drive(url: str, proc: subprocess.Popen[bytes], states: list[MarketState], rounds: int) -> dict[str, float]:
+    env = {
+        **os.environ,
+        "RLMF_POLICY_MAX_BATCH": str(CONCURRENCY),
+        "RLMF_POLICY_MAX_WAIT_MS": "20",
+        "RLMF_POLICY_TORCH_THREADS": str(torch.get_num_threads()),
+    }
+    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(artifact)]
+    cmd += ["--http_port", str(port), "--enable_grpc", "false"]
+    cmd += ["--enable_latency_logging", "false"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while not PolicyClient(url, timeout=2).ready():
         if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
             raise RuntimeError("policy server did not become ready")
         time.sleep(0.5)
-    with PolicyClient(url, timeout=120) as warm:
-        warm.decide(states[:1])
+    return url, proc
+
+
+def served_round(url: str, states: list[MarketState]) -> tuple[list[float], float]:
+    """8 clients send one state each at the same moment; returns latencies and wall time."""
     latencies: list[float] = []
     lock = threading.Lock()
 
-    def client(c: int) -> None:
-        with PolicyClient(url, timeout=120) as pc:
-            for r in range(rounds):
-                t = time.perf_counter()
-                pc.decide([states[(c * rounds + r) % len(states)]])
-                with lock:
-                    latencies.append(time.perf_counter() - t)
+    def client(state: MarketState) -> None:
+        with PolicyClient(url, timeout=300) as pc:
+            t = time.perf_counter()
+            pc.decide([state])
+            with lock:
+                latencies.append(time.perf_counter() - t)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(CONCURRENCY)]
+    threads = [threading.Thread(target=client, args=(s,)) for s in states]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    result = summary(latencies, len(latencies), wall)
-    metrics = httpx.get(f"{url}/metrics").text
-    sizes = [line for line in metrics.splitlines() if line.startswith("rlmf_policy_batch_size_")]
-    count = sum(float(x.split()[-1]) for x in sizes if x.startswith("rlmf_policy_batch_size_count"))
-    total = sum(float(x.split()[-1]) for x in sizes if x.startswith("rlmf_policy_batch_size_sum"))
-    result["mean_batch"] = round(total / count, 2) if count else 0.0
-    return result
+    return latencies, time.perf_counter() - start
+
+
+def concurrent_pair(
+    model: LLMActorCritic, url: str, states: list[MarketState], rounds: int
+) -> tuple[dict, dict]:
+    """Bare model on a batch of 8 vs the server answering 8 concurrent clients, round by round
+    alternating (the server idles while the bare model runs and the other way round)."""
+    model.decide(states[:CONCURRENCY])
+    served_round(url, states[:CONCURRENCY])  # warm-up
+    bare_lat, bare_wall, srv_lat, srv_wall = [], 0.0, [], 0.0
+    for r in range(rounds):
+        group = states[r * CONCURRENCY : (r + 1) * CONCURRENCY]
+        t = time.perf_counter()
+        model.decide(group)
+        elapsed = time.perf_counter() - t
+        bare_lat += [elapsed] * len(group)  # every decision of the batch waits for all of it
+        bare_wall += elapsed
+        lat, wall = served_round(url, group)
+        srv_lat += lat
+        srv_wall += wall
+    n = rounds * CONCURRENCY
+    return summary(bare_lat, n, bare_wall), summary(srv_lat, n, srv_wall)
+
+
+def mean_batch(url: str) -> float:
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    count = sum(float(x.split()[-1]) for x in lines if x.startswith("rlmf_policy_batch_size_count"))
+    total = sum(float(x.split()[-1]) for x in lines if x.startswith("rlmf_policy_batch_size_sum"))
+    return round(total / count, 2) if count else 0.0
 
 
 def main() -> None:
@@ -165,7 +185,7 @@ def main() -> None:
     if threads:
         torch.set_num_threads(threads)
     base = prepare_smollm2(REPO / "models")
-    states = make_states(max(iters, CONCURRENCY * rounds))
+    states = make_states(max(iters, CONCURRENCY * max(rounds, 1)))
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
         artifact = Path(tmp) / "v0"
         log("writing a v0 artifact from SmolLM2")
@@ -173,15 +193,18 @@ def main() -> None:
         model = load_artifact(artifact)
         ids, _ = model.encode(states[:1])
         prefix_tokens = model.prefix_cache().ids.shape[1]
-        log("batch 1 without prefix cache")
-        uncached = timed_batch1(model, states[:iters], cached=False)
-        log("batch 1 with prefix cache")
-        cached = timed_batch1(model, states[:iters], cached=True)
-        log(f"bare model, batches of {CONCURRENCY}")
-        bare = bare_concurrent(model, states[: CONCURRENCY * rounds])
-        del model
-        log(f"server, {CONCURRENCY} concurrent clients x {rounds} requests")
-        server = served(artifact, states, rounds)
+        log(f"batch 1, {iters} decisions each, without/with prefix cache (alternating)")
+        uncached, cached = batch1_pair(model, states[:iters])
+        with tempfile.TemporaryFile() as server_log:
+            log("starting the policy server")
+            url, proc = start_server(artifact, server_log)
+            try:
+                log(f"{rounds} rounds: bare batch of {CONCURRENCY} vs {CONCURRENCY} clients")
+                bare, server = concurrent_pair(model, url, states, rounds)
+                server["mean_batch"] = mean_batch(url)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
     result = {
         "bench": "policy",
         "model": "SmolLM2-135M-Instruct",
@@ -192,15 +215,22 @@ def main() -> None:
         "dtype": "float32",
         "prompt_tokens": int(ids.shape[1]),
         "prefix_tokens": int(prefix_tokens),
-        "iterations": {"batch1_per_mode": iters, "bare_concurrent_decisions": CONCURRENCY * rounds,
-                       "served_requests": CONCURRENCY * rounds},
+        "iterations": {
+            "batch1_per_mode": iters,
+            "concurrent_rounds": rounds,
+            "decisions_per_concurrent_mode": CONCURRENCY * rounds,
+        },
         "batch1_uncached": uncached,
         "batch1_prefix_cached": cached,
         "bare_batch8_cached": bare,
         "served_8_clients": server,
         "ratios": {
-            "prefix_cache_speedup_batch1": round(cached["decisions_per_s"] / uncached["decisions_per_s"], 2),
-            "served_vs_bare_same_concurrency": round(server["decisions_per_s"] / bare["decisions_per_s"], 2),
+            "prefix_cache_speedup_batch1": round(
+                cached["decisions_per_s"] / uncached["decisions_per_s"], 2
+            ),
+            "served_vs_bare_same_concurrency": round(
+                server["decisions_per_s"] / bare["decisions_per_s"], 2
+            ),
         },
         "targets": {"prefix_cache_speedup_batch1": 2.0, "served_vs_bare_same_concurrency": 0.7},
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, Field
@@ -83,7 +83,9 @@ def action_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """First token of " sell", " hold", " buy" (ACTIONS order); they must be distinct."""
     ids = [tokenizer.encode(" " + word, add_special_tokens=False)[0] for word in ACTIONS]
     if len(set(ids)) != len(ids):
-        raise ActorCriticError(f"action words share a first token {dict(zip(ACTIONS, ids))}")
+        raise ActorCriticError(
+            f"action words share a first token {dict(zip(ACTIONS, ids, strict=True))}"
+        )
     return ids
 
 
@@ -97,14 +99,17 @@ class LLMActorCritic(nn.Module):
 
     def __init__(
         self,
-        lm: nn.Module,
+        lm: Any,
         tokenizer: PreTrainedTokenizerBase,
         config: ActorCriticConfig | None = None,
         model_version: str = "unversioned",
     ) -> None:
         super().__init__()
         self.config = config or ActorCriticConfig()
-        self.lm = lm
+        # Typed Any: transformers' model classes are too dynamic for mypy (attribute access
+        # on nn.Module resolves to Tensor | Module).
+        self.lm: Any = lm
+        self.manifest: Any = None  # the artifacts.Manifest when loaded from an artifact
         self.tokenizer = tokenizer
         self.model_version = model_version
         self.explainer: Explainer | None = None
@@ -118,12 +123,14 @@ class LLMActorCritic(nn.Module):
         hidden = lm.config.hidden_size
         generator = torch.Generator().manual_seed(self.config.seed)
         self.value_head = nn.Sequential(
-            nn.Linear(hidden, self.config.value_hidden), nn.Tanh(), nn.Linear(self.config.value_hidden, 1)
+            nn.Linear(hidden, self.config.value_hidden),
+            nn.Tanh(),
+            nn.Linear(self.config.value_hidden, 1),
         )
         with torch.no_grad():  # seeded init, independent of the global RNG
             for p in self.value_head.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-        self._peft: list[nn.Module] = []  # a list, so the wrapper is not a second submodule
+        self._peft: list[Any] = []  # a list, so the wrapper is not a second submodule
         self._freeze()
         self._prefix: _PrefixCache | None = None
         self._weights_version = 0
@@ -169,11 +176,11 @@ class LLMActorCritic(nn.Module):
             self._decoder.norm.requires_grad_(True)
 
     @property
-    def _decoder(self) -> nn.Module:
+    def _decoder(self) -> Any:
         return self.lm.get_decoder()
 
-    def merged_lm(self) -> nn.Module:
-        """The LM with LoRA adapters merged in (a copy), or the LM itself: what an artifact saves."""
+    def merged_lm(self) -> Any:
+        """The LM with LoRA merged in (a copy), or the LM itself: what an artifact saves."""
         if not self._peft:
             return self.lm
         return copy.deepcopy(self._peft[0]).merge_and_unload()
@@ -214,7 +221,7 @@ class LLMActorCritic(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.action_ids.device
+        return cast(torch.device, self.action_ids.device)
 
     # --- forward passes -----------------------------------------------------------------------
 
@@ -329,7 +336,10 @@ class LLMActorCritic(nn.Module):
         if batch > 1:
             cache.batch_repeat_interleave(batch)
         mask = torch.cat(
-            [torch.ones((batch, n_prefix), dtype=suffix_mask.dtype, device=self.device), suffix_mask],
+            [
+                torch.ones((batch, n_prefix), dtype=suffix_mask.dtype, device=self.device),
+                suffix_mask,
+            ],
             dim=1,
         )
         out = self._decoder(
@@ -361,7 +371,7 @@ class LLMActorCritic(nn.Module):
         if not states:
             return []
         probs, values = self.policy_outputs(states, use_prefix_cache)
-        actions = [ACTIONS[int(i)] for i in probs.argmax(dim=-1)]
+        actions: list[str] = [ACTIONS[int(i)] for i in probs.argmax(dim=-1)]
         explanations: list[str | None] = [None] * len(states)
         if explain:
             if self.explainer is None:
@@ -369,13 +379,13 @@ class LLMActorCritic(nn.Module):
             actions, explanations = self.explainer.explain(self, states, actions, probs)
         return [
             PolicyDecision(
-                action=action,
-                probabilities={a: float(p) for a, p in zip(ACTIONS, row.tolist())},
+                action=cast(Action, action),
+                probabilities={a: float(p) for a, p in zip(ACTIONS, row.tolist(), strict=True)},
                 value=float(value),
                 explanation=text,
                 model_version=self.model_version,
             )
-            for action, row, value, text in zip(actions, probs, values, explanations)
+            for action, row, value, text in zip(actions, probs, values, explanations, strict=True)
         ]
 
     def full_prompt(self, state: MarketState) -> str:

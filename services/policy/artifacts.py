@@ -93,7 +93,10 @@ def _write_model_files(model: LLMActorCritic, folder: Path) -> None:
 
 
 def save_artifact(
-    model: LLMActorCritic, folder: str | Path, manifest_fields: dict[str, Any], overwrite: bool = False
+    model: LLMActorCritic,
+    folder: str | Path,
+    manifest_fields: dict[str, Any],
+    overwrite: bool = False,
 ) -> Manifest:
     """Write `model` as an artifact at `folder`; returns its manifest.
 
@@ -183,7 +186,7 @@ def load_artifact(folder: str | Path, dtype: str | None = None) -> LLMActorCriti
         raise ArtifactError(f"{folder}: manifest actor_critic settings are invalid: {exc}") from exc
     model = LLMActorCritic.from_pretrained(folder, config, model_version=manifest.version)
     model.value_head.load_state_dict(load_file(str(Path(folder) / VALUE_HEAD)))
-    model.manifest = manifest  # type: ignore[attr-defined]
+    model.manifest = manifest
     return model
 
 

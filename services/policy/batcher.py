@@ -89,7 +89,9 @@ class MicroBatcher(Generic[S, R]):
             try:
                 results = await loop.run_in_executor(self._executor, self.run, items, batch[0].key)
                 if len(results) != len(items):
-                    raise RuntimeError(f"batch run returned {len(results)} results for {len(items)}")
+                    raise RuntimeError(
+                        f"batch run returned {len(results)} results for {len(items)}"
+                    )
             except Exception as exc:  # every waiting request gets the error; the worker goes on
                 log.exception("micro-batch of %d failed", len(items))
                 for pending in batch:

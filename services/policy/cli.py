@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 
 GROUP_NAME = "policy"
-app = typer.Typer(no_args_is_help=True, help="The FLAG-Trader policy: artifacts and the KServe server.")
+app = typer.Typer(
+    no_args_is_help=True, help="The FLAG-Trader policy: artifacts and the KServe server."
+)
 
 
 @app.command()

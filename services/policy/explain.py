@@ -41,7 +41,9 @@ class SequenceClassifierScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         if self.model.config.num_labels != 1:
-            raise ValueError(f"reward model at {folder} has {self.model.config.num_labels} labels, want 1")
+            raise ValueError(
+                f"reward model at {folder} has {self.model.config.num_labels} labels, want 1"
+            )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.max_length = max_length
@@ -93,7 +95,8 @@ class Explainer:
         probs: torch.Tensor,
     ) -> tuple[list[str], list[str | None]]:
         """Returns (actions, rationales); best-of-n may change an action to a better-scored one."""
-        out_actions, texts = [], []
+        out_actions: list[str] = []
+        texts: list[str | None] = []
         for state, action, row in zip(states, actions, probs, strict=True):
             if self.best_of_n_active:
                 action, text = self._best_of_n(model, state, row)
@@ -112,13 +115,15 @@ class Explainer:
         candidates = [ACTIONS[int(i)] for i in picks]
         texts = [self._rationale(model, state, a, sample=True) for a in candidates]
         prompt = model.full_prompt(state)
-        responses = [f" {a}{REASON_CUE} {t}" for a, t in zip(candidates, texts)]
+        responses = [f" {a}{REASON_CUE} {t}" for a, t in zip(candidates, texts, strict=True)]
         scores = self.scorer.score([prompt] * n, responses)
         best = max(range(n), key=lambda i: scores[i])
         return candidates[best], texts[best]
 
     @torch.no_grad()
-    def _rationale(self, model: LLMActorCritic, state: MarketState, action: str, sample: bool) -> str:
+    def _rationale(
+        self, model: LLMActorCritic, state: MarketState, action: str, sample: bool
+    ) -> str:
         text = f"{model.full_prompt(state)} {action}{REASON_CUE}"
         ids = torch.tensor([model.tokenizer.encode(text, add_special_tokens=False)])
         kwargs: dict[str, object] = {"do_sample": False}
@@ -134,7 +139,7 @@ class Explainer:
             eos_token_id=_stop_ids(model),
             **kwargs,
         )
-        new = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        new = str(model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
         return new.strip().split("\n")[0].strip()
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-DECISIONS = Counter(
-    "rlmf_policy_decisions_total", "Decisions served", ["action", "model_version"]
-)
+DECISIONS = Counter("rlmf_policy_decisions_total", "Decisions served", ["action", "model_version"])
 BATCH_SIZE = Histogram(
     "rlmf_policy_batch_size",
     "States per micro-batched forward pass",
@@ -21,7 +19,7 @@ MODEL_INFO = Info("rlmf_policy_model", "The artifact being served")
 RELOADS = Counter("rlmf_policy_reloads_total", "Hot reload attempts", ["outcome"])
 RELOAD_FAILED = Gauge(
     "rlmf_policy_reload_failed",
-    "1 after a reload was refused (the old model keeps serving) until a reload succeeds; alert on it",
+    "1 after a refused reload (the old model keeps serving) until one succeeds; alert on it",
 )
 BAD_REQUESTS = Counter("rlmf_policy_bad_requests_total", "Requests answered 400", ["protocol"])
 BEST_OF_N_ACTIVE = Gauge(

@@ -1,4 +1,4 @@
-"""FLAG-Trader's prompt: task, legal actions, output format (a constant prefix) + the state (suffix).
+"""FLAG-Trader's prompt: task, legal actions, output format (constant prefix) + state (suffix).
 
 The prefix is identical for every decision, so its key/value cache is computed once and reused;
 the suffix holds one state, fenced as data, and ends exactly where the model's next token is the
@@ -83,17 +83,18 @@ def _series(values: list[float], digits: int = 4) -> str:
 
 
 def state_block(state: MarketState) -> str:
-    """The state as fenced `key: value` lines. Only fields of `state` appear: nothing after as_of."""
+    """The state as fenced `key: value` lines, from `state` alone (nothing after as_of)."""
     features = ",".join(f"{k}={_fmt(v, 3)}" for k, v in sorted(state.features.items()))
     sentiment = "none" if state.sentiment is None else _fmt(state.sentiment, 2)
     # json.dumps puts the news on one line with quotes and newlines escaped, and the fence
     # marker is removed, so news text cannot close the data block and pose as instructions.
     news = json.dumps(state.news_summary, ensure_ascii=False).replace(STATE_FENCE, "'''")
+    returns_pct = [100 * r for r in state.returns()[-MAX_PROMPT_RETURNS:]]
     lines = [
         f"ticker: {state.ticker}",
         f"date: {state.as_of.date().isoformat()}",
         f"recent_closes: {_series(state.recent_closes[-MAX_PROMPT_PRICES:])}",
-        f"recent_returns_pct: {_series([100 * r for r in state.returns()[-MAX_PROMPT_RETURNS:]], 3)}",
+        f"recent_returns_pct: {_series(returns_pct, 3)}",
         f"position_shares: {_fmt(state.position)}",
         f"cash: {_fmt(state.cash)}",
         f"features: {features or 'none'}",

@@ -98,7 +98,9 @@ def parse_v1(payload: Any, limits: Limits) -> ParsedRequest:
     """A v1 body (bytes or already-decoded dict) -> states."""
     if isinstance(payload, bytes | str):
         if len(payload) > limits.max_request_bytes:
-            raise InvalidInput(f"request body of {len(payload)} bytes exceeds {limits.max_request_bytes}")
+            raise InvalidInput(
+                f"request body of {len(payload)} bytes exceeds {limits.max_request_bytes}"
+            )
         try:
             payload = json.loads(payload)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -137,14 +139,18 @@ def parse_v2(request: InferRequest, limits: Limits) -> ParsedRequest:
     by_name = {inp.name: inp for inp in request.inputs}
     if V2_STATE_INPUT not in by_name:
         names = ", ".join(sorted(by_name)) or "none"
-        raise InvalidInput(f'missing input "{V2_STATE_INPUT}" (BYTES, one MarketState JSON per row); got {names}')
+        raise InvalidInput(
+            f'missing input "{V2_STATE_INPUT}" (BYTES, one MarketState JSON per row); got {names}'
+        )
     inp = by_name[V2_STATE_INPUT]
     if inp.datatype != "BYTES":
         raise InvalidInput(f'input "{V2_STATE_INPUT}" must have datatype BYTES, got {inp.datatype}')
     elements = _bytes_elements(inp)
     _check_count(len(elements), limits)
     if int(np.prod(inp.shape)) != len(elements):
-        raise InvalidInput(f'input "{V2_STATE_INPUT}" shape {inp.shape} does not match {len(elements)} elements')
+        raise InvalidInput(
+            f'input "{V2_STATE_INPUT}" shape {inp.shape} does not match {len(elements)} elements'
+        )
     size = sum(len(e) for e in elements if isinstance(e, str | bytes))
     if size > limits.max_request_bytes:
         raise InvalidInput(f"states total {size} bytes, more than {limits.max_request_bytes}")
@@ -169,7 +175,9 @@ def v2_response(
         InferOutput("model_version", [n], "BYTES", [d.model_version for d in decisions]),
     ]
     if explain:
-        outputs.append(InferOutput("explanation", [n], "BYTES", [d.explanation or "" for d in decisions]))
+        outputs.append(
+            InferOutput("explanation", [n], "BYTES", [d.explanation or "" for d in decisions])
+        )
     # A v2 response must carry an id: echo the request's, or make one.
     return InferResponse(
         response_id=request_id or str(uuid.uuid4()), model_name=model_name, infer_outputs=outputs

@@ -31,7 +31,14 @@ from services.policy.actor_critic import LLMActorCritic, PolicyDecision
 from services.policy.artifacts import ArtifactError, load_artifact
 from services.policy.batcher import MicroBatcher
 from services.policy.explain import ExplainConfig, Explainer, RewardScorer, SequenceClassifierScorer
-from services.policy.protocol import Limits, ParsedRequest, parse_v1, parse_v2, v1_response, v2_response
+from services.policy.protocol import (
+    Limits,
+    ParsedRequest,
+    parse_v1,
+    parse_v2,
+    v1_response,
+    v2_response,
+)
 from services.policy.settings import PolicySettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,9 @@ class PolicyModel(Model):
     def __init__(self, settings: PolicySettings) -> None:
         super().__init__(settings.model_name)
         self.settings = settings
-        self.limits = Limits(settings.max_instances, settings.max_request_bytes, settings.max_features)
+        self.limits = Limits(
+            settings.max_instances, settings.max_request_bytes, settings.max_features
+        )
         self._current: LLMActorCritic | None = None
         self._scorer: RewardScorer | None = None
         self._reload_lock = asyncio.Lock()
@@ -75,7 +84,9 @@ class PolicyModel(Model):
         folder = self.settings.reward_model_dir
         if folder is None:
             if self.settings.best_of_n > 1:
-                log.warning("best-of-n is off: no reward model configured (RLMF_POLICY_REWARD_MODEL_DIR)")
+                log.warning(
+                    "best-of-n is off: no reward model configured (RLMF_POLICY_REWARD_MODEL_DIR)"
+                )
             metrics.BEST_OF_N_ACTIVE.set(0)
             return None
         scorer = SequenceClassifierScorer(folder)
@@ -87,7 +98,9 @@ class PolicyModel(Model):
         so the model is complete before anyone can see it."""
         model = load_artifact(folder, dtype=self.settings.dtype)
         model.explainer = Explainer(
-            ExplainConfig(self.settings.explain_max_tokens, self.settings.best_of_n, seed=self.settings.seed),
+            ExplainConfig(
+                self.settings.explain_max_tokens, self.settings.best_of_n, seed=self.settings.seed
+            ),
             self._scorer,
         )
         model.prefix_cache()
@@ -140,7 +153,7 @@ class PolicyModel(Model):
     # --- the data plane hooks -----------------------------------------------------------------
 
     def validate(self, payload: Any) -> Any:
-        """preprocess already validated everything; KServe's generic check would not know our type."""
+        """preprocess already validated; KServe's generic check does not know our payload type."""
         return payload
 
     def preprocess(
@@ -170,7 +183,8 @@ class PolicyModel(Model):
         for i, count in enumerate(counts):
             if count > self.settings.max_state_tokens:
                 raise InvalidInput(
-                    f"instance {i}: state is {count} tokens, more than {self.settings.max_state_tokens}"
+                    f"instance {i}: state is {count} tokens,"
+                    f" more than {self.settings.max_state_tokens}"
                     " (shorten news_summary or send fewer features)"
                 )
 
@@ -200,7 +214,9 @@ class PolicyModel(Model):
         """Runs on the batcher's worker thread with whichever model is current at batch start."""
         model = self.current
         with metrics.BATCH_LATENCY.time():
-            decisions = model.decide(states, explain=bool(explain), use_prefix_cache=self.settings.use_prefix_cache)
+            decisions = model.decide(
+                states, explain=bool(explain), use_prefix_cache=self.settings.use_prefix_cache
+            )
         metrics.BATCH_SIZE.observe(len(states))
         for d in decisions:
             metrics.DECISIONS.labels(d.action, d.model_version).inc()
@@ -215,7 +231,10 @@ class PolicyModel(Model):
             "manifest": manifest.model_dump(mode="json", exclude={"files"}) if manifest else None,
             "explain": explainer.status if explainer else "off",
             "best_of_n_active": bool(explainer and explainer.best_of_n_active),
-            "micro_batching": {"max_batch": self.settings.max_batch, "max_wait_ms": self.settings.max_wait_ms},
+            "micro_batching": {
+                "max_batch": self.settings.max_batch,
+                "max_wait_ms": self.settings.max_wait_ms,
+            },
             "prefix_cache": self.settings.use_prefix_cache,
         }
 
@@ -229,7 +248,9 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
         try:
             body = await request.json()
         except ValueError:
-            return JSONResponse({"error": "body must be JSON: {\"model_dir\": \"...\"}"}, status_code=400)
+            return JSONResponse(
+                {"error": 'body must be JSON: {"model_dir": "..."}'}, status_code=400
+            )
         if not isinstance(body, dict) or not isinstance(body.get("model_dir"), str):
             return JSONResponse({"error": 'missing string field "model_dir"'}, status_code=400)
         try:
@@ -266,8 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser as kserve_parser
 
     parser = argparse.ArgumentParser(parents=[kserve_parser], description="Serve the RLMF policy.")
-    parser.add_argument("--model_dir", "--model-dir", dest="model_dir", default=None,
-                        help="Artifact folder to serve (default RLMF_POLICY_MODEL_DIR).")
+    parser.add_argument(
+        "--model_dir",
+        "--model-dir",
+        dest="model_dir",
+        default=None,
+        help="Artifact folder to serve (default RLMF_POLICY_MODEL_DIR).",
+    )
     parser.set_defaults(model_name=PolicySettings().model_name)
     return parser
 

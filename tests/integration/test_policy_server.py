@@ -25,7 +25,12 @@ from services.policy.artifacts import init_artifact, load_artifact, save_artifac
 from services.policy.client import PolicyClient, PolicyClientError, request_reload
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = {"ticker": "MSFT", "as_of": "2024-01-02T21:00:00Z", "recent_closes": [100.0, 101.5], "cash": 1e4}
+STATE = {
+    "ticker": "MSFT",
+    "as_of": "2024-01-02T21:00:00Z",
+    "recent_closes": [100.0, 101.5],
+    "cash": 1e4,
+}
 
 
 def _state(i: int) -> MarketState:
@@ -47,10 +52,24 @@ class Server:
 
 def _start(model_dir: Path, log: Path, extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
-    env = {**os.environ, "RLMF_POLICY_MAX_WAIT_MS": "30", "RLMF_POLICY_MAX_INSTANCES": "8",
-           "RLMF_POLICY_MAX_STATE_TOKENS": "400", **(extra_env or {})}
-    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(model_dir),
-           "--http_port", str(port), "--enable_grpc", "false"]
+    env = {
+        **os.environ,
+        "RLMF_POLICY_MAX_WAIT_MS": "30",
+        "RLMF_POLICY_MAX_INSTANCES": "8",
+        "RLMF_POLICY_MAX_STATE_TOKENS": "400",
+        **(extra_env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.policy",
+        "--model_dir",
+        str(model_dir),
+        "--http_port",
+        str(port),
+        "--enable_grpc",
+        "false",
+    ]
     out = log.open("wb")
     process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     return Server(f"http://127.0.0.1:{port}", process, log)
@@ -60,7 +79,9 @@ def _wait_ready(server: Server, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"server exited {server.process.returncode}: {server.log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"server exited {server.process.returncode}: {server.log.read_text()[-2000:]}"
+            )
         if PolicyClient(server.url, timeout=2).ready():
             return
         time.sleep(0.3)
@@ -83,7 +104,9 @@ def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     model = load_artifact(root / "v0")
     with torch.no_grad():  # a "trained" student: a different value head
         model.value_head[2].bias.fill_(5.0)
-    save_artifact(model, root / "v1", {"version": "v1", "parent_version": "v0", "base_model": "tiny-llama"})
+    save_artifact(
+        model, root / "v1", {"version": "v1", "parent_version": "v0", "base_model": "tiny-llama"}
+    )
     bad = root / "v2-tampered"
     shutil.copytree(root / "v1", bad)
     with (bad / "model.safetensors").open("r+b") as f:
@@ -93,7 +116,9 @@ def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def server(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     srv = _start(artifacts["v0"], tmp_path_factory.mktemp("logs") / "policy.log")
     try:
         _wait_ready(srv)
@@ -121,16 +146,30 @@ def test_v1_round_trip(server: Server) -> None:
 
 
 def test_v2_round_trip(server: Server) -> None:
-    body = {"id": "req-7", "inputs": [{"name": "state", "shape": [2], "datatype": "BYTES",
-                                       "data": [json.dumps(STATE), json.dumps({**STATE, "cash": 0})]}]}
+    body = {
+        "id": "req-7",
+        "inputs": [
+            {
+                "name": "state",
+                "shape": [2],
+                "datatype": "BYTES",
+                "data": [json.dumps(STATE), json.dumps({**STATE, "cash": 0})],
+            }
+        ],
+    }
     r = httpx.post(f"{server.url}/v2/models/policy/infer", json=body, timeout=60)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["id"] == "req-7"
     tensors = {o["name"]: o for o in out["outputs"]}
-    assert tensors["probabilities"]["shape"] == [2, 3] and tensors["probabilities"]["datatype"] == "FP32"
+    assert (
+        tensors["probabilities"]["shape"] == [2, 3]
+        and tensors["probabilities"]["datatype"] == "FP32"
+    )
     probs = tensors["probabilities"]["data"]
-    assert sum(probs[:3]) == pytest.approx(1.0, abs=1e-5) and sum(probs[3:]) == pytest.approx(1.0, abs=1e-5)
+    assert sum(probs[:3]) == pytest.approx(1.0, abs=1e-5) and sum(probs[3:]) == pytest.approx(
+        1.0, abs=1e-5
+    )
     assert all(a in ACTIONS for a in tensors["action"]["data"])
     assert tensors["value"]["shape"] == [2] and len(tensors["model_version"]["data"]) == 2
     # v1 and v2 agree on the same state
@@ -154,7 +193,10 @@ def test_client_decide_and_explanation(server: Server) -> None:
         (b"{broken", "request format"),  # KServe parses the JSON and says so
         ({"states": []}, "unknown top-level field"),
         ({"instances": "MSFT"}, "must be a list"),
-        ({"instances": [{k: v for k, v in STATE.items() if k != "recent_closes"}]}, "recent_closes"),
+        (
+            {"instances": [{k: v for k, v in STATE.items() if k != "recent_closes"}]},
+            "recent_closes",
+        ),
         ({"instances": [{**STATE, "cash": "lots"}]}, "cash"),
         ({"instances": [{**STATE, "ticker": 7}]}, "ticker"),
         ({"instances": [STATE] * 9}, "too many instances: 9"),
@@ -163,7 +205,9 @@ def test_client_decide_and_explanation(server: Server) -> None:
         ({"instances": [{**STATE, "recent_closes": [1.0, 0.0]}]}, "recent_closes"),
     ],
 )
-def test_bad_v1_requests_get_400_with_the_reason(server: Server, body: object, message: str) -> None:
+def test_bad_v1_requests_get_400_with_the_reason(
+    server: Server, body: object, message: str
+) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = httpx.post(f"{server.url}/v1/models/policy:predict", content=content, timeout=60)
     assert r.status_code == 400, r.text
@@ -175,12 +219,27 @@ def test_bad_v1_requests_get_400_with_the_reason(server: Server, body: object, m
     [
         ({"inputs": 3}, "inputs"),
         ({"inputs": [{"name": "state", "shape": [1], "datatype": "BYTES"}]}, "data"),
-        ({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["{}"]}]}, 'missing input "state"'),
-        ({"inputs": [{"name": "state", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, "datatype BYTES"),
-        ({"inputs": [{"name": "state", "shape": [1], "datatype": "BYTES", "data": ["{\"ticker\": 1}"]}]}, "instance 0"),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["{}"]}]},
+            'missing input "state"',
+        ),
+        (
+            {"inputs": [{"name": "state", "shape": [1], "datatype": "FP32", "data": [1.0]}]},
+            "datatype BYTES",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "state", "shape": [1], "datatype": "BYTES", "data": ['{"ticker": 1}']}
+                ]
+            },
+            "instance 0",
+        ),
     ],
 )
-def test_bad_v2_requests_get_400_with_the_reason(server: Server, body: object, message: str) -> None:
+def test_bad_v2_requests_get_400_with_the_reason(
+    server: Server, body: object, message: str
+) -> None:
     r = httpx.post(f"{server.url}/v2/models/policy/infer", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
@@ -191,14 +250,21 @@ def test_concurrent_requests_are_micro_batched_and_metered(server: Server) -> No
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
     before = httpx.get(f"{server.url}/metrics").text
-    threads = [threading.Thread(target=_predict, args=(server.url, {"instances": [STATE]})) for _ in range(8)]
+    threads = [
+        threading.Thread(target=_predict, args=(server.url, {"instances": [STATE]}))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     after = httpx.get(f"{server.url}/metrics").text
-    batches = count(after, "rlmf_policy_batch_size_count") - count(before, "rlmf_policy_batch_size_count")
-    states = count(after, "rlmf_policy_batch_size_sum") - count(before, "rlmf_policy_batch_size_sum")
+    batches = count(after, "rlmf_policy_batch_size_count") - count(
+        before, "rlmf_policy_batch_size_count"
+    )
+    states = count(after, "rlmf_policy_batch_size_sum") - count(
+        before, "rlmf_policy_batch_size_sum"
+    )
     assert states == 8 and batches < 8, f"{batches} batches for 8 concurrent requests"
     assert 'rlmf_policy_decisions_total{action="' in after
     assert "rlmf_policy_model_info{" in after

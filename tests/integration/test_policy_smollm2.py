@@ -23,7 +23,10 @@ STATES = [
         position=2.0,
         cash=5000.0,
         features={"rsi_14": 62.0},
-        news_summary=["Cloud revenue beat estimates.", "Regulators opened a probe into the company."][i],
+        news_summary=[
+            "Cloud revenue beat estimates.",
+            "Regulators opened a probe into the company.",
+        ][i],
         sentiment=[0.6, -0.7][i],
     )
     for i in range(2)

@@ -42,7 +42,12 @@ def test_manifest_lists_every_file_with_its_hash(v0: Path, tiny_llama_dir: Path)
     manifest = verify_artifact(v0)
     on_disk = {p.name for p in v0.iterdir() if p.name != "manifest.json"}
     assert set(manifest.files) == on_disk
-    assert {"model.safetensors", "config.json", "tokenizer.json", "value_head.safetensors"} <= on_disk
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "value_head.safetensors",
+    } <= on_disk
     for rel, digest in manifest.files.items():
         assert sha256_file(v0 / rel) == digest
     assert manifest.version == "v0" and manifest.parent_version is None
@@ -57,8 +62,13 @@ def test_round_trip_keeps_weights_value_head_and_version(v0: Path, tmp_path: Pat
     manifest = save_artifact(
         model,
         tmp_path / "v1",
-        {"version": "v1", "parent_version": "v0", "base_model": "tiny-llama",
-         "training_window": window, "eval_metrics": {"sharpe": 1.2}},
+        {
+            "version": "v1",
+            "parent_version": "v0",
+            "base_model": "tiny-llama",
+            "training_window": window,
+            "eval_metrics": {"sharpe": 1.2},
+        },
     )
     again = load_artifact(tmp_path / "v1")
     assert again.model_version == "v1" and manifest.eval_metrics == {"sharpe": 1.2}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-
 from services.policy.batcher import MicroBatcher
 
 

@@ -33,7 +33,10 @@ def test_v1_accepts_bytes_and_dicts_and_the_explain_flag() -> None:
         ({"instances": [STATE] * 5}, "too many instances: 5"),
         ({"instances": [{**STATE, "ticker": None}]}, "instance 0: ticker"),
         ({"instances": [STATE, {**STATE, "recent_closes": "x"}]}, "instance 1: recent_closes"),
-        ({"instances": [{k: v for k, v in STATE.items() if k != "as_of"}]}, "as_of: Field required"),
+        (
+            {"instances": [{k: v for k, v in STATE.items() if k != "as_of"}]},
+            "as_of: Field required",
+        ),
         ({"instances": [{**STATE, "news_summary": "x" * 2001}]}, "news_summary"),
         ({"instances": [{**STATE, "features": {str(i): 1.0 for i in range(4)}}]}, "4 features"),
         ({"instances": [STATE], "parameters": {"explain": "yes"}}, "explain"),
@@ -73,7 +76,10 @@ def test_v2_bad_requests_name_the_problem(inputs: list[InferInput], message: str
 
 def test_responses_have_the_documented_shape() -> None:
     d = PolicyDecision(
-        action="buy", probabilities={"sell": 0.2, "hold": 0.3, "buy": 0.5}, value=0.1, model_version="v3"
+        action="buy",
+        probabilities={"sell": 0.2, "hold": 0.3, "buy": 0.5},
+        value=0.1,
+        model_version="v3",
     )
     assert v1_response([d]) == {"predictions": [d.model_dump(exclude_none=True)]}
     response = v2_response("policy", None, [d, d], explain=False)
