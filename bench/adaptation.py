@@ -44,12 +44,25 @@ def pretrain_teacher(model_dir: Path, prices, shift: int, out: Path, seed: int, 
     agent = LLMActorCritic.from_pretrained(model_dir, config, "v0")
     reference = LLMActorCritic.from_pretrained(model_dir, config, "ref")
     env = DiscreteTradingEnv(prices, start=0, end=shift, max_episode_steps=65, random_start=True)
-    args = ppo.PPOArgs(total_timesteps=steps, learning_rate=1e-3, minibatch_size=8, gradient_accumulation_steps=2,
-                       seed=seed, kl_coef=0.0)
+    args = ppo.PPOArgs(
+        total_timesteps=steps,
+        learning_rate=1e-3,
+        minibatch_size=8,
+        gradient_accumulation_steps=2,
+        seed=seed,
+        kl_coef=0.0,
+    )
     ppo.train(agent, reference, env, lambda s: agent.encode([s]), args)
     agent.mark_weights_changed()
-    save_artifact(agent, out, {"version": "v0", "base_model": model_dir.name,
-                               "notes": "teacher: PPO+RLMF on the pre-shift bars"})
+    save_artifact(
+        agent,
+        out,
+        {
+            "version": "v0",
+            "base_model": model_dir.name,
+            "notes": "teacher: PPO+RLMF on the pre-shift bars",
+        },
+    )
 
 
 def sharpe_after(equity: list[float], ppy: float) -> float:
@@ -85,9 +98,16 @@ def one_seed(opts: argparse.Namespace, seed: int, root: Path) -> dict[str, float
     bench = trade(prices, shift, end, lambda _t: BuyAndHold())
 
     settings = TrainerSettings(
-        models_dir=models, work_dir=root / f"seed{seed}" / "work", train_days=opts.train_days,
-        eval_days=opts.eval_days, ppo_steps=opts.cycle_steps, ppo_minibatch_size=8,
-        ppo_gradient_accumulation_steps=2, ppo_learning_rate=1e-3, seed=seed, promotion="none",
+        models_dir=models,
+        work_dir=root / f"seed{seed}" / "work",
+        train_days=opts.train_days,
+        eval_days=opts.eval_days,
+        ppo_steps=opts.cycle_steps,
+        ppo_minibatch_size=8,
+        ppo_gradient_accumulation_steps=2,
+        ppo_learning_rate=1e-3,
+        seed=seed,
+        promotion="none",
         ticker=params.ticker,
     )
     active: dict[str, object] = {"policy": FolderPolicy(teacher, models / "v0"), "next": shift}
@@ -119,7 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=Path("models/tiny-llama"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--every", type=int, default=20, help="re-align every N days after the shift")
+    parser.add_argument(
+        "--every", type=int, default=20, help="re-align every N days after the shift"
+    )
     parser.add_argument("--days-after", type=int, default=60, help="trading days after the shift")
     parser.add_argument("--train-days", type=int, default=30)
     parser.add_argument("--eval-days", type=int, default=10)
@@ -133,15 +155,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rlmf-adapt-") as tmp:
         for seed in opts.seeds:
             per_seed[str(seed)] = one_seed(opts, seed, Path(tmp))
-    mean = {k: float(np.mean([r[k] for r in per_seed.values()])) for k in ("frozen_teacher", "realigned", "buy_and_hold")}
-    print(json.dumps({
-        "bench": "adaptation", "model": opts.model.name, "scenario": "regime-shift", "seeds": opts.seeds,
-        "every_days": opts.every, "days_after_shift": opts.days_after, "metric": "sharpe_after_shift",
-        "mean": {k: round(v, 3) for k, v in mean.items()},
-        "realigned_minus_frozen": round(mean["realigned"] - mean["frozen_teacher"], 3),
-        "per_seed": {s: {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for s, r in per_seed.items()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }))
+    mean = {
+        k: float(np.mean([r[k] for r in per_seed.values()]))
+        for k in ("frozen_teacher", "realigned", "buy_and_hold")
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "adaptation",
+                "model": opts.model.name,
+                "scenario": "regime-shift",
+                "seeds": opts.seeds,
+                "every_days": opts.every,
+                "days_after_shift": opts.days_after,
+                "metric": "sharpe_after_shift",
+                "mean": {k: round(v, 3) for k, v in mean.items()},
+                "realigned_minus_frozen": round(mean["realigned"] - mean["frozen_teacher"], 3),
+                "per_seed": {
+                    s: {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+                    for s, r in per_seed.items()
+                },
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,17 @@ def progress(msg: str) -> None:
     print(f"[bench/train] {msg}", file=sys.stderr, flush=True)
 
 
-def time_update(agent: LLMActorCritic, buf: ppo.Rollout, args: ppo.PPOArgs, reuse: bool) -> tuple[float, int]:
+def time_update(
+    agent: LLMActorCritic, buf: ppo.Rollout, args: ppo.PPOArgs, reuse: bool
+) -> tuple[float, int]:
     args.reuse_hidden = reuse
-    optimizer = torch.optim.AdamW(agent.trainable_parameters(), lr=0.0)  # lr 0: same weights both runs
-    adv, ret = torch.randn(args.batch_size, generator=torch.Generator().manual_seed(0)), torch.zeros(args.batch_size)
+    optimizer = torch.optim.AdamW(
+        agent.trainable_parameters(), lr=0.0
+    )  # lr 0: same weights both runs
+    adv, ret = (
+        torch.randn(args.batch_size, generator=torch.Generator().manual_seed(0)),
+        torch.zeros(args.batch_size),
+    )
     started = time.perf_counter()
     _, tokens = ppo.update(agent, optimizer, buf, adv, ret, args, torch.Generator().manual_seed(0))
     return time.perf_counter() - started, tokens
@@ -43,7 +50,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/SmolLM2-135M-Instruct"))
     parser.add_argument("--top-k", type=int, default=4, help="trainable top layers")
     parser.add_argument("--samples", type=int, default=16, help="rollout samples per PPO update")
-    parser.add_argument("--epochs", type=int, default=2, help="PPO update epochs (reuse pays per epoch)")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="PPO update epochs (reuse pays per epoch)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="SFT / RM steps timed")
     parser.add_argument("--threads", type=int, default=2)
     opts = parser.parse_args()
@@ -56,12 +65,25 @@ def main() -> None:
     prices, _ = generate_market(load_params("default"), 200, seed=0)
     env = DiscreteTradingEnv(prices, start=0, end=199, max_episode_steps=65)
     env.reset(seed=0)
-    args = ppo.PPOArgs(num_steps=opts.samples, minibatch_size=8, gradient_accumulation_steps=4,
-                       update_epochs=opts.epochs, total_timesteps=opts.samples).derive()
+    args = ppo.PPOArgs(
+        num_steps=opts.samples,
+        minibatch_size=8,
+        gradient_accumulation_steps=4,
+        update_epochs=opts.epochs,
+        total_timesteps=opts.samples,
+    ).derive()
     progress(f"rollout of {opts.samples} samples")
     state = {"next_done": 0.0, "episode_return": 0.0, "episodes": 0, "episode_returns": []}
     started = time.perf_counter()
-    buf = ppo.collect_rollout(agent, teacher, env, lambda s: agent.encode([s]), args, state, torch.Generator().manual_seed(0))
+    buf = ppo.collect_rollout(
+        agent,
+        teacher,
+        env,
+        lambda s: agent.encode([s]),
+        args,
+        state,
+        torch.Generator().manual_seed(0),
+    )
     rollout_s = time.perf_counter() - started
 
     progress("PPO update with hidden-state reuse")
@@ -77,14 +99,35 @@ def main() -> None:
         env.step(1)
     from services.policy.prompt import prompt_suffix
 
-    rows = [{"prompt": prompt_prefix() + prompt_suffix(s), "completion": answer("buy", "prices are rising")} for s in states]
+    rows = [
+        {
+            "prompt": prompt_prefix() + prompt_suffix(s),
+            "completion": answer("buy", "prices are rising"),
+        }
+        for s in states
+    ]
     progress("SFT steps")
     sft = run_sft(agent, rows, max_steps=opts.steps, learning_rate=1e-5, batch_size=2, seed=0)
-    pairs = [{"prompt": r["prompt"], "chosen": answer("buy", "rising"), "rejected": answer("sell", "rising")} for r in rows]
+    pairs = [
+        {
+            "prompt": r["prompt"],
+            "chosen": answer("buy", "rising"),
+            "rejected": answer("sell", "rising"),
+        }
+        for r in rows
+    ]
     progress("reward-model steps")
     with tempfile.TemporaryDirectory() as tmp:
-        rm = train_reward_model(opts.model, pairs, Path(tmp) / "rm", max_steps=opts.steps, learning_rate=1e-4,
-                                batch_size=2, seed=0, trainable_top_k=opts.top_k)
+        rm = train_reward_model(
+            opts.model,
+            pairs,
+            Path(tmp) / "rm",
+            max_steps=opts.steps,
+            learning_rate=1e-4,
+            batch_size=2,
+            seed=0,
+            trainable_top_k=opts.top_k,
+        )
     result = {
         "bench": "train",
         "model": opts.model.name,

@@ -16,10 +16,18 @@ app = typer.Typer(no_args_is_help=True, help="Re-align the policy to market feed
 
 @app.command()
 def cycle(
-    teacher: Path | None = typer.Option(None, help="Teacher artifact (default: models_dir/current)."),
-    promotion: str | None = typer.Option(None, help="embedded | cluster | none (default: settings)."),
-    publish: bool | None = typer.Option(None, help="Publish models.promotions.v1 (default: settings)."),
-    feedback: Path | None = typer.Option(None, help="A feedback JSONL log (FeedbackLog) to train SFT/RM on."),
+    teacher: Path | None = typer.Option(
+        None, help="Teacher artifact (default: models_dir/current)."
+    ),
+    promotion: str | None = typer.Option(
+        None, help="embedded | cluster | none (default: settings)."
+    ),
+    publish: bool | None = typer.Option(
+        None, help="Publish models.promotions.v1 (default: settings)."
+    ),
+    feedback: Path | None = typer.Option(
+        None, help="A feedback JSONL log (FeedbackLog) to train SFT/RM on."
+    ),
 ) -> None:
     """Run one cycle on the newest window; print the CycleResult as one JSON line."""
     from services.common import json_logging
@@ -48,7 +56,9 @@ def cycle(
         ensure_topics(bus, [MODELS_PROMOTIONS, dlq(MODELS_PROMOTIONS)], "trainer")
         producer = Producer(bus, "trainer")
     try:
-        result = run_cycle(settings, feedback=FeedbackLog(feedback) if feedback else None, producer=producer)
+        result = run_cycle(
+            settings, feedback=FeedbackLog(feedback) if feedback else None, producer=producer
+        )
     except CycleError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -22,7 +22,13 @@ import pandas as pd
 import torch
 
 from services.trainer import checkpoint, ppo
-from services.trainer.datasets import FeedbackLog, FeedbackRecord, newest_window, preference_pairs, sft_set
+from services.trainer.datasets import (
+    FeedbackLog,
+    FeedbackRecord,
+    newest_window,
+    preference_pairs,
+    sft_set,
+)
 from services.trainer.evaluate import evaluate
 from services.trainer.gate import GateConfig, decide
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
@@ -58,7 +64,9 @@ class CycleResult:
     promotion_detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items()}
+        return {
+            k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items()
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +81,9 @@ def load_prices(settings: TrainerSettings) -> pd.DataFrame:
         return load_prices_csv(settings.prices_csv)
     from services.simulator.regime_market import generate_market, load_params
 
-    frame, _ = generate_market(load_params(settings.market_scenario), settings.market_days, settings.market_seed)
+    frame, _ = generate_market(
+        load_params(settings.market_scenario), settings.market_days, settings.market_seed
+    )
     return frame
 
 
@@ -108,7 +118,9 @@ def make_promoter(settings: TrainerSettings) -> Promoter | None:
         return EmbeddedPromoter(settings.policy_url)
     if settings.promotion == "cluster":
         return ClusterPromoter(
-            release=settings.helm_release, chart=settings.helm_chart, namespace=settings.namespace,
+            release=settings.helm_release,
+            chart=settings.helm_chart,
+            namespace=settings.namespace,
             storage_uri=lambda folder: f"pvc://{settings.models_claim}/{folder.name}",
             ready_timeout_s=settings.ready_timeout_s,
         )
@@ -117,11 +129,15 @@ def make_promoter(settings: TrainerSettings) -> Promoter | None:
 
 def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
     return ppo.PPOArgs(
-        seed=settings.seed, total_timesteps=max(settings.ppo_steps, settings.ppo_num_steps),
-        learning_rate=settings.ppo_learning_rate, num_steps=settings.ppo_num_steps,
+        seed=settings.seed,
+        total_timesteps=max(settings.ppo_steps, settings.ppo_num_steps),
+        learning_rate=settings.ppo_learning_rate,
+        num_steps=settings.ppo_num_steps,
         minibatch_size=settings.ppo_minibatch_size,
         gradient_accumulation_steps=settings.ppo_gradient_accumulation_steps,
-        update_epochs=settings.ppo_update_epochs, mf_coef=settings.mf_coef, kl_coef=settings.kl_coef,
+        update_epochs=settings.ppo_update_epochs,
+        mf_coef=settings.mf_coef,
+        kl_coef=settings.kl_coef,
         ent_coef=settings.ent_coef,
     )
 
@@ -132,14 +148,23 @@ def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
 
 
 def run_cycle(
-    settings: TrainerSettings, *, prices: pd.DataFrame | None = None,
-    feedback: FeedbackLog | list[FeedbackRecord] | None = None, promoter: Promoter | None = None,
-    producer: Any = None, stop_after_ppo_iterations: int | None = None,
+    settings: TrainerSettings,
+    *,
+    prices: pd.DataFrame | None = None,
+    feedback: FeedbackLog | list[FeedbackRecord] | None = None,
+    promoter: Promoter | None = None,
+    producer: Any = None,
+    stop_after_ppo_iterations: int | None = None,
 ) -> CycleResult:
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
     models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests)."""
-    from services.policy.artifacts import ArtifactError, load_artifact, save_artifact, verify_artifact
+    from services.policy.artifacts import (
+        ArtifactError,
+        load_artifact,
+        save_artifact,
+        verify_artifact,
+    )
     from services.simulator.envs import DiscreteTradingEnv
 
     if settings.torch_threads:
@@ -159,8 +184,14 @@ def run_cycle(
     version = student_version(teacher_version, times[train_end])
     out = settings.models_dir / version
     work = settings.work_dir / "cycles" / version
-    log.info("cycle: teacher %s -> student %s, window %s..%s, held out ..%s",
-             teacher_version, version, times[train_start].date(), times[train_end].date(), times[last].date())
+    log.info(
+        "cycle: teacher %s -> student %s, window %s..%s, held out ..%s",
+        teacher_version,
+        version,
+        times[train_start].date(),
+        times[train_end].date(),
+        times[last].date(),
+    )
 
     training: dict[str, float] = {}
     resumed_from = 0
@@ -168,38 +199,78 @@ def run_cycle(
         student = load_artifact(out)
     else:
         student = copy.deepcopy(teacher)
-        window_records = [r for r in records if times[train_start] <= pd.Timestamp(r.decision_time) <= times[train_end]]
+        window_records = [
+            r
+            for r in records
+            if times[train_start] <= pd.Timestamp(r.decision_time) <= times[train_end]
+        ]
         _supervised(settings, student, teacher_dir, window_records, work, training)
-        env = DiscreteTradingEnv(prices, ticker=settings.ticker, start=train_start, end=train_end,
-                                 max_episode_steps=ppo.PPOArgs.max_episode_steps, random_start=True)
-        result = ppo.train(student, teacher, env, lambda s: student.encode([s]), ppo_args(settings),
-                           checkpoint_dir=work / "ppo", stop_after_iterations=stop_after_ppo_iterations)
+        env = DiscreteTradingEnv(
+            prices,
+            ticker=settings.ticker,
+            start=train_start,
+            end=train_end,
+            max_episode_steps=ppo.PPOArgs.max_episode_steps,
+            random_start=True,
+        )
+        result = ppo.train(
+            student,
+            teacher,
+            env,
+            lambda s: student.encode([s]),
+            ppo_args(settings),
+            checkpoint_dir=work / "ppo",
+            stop_after_iterations=stop_after_ppo_iterations,
+        )
         student.mark_weights_changed()
         resumed_from = result.resumed_from
         if result.iterations_done < ppo_args(settings).derive().num_iterations:
-            raise CycleError(f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes")
+            raise CycleError(
+                f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"
+            )
         training.update({k: v for k, v in result.metrics.items()})
         training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
 
-    student_eval = evaluate(student, prices, train_end, last, ticker=settings.ticker, seed=settings.seed)
-    teacher_eval = evaluate(teacher, prices, train_end, last, ticker=settings.ticker, seed=settings.seed)
+    student_eval = evaluate(
+        student, prices, train_end, last, ticker=settings.ticker, seed=settings.seed
+    )
+    teacher_eval = evaluate(
+        teacher, prices, train_end, last, ticker=settings.ticker, seed=settings.seed
+    )
     if not out.is_dir():
-        save_artifact(student, out, {
-            "version": version, "parent_version": teacher_version,
-            "base_model": teacher.manifest.base_model,  # type: ignore[attr-defined]
-            "training_window": {"start": times[train_start].to_pydatetime(), "end": times[train_end].to_pydatetime()},
-            "eval_metrics": {k: v for k, v in student_eval.policy.items() if math.isfinite(v)},
-            "notes": f"RLMF cycle: PPO {settings.ppo_steps} steps, mf_coef {settings.mf_coef}",
-        })
+        save_artifact(
+            student,
+            out,
+            {
+                "version": version,
+                "parent_version": teacher_version,
+                "base_model": teacher.manifest.base_model,  # type: ignore[attr-defined]
+                "training_window": {
+                    "start": times[train_start].to_pydatetime(),
+                    "end": times[train_end].to_pydatetime(),
+                },
+                "eval_metrics": {k: v for k, v in student_eval.policy.items() if math.isfinite(v)},
+                "notes": f"RLMF cycle: PPO {settings.ppo_steps} steps, mf_coef {settings.mf_coef}",
+            },
+        )
     manifest_error = None
     try:
         verify_artifact(out)
     except ArtifactError as exc:
         manifest_error = str(exc)
     finite = all(math.isfinite(v) for v in training.values())
-    gate = decide(student_eval.policy, teacher_eval.policy, GateConfig(
-        settings.gate_metric, settings.gate_margin, settings.gate_max_drawdown_worsening,
-        settings.gate_entropy_floor), manifest_error, finite)
+    gate = decide(
+        student_eval.policy,
+        teacher_eval.policy,
+        GateConfig(
+            settings.gate_metric,
+            settings.gate_margin,
+            settings.gate_max_drawdown_worsening,
+            settings.gate_entropy_floor,
+        ),
+        manifest_error,
+        finite,
+    )
 
     promoted, detail = gate.promoted, gate.reason
     promoter = promoter if promoter is not None else make_promoter(settings)
@@ -209,12 +280,21 @@ def run_cycle(
     if promoted:
         set_current(settings.models_dir, out)
     cycle = CycleResult(
-        student_version=version, teacher_version=teacher_version, promoted=promoted, reason=detail,
-        failed_guards=gate.failed_guards, student_metrics=student_eval.policy,
-        teacher_metrics=teacher_eval.policy, buy_and_hold_metrics=student_eval.buy_and_hold,
-        artifact_path=str(out), window_start=times[train_start].to_pydatetime(),
-        window_end=times[train_end].to_pydatetime(), eval_start=times[train_end].to_pydatetime(),
-        eval_end=times[last].to_pydatetime(), resumed_from=resumed_from, training=training,
+        student_version=version,
+        teacher_version=teacher_version,
+        promoted=promoted,
+        reason=detail,
+        failed_guards=gate.failed_guards,
+        student_metrics=student_eval.policy,
+        teacher_metrics=teacher_eval.policy,
+        buy_and_hold_metrics=student_eval.buy_and_hold,
+        artifact_path=str(out),
+        window_start=times[train_start].to_pydatetime(),
+        window_end=times[train_end].to_pydatetime(),
+        eval_start=times[train_end].to_pydatetime(),
+        eval_end=times[last].to_pydatetime(),
+        resumed_from=resumed_from,
+        training=training,
         promotion_detail=detail,
     )
     if producer is not None:
@@ -225,8 +305,12 @@ def run_cycle(
 
 
 def _supervised(
-    settings: TrainerSettings, student: Any, teacher_dir: Path, records: list[FeedbackRecord],
-    work: Path, training: dict[str, float],
+    settings: TrainerSettings,
+    student: Any,
+    teacher_dir: Path,
+    records: list[FeedbackRecord],
+    work: Path,
+    training: dict[str, float],
 ) -> None:
     """SFT on correct answers, then the reward model on reflection pairs; each stage once."""
     from services.policy.prompt import prompt_prefix
@@ -239,21 +323,47 @@ def _supervised(
     if settings.sft_steps and done.is_file():
         student.load_state_dict(torch.load(done, map_location="cpu"), strict=False)
     elif settings.sft_steps:
-        rows = sft_set(records, student, prompt_prefix(), settings.max_sft_examples, settings.explain_tokens)
-        report = run_sft(student, rows, max_steps=settings.sft_steps, learning_rate=settings.sft_learning_rate,
-                         batch_size=4, seed=settings.seed)
-        training.update({"sft/steps": report.steps, "sft/loss": report.loss, "sft/examples": report.examples})
+        rows = sft_set(
+            records, student, prompt_prefix(), settings.max_sft_examples, settings.explain_tokens
+        )
+        report = run_sft(
+            student,
+            rows,
+            max_steps=settings.sft_steps,
+            learning_rate=settings.sft_learning_rate,
+            batch_size=4,
+            seed=settings.seed,
+        )
+        training.update(
+            {"sft/steps": report.steps, "sft/loss": report.loss, "sft/examples": report.examples}
+        )
         work.mkdir(parents=True, exist_ok=True)
         trainable = {n: p.detach() for n, p in student.named_parameters() if p.requires_grad}
         torch.save(trainable, work / ".sft.tmp")
         os.replace(work / ".sft.tmp", done)
     rm_dir = work / "reward-model"
     if settings.rm_steps and not rm_dir.is_dir():
-        pairs, stats = preference_pairs(records, student, prompt_prefix(), settings.max_pairs,
-                                        settings.explain_tokens, settings.reflection_tries, settings.seed)
-        training.update({"rm/wrong": stats.wrong, "rm/pairs": stats.pairs, "rm/unresolved": stats.unresolved})
-        report = train_reward_model(teacher_dir, pairs, rm_dir, max_steps=settings.rm_steps,
-                                    learning_rate=settings.rm_learning_rate, batch_size=4, seed=settings.seed)
+        pairs, stats = preference_pairs(
+            records,
+            student,
+            prompt_prefix(),
+            settings.max_pairs,
+            settings.explain_tokens,
+            settings.reflection_tries,
+            settings.seed,
+        )
+        training.update(
+            {"rm/wrong": stats.wrong, "rm/pairs": stats.pairs, "rm/unresolved": stats.unresolved}
+        )
+        report = train_reward_model(
+            teacher_dir,
+            pairs,
+            rm_dir,
+            max_steps=settings.rm_steps,
+            learning_rate=settings.rm_learning_rate,
+            batch_size=4,
+            seed=settings.seed,
+        )
         training.update({"rm/steps": report.steps, "rm/loss": report.loss})
 
 
@@ -264,16 +374,25 @@ def publish(producer: Any, cycle: CycleResult) -> None:
     from services.common.topics import MODELS_PROMOTIONS
 
     message = pb.ModelPromotion(
-        student_version=cycle.student_version, teacher_version=cycle.teacher_version,
-        promoted=cycle.promoted, reason=cycle.reason, failed_guards=cycle.failed_guards,
+        student_version=cycle.student_version,
+        teacher_version=cycle.teacher_version,
+        promoted=cycle.promoted,
+        reason=cycle.reason,
+        failed_guards=cycle.failed_guards,
         artifact_path=cycle.artifact_path,
     )
-    for target, values in ((message.student_metrics, cycle.student_metrics),
-                           (message.teacher_metrics, cycle.teacher_metrics),
-                           (message.buy_and_hold_metrics, cycle.buy_and_hold_metrics)):
+    for target, values in (
+        (message.student_metrics, cycle.student_metrics),
+        (message.teacher_metrics, cycle.teacher_metrics),
+        (message.buy_and_hold_metrics, cycle.buy_and_hold_metrics),
+    ):
         target.update({k: float(v) for k, v in values.items()})
     set_time(message.window_start, cycle.window_start)
     set_time(message.window_end, cycle.window_end)
-    producer.publish(MODELS_PROMOTIONS, message, key=cycle.student_version,
-                     event_time=cycle.eval_end if cycle.eval_end.tzinfo else cycle.eval_end.replace(tzinfo=UTC))
+    producer.publish(
+        MODELS_PROMOTIONS,
+        message,
+        key=cycle.student_version,
+        event_time=cycle.eval_end if cycle.eval_end.tzinfo else cycle.eval_end.replace(tzinfo=UTC),
+    )
     producer.flush()

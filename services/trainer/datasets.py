@@ -1,4 +1,4 @@
-"""Training data with no human labels: market feedback, SEP self-reflection pairs, walk-forward windows.
+"""Training data with no human labels: market feedback, SEP reflection pairs, walk-forward windows.
 
 - D_MF: (state, realised next move) pairs straight from market.feedback.v1;
 - SFT set: decisions the market proved right, with the model's own explanation;
@@ -76,9 +76,16 @@ def record_from_incoming(incoming: Incoming) -> FeedbackRecord:
     if not p.state.strip():
         raise ValidationFailed("market feedback has an empty state text")
     return FeedbackRecord(
-        ticker=p.ticker, decision_time=decided, realised_time=realised, state=p.state,
-        action=p.action, reward=p.reward, realised_return=p.realised_return,
-        model_version=p.model_version, probabilities=dict(p.probabilities), value=p.value,
+        ticker=p.ticker,
+        decision_time=decided,
+        realised_time=realised,
+        state=p.state,
+        action=p.action,
+        reward=p.reward,
+        realised_return=p.realised_return,
+        model_version=p.model_version,
+        probabilities=dict(p.probabilities),
+        value=p.value,
     )
 
 
@@ -145,10 +152,14 @@ class Window:
         if not self.train or not self.evaluate:
             raise ValueError("a window needs at least one training and one evaluation day")
         if max(self.train) >= min(self.evaluate):
-            raise ValueError("walk-forward: every evaluation day must come after every training day")
+            raise ValueError(
+                "walk-forward: every evaluation day must come after every training day"
+            )
 
 
-def walk_forward(days: Sequence[Any], train_days: int, eval_days: int, step: int | None = None) -> list[Window]:
+def walk_forward(
+    days: Sequence[Any], train_days: int, eval_days: int, step: int | None = None
+) -> list[Window]:
     """Rolling windows over sorted unique `days`: train on `train_days`, evaluate on the next
     `eval_days`, advance by `step` (default eval_days)."""
     if train_days < 1 or eval_days < 1:
@@ -169,7 +180,10 @@ def newest_window(days: Sequence[Any], train_days: int, eval_days: int) -> Windo
     if len(ordered) < train_days + eval_days:
         raise ValueError(f"need {train_days + eval_days} days for a window, have {len(ordered)}")
     end = len(ordered)
-    return Window(tuple(ordered[end - eval_days - train_days : end - eval_days]), tuple(ordered[end - eval_days :]))
+    return Window(
+        tuple(ordered[end - eval_days - train_days : end - eval_days]),
+        tuple(ordered[end - eval_days :]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +200,9 @@ class MFExample:
     label: str
 
 
-def market_feedback_set(records: Iterable[FeedbackRecord], prefix: str, flat: float = 0.0) -> list[MFExample]:
+def market_feedback_set(
+    records: Iterable[FeedbackRecord], prefix: str, flat: float = 0.0
+) -> list[MFExample]:
     return [MFExample(prefix + r.state, r.realised_return, r.label(flat)) for r in records]
 
 
@@ -217,8 +233,12 @@ class ReflectionStats:
 
 
 def sft_set(
-    records: Iterable[FeedbackRecord], model: LLMActorCritic, prefix: str, max_examples: int,
-    explain_tokens: int, flat: float = 0.0,
+    records: Iterable[FeedbackRecord],
+    model: LLMActorCritic,
+    prefix: str,
+    max_examples: int,
+    explain_tokens: int,
+    flat: float = 0.0,
 ) -> list[dict[str, str]]:
     """Correct answers with the model's own explanation, as trl prompt/completion rows."""
     rows = []
@@ -227,14 +247,22 @@ def sft_set(
             break
         if r.correct(flat):
             prompt = prefix + r.state
-            reason = generate(model, prompt + f" {r.action}{REASON_CUE}", explain_tokens, sample=False)
+            reason = generate(
+                model, prompt + f" {r.action}{REASON_CUE}", explain_tokens, sample=False
+            )
             rows.append({"prompt": prompt, "completion": answer(r.action, reason)})
     return rows
 
 
 def preference_pairs(
-    records: Iterable[FeedbackRecord], model: LLMActorCritic, prefix: str, max_pairs: int,
-    explain_tokens: int, tries: int, seed: int, flat: float = 0.0,
+    records: Iterable[FeedbackRecord],
+    model: LLMActorCritic,
+    prefix: str,
+    max_pairs: int,
+    explain_tokens: int,
+    tries: int,
+    seed: int,
+    flat: float = 0.0,
 ) -> tuple[list[dict[str, str]], ReflectionStats]:
     """SEP self-reflection over wrong predictions -> prompt/chosen/rejected rows for RewardTrainer."""
     import torch
@@ -249,13 +277,20 @@ def preference_pairs(
             continue
         stats.wrong += 1
         prompt = prefix + r.state
-        original = generate(model, prompt + f" {r.action}{REASON_CUE}", explain_tokens, sample=False)
+        original = generate(
+            model, prompt + f" {r.action}{REASON_CUE}", explain_tokens, sample=False
+        )
         reflected = reflect(model, prompt, r, explain_tokens, tries, flat)
         if reflected is None:
             stats.unresolved += 1
             continue
-        rows.append({"prompt": prompt, "chosen": answer(reflected[0], reflected[1]),
-                     "rejected": answer(r.action, original)})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": answer(reflected[0], reflected[1]),
+                "rejected": answer(r.action, original),
+            }
+        )
         stats.pairs += 1
     return rows, stats
 
@@ -270,7 +305,11 @@ def reflection_prompt(prompt: str, record: FeedbackRecord) -> str:
 
 
 def reflect(
-    model: LLMActorCritic, prompt: str, record: FeedbackRecord, explain_tokens: int, tries: int,
+    model: LLMActorCritic,
+    prompt: str,
+    record: FeedbackRecord,
+    explain_tokens: int,
+    tries: int,
     flat: float = 0.0,
 ) -> tuple[str, str] | None:
     """Up to `tries` sampled reflections; the first whose re-answer agrees with the market wins:
@@ -306,11 +345,16 @@ def generate(model: LLMActorCritic, text: str, max_new_tokens: int, sample: bool
     import torch
 
     ids = torch.tensor([model.tokenizer.encode(text, add_special_tokens=False)])
-    kwargs: dict[str, Any] = {"do_sample": True, "temperature": 0.8, "top_k": 50} if sample else {"do_sample": False}
+    kwargs: dict[str, Any] = (
+        {"do_sample": True, "temperature": 0.8, "top_k": 50} if sample else {"do_sample": False}
+    )
     with torch.no_grad():
         out = model.lm.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id, **kwargs,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
+            **kwargs,
         )
     new = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     line = new.strip().split("\n")[0].strip()

@@ -32,17 +32,36 @@ def _entropy(probabilities: dict[str, float]) -> float:
     return float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
 
-def evaluate(model: Any, prices: pd.DataFrame, start: int, end: int, *, ticker: str, seed: int,
-             flat: float = 0.0) -> Evaluation:
+def evaluate(
+    model: Any,
+    prices: pd.DataFrame,
+    start: int,
+    end: int,
+    *,
+    ticker: str,
+    seed: int,
+    flat: float = 0.0,
+) -> Evaluation:
     """Trade bars start..end (decisions on start..end-1 see bars <= their own only)."""
-    result = run_backtest(prices, FolderPolicy(model, getattr(model, "model_version", "model")),
-                          ticker=ticker, seed=seed, start=start, end=end)
+    result = run_backtest(
+        prices,
+        FolderPolicy(model, getattr(model, "model_version", "model")),
+        ticker=ticker,
+        seed=seed,
+        start=start,
+        end=end,
+    )
     metrics = result.metrics
     closes = prices["close"].to_numpy()
     decisions = result.strategy.decisions
     moves = [closes[start + i + 1] / closes[start + i] - 1.0 for i in range(len(decisions))]
-    correct = [ACTIONS.index(d.action) == move_label(m, flat) for d, m in zip(decisions, moves, strict=True)]
-    counts = np.bincount([ACTIONS.index(d.action) for d in decisions], minlength=3) / max(len(decisions), 1)
+    correct = [
+        ACTIONS.index(d.action) == move_label(m, flat)
+        for d, m in zip(decisions, moves, strict=True)
+    ]
+    counts = np.bincount([ACTIONS.index(d.action) for d in decisions], minlength=3) / max(
+        len(decisions), 1
+    )
     policy = {k: float(metrics["strategy"][k]) for k in REPORTED}
     policy["prediction_accuracy"] = float(np.mean(correct)) if correct else math.nan
     policy["policy_entropy"] = float(np.mean([_entropy(d.probabilities) for d in decisions]))

@@ -31,23 +31,44 @@ def comparable(value: float) -> float:
 
 
 def decide(
-    student: dict[str, float], teacher: dict[str, float], config: GateConfig,
-    manifest_error: str | None = None, training_finite: bool = True,
+    student: dict[str, float],
+    teacher: dict[str, float],
+    config: GateConfig,
+    manifest_error: str | None = None,
+    training_finite: bool = True,
 ) -> GateDecision:
     """Guards first (any failure refuses), then the margin test on `config.metric`."""
     failed = []
     must_be_finite = ("cumulative_return", "max_drawdown", "policy_entropy", "prediction_accuracy")
-    if not training_finite or any(not math.isfinite(student.get(k, math.nan)) for k in must_be_finite):
+    if not training_finite or any(
+        not math.isfinite(student.get(k, math.nan)) for k in must_be_finite
+    ):
         failed.append("nan")
-    if student.get("max_drawdown", math.inf) - teacher.get("max_drawdown", 0.0) > config.max_drawdown_worsening:
+    if (
+        student.get("max_drawdown", math.inf) - teacher.get("max_drawdown", 0.0)
+        > config.max_drawdown_worsening
+    ):
         failed.append("drawdown")
     if not student.get("policy_entropy", 0.0) >= config.entropy_floor:
         failed.append("entropy")
     if manifest_error is not None:
         failed.append("manifest")
-    s, t = comparable(student.get(config.metric, math.nan)), comparable(teacher.get(config.metric, math.nan))
+    s, t = (
+        comparable(student.get(config.metric, math.nan)),
+        comparable(teacher.get(config.metric, math.nan)),
+    )
     if failed:
-        return GateDecision(False, f"guards failed: {', '.join(failed)}" + (f" ({manifest_error})" if manifest_error else ""), failed)
+        return GateDecision(
+            False,
+            f"guards failed: {', '.join(failed)}"
+            + (f" ({manifest_error})" if manifest_error else ""),
+            failed,
+        )
     if s > t + config.margin:
-        return GateDecision(True, f"student {config.metric} {s:.4f} > teacher {t:.4f} + margin {config.margin}")
-    return GateDecision(False, f"student {config.metric} {s:.4f} does not beat teacher {t:.4f} + margin {config.margin}")
+        return GateDecision(
+            True, f"student {config.metric} {s:.4f} > teacher {t:.4f} + margin {config.margin}"
+        )
+    return GateDecision(
+        False,
+        f"student {config.metric} {s:.4f} does not beat teacher {t:.4f} + margin {config.margin}",
+    )

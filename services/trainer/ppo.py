@@ -153,8 +153,13 @@ def move_label(realised_return: float, flat_threshold: float = 0.0) -> int:
 
 
 def compute_gae(
-    rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, next_done: Tensor,
-    gamma: float, gae_lambda: float,
+    rewards: Tensor,
+    values: Tensor,
+    dones: Tensor,
+    next_value: Tensor,
+    next_done: Tensor,
+    gamma: float,
+    gae_lambda: float,
 ) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over one rollout (CleanRL's loop, [T] tensors).
 
@@ -190,9 +195,17 @@ class LossParts:
 
 
 def rlmf_loss(
-    logits: Tensor, newvalue: Tensor, *, actions: Tensor, old_logprobs: Tensor,
-    advantages: Tensor, returns: Tensor, old_values: Tensor, move_labels: Tensor,
-    teacher_logits: Tensor, args: PPOArgs,
+    logits: Tensor,
+    newvalue: Tensor,
+    *,
+    actions: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    old_values: Tensor,
+    move_labels: Tensor,
+    teacher_logits: Tensor,
+    args: PPOArgs,
 ) -> LossParts:
     """-L_RL (clipped PPO policy + value loss - entropy) + mf_coef * L_MF + kl_coef * KL."""
     dist = Categorical(logits=logits)
@@ -303,8 +316,13 @@ def _sample_forward(
 
 
 def collect_rollout(
-    agent: ActorCritic, teacher: ActorCritic, env: StateEnv, encode: Encoder, args: PPOArgs,
-    state: dict[str, Any], gen: torch.Generator,
+    agent: ActorCritic,
+    teacher: ActorCritic,
+    env: StateEnv,
+    encode: Encoder,
+    args: PPOArgs,
+    state: dict[str, Any],
+    gen: torch.Generator,
 ) -> Rollout:
     """num_steps of acting in `env`; `state` carries the running episode between rollouts."""
     buf = Rollout()
@@ -350,8 +368,13 @@ def _bootstrap_value(agent: ActorCritic, env: StateEnv, encode: Encoder, next_do
 
 
 def update(
-    agent: ActorCritic, optimizer: torch.optim.Optimizer, buf: Rollout, advantages: Tensor,
-    returns: Tensor, args: PPOArgs, gen: torch.Generator,
+    agent: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    buf: Rollout,
+    advantages: Tensor,
+    returns: Tensor,
+    args: PPOArgs,
+    gen: torch.Generator,
 ) -> tuple[dict[str, float], int]:
     """update_epochs over the rollout; one optimizer step per minibatch. Returns (metrics, tokens)."""
     b_actions = torch.tensor(buf.actions)
@@ -370,7 +393,10 @@ def update(
         for start in range(0, args.batch_size, args.minibatch_size):
             mb_inds = b_inds[start : start + args.minibatch_size]
             optimizer.zero_grad(set_to_none=True)
-            micro = [mb_inds[i : i + args.micro_batch_size] for i in range(0, len(mb_inds), args.micro_batch_size)]
+            micro = [
+                mb_inds[i : i + args.micro_batch_size]
+                for i in range(0, len(mb_inds), args.micro_batch_size)
+            ]
             for u_inds in micro:
                 rows = u_inds.tolist()
                 mask = pad_left([buf.attention_mask[i] for i in rows])
@@ -381,16 +407,30 @@ def update(
                         hidden = agent.base_hidden(pad_left([buf.input_ids[i] for i in rows]), mask)
                 logits, newvalue = agent.head_forward(hidden, mask)
                 parts = rlmf_loss(
-                    logits, newvalue, actions=b_actions[u_inds], old_logprobs=b_logprobs[u_inds],
-                    advantages=advantages[u_inds], returns=returns[u_inds],
-                    old_values=b_values[u_inds], move_labels=b_labels[u_inds],
-                    teacher_logits=b_teacher[u_inds], args=args,
+                    logits,
+                    newvalue,
+                    actions=b_actions[u_inds],
+                    old_logprobs=b_logprobs[u_inds],
+                    advantages=advantages[u_inds],
+                    returns=returns[u_inds],
+                    old_values=b_values[u_inds],
+                    move_labels=b_labels[u_inds],
+                    teacher_logits=b_teacher[u_inds],
+                    args=args,
                 )
                 # Scale so accumulated micro-batch gradients equal the minibatch mean's.
                 (parts.loss * len(u_inds) / len(mb_inds)).backward()
                 tokens += int(mask.sum())
                 approx_kls.append(float(parts.approx_kl))
-                for name in ("loss", "pg_loss", "v_loss", "entropy", "mf_loss", "kl_teacher", "clipfrac"):
+                for name in (
+                    "loss",
+                    "pg_loss",
+                    "v_loss",
+                    "entropy",
+                    "mf_loss",
+                    "kl_teacher",
+                    "clipfrac",
+                ):
                     sums[name] = sums.get(name, 0.0) + float(getattr(parts, name).detach())
                 count += 1
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
@@ -402,8 +442,13 @@ def update(
 
 
 def train(
-    agent: ActorCritic, teacher: ActorCritic, env: StateEnv, encode: Encoder, args: PPOArgs,
-    checkpoint_dir: Path | None = None, stop_after_iterations: int | None = None,
+    agent: ActorCritic,
+    teacher: ActorCritic,
+    env: StateEnv,
+    encode: Encoder,
+    args: PPOArgs,
+    checkpoint_dir: Path | None = None,
+    stop_after_iterations: int | None = None,
 ) -> PPOResult:
     """Run PPO+RLMF; resumes from the newest checkpoint in `checkpoint_dir` when there is one."""
     args.derive()
@@ -414,7 +459,12 @@ def train(
         p.data = p.data.to(dtype)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5)
     gen = torch.Generator().manual_seed(args.seed)
-    state: dict[str, Any] = {"next_done": 0.0, "episode_return": 0.0, "episodes": 0, "episode_returns": []}
+    state: dict[str, Any] = {
+        "next_done": 0.0,
+        "episode_return": 0.0,
+        "episodes": 0,
+        "episode_returns": [],
+    }
     start_iteration = 1
     global_step = 0
     saved = checkpoint.load_latest(checkpoint_dir) if checkpoint_dir else None
@@ -441,8 +491,13 @@ def train(
         global_step += args.batch_size
         next_value = _bootstrap_value(agent, env, encode, state["next_done"])
         advantages, returns = compute_gae(
-            torch.tensor(buf.rewards), torch.tensor(buf.values), torch.tensor(buf.dones),
-            torch.tensor(next_value), torch.tensor(state["next_done"]), args.gamma, args.gae_lambda,
+            torch.tensor(buf.rewards),
+            torch.tensor(buf.values),
+            torch.tensor(buf.dones),
+            torch.tensor(next_value),
+            torch.tensor(state["next_done"]),
+            args.gamma,
+            args.gae_lambda,
         )
 
         started = time.perf_counter()
@@ -455,11 +510,19 @@ def train(
         log.info("ppo iteration %d/%d", iteration, args.num_iterations, extra={"fields": metrics})
 
         if checkpoint_dir and (iteration % args.checkpoint_every == 0 or iteration == last):
-            checkpoint.save(checkpoint_dir, iteration, _snapshot(iteration, global_step, agent, optimizer, gen, state))
+            checkpoint.save(
+                checkpoint_dir,
+                iteration,
+                _snapshot(iteration, global_step, agent, optimizer, gen, state),
+            )
     return PPOResult(
-        iterations_done=last, global_step=global_step, resumed_from=resumed_from,
-        episode_returns=list(state["episode_returns"]), metrics=metrics,
-        update_tokens=update_tokens, update_seconds=update_seconds,
+        iterations_done=last,
+        global_step=global_step,
+        resumed_from=resumed_from,
+        episode_returns=list(state["episode_returns"]),
+        metrics=metrics,
+        update_tokens=update_tokens,
+        update_seconds=update_seconds,
     )
 
 
@@ -475,8 +538,12 @@ def _trainable_state(agent: ActorCritic) -> dict[str, Tensor]:
 
 
 def _snapshot(
-    iteration: int, global_step: int, agent: ActorCritic, optimizer: torch.optim.Optimizer,
-    gen: torch.Generator, state: dict[str, Any],
+    iteration: int,
+    global_step: int,
+    agent: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    state: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "iteration": iteration,
@@ -490,8 +557,11 @@ def _snapshot(
 
 
 def _restore(
-    saved: dict[str, Any], agent: ActorCritic, optimizer: torch.optim.Optimizer,
-    gen: torch.Generator, state: dict[str, Any],
+    saved: dict[str, Any],
+    agent: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    gen: torch.Generator,
+    state: dict[str, Any],
 ) -> tuple[int, int]:
     named = dict(agent.named_parameters())  # type: ignore[attr-defined]
     with torch.no_grad():

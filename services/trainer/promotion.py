@@ -42,14 +42,20 @@ class EmbeddedPromoter:
             return PromotionOutcome(False, f"policy server refused the reload: {exc}")
         served = str(answer.get("model_version", ""))
         if served != version:
-            return PromotionOutcome(False, f"server serves {served!r} after reload, expected {version!r}", served)
-        return PromotionOutcome(True, f"policy server switched {answer.get('previous_version')} -> {served}", served)
+            return PromotionOutcome(
+                False, f"server serves {served!r} after reload, expected {version!r}", served
+            )
+        return PromotionOutcome(
+            True, f"policy server switched {answer.get('previous_version')} -> {served}", served
+        )
 
 
 class HelmClient(Protocol):
     """The two helm-python-sdk calls the cluster promoter makes (helm_python.Config)."""
 
-    def upgrade(self, chart: Any, name: str, values: dict[str, Any] | None = None, **kwargs: Any) -> Any: ...
+    def upgrade(
+        self, chart: Any, name: str, values: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any: ...
 
     def rollback(self, name: str, **kwargs: Any) -> None: ...
 
@@ -57,7 +63,9 @@ class HelmClient(Protocol):
 class InferenceServiceReader(Protocol):
     """kubernetes.client.CustomObjectsApi's read of one InferenceService."""
 
-    def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str) -> Any: ...
+    def get_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> Any: ...
 
 
 def inference_service_ready(obj: dict[str, Any]) -> bool:
@@ -65,7 +73,9 @@ def inference_service_ready(obj: dict[str, Any]) -> bool:
     status = obj.get("status", {})
     if status.get("observedGeneration", 0) < obj.get("metadata", {}).get("generation", 0):
         return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
+    )
 
 
 class ClusterPromoter:
@@ -74,10 +84,18 @@ class ClusterPromoter:
     it is not Ready in time or `live_check` says its live metrics are below the teacher's."""
 
     def __init__(
-        self, *, release: str, chart: str | Path, namespace: str, storage_uri: Callable[[Path], str],
-        helm: HelmClient | None = None, k8s: InferenceServiceReader | None = None,
-        ready_timeout_s: float = 600.0, poll_s: float = 5.0,
-        live_check: Callable[[], bool] | None = None, sleep: Callable[[float], None] = time.sleep,
+        self,
+        *,
+        release: str,
+        chart: str | Path,
+        namespace: str,
+        storage_uri: Callable[[Path], str],
+        helm: HelmClient | None = None,
+        k8s: InferenceServiceReader | None = None,
+        ready_timeout_s: float = 600.0,
+        poll_s: float = 5.0,
+        live_check: Callable[[], bool] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.release, self.chart, self.namespace = release, chart, namespace
         self.storage_uri = storage_uri
@@ -113,26 +131,41 @@ class ClusterPromoter:
         return f"{base[:63].rstrip('-')}-policy"
 
     def values(self, folder: Path) -> dict[str, Any]:
-        return {"policy": {"teacher": {"storageUri": self.storage_uri(folder)},
-                           "student": {"storageUri": "", "canaryTrafficPercent": 0}}}
+        return {
+            "policy": {
+                "teacher": {"storageUri": self.storage_uri(folder)},
+                "student": {"storageUri": "", "canaryTrafficPercent": 0},
+            }
+        }
 
     def promote(self, folder: Path, version: str) -> PromotionOutcome:
-        self.helm.upgrade(self.chart, self.release, self.values(folder), namespace=self.namespace,
-                          reuse_values=True, description=f"rlmf trainer: promote {version}")
+        self.helm.upgrade(
+            self.chart,
+            self.release,
+            self.values(folder),
+            namespace=self.namespace,
+            reuse_values=True,
+            description=f"rlmf trainer: promote {version}",
+        )
         ready = self._wait_ready()
         healthy = ready and (self.live_check is None or self.live_check())
         if healthy:
-            return PromotionOutcome(True, f"release {self.release} serves {version}; {self.isvc_name} Ready", version)
+            return PromotionOutcome(
+                True, f"release {self.release} serves {version}; {self.isvc_name} Ready", version
+            )
         why = "not Ready in time" if not ready else "live metrics below the teacher's"
         log.warning("rolling back %s: %s", self.release, why)
         self.helm.rollback(self.release)  # None: the previous revision
-        return PromotionOutcome(False, f"{self.isvc_name} {why}; rolled back to the previous revision")
+        return PromotionOutcome(
+            False, f"{self.isvc_name} {why}; rolled back to the previous revision"
+        )
 
     def _wait_ready(self) -> bool:
         waited = 0.0
         while True:
             obj = self.k8s.get_namespaced_custom_object(
-                "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices", self.isvc_name)
+                "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices", self.isvc_name
+            )
             if inference_service_ready(obj):
                 return True
             if waited >= self.ready_timeout_s:

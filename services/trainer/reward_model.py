@@ -1,4 +1,4 @@
-"""SEP's Bradley-Terry reward model over (chosen, rejected) answers, trained with trl's RewardTrainer.
+"""SEP's Bradley-Terry reward model over (chosen, rejected) answers, via trl's RewardTrainer.
 
 The saved folder is a one-label sequence-classification model with its tokenizer: what the
 policy's best-of-n scorer (services.policy.explain.SequenceClassifierScorer) loads.
@@ -22,14 +22,18 @@ from services.trainer.sft import StepReport, plain_float
 log = logging.getLogger(__name__)
 
 
-def load_reward_base(base: Path, trainable_top_k: int, seed: int) -> tuple[torch.nn.Module, object]:
+def load_reward_base(
+    base: Path, trainable_top_k: int, seed: int
+) -> tuple[torch.nn.Module, object]:
     """A one-label classifier over `base`'s LM; only the top k layers, final norm and score head train
     (the same frozen-base economy as the policy: fits CPU step budgets)."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, dtype=torch.float32
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     plain_float(model)
     layers = model.model.layers
@@ -42,8 +46,16 @@ def load_reward_base(base: Path, trainable_top_k: int, seed: int) -> tuple[torch
 
 
 def train_reward_model(
-    base: Path, pairs: list[dict[str, str]], out: Path, *, max_steps: int, learning_rate: float,
-    batch_size: int, seed: int, trainable_top_k: int = 2, max_length: int = 1024,
+    base: Path,
+    pairs: list[dict[str, str]],
+    out: Path,
+    *,
+    max_steps: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    trainable_top_k: int = 2,
+    max_length: int = 1024,
 ) -> StepReport:
     """Fit the reward model on prompt/chosen/rejected rows and save it atomically at `out`."""
     if not pairs or max_steps <= 0:
@@ -52,13 +64,28 @@ def train_reward_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rlmf-rm-") as work:
         config = RewardConfig(
-            output_dir=work, max_steps=max_steps, per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate, seed=seed, data_seed=seed, logging_steps=1,
-            save_strategy="no", report_to=[], use_cpu=True, max_length=max_length,
-            dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False,
+            output_dir=work,
+            max_steps=max_steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            data_seed=seed,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            max_length=max_length,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            bf16=False,
+            fp16=False,
         )
-        trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
-                                processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list(pairs),
+            processing_class=tokenizer,
+        )
         started = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - started
@@ -72,6 +99,11 @@ def train_reward_model(
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-    log.info("reward model: %d steps on %d pairs, loss %.4f -> %s", result.global_step, len(pairs),
-             result.training_loss, out)
+    log.info(
+        "reward model: %d steps on %d pairs, loss %.4f -> %s",
+        result.global_step,
+        len(pairs),
+        result.training_loss,
+        out,
+    )
     return StepReport(result.global_step, seconds, float(result.training_loss), len(pairs))

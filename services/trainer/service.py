@@ -32,9 +32,20 @@ SERVICE = "trainer"
 class Scheduler:
     """Decides when a cycle is due and runs it off the consumer's thread, one at a time."""
 
-    def __init__(self, settings: TrainerSettings, feedback: FeedbackLog, prices: pd.DataFrame,
-                 producer: Producer | None, run: Callable[..., CycleResult] = run_cycle) -> None:
-        self.settings, self.feedback, self.prices, self.producer = settings, feedback, prices, producer
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        feedback: FeedbackLog,
+        prices: pd.DataFrame,
+        producer: Producer | None,
+        run: Callable[..., CycleResult] = run_cycle,
+    ) -> None:
+        self.settings, self.feedback, self.prices, self.producer = (
+            settings,
+            feedback,
+            prices,
+            producer,
+        )
         self._run = run
         self.last_cycle_day: date | None = None
         self.results: list[CycleResult] = []
@@ -54,12 +65,18 @@ class Scheduler:
         self.last_cycle_day = day
         # Only bars known by the newest feedback day: no look-ahead into the replay's future.
         known = self.prices[self.prices.index.date <= day]
-        self._worker = threading.Thread(target=self._cycle, args=(known,), name="cycle", daemon=True)
+        self._worker = threading.Thread(
+            target=self._cycle, args=(known,), name="cycle", daemon=True
+        )
         self._worker.start()
 
     def _cycle(self, prices: pd.DataFrame) -> None:
         try:
-            self.results.append(self._run(self.settings, prices=prices, feedback=self.feedback, producer=self.producer))
+            self.results.append(
+                self._run(
+                    self.settings, prices=prices, feedback=self.feedback, producer=self.producer
+                )
+            )
         except Exception:  # a failed cycle leaves the teacher serving; log it, try next time
             log.exception("cycle failed; the teacher keeps serving")
 
@@ -84,8 +101,14 @@ def build(
         scheduler.maybe_start()
         return []
 
-    loop = ConsumerLoop(service=SERVICE, topics=[MARKET_FEEDBACK], settings=bus, handle=handle,
-                        create_topics=[MODELS_PROMOTIONS], group_id=group_id)
+    loop = ConsumerLoop(
+        service=SERVICE,
+        topics=[MARKET_FEEDBACK],
+        settings=bus,
+        handle=handle,
+        create_topics=[MODELS_PROMOTIONS],
+        group_id=group_id,
+    )
     return loop, scheduler
 
 

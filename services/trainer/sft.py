@@ -1,4 +1,4 @@
-"""SEP's supervised step: fine-tune the student's trainable layers on its correct answers (trl SFTTrainer)."""
+"""SEP's supervised step: tune the student's trainable layers on its correct answers (trl SFT)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,14 @@ def plain_float(model: torch.nn.Module) -> None:
 
 
 def run_sft(
-    student: LLMActorCritic, rows: list[dict[str, str]], *, max_steps: int, learning_rate: float,
-    batch_size: int, seed: int, max_length: int = 1024,
+    student: LLMActorCritic,
+    rows: list[dict[str, str]],
+    *,
+    max_steps: int,
+    learning_rate: float,
+    batch_size: int,
+    seed: int,
+    max_length: int = 1024,
 ) -> StepReport:
     """Train `student.lm` in place on prompt/completion rows (loss on the completion only).
 
@@ -55,14 +61,27 @@ def run_sft(
     plain_float(student.lm)
     with tempfile.TemporaryDirectory(prefix="rlmf-sft-") as out:
         config = SFTConfig(
-            output_dir=out, max_steps=max_steps, per_device_train_batch_size=batch_size,
-            learning_rate=learning_rate, seed=seed, data_seed=seed, logging_steps=1,
-            save_strategy="no", report_to=[], use_cpu=True, max_length=max_length,
-            completion_only_loss=True, dataloader_num_workers=0, disable_tqdm=True,
-            bf16=False, fp16=False,
+            output_dir=out,
+            max_steps=max_steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            data_seed=seed,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            max_length=max_length,
+            completion_only_loss=True,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            bf16=False,
+            fp16=False,
         )
         trainer = SFTTrainer(
-            model=student.lm, args=config, train_dataset=Dataset.from_list(rows),
+            model=student.lm,
+            args=config,
+            train_dataset=Dataset.from_list(rows),
             processing_class=student.tokenizer,
         )
         started = time.perf_counter()
@@ -70,5 +89,10 @@ def run_sft(
         seconds = time.perf_counter() - started
     student.mark_weights_changed()
     student.lm.eval()
-    log.info("SFT: %d steps on %d examples, loss %.4f", result.global_step, len(rows), result.training_loss)
+    log.info(
+        "SFT: %d steps on %d examples, loss %.4f",
+        result.global_step,
+        len(rows),
+        result.training_loss,
+    )
     return StepReport(result.global_step, seconds, float(result.training_loss), len(rows))

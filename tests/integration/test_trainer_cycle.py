@@ -49,14 +49,19 @@ def one_thread() -> object:
 def _uptrend(days: int = 120) -> pd.DataFrame:
     close = 100 * 1.01 ** np.arange(days)
     index = pd.bdate_range("2024-01-01", periods=days, tz="UTC", name="time")
-    frame = pd.DataFrame({"open": close, "high": close, "low": close, "close": close, "volume": 1e6}, index=index)
+    frame = pd.DataFrame(
+        {"open": close, "high": close, "low": close, "close": close, "volume": 1e6}, index=index
+    )
     frame.attrs["periods_per_year"] = 252.0
     return frame
 
 
 def _tree_hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_ppo_learns_to_buy_a_steady_uptrend(tiny_llama_dir: Path) -> None:
@@ -66,11 +71,26 @@ def test_ppo_learns_to_buy_a_steady_uptrend(tiny_llama_dir: Path) -> None:
     teacher = LLMActorCritic.from_pretrained(tiny_llama_dir, config, "teacher")
     prices = _uptrend()
     # Trivially learnable: reward = the day's change in net worth, no trading penalties.
-    env = DiscreteTradingEnv(prices, start=0, end=100, max_episode_steps=20, random_start=True,
-                             reward_config=RewardConfig(stability_coef=0.0, cost_coef=0.0))
+    env = DiscreteTradingEnv(
+        prices,
+        start=0,
+        end=100,
+        max_episode_steps=20,
+        random_start=True,
+        reward_config=RewardConfig(stability_coef=0.0, cost_coef=0.0),
+    )
     # Pure RL (mf_coef 0): PPO alone must find `buy`, from the env's reward only.
-    args = ppo.PPOArgs(total_timesteps=160, num_steps=40, learning_rate=3e-3, minibatch_size=8,
-                       gradient_accumulation_steps=2, update_epochs=2, kl_coef=0.0, mf_coef=0.0, seed=0)
+    args = ppo.PPOArgs(
+        total_timesteps=160,
+        num_steps=40,
+        learning_rate=3e-3,
+        minibatch_size=8,
+        gradient_accumulation_steps=2,
+        update_epochs=2,
+        kl_coef=0.0,
+        mf_coef=0.0,
+        seed=0,
+    )
     result = ppo.train(agent, teacher, env, lambda s: agent.encode([s]), args)
     agent.mark_weights_changed()
 
@@ -96,21 +116,33 @@ def teacher_models(tiny_llama_dir: Path, tmp_path: Path) -> Path:
 
 def _env(models: Path, work: Path, **extra: str) -> dict[str, str]:
     return {
-        **os.environ, "RLMF_TRAINER_MODELS_DIR": str(models), "RLMF_TRAINER_WORK_DIR": str(work),
-        "RLMF_TRAINER_MARKET_DAYS": "100", "RLMF_TRAINER_TRAIN_DAYS": "40", "RLMF_TRAINER_EVAL_DAYS": "10",
-        "RLMF_TRAINER_PPO_STEPS": "120", "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "8",
-        "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "2", "RLMF_TRAINER_TORCH_THREADS": "1",
-        "RLMF_TRAINER_PROMOTION": "none", "RLMF_TRAINER_PUBLISH": "false", "RLMF_LOG_JSON_FORMAT": "false",
+        **os.environ,
+        "RLMF_TRAINER_MODELS_DIR": str(models),
+        "RLMF_TRAINER_WORK_DIR": str(work),
+        "RLMF_TRAINER_MARKET_DAYS": "100",
+        "RLMF_TRAINER_TRAIN_DAYS": "40",
+        "RLMF_TRAINER_EVAL_DAYS": "10",
+        "RLMF_TRAINER_PPO_STEPS": "120",
+        "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "8",
+        "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "2",
+        "RLMF_TRAINER_TORCH_THREADS": "1",
+        "RLMF_TRAINER_PROMOTION": "none",
+        "RLMF_TRAINER_PUBLISH": "false",
+        "RLMF_LOG_JSON_FORMAT": "false",
         **extra,
     }
 
 
-def test_killed_cycle_resumes_and_never_touches_the_teacher(teacher_models: Path, tmp_path: Path) -> None:
+def test_killed_cycle_resumes_and_never_touches_the_teacher(
+    teacher_models: Path, tmp_path: Path
+) -> None:
     work = tmp_path / "work"
     env = _env(teacher_models, work)
     teacher_before = _tree_hashes(teacher_models / "v0")
     cmd = [sys.executable, "-m", "services.cli", "train", "cycle"]
-    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not list(work.glob("cycles/*/ppo/ckpt-*.pt")):
         assert first.poll() is None, "the cycle ended before its first PPO checkpoint"
@@ -118,7 +150,9 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(teacher_models: Path
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)  # no chance to clean up: the hard case
     first.wait(timeout=10)
-    assert not [p for p in teacher_models.iterdir() if p.name.startswith("s")], "artifact before the end"
+    assert not [p for p in teacher_models.iterdir() if p.name.startswith("s")], (
+        "artifact before the end"
+    )
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -130,18 +164,40 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(teacher_models: Path
     manifest = json.loads((student / "manifest.json").read_text())
     assert manifest["parent_version"] == "v0" and manifest["version"] == result["student_version"]
     assert not [p.name for p in teacher_models.iterdir() if ".staging-" in p.name]
-    assert not list(work.glob("cycles/*/ppo/ckpt-*.pt")), "checkpoints are cleared after the artifact"
-    for key in ("sharpe", "max_drawdown", "cumulative_return", "prediction_accuracy", "policy_entropy"):
+    assert not list(work.glob("cycles/*/ppo/ckpt-*.pt")), (
+        "checkpoints are cleared after the artifact"
+    )
+    for key in (
+        "sharpe",
+        "max_drawdown",
+        "cumulative_return",
+        "prediction_accuracy",
+        "policy_entropy",
+    ):
         assert key in result["student_metrics"] and key in result["teacher_metrics"]
     assert "sharpe" in result["buy_and_hold_metrics"]
 
 
 def _start_policy(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
-    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(model_dir), "--http_port", str(port),
-           "--enable_grpc", "false"]
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                               env={**os.environ, "RLMF_POLICY_TORCH_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.policy",
+        "--model_dir",
+        str(model_dir),
+        "--http_port",
+        str(port),
+        "--enable_grpc",
+        "false",
+    ]
+    process = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "RLMF_POLICY_TORCH_THREADS": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while not PolicyClient(url, timeout=2).ready():
@@ -155,8 +211,13 @@ def _start_policy(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen[byt
 def _promotions(bootstrap: str, student_version: str) -> list[pb.ModelPromotion]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(MODELS_PROMOTIONS, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None)
+    consumer = KafkaConsumer(
+        MODELS_PROMOTIONS,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
     try:
         found = [envelope.decode(r.value, pb.ModelPromotion).payload for r in consumer]
     finally:
@@ -175,10 +236,19 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
     try:
         assert PolicyClient(url).status()["model_version"] == "v0"
         settings = TrainerSettings(
-            models_dir=teacher_models, work_dir=tmp_path / "work", market_days=80, train_days=30,
-            eval_days=10, ppo_steps=40, ppo_minibatch_size=8, ppo_gradient_accumulation_steps=2,
+            models_dir=teacher_models,
+            work_dir=tmp_path / "work",
+            market_days=80,
+            train_days=30,
+            eval_days=10,
+            ppo_steps=40,
+            ppo_minibatch_size=8,
+            ppo_gradient_accumulation_steps=2,
             # an accept-anything gate: this test is about the promotion path, the gate has its own
-            gate_margin=-1e9, gate_entropy_floor=0.0, gate_max_drawdown_worsening=1.0, promotion="embedded",
+            gate_margin=-1e9,
+            gate_entropy_floor=0.0,
+            gate_max_drawdown_worsening=1.0,
+            promotion="embedded",
         )
         result = run_cycle(settings, promoter=EmbeddedPromoter(url), producer=producer)
         assert result.promoted, result.reason
@@ -187,7 +257,8 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         (message,) = _promotions(broker, result.student_version)
         assert message.promoted and message.teacher_version == "v0"
         assert message.student_metrics["prediction_accuracy"] == pytest.approx(
-            result.student_metrics["prediction_accuracy"])
+            result.student_metrics["prediction_accuracy"]
+        )
         assert "sharpe" in message.buy_and_hold_metrics
 
         # the next cycle's teacher is the promoted student; a strict gate refuses and says why

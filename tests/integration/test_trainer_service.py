@@ -23,8 +23,14 @@ START = datetime(2020, 1, 1, 21, tzinfo=UTC)
 
 
 def _feedback(ticker: str, day: int, action: str = "buy") -> pb.MarketFeedback:
-    msg = pb.MarketFeedback(ticker=ticker, state=f"state of day {day}", action=action, reward=0.0,
-                            realised_return=0.01, model_version="v0")
+    msg = pb.MarketFeedback(
+        ticker=ticker,
+        state=f"state of day {day}",
+        action=action,
+        reward=0.0,
+        realised_return=0.01,
+        model_version="v0",
+    )
     set_time(msg.decision_time, START + timedelta(days=day))
     set_time(msg.realised_time, START + timedelta(days=day + 1))
     return msg
@@ -34,7 +40,9 @@ def test_feedback_is_consumed_bad_feedback_dead_lettered_and_cycles_scheduled(
     bus_settings: BusSettings, unique: str, tmp_path: Path, broker: str
 ) -> None:
     ticker = "T" + "".join(chr(65 + int(c, 16) % 26) for c in unique[:6])
-    settings = TrainerSettings(ticker=ticker, work_dir=tmp_path, cycle_every_days=5, market_days=40, publish=False)
+    settings = TrainerSettings(
+        ticker=ticker, work_dir=tmp_path, cycle_every_days=5, market_days=40, publish=False
+    )
     loop, scheduler = build(settings, bus_settings, group_id=f"trainer-test-{unique}")
     calls: list[dict[str, Any]] = []
 
@@ -44,9 +52,18 @@ def test_feedback_is_consumed_bad_feedback_dead_lettered_and_cycles_scheduled(
     scheduler._run = record_cycle  # type: ignore[assignment]  # the cycle runs in test_trainer_cycle
     producer = Producer(bus_settings, "test")
     for day in range(12):
-        producer.publish(MARKET_FEEDBACK, _feedback(ticker, day), key=ticker, event_time=START + timedelta(days=day + 1))
-    producer.publish(MARKET_FEEDBACK, _feedback(ticker, 3, action="short"), key=ticker, event_time=START)
-    producer.publish(MARKET_FEEDBACK, _feedback("OTHER" + ticker[:4], 20), key="X", event_time=START)
+        producer.publish(
+            MARKET_FEEDBACK,
+            _feedback(ticker, day),
+            key=ticker,
+            event_time=START + timedelta(days=day + 1),
+        )
+    producer.publish(
+        MARKET_FEEDBACK, _feedback(ticker, 3, action="short"), key=ticker, event_time=START
+    )
+    producer.publish(
+        MARKET_FEEDBACK, _feedback("OTHER" + ticker[:4], 20), key="X", event_time=START
+    )
     producer.flush()
     producer.close()
     deadline = time.monotonic() + 60
@@ -63,10 +80,19 @@ def test_feedback_is_consumed_bad_feedback_dead_lettered_and_cycles_scheduled(
         assert prices.index[-1].date() <= newest, "a cycle saw a bar after the newest feedback day"
     assert (tmp_path / "feedback.jsonl").is_file()
 
-    consumer = KafkaConsumer(dlq(MARKET_FEEDBACK), bootstrap_servers=broker, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None)
+    consumer = KafkaConsumer(
+        dlq(MARKET_FEEDBACK),
+        bootstrap_servers=broker,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
     try:
-        errors = [dict(r.headers).get("rlmf-error", b"").decode() for r in consumer if r.key == ticker.encode()]
+        errors = [
+            dict(r.headers).get("rlmf-error", b"").decode()
+            for r in consumer
+            if r.key == ticker.encode()
+        ]
     finally:
         consumer.close()
     assert any("'short' is not one of" in e for e in errors), errors

@@ -15,15 +15,28 @@ from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.topics import MARKET_FEEDBACK
 from services.trainer.datasets import (
-    FeedbackLog, FeedbackRecord, Window, newest_window, preference_pairs, record_from_incoming, walk_forward,
+    FeedbackLog,
+    FeedbackRecord,
+    Window,
+    newest_window,
+    preference_pairs,
+    record_from_incoming,
+    walk_forward,
 )
 
 T0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
 
 
 def _incoming(**changes: object) -> Incoming:
-    msg = pb.MarketFeedback(ticker="MSFT", state="price 100", action="buy", reward=1.0,
-                            realised_return=0.01, model_version="v0", value=0.2)
+    msg = pb.MarketFeedback(
+        ticker="MSFT",
+        state="price 100",
+        action="buy",
+        reward=1.0,
+        realised_return=0.01,
+        model_version="v0",
+        value=0.2,
+    )
     msg.probabilities.update({"sell": 0.2, "hold": 0.3, "buy": 0.5})
     set_time(msg.decision_time, T0)
     set_time(msg.realised_time, T0 + timedelta(days=1))
@@ -32,7 +45,10 @@ def _incoming(**changes: object) -> Incoming:
             set_time(getattr(msg, key), value)  # type: ignore[arg-type]
         else:
             setattr(msg, key, value)
-    env = envelope.decode(envelope.encode(envelope.wrap(msg, key="MSFT", event_time=T0, source="t")), pb.MarketFeedback)
+    env = envelope.decode(
+        envelope.encode(envelope.wrap(msg, key="MSFT", event_time=T0, source="t")),
+        pb.MarketFeedback,
+    )
     return Incoming(MARKET_FEEDBACK, 0, 0, env, b"", [])
 
 
@@ -67,7 +83,9 @@ def test_feedback_log_drops_redeliveries_and_survives_a_restart(tmp_path: Path) 
 
 
 @given(st.integers(1, 40), st.integers(1, 10), st.integers(0, 80), st.integers(1, 10))
-def test_walk_forward_evaluates_only_after_training(train: int, held: int, n: int, step: int) -> None:
+def test_walk_forward_evaluates_only_after_training(
+    train: int, held: int, n: int, step: int
+) -> None:
     days = [date(2024, 1, 1) + timedelta(days=i) for i in range(n)]
     windows = walk_forward(days, train, held, step)
     for w in windows:
@@ -89,7 +107,9 @@ def test_a_window_that_would_look_ahead_is_refused() -> None:
         Window(train=(1, 2, 5), evaluate=(4, 6))
 
 
-def test_self_reflection_pairs_prefer_the_answer_the_market_agreed_with(tiny_llama_dir: Path) -> None:
+def test_self_reflection_pairs_prefer_the_answer_the_market_agreed_with(
+    tiny_llama_dir: Path,
+) -> None:
     import torch
 
     from services.policy.actor_critic import LLMActorCritic
@@ -97,11 +117,23 @@ def test_self_reflection_pairs_prefer_the_answer_the_market_agreed_with(tiny_lla
     torch.set_num_threads(1)
     model = LLMActorCritic.from_pretrained(tiny_llama_dir)
     records = [
-        FeedbackRecord("MSFT", T0 + timedelta(days=i), T0 + timedelta(days=i + 1), f"state {i}",
-                       action, 0.0, move, "v0")
-        for i, (action, move) in enumerate([("sell", 0.02), ("buy", 0.01), ("buy", -0.03), ("hold", 0.05)])
+        FeedbackRecord(
+            "MSFT",
+            T0 + timedelta(days=i),
+            T0 + timedelta(days=i + 1),
+            f"state {i}",
+            action,
+            0.0,
+            move,
+            "v0",
+        )
+        for i, (action, move) in enumerate(
+            [("sell", 0.02), ("buy", 0.01), ("buy", -0.03), ("hold", 0.05)]
+        )
     ]
-    pairs, stats = preference_pairs(records, model, "PROMPT ", max_pairs=10, explain_tokens=4, tries=6, seed=0)
+    pairs, stats = preference_pairs(
+        records, model, "PROMPT ", max_pairs=10, explain_tokens=4, tries=6, seed=0
+    )
     assert stats.wrong == 3  # the second record was right: no pair for it
     assert stats.pairs + stats.unresolved == 3 and stats.pairs >= 1
     for row in pairs:

@@ -6,8 +6,13 @@ import math
 
 from services.trainer.gate import GateConfig, decide
 
-TEACHER = {"sharpe": 0.8, "max_drawdown": 0.10, "cumulative_return": 0.04, "policy_entropy": 0.9,
-           "prediction_accuracy": 0.5}
+TEACHER = {
+    "sharpe": 0.8,
+    "max_drawdown": 0.10,
+    "cumulative_return": 0.04,
+    "policy_entropy": 0.9,
+    "prediction_accuracy": 0.5,
+}
 
 
 def student(**changes: float) -> dict[str, float]:
@@ -30,19 +35,29 @@ def test_margin_is_required() -> None:
 
 
 def test_drawdown_guard() -> None:
-    verdict = decide(student(sharpe=2.0, max_drawdown=0.20), TEACHER, GateConfig(max_drawdown_worsening=0.05))
+    verdict = decide(
+        student(sharpe=2.0, max_drawdown=0.20), TEACHER, GateConfig(max_drawdown_worsening=0.05)
+    )
     assert not verdict.promoted and verdict.failed_guards == ["drawdown"]
 
 
 def test_collapsed_policy_is_refused_even_when_it_earns_more() -> None:
-    verdict = decide(student(sharpe=2.0, policy_entropy=0.001), TEACHER, GateConfig(entropy_floor=0.05))
+    verdict = decide(
+        student(sharpe=2.0, policy_entropy=0.001), TEACHER, GateConfig(entropy_floor=0.05)
+    )
     assert not verdict.promoted and verdict.failed_guards == ["entropy"]
 
 
 def test_nan_and_manifest_guards() -> None:
-    assert decide(student(sharpe=2.0, cumulative_return=math.nan), TEACHER, GateConfig()).failed_guards == ["nan"]
-    assert decide(student(sharpe=2.0), TEACHER, GateConfig(), training_finite=False).failed_guards == ["nan"]
-    verdict = decide(student(sharpe=2.0), TEACHER, GateConfig(), manifest_error="file x does not match")
+    assert decide(
+        student(sharpe=2.0, cumulative_return=math.nan), TEACHER, GateConfig()
+    ).failed_guards == ["nan"]
+    assert decide(
+        student(sharpe=2.0), TEACHER, GateConfig(), training_finite=False
+    ).failed_guards == ["nan"]
+    verdict = decide(
+        student(sharpe=2.0), TEACHER, GateConfig(), manifest_error="file x does not match"
+    )
     assert verdict.failed_guards == ["manifest"] and "file x" in verdict.reason
 
 

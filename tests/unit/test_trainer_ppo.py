@@ -51,9 +51,13 @@ def test_move_label_follows_the_sign_of_the_realised_move() -> None:
 def _loss_inputs(logits: Tensor, labels: list[int]) -> dict[str, Any]:
     n = logits.shape[0]
     return dict(
-        actions=torch.zeros(n, dtype=torch.long), old_logprobs=torch.log_softmax(logits.detach(), -1)[:, 0],
-        advantages=torch.zeros(n), returns=torch.zeros(n), old_values=torch.zeros(n),
-        move_labels=torch.tensor(labels), teacher_logits=logits.detach().clone(),
+        actions=torch.zeros(n, dtype=torch.long),
+        old_logprobs=torch.log_softmax(logits.detach(), -1)[:, 0],
+        advantages=torch.zeros(n),
+        returns=torch.zeros(n),
+        old_values=torch.zeros(n),
+        move_labels=torch.tensor(labels),
+        teacher_logits=logits.detach().clone(),
     )
 
 
@@ -62,7 +66,9 @@ def test_rlmf_loss_gradient_is_the_market_feedback_cross_entropy_gradient() -> N
     # mf_coef * (softmax - onehot(label)) / n: the closed form of cross-entropy's gradient.
     logits = torch.tensor([[0.2, -0.1, 0.4], [1.0, 0.0, -1.0]], requires_grad=True)
     args = PPOArgs(ent_coef=0.0, kl_coef=0.0, mf_coef=0.7, vf_coef=0.0, norm_adv=False)
-    parts = rlmf_loss(logits, torch.zeros(2, requires_grad=True), args=args, **_loss_inputs(logits, [BUY, SELL]))
+    parts = rlmf_loss(
+        logits, torch.zeros(2, requires_grad=True), args=args, **_loss_inputs(logits, [BUY, SELL])
+    )
     parts.loss.backward()
     onehot = torch.nn.functional.one_hot(torch.tensor([BUY, SELL]), 3).float()
     expected = 0.7 * (torch.softmax(logits.detach(), -1) - onehot) / 2
@@ -79,8 +85,13 @@ def test_rlmf_loss_combines_rl_feedback_and_kl_terms() -> None:
     inputs["teacher_logits"] = torch.randn(4, 3)
     args = PPOArgs(mf_coef=0.3)
     parts = rlmf_loss(logits, values, args=args, **inputs)
-    expected = (parts.pg_loss - args.ent_coef * parts.entropy + args.vf_coef * parts.v_loss
-                + 0.3 * parts.mf_loss + args.kl_coef * parts.kl_teacher)
+    expected = (
+        parts.pg_loss
+        - args.ent_coef * parts.entropy
+        + args.vf_coef * parts.v_loss
+        + 0.3 * parts.mf_loss
+        + args.kl_coef * parts.kl_teacher
+    )
     assert torch.isclose(parts.loss, expected)
     assert parts.kl_teacher > 0  # a different teacher costs something
     parts.loss.backward()
@@ -124,8 +135,11 @@ class UptrendEnv:
 
     def current_state(self) -> MarketState:
         closes = [100 * 1.01 ** (self.t + i) for i in range(5)]
-        return MarketState(ticker="UP", as_of=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=self.t),
-                           recent_closes=closes)
+        return MarketState(
+            ticker="UP",
+            as_of=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=self.t),
+            recent_closes=closes,
+        )
 
     def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         self.t += 1
@@ -157,8 +171,17 @@ def _agents(seed: int) -> tuple[TinyActorCritic, TinyActorCritic]:
 def test_ppo_learns_to_buy_a_steady_uptrend(mf_coef: float) -> None:
     agent, teacher = _agents(0)
     before = _buy_probability(agent)
-    args = PPOArgs(total_timesteps=800, learning_rate=3e-2, num_steps=40, minibatch_size=8,
-                   gradient_accumulation_steps=2, update_epochs=4, kl_coef=0.0, mf_coef=mf_coef, seed=3)
+    args = PPOArgs(
+        total_timesteps=800,
+        learning_rate=3e-2,
+        num_steps=40,
+        minibatch_size=8,
+        gradient_accumulation_steps=2,
+        update_epochs=4,
+        kl_coef=0.0,
+        mf_coef=mf_coef,
+        seed=3,
+    )
     result = ppo.train(agent, teacher, UptrendEnv(), _encode, args)
     after = _buy_probability(agent)
     assert before < 0.5 and after > 0.9, (before, after)
@@ -167,8 +190,14 @@ def test_ppo_learns_to_buy_a_steady_uptrend(mf_coef: float) -> None:
 
 
 def test_reuse_runs_the_frozen_base_once_per_sample() -> None:
-    args = PPOArgs(total_timesteps=40, num_steps=40, minibatch_size=8, gradient_accumulation_steps=2,
-                   update_epochs=3, kl_coef=0.0)
+    args = PPOArgs(
+        total_timesteps=40,
+        num_steps=40,
+        minibatch_size=8,
+        gradient_accumulation_steps=2,
+        update_epochs=3,
+        kl_coef=0.0,
+    )
     for reuse, extra in ((True, 0), (False, 3 * 40 // 4)):
         agent, teacher = _agents(0)
         args.reuse_hidden = reuse
@@ -179,19 +208,38 @@ def test_reuse_runs_the_frozen_base_once_per_sample() -> None:
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path) -> None:
-    args = PPOArgs(total_timesteps=160, num_steps=40, minibatch_size=8, gradient_accumulation_steps=2,
-                   learning_rate=1e-2, seed=5)
+    args = PPOArgs(
+        total_timesteps=160,
+        num_steps=40,
+        minibatch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        seed=5,
+    )
     # uninterrupted reference
     ref, ref_teacher = _agents(1)
     ppo.train(ref, ref_teacher, UptrendEnv(), _encode, PPOArgs(**_init_fields(args)))
     # "killed" after 2 of 4 iterations, then resumed
     agent, teacher = _agents(1)
-    first = ppo.train(agent, teacher, UptrendEnv(), _encode, PPOArgs(**_init_fields(args)),
-                      checkpoint_dir=tmp_path, stop_after_iterations=2)
+    first = ppo.train(
+        agent,
+        teacher,
+        UptrendEnv(),
+        _encode,
+        PPOArgs(**_init_fields(args)),
+        checkpoint_dir=tmp_path,
+        stop_after_iterations=2,
+    )
     assert first.iterations_done == 2
     fresh, fresh_teacher = _agents(1)  # a new process: weights start from the teacher again
-    resumed = ppo.train(fresh, fresh_teacher, UptrendEnv(), _encode, PPOArgs(**_init_fields(args)),
-                        checkpoint_dir=tmp_path)
+    resumed = ppo.train(
+        fresh,
+        fresh_teacher,
+        UptrendEnv(),
+        _encode,
+        PPOArgs(**_init_fields(args)),
+        checkpoint_dir=tmp_path,
+    )
     assert resumed.resumed_from == 2 and resumed.iterations_done == 4
     assert resumed.global_step == 160
     # episodes are 20 steps, so iteration boundaries coincide with episode starts: same result
@@ -207,10 +255,24 @@ def _init_fields(args: PPOArgs) -> dict[str, Any]:
 
 def test_defaults_are_flag_trader_table_3() -> None:
     args = PPOArgs().derive()
-    assert (args.total_timesteps, args.learning_rate, args.num_steps, args.gamma, args.gae_lambda) == (
-        13860, 5e-5, 40, 0.95, 0.98)
+    assert (
+        args.total_timesteps,
+        args.learning_rate,
+        args.num_steps,
+        args.gamma,
+        args.gae_lambda,
+    ) == (13860, 5e-5, 40, 0.95, 0.98)
     assert (args.clip_coef, args.ent_coef, args.vf_coef, args.kl_coef, args.max_grad_norm) == (
-        0.2, 0.05, 0.5, 0.05, 0.5)
-    assert (args.gradient_accumulation_steps, args.minibatch_size, args.max_episode_steps) == (8, 32, 65)
+        0.2,
+        0.05,
+        0.5,
+        0.05,
+        0.5,
+    )
+    assert (args.gradient_accumulation_steps, args.minibatch_size, args.max_episode_steps) == (
+        8,
+        32,
+        65,
+    )
     assert args.target_kl is None and args.anneal_lr and args.norm_adv and args.clip_vloss
     assert args.num_iterations == 13860 // 40 and args.micro_batch_size == 4

@@ -14,20 +14,39 @@ from typing import Any
 
 from services.trainer.promotion import ClusterPromoter, inference_service_ready
 
-NOT_READY = {"metadata": {"generation": 4}, "status": {"observedGeneration": 3, "conditions": [
-    {"type": "Ready", "status": "True"}]}}  # still the old generation's Ready
-PREDICTOR_FAILED = {"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "conditions": [
-    {"type": "PredictorReady", "status": "False", "reason": "RevisionMissing"},
-    {"type": "Ready", "status": "False", "reason": "RevisionMissing"}]}}
-READY = {"metadata": {"generation": 4}, "status": {"observedGeneration": 4, "conditions": [
-    {"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}]}}
+NOT_READY = {
+    "metadata": {"generation": 4},
+    "status": {"observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]},
+}  # still the old generation's Ready
+PREDICTOR_FAILED = {
+    "metadata": {"generation": 4},
+    "status": {
+        "observedGeneration": 4,
+        "conditions": [
+            {"type": "PredictorReady", "status": "False", "reason": "RevisionMissing"},
+            {"type": "Ready", "status": "False", "reason": "RevisionMissing"},
+        ],
+    },
+}
+READY = {
+    "metadata": {"generation": 4},
+    "status": {
+        "observedGeneration": 4,
+        "conditions": [
+            {"type": "PredictorReady", "status": "True"},
+            {"type": "Ready", "status": "True"},
+        ],
+    },
+}
 
 
 class RecordingHelm:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
-    def upgrade(self, chart: Any, name: str, values: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    def upgrade(
+        self, chart: Any, name: str, values: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Any:
         self.calls.append(("upgrade", (chart, name, values), kwargs))
         return {"name": name, "version": 5, "info": {"status": "deployed"}}
 
@@ -40,17 +59,28 @@ class RecordedInferenceServices:
         self.answers = answers
         self.reads: list[tuple[str, ...]] = []
 
-    def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str) -> Any:
+    def get_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> Any:
         self.reads.append((group, version, namespace, plural, name))
         return self.answers[min(len(self.reads) - 1, len(self.answers) - 1)]
 
 
-def _promoter(answers: list[dict[str, Any]], **kwargs: Any) -> tuple[ClusterPromoter, RecordingHelm, RecordedInferenceServices]:
+def _promoter(
+    answers: list[dict[str, Any]], **kwargs: Any
+) -> tuple[ClusterPromoter, RecordingHelm, RecordedInferenceServices]:
     helm, k8s = RecordingHelm(), RecordedInferenceServices(answers)
     promoter = ClusterPromoter(
-        release="prod", chart="charts/rlmf", namespace="trading",
+        release="prod",
+        chart="charts/rlmf",
+        namespace="trading",
         storage_uri=lambda folder: f"pvc://prod-rlmf-models/{folder.name}",
-        helm=helm, k8s=k8s, ready_timeout_s=10, poll_s=5, sleep=lambda _s: None, **kwargs,
+        helm=helm,
+        k8s=k8s,
+        ready_timeout_s=10,
+        poll_s=5,
+        sleep=lambda _s: None,
+        **kwargs,
     )
     return promoter, helm, k8s
 
@@ -59,12 +89,22 @@ def test_upgrade_moves_student_to_teacher_and_waits_for_ready() -> None:
     promoter, helm, k8s = _promoter([NOT_READY, READY])
     outcome = promoter.promote(Path("/models/s20240301-abc123"), "s20240301-abc123")
     assert outcome.promoted, outcome.detail
-    (name, args, kwargs), = helm.calls
+    ((name, args, kwargs),) = helm.calls
     assert name == "upgrade" and args[1] == "prod"
-    assert args[2] == {"policy": {"teacher": {"storageUri": "pvc://prod-rlmf-models/s20240301-abc123"},
-                                  "student": {"storageUri": "", "canaryTrafficPercent": 0}}}
+    assert args[2] == {
+        "policy": {
+            "teacher": {"storageUri": "pvc://prod-rlmf-models/s20240301-abc123"},
+            "student": {"storageUri": "", "canaryTrafficPercent": 0},
+        }
+    }
     assert kwargs["reuse_values"] is True and kwargs["namespace"] == "trading"
-    assert k8s.reads[-1] == ("serving.kserve.io", "v1beta1", "trading", "inferenceservices", "prod-rlmf-policy")
+    assert k8s.reads[-1] == (
+        "serving.kserve.io",
+        "v1beta1",
+        "trading",
+        "inferenceservices",
+        "prod-rlmf-policy",
+    )
     assert len(k8s.reads) == 2
 
 

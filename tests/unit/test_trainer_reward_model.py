@@ -19,16 +19,31 @@ def _pairs(seed: int, n: int) -> list[dict[str, str]]:
         move = rng.choice([-1, 1]) * rng.uniform(0.5, 3.0)
         prompt = f"Yesterday the stock moved {move:+.1f}% and the trend is {'up' if move > 0 else 'down'}. Action:"
         good, bad = ("buy", "sell") if move > 0 else ("sell", "buy")
-        rows.append({"prompt": prompt, "chosen": answer(good, "follow the trend"),
-                     "rejected": answer(bad, "follow the trend")})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": answer(good, "follow the trend"),
+                "rejected": answer(bad, "follow the trend"),
+            }
+        )
     return rows
 
 
-def test_reward_model_ranks_held_out_chosen_above_rejected(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_reward_model_ranks_held_out_chosen_above_rejected(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "rm"
-    report = train_reward_model(tiny_llama_dir, _pairs(0, 64), out, max_steps=60, learning_rate=3e-3,
-                                batch_size=8, seed=0, trainable_top_k=2)
+    report = train_reward_model(
+        tiny_llama_dir,
+        _pairs(0, 64),
+        out,
+        max_steps=60,
+        learning_rate=3e-3,
+        batch_size=8,
+        seed=0,
+        trainable_top_k=2,
+    )
     assert report.steps == 60
     # loaded the way the policy server's best-of-n scorer loads it
     from services.policy.explain import SequenceClassifierScorer
