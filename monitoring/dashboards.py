@@ -88,6 +88,28 @@ PIPELINE = DashboardSpec(
             ),
         ),
         (
+            "Features and trading",
+            (
+                _p(
+                    "Feast push latency p99",
+                    "s",
+                    (
+                        "histogram_quantile(0.99, sum by (le) "
+                        f"(rate(rlmf_features_push_seconds_bucket[{RATE}])))",
+                        "push p99",
+                    ),
+                ),
+                _p(
+                    "Bars traded per second",
+                    "ops",
+                    (
+                        f"sum by (ticker, mode) (rate(rlmf_simulator_bars_total[{RATE}]))",
+                        "{{ticker}} {{mode}}",
+                    ),
+                ),
+            ),
+        ),
+        (
             "Health",
             (
                 _p(
@@ -229,6 +251,19 @@ POLICY = DashboardSpec(
                     (
                         f"sum by (reason) (rate(rlmf_simulator_policy_fallbacks_total[{RATE}]))",
                         "{{reason}}",
+                    ),
+                ),
+            ),
+        ),
+        (
+            "Serving model",
+            (
+                _p(
+                    "Model served (version, parent, base)",
+                    "short",
+                    (
+                        "max by (version, parent_version, base_model) (rlmf_policy_model_info)",
+                        "{{version}} (from {{parent_version}})",
                     ),
                 ),
             ),
