@@ -189,8 +189,14 @@ class LLMActorCritic(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def mark_weights_changed(self) -> None:
-        """Call after an optimizer step: the prefix cache was computed with the old weights."""
+        """Force the prefix cache to be rebuilt (changes to trainable weights are noticed anyway)."""
         self._weights_version += 1
+
+    def _weights_fingerprint(self) -> int:
+        """Changes whenever an LM weight that can train is modified in place (optimizer step,
+        load_state_dict): torch bumps a tensor's version counter on every in-place write."""
+        versions = sum(p._version for p in self.lm.parameters() if p.requires_grad)
+        return self._weights_version + versions
 
     # --- tokenisation -------------------------------------------------------------------------
 
@@ -314,11 +320,12 @@ class LLMActorCritic(nn.Module):
     @torch.no_grad()
     def prefix_cache(self) -> _PrefixCache:
         """The constant prefix's key/value cache, computed once (again after weights change)."""
-        if self._prefix is None or self._prefix.weights_version != self._weights_version:
+        fingerprint = self._weights_fingerprint()
+        if self._prefix is None or self._prefix.weights_version != fingerprint:
             ids = torch.tensor([self._tokens(prompt_prefix())], device=self.device)
             cache = DynamicCache(config=self.lm.config)
             self._decoder(input_ids=ids, cache=cache, use_cache=True)
-            self._prefix = _PrefixCache(ids, cache, self._weights_version)
+            self._prefix = _PrefixCache(ids, cache, fingerprint)
         return self._prefix
 
     @torch.no_grad()

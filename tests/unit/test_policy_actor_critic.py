@@ -114,9 +114,8 @@ def test_prefix_cache_is_recomputed_after_the_weights_change(tiny_llama_dir: Pat
     m = LLMActorCritic.from_pretrained(tiny_llama_dir, ActorCriticConfig(trainable_top_k=4))
     suffix = m.encode_suffixes(_states(1))
     m.cached_forward(*suffix)
-    with torch.no_grad():
+    with torch.no_grad():  # what an optimizer step does: an in-place write to a trainable weight
         m.lm.get_decoder().layers[0].self_attn.v_proj.weight.mul_(3.0)
-    m.mark_weights_changed()
     with torch.no_grad():
         uncached, _ = m(*m.encode(_states(1)))
     torch.testing.assert_close(m.cached_forward(*suffix)[0], uncached, atol=1e-5, rtol=1e-4)
