@@ -93,7 +93,8 @@ def current_teacher(settings: TrainerSettings) -> Path:
     pointer = settings.models_dir / CURRENT
     if not pointer.is_file():
         raise CycleError(
-            f"no teacher: set RLMF_TRAINER_TEACHER_DIR or write the teacher folder's name into {pointer} "
+            "no teacher: set RLMF_TRAINER_TEACHER_DIR or write the teacher folder's name into "
+            f"{pointer} "
             "(`rlmf policy init` makes a version-0 artifact)"
         )
     return settings.models_dir / pointer.read_text().strip()

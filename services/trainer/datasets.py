@@ -241,7 +241,7 @@ def sft_set(
     flat: float = 0.0,
 ) -> list[dict[str, str]]:
     """Correct answers with the model's own explanation, as trl prompt/completion rows."""
-    rows = []
+    rows: list[dict[str, str]] = []
     for r in records:
         if len(rows) >= max_examples:
             break
@@ -264,12 +264,12 @@ def preference_pairs(
     seed: int,
     flat: float = 0.0,
 ) -> tuple[list[dict[str, str]], ReflectionStats]:
-    """SEP self-reflection over wrong predictions -> prompt/chosen/rejected rows for RewardTrainer."""
+    """SEP self-reflection over wrong predictions -> prompt/chosen/rejected rows (RewardTrainer)."""
     import torch
 
     torch.manual_seed(seed)
     stats = ReflectionStats()
-    rows = []
+    rows: list[dict[str, str]] = []
     for r in records:
         if len(rows) >= max_pairs:
             break
@@ -300,7 +300,8 @@ def reflection_prompt(prompt: str, record: FeedbackRecord) -> str:
     return (
         f"{prompt} {record.action}{REASON_CUE} (earlier answer)\n"
         f"Outcome: the price moved {100 * record.realised_return:+.2f}% the next day, so "
-        f"'{record.action}' was wrong. Reflect on what the state showed that was missed.\nReflection:"
+        f"'{record.action}' was wrong. Reflect on what the state showed that was missed.\n"
+        "Reflection:"
     )
 
 
@@ -356,6 +357,6 @@ def generate(model: LLMActorCritic, text: str, max_new_tokens: int, sample: bool
             pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
             **kwargs,
         )
-    new = model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    new = str(model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
     line = new.strip().split("\n")[0].strip()
     return line or "(no text)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ def evaluate(
     """Trade bars start..end (decisions on start..end-1 see bars <= their own only)."""
     result = run_backtest(
         prices,
-        FolderPolicy(model, getattr(model, "model_version", "model")),
+        FolderPolicy(model, Path(getattr(model, "model_version", "model"))),
         ticker=ticker,
         seed=seed,
         start=start,

@@ -376,7 +376,7 @@ def update(
     args: PPOArgs,
     gen: torch.Generator,
 ) -> tuple[dict[str, float], int]:
-    """update_epochs over the rollout; one optimizer step per minibatch. Returns (metrics, tokens)."""
+    """update_epochs over the rollout, one optimizer step per minibatch -> (metrics, tokens)."""
     b_actions = torch.tensor(buf.actions)
     b_logprobs = torch.tensor(buf.logprobs)
     b_values = torch.tensor(buf.values)

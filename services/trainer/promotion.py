@@ -109,7 +109,8 @@ class ClusterPromoter:
         if self._helm is None:
             import helm_python
 
-            self._helm = helm_python.Config(namespace=self.namespace)
+            self._helm = helm_python.Config(namespace=self.namespace)  # type: ignore[assignment]
+        assert self._helm is not None
         return self._helm
 
     @property

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -22,11 +23,9 @@ from services.trainer.sft import StepReport, plain_float
 log = logging.getLogger(__name__)
 
 
-def load_reward_base(
-    base: Path, trainable_top_k: int, seed: int
-) -> tuple[torch.nn.Module, object]:
-    """A one-label classifier over `base`'s LM; only the top k layers, final norm and score head train
-    (the same frozen-base economy as the policy: fits CPU step budgets)."""
+def load_reward_base(base: Path, trainable_top_k: int, seed: int) -> tuple[Any, Any]:
+    """A one-label classifier over `base`'s LM; only the top k layers, final norm and score head
+    train (the same frozen-base economy as the policy: fits CPU step budgets)."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:

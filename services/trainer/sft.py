@@ -6,9 +6,8 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
@@ -30,7 +29,7 @@ class StepReport:
         return self.steps / self.seconds if self.seconds else 0.0
 
 
-def plain_float(model: torch.nn.Module) -> None:
+def plain_float(model: Any) -> None:
     """Drop the GGUF quantization note the prepared SmolLM2 carries: its weights are dequantized
     floats, but the note makes HF's Trainer refuse to fine-tune it as "purely quantized"."""
     if getattr(model.config, "quantization_config", None) is not None:
