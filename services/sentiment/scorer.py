@@ -81,6 +81,8 @@ class LLMOptions:
     max_text_chars: int = 1000
     threads: int = 0
     """torch intra-op threads; 0 leaves torch's default."""
+    device: str = "auto"
+    """`auto` (cuda when present, else cpu), `cpu`, `cuda` or `cuda:N`."""
 
 
 # Content-free inputs for calibration (Zhao et al. 2021, "Calibrate before use").
@@ -105,8 +107,12 @@ class LLMScorer(SentimentScorer):
             )
         started = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        device = self.options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
-        self.model.eval()
+        self.model.to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = self.model_dir.name
@@ -147,6 +153,7 @@ class LLMScorer(SentimentScorer):
 
         self._prefix, self._tail = self._split_prompt()
         ids = self.tokenizer(self._prefix, return_tensors="pt", add_special_tokens=False)
+        ids = ids.to(self.device)
         with torch.inference_mode():
             out = self.model(**ids, use_cache=True)
         self._prefix_len = int(ids["input_ids"].shape[1])
@@ -171,9 +178,9 @@ class LLMScorer(SentimentScorer):
         enc = self.tokenizer(
             [self._suffix(t) for t in texts], return_tensors="pt", padding=True,
             add_special_tokens=False,
-        )
+        ).to(self.device)
         mask = torch.cat(
-            [torch.ones(n, self._prefix_len, dtype=enc["attention_mask"].dtype),
+            [torch.ones(n, self._prefix_len, dtype=enc["attention_mask"].dtype, device=self.device),
              enc["attention_mask"]], dim=1,
         )
         positions = self._prefix_len + enc["attention_mask"].cumsum(dim=1) - 1
@@ -184,7 +191,7 @@ class LLMScorer(SentimentScorer):
                 cache=cache, use_cache=True, logits_to_keep=1,
             ).logits
         rows = logits[:, -1, self.label_ids]
-        return torch.softmax(rows.float(), dim=-1)
+        return torch.softmax(rows.float(), dim=-1).cpu()
 
     def score(self, texts: Sequence[str]) -> list[Score]:
         out: list[Score] = []

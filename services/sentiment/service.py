@@ -27,6 +27,7 @@ def build_scorer(settings: SentimentSettings) -> SentimentScorer:
         calibrate=settings.calibrate,
         max_text_chars=settings.max_text_chars,
         threads=settings.threads,
+        device=settings.device,
     )
     try:
         return LLMScorer(settings.model_dir, options)

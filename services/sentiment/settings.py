@@ -31,6 +31,8 @@ class SentimentSettings(BaseSettings):
     calibrate: bool = False
     threads: int = 0
     """torch threads; 0 keeps torch's default."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """`auto`: cuda when present, else cpu."""
     max_text_chars: int = Field(default=1000, ge=16)
     summaries: bool = True
     """Write an LLM summary per ticker and day (SEP's summarize step)."""

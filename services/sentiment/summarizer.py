@@ -80,7 +80,7 @@ class Summarizer:
         messages = prompts.summary_messages(ticker, headlines)
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        ).to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(
                 **ids,
