@@ -54,8 +54,11 @@ def items_per_s(scorer: SentimentScorer, texts: list[str], repeat: int = 1) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=smollm2_dir(REPO / "models"))
-    parser.add_argument("--no-prompt-variants", action="store_true",
-                        help="Skip the accuracy of the plain and calibrated prompts.")
+    parser.add_argument(
+        "--no-prompt-variants",
+        action="store_true",
+        help="Skip the accuracy of the plain and calibrated prompts.",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     table = pd.read_csv(LABELLED)
@@ -87,10 +90,15 @@ def main() -> None:
         "model": args.model_dir.name,
         "labelled_headlines": len(texts),
         "items_per_s": {"lexicon": lexicon_rate, **rates},
-        "throughput_ratio_lexicon_over_llm_batch_32": round(lexicon_rate / rates["llm_batch_32"], 1),
+        "throughput_ratio_lexicon_over_llm_batch_32": round(
+            lexicon_rate / rates["llm_batch_32"], 1
+        ),
         "llm_batch_32_within_10x_of_lexicon": lexicon_rate / rates["llm_batch_32"] <= 10,
-        "accuracy": {"lexicon": lexicon_acc, "llm_few_shot": llm_acc,
-                     **{f"llm_{k}": v for k, v in variants.items()}},
+        "accuracy": {
+            "lexicon": lexicon_acc,
+            "llm_few_shot": llm_acc,
+            **{f"llm_{k}": v for k, v in variants.items()},
+        },
         "llm_more_accurate_than_lexicon": llm_acc > lexicon_acc,
         "llm_throughput_subsets": {"batch_1": 16, "batch_8": 32, "batch_32": len(texts)},
         "torch_threads": torch.get_num_threads(),

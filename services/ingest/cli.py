@@ -29,7 +29,9 @@ def generate(
     time_col = next((c for c in table.columns if c.lower() in ("date", "time", "timestamp")), None)
     close_col = next((c for c in table.columns if c.lower() in ("close", "adj close")), None)
     if time_col is None or close_col is None:
-        typer.echo(f"error: {prices} needs a date and a close column; has {list(table.columns)}", err=True)
+        typer.echo(
+            f"error: {prices} needs a date and a close column; has {list(table.columns)}", err=True
+        )
         raise typer.Exit(2)
     frame = pd.DataFrame(
         {"close": table[close_col].astype(float).to_numpy()},

@@ -76,9 +76,11 @@ class FeedPoller:
 def _entry(entry: Any, source: str, feed_title: str, number: int) -> Entry:
     """A feed entry as a raw news record; a missing or unparsable time stays missing so the
     normaliser rejects it with that reason."""
-    # Keys are looked up only when present: feedparser warns on its published/updated fallback.
+    # Only keys really present: FeedParserDict's `in` and get() go through its deprecated
+    # published/updated fallback, which warns; its plain key list does not.
+    present = set(entry.keys())  # noqa: SIM118 - see the line above
     parsed_time = next(
-        (entry[k] for k in ("published_parsed", "updated_parsed") if k in entry.keys()), None
+        (entry[k] for k in ("published_parsed", "updated_parsed") if k in present), None
     )
     published = (
         datetime.fromtimestamp(calendar.timegm(parsed_time), UTC).isoformat()

@@ -114,8 +114,15 @@ def generate_news(
 
 
 def _item(
-    rng: np.random.Generator, ticker: str, name: str, when: datetime, move: int,
-    agree_p: float, seed: int, t: int, k: int,
+    rng: np.random.Generator,
+    ticker: str,
+    name: str,
+    when: datetime,
+    move: int,
+    agree_p: float,
+    seed: int,
+    t: int,
+    k: int,
 ) -> SyntheticNews:
     # A flat day has no direction to agree with: its sentiment is a coin flip.
     direction = move if move != 0 else int(rng.choice([-1, 1]))

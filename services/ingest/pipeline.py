@@ -126,7 +126,10 @@ class IngestPipeline:
                 continue
             event_id = envelopes.derived_id(item.item_id, ticker)
             self.producer.publish(
-                self.topic, to_proto(item, ticker), key=ticker, event_time=item.published_at,
+                self.topic,
+                to_proto(item, ticker),
+                key=ticker,
+                event_time=item.published_at,
                 id=event_id,
             )
             outcome.event_ids.append(event_id)

@@ -21,7 +21,9 @@ from services.sentiment.summarizer import Summarizer
 log = logging.getLogger(__name__)
 
 SCORES = Histogram(
-    "rlmf_sentiment_score", "Sentiment scores published", ["model"],
+    "rlmf_sentiment_score",
+    "Sentiment scores published",
+    ["model"],
     buckets=(-1, -0.6, -0.2, 0.2, 0.6, 1),
 )
 SUMMARIES = Counter(

@@ -112,7 +112,7 @@ class LLMScorer(SentimentScorer):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers stub wraps .to
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.name = self.model_dir.name
@@ -176,19 +176,30 @@ class LLMScorer(SentimentScorer):
         # logits are computed (logits_to_keep=1); pads sit between prefix and text, masked out.
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(
-            [self._suffix(t) for t in texts], return_tensors="pt", padding=True,
+            [self._suffix(t) for t in texts],
+            return_tensors="pt",
+            padding=True,
             add_special_tokens=False,
         ).to(self.device)
         mask = torch.cat(
-            [torch.ones(n, self._prefix_len, dtype=enc["attention_mask"].dtype, device=self.device),
-             enc["attention_mask"]], dim=1,
+            [
+                torch.ones(
+                    n, self._prefix_len, dtype=enc["attention_mask"].dtype, device=self.device
+                ),
+                enc["attention_mask"],
+            ],
+            dim=1,
         )
         positions = self._prefix_len + enc["attention_mask"].cumsum(dim=1) - 1
         cache = self._prefix_cache(n)
         with torch.inference_mode():
             logits = self.model(
-                input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions.clamp(min=0),
-                cache=cache, use_cache=True, logits_to_keep=1,
+                input_ids=enc["input_ids"],
+                attention_mask=mask,
+                position_ids=positions.clamp(min=0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
             ).logits
         rows = logits[:, -1, self.label_ids]
         return torch.softmax(rows.float(), dim=-1).cpu()

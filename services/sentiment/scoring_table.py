@@ -42,7 +42,9 @@ def _summaries(
     out = []
     for i, text in enumerate(texts):
         if has_groups:
-            same = (table["ticker"] == table["ticker"].iloc[i]) & (table["date"] == table["date"].iloc[i])
+            same = (table["ticker"] == table["ticker"].iloc[i]) & (
+                table["date"] == table["date"].iloc[i]
+            )
             group = [texts[j] for j in range(len(texts)) if same.iloc[j]]
             out.append(summarizer.summarize(str(table["ticker"].iloc[i]), group))
         else:

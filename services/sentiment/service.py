@@ -34,7 +34,9 @@ def build_scorer(settings: SentimentSettings) -> SentimentScorer:
     except (OSError, ValueError) as exc:
         if not settings.fallback_to_lexicon:
             raise
-        log.error("LLM at %s failed to load (%s); falling back to the lexicon", settings.model_dir, exc)
+        log.error(
+            "LLM at %s failed to load (%s); falling back to the lexicon", settings.model_dir, exc
+        )
         return LexiconScorer()
 
 

@@ -4,7 +4,6 @@ its reason while good items around it pass; duplicates dropped; counts reconcile
 from __future__ import annotations
 
 import http.server
-import json
 import shutil
 import threading
 import time
@@ -44,7 +43,9 @@ def end_offsets(bus: BusSettings, topic: str) -> dict[TopicPartition, int]:
     ensure_topics(bus, [topic], "test")
     consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
         consumer.assign(parts)
         for tp, offset in consumer.end_offsets(parts).items():
             consumer.seek(tp, offset)
@@ -118,8 +119,14 @@ BAD_LINES: list[tuple[bytes, str]] = [
     (b'{"headline": "Acme bad time", "published_at": "not a time"}', "published_at"),
     (b'{"headline": "Acme from the future", "published_at": "2999-01-01T00:00:00Z"}', "future"),
     (b'{"headline": "  ", "body": " ", "published_at": "2024-03-01T10:00:00Z"}', "empty text"),
-    (b'{"headline": "Acme ' + b"x" * 3000 + b'", "published_at": "2024-03-01T10:00:00Z"}', "over the limit"),
-    (b'{"headline": "Acme", "tickers": ["$$$"], "published_at": "2024-03-01T10:00:00Z"}', "not a ticker"),
+    (
+        b'{"headline": "Acme ' + b"x" * 3000 + b'", "published_at": "2024-03-01T10:00:00Z"}',
+        "over the limit",
+    ),
+    (
+        b'{"headline": "Acme", "tickers": ["$$$"], "published_at": "2024-03-01T10:00:00Z"}',
+        "not a ticker",
+    ),
 ]
 
 
@@ -132,13 +139,19 @@ def test_jsonl_file_replays_in_time_order_and_dead_letters_bad_lines(
     lines += [b for b, _ in BAD_LINES[len(good) :]]
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    raw_start, dlq_start = end_offsets(bus_settings, NEWS_RAW), end_offsets(bus_settings, dlq(NEWS_RAW))
+    raw_start, dlq_start = (
+        end_offsets(bus_settings, NEWS_RAW),
+        end_offsets(bus_settings, dlq(NEWS_RAW)),
+    )
     before = {o: metric("file", o) for o in ("received", "published", "duplicate", "rejected")}
 
     stats = replay_file(pipeline, path)
 
     events = news(read_since(bus_settings, raw_start, expect=5))
-    assert [(e.item_id, e.ticker) for e in events if e.ticker == "ACME"] == [("n-1", "ACME"), ("n-5", "ACME")]
+    assert [(e.item_id, e.ticker) for e in events if e.ticker == "ACME"] == [
+        ("n-1", "ACME"),
+        ("n-5", "ACME"),
+    ]
     assert [e.item_id for e in events if e.ticker == "MSFT"] == ["n-2", "n-3"]
     assert [e.item_id for e in events if e.ticker == "GOOGL"] == ["n-2"]
     first = next(e for e in events if e.item_id == "n-1")
@@ -225,7 +238,10 @@ def test_feed_over_http_uses_etag_and_dead_letters_bad_entries(
 ) -> None:
     url = f"http://127.0.0.1:{feed_server.server_port}/feed.xml"
     poller = FeedPoller(url)
-    raw_start, dlq_start = end_offsets(bus_settings, NEWS_RAW), end_offsets(bus_settings, dlq(NEWS_RAW))
+    raw_start, dlq_start = (
+        end_offsets(bus_settings, NEWS_RAW),
+        end_offsets(bus_settings, dlq(NEWS_RAW)),
+    )
 
     stats = poll_feed(pipeline, poller)
     assert stats is not None and (stats.received, stats.published, stats.rejected) == (5, 2, 3)
@@ -236,7 +252,8 @@ def test_feed_over_http_uses_etag_and_dead_letters_bad_entries(
     events = news(read_since(bus_settings, raw_start, expect=2))
     # feedparser resolves a relative guid against the feed's URL.
     assert sorted((e.item_id.rsplit("/", 1)[-1], e.ticker) for e in events) == [
-        ("feed-1", "MSFT"), ("feed-2", "GOOGL")
+        ("feed-1", "MSFT"),
+        ("feed-2", "GOOGL"),
     ]
     msft = next(e for e in events if e.ticker == "MSFT")
     assert msft.body == "The board of Microsoft approved a higher dividend."
@@ -248,7 +265,9 @@ def test_feed_over_http_uses_etag_and_dead_letters_bad_entries(
     assert any("empty text" in r for r in reasons)
 
     # A changed feed is fetched again; the items already seen count as duplicates.
-    feed_server.feed.write_text(feed_server.feed.read_text().replace("</channel>", "<!-- v2 --></channel>"))
+    feed_server.feed.write_text(
+        feed_server.feed.read_text().replace("</channel>", "<!-- v2 --></channel>")
+    )
     again = poll_feed(pipeline, poller)
     assert again is not None and (again.published, again.duplicates) == (0, 2)
     assert pipeline.stats.reconciles()
@@ -298,8 +317,16 @@ BAD_REQUESTS: list[tuple[bytes, int, str]] = [
     (b'{"headline": "Acme", "published_at": "soon"}', 422, "published_at"),
     (b'{"headline": "Acme", "published_at": "2999-01-01T00:00:00Z"}', 422, "future"),
     (b'{"headline": " ", "published_at": "2024-03-01T10:00:00Z"}', 422, "empty text"),
-    (b'{"headline": "Acme", "body": "' + b"y" * 5000 + b'", "published_at": "2024-03-01"}', 422, "over the limit"),
-    (b'{"headline": "Acme", "tickers": ["acme corp"], "published_at": "2024-03-01"}', 422, "not a ticker"),
+    (
+        b'{"headline": "Acme", "body": "' + b"y" * 5000 + b'", "published_at": "2024-03-01"}',
+        422,
+        "over the limit",
+    ),
+    (
+        b'{"headline": "Acme", "tickers": ["acme corp"], "published_at": "2024-03-01"}',
+        422,
+        "not a ticker",
+    ),
     (b'{"headline": "Acme", "published_at": "2024-03-01"}' + b" " * 20_000, 413, "over the limit"),
 ]
 

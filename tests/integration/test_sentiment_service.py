@@ -24,7 +24,9 @@ from services.sentiment.settings import SentimentSettings
 DAY = datetime(2024, 3, 1, 9, tzinfo=UTC)
 
 
-def read_all(bus: BusSettings, topic: str, wanted: int, match: Any, timeout_s: float = 20) -> list[Any]:
+def read_all(
+    bus: BusSettings, topic: str, wanted: int, match: Any, timeout_s: float = 20
+) -> list[Any]:
     """Records of `topic` for which `match(record)` holds, read from the start, until `wanted`."""
     ensure_topics(bus, [topic], "test")
     consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, enable_auto_commit=False)
@@ -42,8 +44,12 @@ def read_all(bus: BusSettings, topic: str, wanted: int, match: Any, timeout_s: f
     return found
 
 
-def news_item(unique: str, n: int, headline: str, ticker: str = "ACME", hours: int = 0) -> pb.NewsItem:
-    item = pb.NewsItem(item_id=f"s-{unique}-{n}", ticker=ticker, headline=headline, source_name="test")
+def news_item(
+    unique: str, n: int, headline: str, ticker: str = "ACME", hours: int = 0
+) -> pb.NewsItem:
+    item = pb.NewsItem(
+        item_id=f"s-{unique}-{n}", ticker=ticker, headline=headline, source_name="test"
+    )
     envelopes.set_time(item.published_at, DAY + timedelta(hours=hours))
     return item
 
@@ -51,8 +57,12 @@ def news_item(unique: str, n: int, headline: str, ticker: str = "ACME", hours: i
 def publish(bus: BusSettings, items: list[pb.NewsItem]) -> None:
     producer = Producer(bus, "sentiment-test")
     for item in items:
-        producer.publish(NEWS_RAW, item, key=item.ticker or "none",
-                         event_time=envelopes.to_datetime(item.published_at))
+        producer.publish(
+            NEWS_RAW,
+            item,
+            key=item.ticker or "none",
+            event_time=envelopes.to_datetime(item.published_at),
+        )
     producer.close()
 
 
@@ -71,8 +81,9 @@ class RecordingHandler:
 def test_enriches_in_micro_batches_and_dead_letters_bad_items(
     bus_settings: BusSettings, tiny_llama_dir: Path, unique: str
 ) -> None:
-    settings = SentimentSettings(model_dir=tiny_llama_dir, max_batch=4, max_wait_ms=100,
-                                 summary_max_new_tokens=8)
+    settings = SentimentSettings(
+        model_dir=tiny_llama_dir, max_batch=4, max_wait_ms=100, summary_max_new_tokens=8
+    )
     good = [news_item(unique, n, f"Acme headline number {n}", hours=n) for n in range(9)]
     other = news_item(unique, 9, "Google news of the day", ticker="GOOGL")
     empty = news_item(unique, 10, "   ")
@@ -84,8 +95,10 @@ def test_enriches_in_micro_batches_and_dead_letters_bad_items(
     loop.run(idle_timeout_s=3)
 
     ours = lambda r: f"s-{unique}-".encode() in r.value  # noqa: E731
-    enriched = [envelopes.decode(r.value, pb.EnrichedNews)
-                for r in read_all(bus_settings, NEWS_ENRICHED, wanted=10, match=ours)]
+    enriched = [
+        envelopes.decode(r.value, pb.EnrichedNews)
+        for r in read_all(bus_settings, NEWS_ENRICHED, wanted=10, match=ours)
+    ]
     by_id = {e.payload.item.item_id: e for e in enriched}
     assert sorted(by_id) == sorted(i.item_id for i in [*good, other])
     scorer = handler.inner.scorer
@@ -94,7 +107,8 @@ def test_enriches_in_micro_batches_and_dead_letters_bad_items(
         assert out.model_name == tiny_llama_dir.name and out.model_version == scorer.version
         assert set(out.label_probabilities) == {"positive", "negative", "neutral"}
         assert out.sentiment == pytest.approx(
-            out.label_probabilities["positive"] - out.label_probabilities["negative"])
+            out.label_probabilities["positive"] - out.label_probabilities["negative"]
+        )
         assert out.latency_ms > 0 and out.summary
         assert env.key == out.item.ticker
         assert env.event_time == envelopes.to_datetime(out.item.published_at)
@@ -111,19 +125,30 @@ def test_enriches_in_micro_batches_and_dead_letters_bad_items(
 
     assert max(handler.sizes) <= 4, handler.sizes
     assert any(size > 1 for size in handler.sizes), handler.sizes
-    assert loop.stats.consumed == loop.stats.handled + loop.stats.duplicates + loop.stats.dead_lettered
+    assert (
+        loop.stats.consumed == loop.stats.handled + loop.stats.duplicates + loop.stats.dead_lettered
+    )
 
 
 def test_lexicon_backend_needs_no_model(bus_settings: BusSettings, unique: str) -> None:
     settings = SentimentSettings(backend="lexicon", max_wait_ms=100)
-    publish(bus_settings, [news_item(unique, 0, "Acme posts wonderful record profit"),
-                           news_item(unique, 1, "Acme hit by terrible fraud scandal")])
+    publish(
+        bus_settings,
+        [
+            news_item(unique, 0, "Acme posts wonderful record profit"),
+            news_item(unique, 1, "Acme hit by terrible fraud scandal"),
+        ],
+    )
     loop = build_loop(settings, bus_settings)
     loop.run(idle_timeout_s=3)
     ours = lambda r: f"s-{unique}-".encode() in r.value  # noqa: E731
-    outs = {e.payload.item.item_id: e.payload for e in (
-        envelopes.decode(r.value, pb.EnrichedNews)
-        for r in read_all(bus_settings, NEWS_ENRICHED, wanted=2, match=ours))}
+    outs = {
+        e.payload.item.item_id: e.payload
+        for e in (
+            envelopes.decode(r.value, pb.EnrichedNews)
+            for r in read_all(bus_settings, NEWS_ENRICHED, wanted=2, match=ours)
+        )
+    }
     assert outs[f"s-{unique}-0"].sentiment > 0.3 > -0.3 > outs[f"s-{unique}-1"].sentiment
     assert outs[f"s-{unique}-0"].model_name == "vader"
     # Without an LLM the summary is extractive: the day's headlines so far, in time order.

@@ -26,7 +26,9 @@ NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def resolver(tmp_path: Path) -> TickerResolver:
     path = tmp_path / "tickers.csv"
-    path.write_text("ticker,name,aliases\nMSFT,Microsoft,Microsoft Corp|MS Corp\nGOOGL,Alphabet,Google\n")
+    path.write_text(
+        "ticker,name,aliases\nMSFT,Microsoft,Microsoft Corp|MS Corp\nGOOGL,Alphabet,Google\n"
+    )
     return TickerResolver.from_file(path)
 
 
@@ -52,7 +54,12 @@ def reject(normaliser: Normaliser, raw: bytes) -> str:
 
 def test_good_item_is_normalised(normaliser: Normaliser) -> None:
     news = normaliser.normalise(
-        parse_raw(item(headline="<b>Microsoft</b> &amp; Google rally", published_at="2024-03-01T05:00:00-05:00"))
+        parse_raw(
+            item(
+                headline="<b>Microsoft</b> &amp; Google rally",
+                published_at="2024-03-01T05:00:00-05:00",
+            )
+        )
     )
     assert news.headline == "Microsoft & Google rally"
     assert news.tickers == ("MSFT", "GOOGL")
@@ -145,9 +152,15 @@ def test_files_keep_bad_lines_as_raw_bytes(tmp_path: Path) -> None:
     assert [e.where for e in entries] == ["n.jsonl:1", "n.jsonl:3", "n.jsonl:4"]
     assert entries[1].raw == b"\xff\xfe broken"
     csv_file = tmp_path / "n.csv"
-    csv_file.write_bytes(b"headline,published_at,tickers\nMSFT up,2024-03-01,MSFT\nbad \xff,2024-03-01,MSFT\n")
+    csv_file.write_bytes(
+        b"headline,published_at,tickers\nMSFT up,2024-03-01,MSFT\nbad \xff,2024-03-01,MSFT\n"
+    )
     rows = list(read_entries(csv_file))
-    assert rows[0].record == {"headline": "MSFT up", "published_at": "2024-03-01", "tickers": "MSFT"}
+    assert rows[0].record == {
+        "headline": "MSFT up",
+        "published_at": "2024-03-01",
+        "tickers": "MSFT",
+    }
     assert rows[1].record is None and b"\xff" in rows[1].raw
     with pytest.raises(ValueError, match="unknown news file type"):
         list(read_entries(tmp_path / "n.txt"))

@@ -75,7 +75,9 @@ def test_summary_cache_is_bounded_lru() -> None:
 
 
 def test_lexicon_scores_sign_and_range() -> None:
-    scores = LexiconScorer().score(["Great profit, wonderful results", "Terrible losses, awful fraud"])
+    scores = LexiconScorer().score(
+        ["Great profit, wonderful results", "Terrible losses, awful fraud"]
+    )
     assert scores[0].sentiment > 0.5 and scores[1].sentiment < -0.5
     assert all(abs(sum(s.probabilities.values()) - 1) < 0.01 for s in scores)
     assert scores[0].label == "positive"

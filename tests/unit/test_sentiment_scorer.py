@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from services.sentiment.scorer import LLMOptions, LLMScorer, make_scorer
-from services.sentiment.settings import SentimentSettings
 from services.sentiment.service import build_scorer
+from services.sentiment.settings import SentimentSettings
 
 TEXTS = [
     "Acme shares plunge after profit warning",
@@ -62,7 +62,9 @@ def test_version_is_a_content_hash(scorer: LLMScorer, tiny_llama_dir: Path) -> N
 def test_calibration_uses_content_free_prior(tiny_llama_dir: Path, scorer: LLMScorer) -> None:
     calibrated = LLMScorer(tiny_llama_dir, LLMOptions(calibrate=True))
     assert calibrated._prior is not None
-    assert calibrated.score(TEXTS[:1])[0].sentiment != pytest.approx(scorer.score(TEXTS[:1])[0].sentiment)
+    assert calibrated.score(TEXTS[:1])[0].sentiment != pytest.approx(
+        scorer.score(TEXTS[:1])[0].sentiment
+    )
 
 
 def test_missing_model_folder_is_a_clear_error_and_falls_back(tmp_path: Path) -> None:
