@@ -6,8 +6,9 @@ The run: the real broker (`broker` fixture) and, as subprocesses, ingest (HTTP p
 behind KServe's ModelServer (a tiny Llama artifact), each serving /metrics on a loopback port
 that Prometheus scrapes every second. The test posts one news item a day to ingest and publishes
 daily bars for one fresh ticker (plus one malformed bar and one re-delivered bar), waits until
-the simulator has traded, then runs each query over the run's time range. The chart's
-`helm test` script then runs against the same run.
+the simulator has traded (and asks the policy to reload a tampered artifact, which it refuses),
+then runs each query over the run's time range. The chart's `helm test` script then runs against
+the same run.
 
 A query must return data when every series it selects exists. A selector with no series at all
 is allowed only if it is listed in PENDING with the reason (a metric another service has not
@@ -71,7 +72,6 @@ PENDING: dict[str, str] = {
     ),
     "rlmf_broker_retries_total": "only on a transient broker error; this run provokes none",
     "rlmf_simulator_policy_fallbacks_total": "only when the policy fails; this run provokes none",
-    "rlmf_policy_reloads_total": "only after a model reload; this run does none",
 }
 
 _NOT_METRICS = {
@@ -205,6 +205,10 @@ def _prometheus(procs: list[Proc], tmp: Path) -> subprocess.Popen[bytes]:
             for p in procs
         ],
     }  # fmt: skip
+    # The chart's own alert rules, so the test can see one fire on the services' real metrics.
+    (rule,) = of_kind(render("external-kafka"), "PrometheusRule")
+    (tmp / "rlmf-rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    config["rule_files"] = [str(tmp / "rlmf-rules.yaml")]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     return subprocess.Popen(
         [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
@@ -403,9 +407,26 @@ def _check(run: Run, expr: str) -> dict[str, object]:
     }
 
 
+def _refused_reload(run: Run, artifact: Path, tmp: Path) -> None:
+    """Promote a tampered copy of the artifact: the policy must refuse it and keep serving."""
+    from services.policy.client import PolicyClientError, request_reload
+
+    bad = tmp / "tampered"
+    shutil.copytree(artifact, bad)
+    with (bad / "model.safetensors").open("r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    policy = next(p for p in run.procs if p.name == "policy")
+    with pytest.raises(PolicyClientError):
+        request_reload(f"http://127.0.0.1:{policy.port}", bad, timeout=60)
+
+
 @pytest.mark.timeout(240)
-def test_every_dashboard_query_returns_data(run: Run, tmp_path: Path) -> None:
+def test_every_dashboard_query_returns_data(
+    run: Run, policy_artifact: Path, tmp_path: Path
+) -> None:
     t0 = time.monotonic()
+    _refused_reload(run, policy_artifact, tmp_path)
     _wait_traded(run, timeout_s=90)
     run.timings["traded_s"] = round(time.monotonic() - t0, 1)
     queries = _all_queries()
@@ -494,3 +515,20 @@ def test_helm_test_script_passes_on_the_embedded_run(run: Run, tmp_path: Path) -
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"ok: news and bar for {TEST_TICKER}" in result.stdout
+
+
+def _firing(run: Run) -> set[str]:
+    alerts = httpx.get(f"{run.prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+
+def test_reload_refused_alert_fires_on_real_metrics(
+    run: Run, policy_artifact: Path, tmp_path: Path
+) -> None:
+    """The chart's RLMFPolicyReloadRefused fires in this Prometheus once the policy refuses a
+    tampered artifact (the alert has no `for`, so a few evaluations suffice)."""
+    _refused_reload(run, policy_artifact, tmp_path)
+    deadline = time.monotonic() + 20
+    while "RLMFPolicyReloadRefused" not in _firing(run) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "RLMFPolicyReloadRefused" in _firing(run)
