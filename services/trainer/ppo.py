@@ -334,7 +334,8 @@ def collect_rollout(
         action = int(torch.multinomial(dist.probs, 1, generator=gen).item())
         _, reward, terminated, truncated, info = env.step(action)
         done = terminated or truncated
-        after = None if done else env.current_state()
+        # The bar after the decision is the env's current one, also at an episode's end.
+        after = env.current_state()
         move = realised_return(info, market, after)
 
         buf.input_ids.append(ids[0])

@@ -176,6 +176,11 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(
     ):
         assert key in result["student_metrics"] and key in result["teacher_metrics"]
     assert "sharpe" in result["buy_and_hold_metrics"]
+    # walk-forward: held-out decisions start on the last training bar's close (known to
+    # training) and every held-out outcome comes after it
+    assert result["window_start"] < result["window_end"] == result["eval_start"] < result["eval_end"]
+    window = manifest["training_window"]
+    assert window["end"].replace("Z", "+00:00") == result["window_end"]
 
 
 def _start_policy(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
