@@ -105,7 +105,7 @@ def one_seed(opts: argparse.Namespace, seed: int, root: Path) -> dict[str, float
         ppo_steps=opts.cycle_steps,
         ppo_minibatch_size=8,
         ppo_gradient_accumulation_steps=2,
-        ppo_learning_rate=1e-3,
+        ppo_learning_rate=opts.cycle_lr,
         seed=seed,
         promotion="none",
         ticker=params.ticker,
@@ -143,9 +143,10 @@ def main() -> None:
         "--every", type=int, default=20, help="re-align every N days after the shift"
     )
     parser.add_argument("--days-after", type=int, default=60, help="trading days after the shift")
-    parser.add_argument("--train-days", type=int, default=30)
+    parser.add_argument("--train-days", type=int, default=20)
     parser.add_argument("--eval-days", type=int, default=10)
-    parser.add_argument("--cycle-steps", type=int, default=120, help="PPO steps per cycle")
+    parser.add_argument("--cycle-steps", type=int, default=200, help="PPO steps per cycle")
+    parser.add_argument("--cycle-lr", type=float, default=3e-3, help="PPO learning rate per cycle")
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     opts = parser.parse_args()
@@ -167,6 +168,10 @@ def main() -> None:
                 "scenario": "regime-shift",
                 "seeds": opts.seeds,
                 "every_days": opts.every,
+                "cycle_ppo_steps": opts.cycle_steps,
+                "cycle_lr": opts.cycle_lr,
+                "train_days": opts.train_days,
+                "eval_days": opts.eval_days,
                 "days_after_shift": opts.days_after,
                 "metric": "sharpe_after_shift",
                 "mean": {k: round(v, 3) for k, v in mean.items()},

@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=2, help="PPO update epochs (reuse pays per epoch)"
     )
-    parser.add_argument("--steps", type=int, default=3, help="SFT / RM steps timed")
+    parser.add_argument("--sft-steps", type=int, default=1, help="SFT steps timed (slow on CPU)")
+    parser.add_argument("--rm-steps", type=int, default=2, help="reward-model steps timed")
     parser.add_argument("--threads", type=int, default=2)
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
@@ -72,6 +73,7 @@ def main() -> None:
         update_epochs=opts.epochs,
         total_timesteps=opts.samples,
     ).derive()
+    t0 = time.perf_counter()
     progress(f"rollout of {opts.samples} samples")
     state = {"next_done": 0.0, "episode_return": 0.0, "episodes": 0, "episode_returns": []}
     started = time.perf_counter()
@@ -88,7 +90,7 @@ def main() -> None:
 
     progress("PPO update with hidden-state reuse")
     reuse_s, tokens = time_update(agent, buf, args, reuse=True)
-    progress("PPO update without reuse")
+    progress(f"PPO update without reuse (reuse took {reuse_s:.1f} s)")
     plain_s, tokens_plain = time_update(agent, buf, args, reuse=False)
     assert tokens == tokens_plain
 
@@ -106,8 +108,8 @@ def main() -> None:
         }
         for s in states
     ]
-    progress("SFT steps")
-    sft = run_sft(agent, rows, max_steps=opts.steps, learning_rate=1e-5, batch_size=2, seed=0)
+    progress(f"SFT steps (no reuse took {plain_s:.1f} s; {time.perf_counter() - t0:.0f} s so far)")
+    sft = run_sft(agent, rows, max_steps=opts.sft_steps, learning_rate=1e-5, batch_size=2, seed=0)
     pairs = [
         {
             "prompt": r["prompt"],
@@ -122,7 +124,7 @@ def main() -> None:
             opts.model,
             pairs,
             Path(tmp) / "rm",
-            max_steps=opts.steps,
+            max_steps=opts.rm_steps,
             learning_rate=1e-4,
             batch_size=2,
             seed=0,
