@@ -189,7 +189,7 @@ class LLMActorCritic(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def mark_weights_changed(self) -> None:
-        """Force the prefix cache to be rebuilt (changes to trainable weights are noticed anyway)."""
+        """Force a prefix-cache rebuild (in-place changes to trainable weights are seen anyway)."""
         self._weights_version += 1
 
     def _weights_fingerprint(self) -> int:

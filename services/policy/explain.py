@@ -124,7 +124,10 @@ class Explainer:
     def _rationale(
         self, model: LLMActorCritic, state: MarketState, action: str, sample: bool
     ) -> str:
-        text = f"{model.full_prompt(state)} {action}{REASON_CUE}"
+        # Opening the rationale for the model keeps a small LM on topic (left to itself,
+        # SmolLM2-135M tends to start re-listing the state instead of giving a reason).
+        lead = f"I choose {action} because"
+        text = f"{model.full_prompt(state)} {action}{REASON_CUE} {lead}"
         ids = torch.tensor([model.tokenizer.encode(text, add_special_tokens=False)])
         kwargs: dict[str, object] = {"do_sample": False}
         if sample:
@@ -140,7 +143,8 @@ class Explainer:
             **kwargs,
         )
         new = str(model.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
-        return new.strip().split("\n")[0].strip()
+        first_line = new.strip().split("\n")[0].strip()
+        return f"{lead} {first_line}".strip()
 
 
 def _stop_ids(model: LLMActorCritic) -> list[int]:

@@ -134,3 +134,17 @@ def test_lora_trains_only_adapters_on_the_top_layers(tiny_llama_dir: Path) -> No
     assert all(p.grad is not None for p in m.trainable_parameters())
     merged = m.merged_lm()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_restricted_head_equals_the_lm_logits_at_the_action_tokens(model: LLMActorCritic) -> None:
+    """The policy is the LM's own next-token logits (logits_to_keep=1) at the three action ids."""
+    ids, mask = model.encode(_states(3))
+    with torch.no_grad():
+        policy_logits, _ = model(ids, mask)
+        lm_logits = model.lm(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            logits_to_keep=1,
+        ).logits[:, -1]
+    torch.testing.assert_close(policy_logits, lm_logits[:, model.action_ids], atol=1e-5, rtol=1e-4)
