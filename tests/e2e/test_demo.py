@@ -155,3 +155,81 @@ def test_accounting_reconciles_per_topic(demo_run: dict[str, Any]) -> None:
         assert t["dead_lettered"] == len(read_all(demo_run["bootstrap"], topics.dlq(topic))), topic
         for group, committed in t["consumed"].items():
             assert committed == len(records), (topic, group)
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo's own parts, without a run
+# ---------------------------------------------------------------------------------------------
+
+
+def _frame(n: int = 300) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    idx = pd.bdate_range("2021-01-04", periods=n, tz="UTC")
+    frame = pd.DataFrame({"close": 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))}, index=idx)
+    frame.attrs["bar_seconds"] = 86_400.0
+    return frame
+
+
+@pytest.mark.parametrize(("informativeness", "low", "high"), [(1.0, 1.0, 1.0), (0.0, 0.4, 0.6)])
+def test_synthetic_news_informativeness_is_what_it_says(
+    informativeness: float, low: float, high: float
+) -> None:
+    from services.demo.news import generate_news
+
+    frame = _frame()
+    news = generate_news(frame, "ACME", informativeness, per_day=3.0, seed=7)
+    assert news == generate_news(frame, "ACME", informativeness, per_day=3.0, seed=7)  # seeded
+    closes = frame["close"]
+    position = {t: k for k, t in enumerate(frame.index)}
+    hits = []
+    for item in news:
+        k = position[item.published_at.replace(hour=0, minute=0, second=0, microsecond=0)]
+        # Published inside its bar, before the close: no item from the future.
+        assert frame.index[k] < item.published_at < frame.index[k] + pd_day()
+        if item.tone:
+            hits.append(item.tone == (1 if closes.iloc[k + 1] >= closes.iloc[k] else -1))
+    assert low <= sum(hits) / len(hits) <= high
+
+
+def pd_day() -> Any:
+    import pandas as pd
+
+    return pd.Timedelta(days=1)
+
+
+def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None:
+    """The demo pauses the market when it predicts a cycle; the prediction must be the
+    trainer's own rule (services.trainer.service.Scheduler.due) on the same feedback."""
+    from services.demo.bus_reader import TopicRecord
+    from services.demo.orchestrator import TrainingPacer
+    from services.trainer.datasets import FeedbackLog, FeedbackRecord
+    from services.trainer.service import Scheduler
+    from services.trainer.settings import TrainerSettings
+
+    frame = _frame(120)
+    settings = TrainerSettings(cycle_every_days=20, work_dir=tmp_path)
+    log = FeedbackLog(tmp_path / "feedback.jsonl")
+    started: list[Any] = []
+    scheduler = Scheduler(settings, log, frame, None, run=lambda *a, **k: started.append(1))
+    pacer = TrainingPacer(20)
+    trainer_days, pacer_days = [], []
+    for t, nxt in zip(frame.index[:-1], frame.index[1:], strict=False):
+        record = FeedbackRecord(
+            "ACME", t.to_pydatetime(), nxt.to_pydatetime(), "s", "hold", 0.0, 0.0, "v0"
+        )
+        log.add(record)
+        if scheduler.due() is not None:
+            trainer_days.append(t.date())
+            scheduler.maybe_start()
+            scheduler.join()
+        msg = pb.MarketFeedback(ticker="ACME", action="hold")
+        envelopes.set_time(msg.decision_time, t.to_pydatetime())
+        envelopes.set_time(msg.realised_time, nxt.to_pydatetime())
+        raw = envelopes.encode(envelopes.wrap(msg, key="ACME", event_time=nxt, source="t"))
+        if pacer.due([TopicRecord(0, 0, "x", raw, {})]):
+            pacer_days.append(pacer.last_cycle_day)
+    assert len(started) == len(trainer_days) >= 4
+    assert pacer_days == trainer_days
