@@ -35,8 +35,8 @@ protos: install
 	$(PY) -m grpc_tools.protoc -I protos --python_out=$(PB_OUT) --pyi_out=$(PB_OUT) protos/rlmf/v1/*.proto
 
 lint: install
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tests bench monitoring
+	$(VENV)/bin/ruff format --check services tests bench monitoring
 	$(VENV)/bin/mypy services
 
 clean:

@@ -132,7 +132,10 @@ def ensure_topics(settings: BusSettings, topics: Iterable[str], service: str = "
                 existing = set(admin.list_topics())
                 missing = [t for t in wanted if t not in existing]
                 if missing:
-                    new = [NewTopic(t, settings.partitions, 1) for t in missing]
+                    new = [
+                        NewTopic(t, settings.partitions, settings.replication_factor)
+                        for t in missing
+                    ]
                     # Another service may create one between our list and our create.
                     with contextlib.suppress(TopicAlreadyExistsError):
                         admin.create_topics(new)

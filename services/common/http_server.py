@@ -48,14 +48,20 @@ class HealthApp:
         @self.app.get("/readyz")
         def readyz(response: Response) -> dict[str, object]:
             checks = self.readiness()
-            ready = bool(checks) and all(checks.values())
-            metrics.READY.labels(self.service).set(1 if ready else 0)
+            ready = self._publish_ready(checks)
             response.status_code = 200 if ready else 503
             return {"ready": ready, "checks": checks}
 
         @self.app.get("/metrics")
         def prometheus_metrics() -> Response:
+            # Refresh rlmf_ready on every scrape so the gauge is right even where no probe runs.
+            self._publish_ready(self.readiness())
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def _publish_ready(self, checks: dict[str, bool]) -> bool:
+        ready = bool(checks) and all(checks.values())
+        metrics.READY.labels(self.service).set(1 if ready else 0)
+        return ready
 
 
 class BackgroundServer:

@@ -15,6 +15,8 @@ class BusSettings(BaseSettings):
     """Kafka bootstrap address(es), comma separated."""
     partitions: int = 3
     """Partitions per topic when the bus creates topics."""
+    replication_factor: int = 1
+    """Replicas per topic when the bus creates topics (1 on the embedded broker)."""
     group_protocol: str = Field(default="group", pattern="^(group|manual)$")
     """`group`: join a consumer group (cluster, scalable); `manual`: assign every partition
     of the topics to this one consumer and commit to the group without joining it (embedded:
