@@ -253,8 +253,14 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
             )
         if not isinstance(body, dict) or not isinstance(body.get("model_dir"), str):
             return JSONResponse({"error": 'missing string field "model_dir"'}, status_code=400)
+        folder = Path(body["model_dir"]).resolve()
+        root = model.settings.reload_root
+        if root is not None and not folder.is_relative_to(root.resolve()):
+            return JSONResponse(
+                {"error": f"{folder} is outside the reload root {root}"}, status_code=403
+            )
         try:
-            result = await model.reload(Path(body["model_dir"]))
+            result = await model.reload(folder)
         except ReloadRefused as exc:
             return JSONResponse(
                 {"error": f"reload refused, still serving {model.current.model_version}: {exc}"},

@@ -38,6 +38,9 @@ class PolicySettings(BaseSettings):
     """Candidates per explained decision, ranked by the reward model (needs reward_model_dir)."""
     reward_model_dir: Path | None = None
     """A trl reward-model folder; without it best-of-n is off and says so."""
+    reload_root: Path | None = None
+    """When set, the reload route only loads folders inside it (403 otherwise); set it in any
+    deployment where the HTTP port is reachable by more than the trainer."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads for torch; 0 keeps torch's default."""
     seed: int = 0

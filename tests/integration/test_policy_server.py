@@ -119,7 +119,8 @@ def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def server(
     artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    srv = _start(artifacts["v0"], tmp_path_factory.mktemp("logs") / "policy.log")
+    log = tmp_path_factory.mktemp("logs") / "policy.log"
+    srv = _start(artifacts["v0"], log, {"RLMF_POLICY_RELOAD_ROOT": str(artifacts["v0"].parent)})
     try:
         _wait_ready(srv)
         yield srv
@@ -316,6 +317,18 @@ def test_reload_under_load_loses_nothing_and_switches_version(
     assert "rlmf_policy_reload_failed 1.0" in metrics
     assert request_reload(server.url, artifacts["v0"])["model_version"] == "v0"
     assert "rlmf_policy_reload_failed 0.0" in httpx.get(f"{server.url}/metrics").text
+
+
+def test_reload_refuses_bad_bodies_and_folders_outside_the_root(
+    server: Server, tmp_path: Path
+) -> None:
+    url = f"{server.url}/v1/models/policy:reload"
+    assert httpx.post(url, content=b"nope", timeout=30).status_code == 400
+    r = httpx.post(url, json={"dir": "x"}, timeout=30)
+    assert r.status_code == 400 and "model_dir" in r.json()["error"]
+    with pytest.raises(PolicyClientError, match="outside the reload root") as refused:
+        request_reload(server.url, tmp_path)
+    assert refused.value.status == 403
 
 
 def test_server_refuses_to_start_on_a_tampered_artifact(
