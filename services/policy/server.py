@@ -97,6 +97,7 @@ class PolicyModel(Model):
         """Verify hashes, load, attach the explainer, and warm up (prefix cache + one decision),
         so the model is complete before anyone can see it."""
         model = load_artifact(folder, dtype=self.settings.dtype)
+        model.to(self.settings.device)
         model.explainer = Explainer(
             ExplainConfig(
                 self.settings.explain_max_tokens, self.settings.best_of_n, seed=self.settings.seed

@@ -18,6 +18,8 @@ class PolicySettings(BaseSettings):
     model_name: str = "policy"
     """Name in the URL: /v1/models/<model_name>:predict."""
     dtype: str = Field(default="float32", pattern="^(float32|bfloat16)$")
+    device: str = "cpu"
+    """torch device for the model, e.g. cuda:0 where a GPU is scheduled."""
     use_prefix_cache: bool = True
     """Reuse the constant prompt prefix's key/value cache for every decision."""
     max_batch: int = Field(default=8, ge=1)
