@@ -61,15 +61,16 @@ def _mount_groups() -> None:
 def broker(port: int = typer.Option(9092, help="Port for the embedded broker.")) -> None:
     """Run the embedded Kafka-protocol broker (tansu, in-memory) until Ctrl-C."""
     json_logging.configure("broker", json_format=False)
+    # Handlers first: a SIGTERM that arrives while the broker starts must still stop it cleanly.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         embedded = EmbeddedBroker(port=port).start()
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"broker ready on {embedded.bootstrap} (in-memory; data is gone when it stops)")
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             if embedded.process is not None and embedded.process.poll() is not None:
@@ -88,6 +89,8 @@ def up(
     """Start the broker and every service that exists; restart one that dies; Ctrl-C stops all."""
     json_logging.configure("up", json_format=False)
     log_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     embedded = None
     env: dict[str, str] = {}
     if not no_broker:
@@ -99,9 +102,11 @@ def up(
         env = {"RLMF_BUS_BOOTSTRAP": embedded.bootstrap, "RLMF_BUS_GROUP_PROTOCOL": "manual"}
     names = available_services()
     typer.echo(f"starting: {', '.join(names) or 'no services yet'} (logs in {log_dir}/)")
-    supervisor = Supervisor([service_spec(name, env) for name in names], log_dir=log_dir)
-    supervisor.start_all()
-    signal.signal(signal.SIGTERM, lambda *_: supervisor.request_stop())
+    supervisor = Supervisor(
+        [service_spec(name, env) for name in names], log_dir=log_dir, stop_event=stop
+    )
+    if not stop.is_set():
+        supervisor.start_all()
     try:
         supervisor.watch()
     except KeyboardInterrupt:

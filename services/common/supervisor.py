@@ -52,12 +52,14 @@ class Supervisor:
         log_dir: Path | None = None,
         max_restarts: int = 5,
         restart_delay_s: float = 1.0,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.children = {spec.name: Supervised(spec) for spec in specs}
         self.log_dir = log_dir
         self.max_restarts = max_restarts
         self.restart_delay_s = restart_delay_s
-        self._stop = threading.Event()
+        # Shared with the caller's signal handler, which may fire before the children start.
+        self._stop = stop_event or threading.Event()
 
     def start_all(self) -> None:
         for child in self.children.values():
