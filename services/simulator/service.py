@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.common import envelope as envelopes
 from services.common import json_logging, topics
@@ -74,6 +74,12 @@ FEATURES_READ_ERRORS = Counter(
     "rlmf_simulator_feature_read_errors_total", "Feature-store reads that failed", ["ticker"]
 )
 BARS_TRADED = Counter("rlmf_simulator_bars_total", "Bars the simulator traded", ["ticker", "mode"])
+PORTFOLIO_VALUE = Gauge("rlmf_portfolio_value", "Net worth of the traded account", ["ticker"])
+BUY_AND_HOLD_VALUE = Gauge(
+    "rlmf_portfolio_buy_and_hold_value",
+    "Net worth Buy & Hold would have on the same bars",
+    ["ticker"],
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +268,8 @@ def outputs_of(step: StepOutput, ticker: str, run_id: str) -> list[Outgoing]:
     )
     snap.positions.add(ticker=ticker, quantity=step.position, price=step.bar.close)
     set_time(snap.as_of, step.bar.time)
+    PORTFOLIO_VALUE.labels(ticker).set(step.net_worth)
+    BUY_AND_HOLD_VALUE.labels(ticker).set(step.buy_and_hold_net_worth)
     add(topics.PORTFOLIO_SNAPSHOTS, snap, step.bar.time, "snapshot")
     return out
 

@@ -59,10 +59,6 @@ TEST_TICKER = "ZTEST"  # the chart's tests.ticker
 # for must return data.
 _UNDEFINED = "not defined yet: {} should expose {}"
 PENDING: dict[str, str] = {
-    "rlmf_portfolio_value": _UNDEFINED.format("simulator", "gauge rlmf_portfolio_value{ticker}"),
-    "rlmf_portfolio_buy_and_hold_value": _UNDEFINED.format(
-        "simulator", "gauge rlmf_portfolio_buy_and_hold_value{ticker}"
-    ),
     "rlmf_promotions_total": _UNDEFINED.format(
         "the consumer of models.promotions.v1", "counter rlmf_promotions_total{outcome}"
     ),
