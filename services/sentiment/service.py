@@ -71,11 +71,14 @@ def build_loop(
     bus: BusSettings | None = None,
     handler: EnrichHandler | None = None,
     topic: str = NEWS_RAW,
+    group_id: str | None = None,
 ) -> ConsumerLoop:
+    """The service's consumer loop (`group_id` defaults to the bus's rlmf-sentiment)."""
     handler = handler or build_handler(settings)
     return ConsumerLoop(
         service=SERVICE,
         topics=[topic],
+        group_id=group_id,
         settings=micro_batch_bus(settings, bus),
         handle_batch=handler,
         create_topics=[NEWS_ENRICHED],

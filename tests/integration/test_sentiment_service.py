@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from services.common import envelope as envelopes
 from services.common.bus import Incoming, Producer, ensure_topics
@@ -20,6 +21,7 @@ from services.common.topics import NEWS_ENRICHED, NEWS_RAW, dlq
 from services.sentiment.enrich import EnrichHandler
 from services.sentiment.service import build_handler, build_loop
 from services.sentiment.settings import SentimentSettings
+from tests.integration.test_ingest_sources import end_offsets
 
 DAY = datetime(2024, 3, 1, 9, tzinfo=UTC)
 
@@ -42,6 +44,22 @@ def read_all(
     finally:
         consumer.close()
     return found
+
+
+def group_at_end(bus: BusSettings, unique: str) -> str:
+    """A fresh consumer group whose committed offsets are the current end of news.raw.v1, so a
+    test's loop reads only what the test publishes, not every earlier test's news."""
+    group = f"sentiment-test-{unique}"
+    ends = end_offsets(bus, NEWS_RAW)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    try:
+        consumer.assign(list(ends))
+        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
+    finally:
+        consumer.close()
+    return group
 
 
 def news_item(
@@ -88,10 +106,11 @@ def test_enriches_in_micro_batches_and_dead_letters_bad_items(
     other = news_item(unique, 9, "Google news of the day", ticker="GOOGL")
     empty = news_item(unique, 10, "   ")
     no_ticker = news_item(unique, 11, "Headline without a ticker", ticker="")
+    group = group_at_end(bus_settings, unique)
     publish(bus_settings, [*good, other, empty, no_ticker])
 
     handler = RecordingHandler(build_handler(settings))
-    loop = build_loop(settings, bus_settings, handler)  # type: ignore[arg-type]
+    loop = build_loop(settings, bus_settings, handler, group_id=group)  # type: ignore[arg-type]
     loop.run(idle_timeout_s=3)
 
     ours = lambda r: f"s-{unique}-".encode() in r.value  # noqa: E731
@@ -132,6 +151,7 @@ def test_enriches_in_micro_batches_and_dead_letters_bad_items(
 
 def test_lexicon_backend_needs_no_model(bus_settings: BusSettings, unique: str) -> None:
     settings = SentimentSettings(backend="lexicon", max_wait_ms=100)
+    group = group_at_end(bus_settings, unique)
     publish(
         bus_settings,
         [
@@ -139,7 +159,7 @@ def test_lexicon_backend_needs_no_model(bus_settings: BusSettings, unique: str) 
             news_item(unique, 1, "Acme hit by terrible fraud scandal"),
         ],
     )
-    loop = build_loop(settings, bus_settings)
+    loop = build_loop(settings, bus_settings, group_id=group)
     loop.run(idle_timeout_s=3)
     ours = lambda r: f"s-{unique}-".encode() in r.value  # noqa: E731
     outs = {

@@ -16,7 +16,7 @@ from services.sentiment.scorer import LLMScorer
 from services.sentiment.service import build_loop
 from services.sentiment.settings import SentimentSettings
 from services.sentiment.summarizer import Summarizer
-from tests.integration.test_sentiment_service import news_item, publish, read_all
+from tests.integration.test_sentiment_service import group_at_end, news_item, publish, read_all
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +58,10 @@ def test_sign_on_clear_headlines_and_injections_over_the_broker(
 ) -> None:
     texts = [*POSITIVE, *NEGATIVE, *INJECTIONS]
     items = [news_item(unique, n, text, hours=n) for n, text in enumerate(texts)]
+    group = group_at_end(bus_settings, unique)
     publish(bus_settings, items)
     settings = SentimentSettings(model_dir=smollm2_dir, summaries=False, max_wait_ms=100)
-    build_loop(settings, bus_settings).run(idle_timeout_s=3)
+    build_loop(settings, bus_settings, group_id=group).run(idle_timeout_s=3)
 
     ours = lambda r: f"s-{unique}-".encode() in r.value  # noqa: E731
     outs = {
