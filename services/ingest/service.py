@@ -53,18 +53,19 @@ class IngestService:
         self.pipeline = pipeline
         self.pollers = [FeedPoller(source) for source in settings.feeds]
         self.stop_event = threading.Event()
-        self.files_done = False
+        self.sources_read = False
         add_news_routes(health.app, pipeline)
-        health.add_readiness_check("files_replayed", lambda: self.files_done)
+        # Ready once the files are replayed and every feed was polled once.
+        health.add_readiness_check("sources_read", lambda: self.sources_read)
 
     def run(self) -> None:
         for path in self.settings.files:
             if self.stop_event.is_set():
                 break
             replay_file(self.pipeline, path)
-        self.files_done = True
         while not self.stop_event.is_set():
             for poller in self.pollers:
                 poll_feed(self.pipeline, poller)
+            self.sources_read = True
             self.stop_event.wait(self.settings.feed_poll_s)
         self.pipeline.flush()

@@ -35,7 +35,7 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60
     raise AssertionError(f"{url} never became ready")
 
 
-def test_service_replays_files_serves_http_and_stops_cleanly(
+def test_service_replays_files_polls_feeds_serves_http_and_stops_cleanly(
     bus_settings: BusSettings, unique: str
 ) -> None:
     port = free_port()
@@ -44,6 +44,7 @@ def test_service_replays_files_serves_http_and_stops_cleanly(
         "RLMF_HTTP_PORT": str(port),
         "RLMF_INGEST_FILES": json.dumps([str(DATA / "news_sample.jsonl")]),
         "RLMF_INGEST_TICKERS_FILE": str(DATA / "tickers.csv"),
+        "RLMF_INGEST_FEEDS": json.dumps([str(DATA / "feed.xml")]),
         "RLMF_LOG_JSON_FORMAT": "true",
     }
     process = subprocess.Popen(
@@ -68,6 +69,8 @@ def test_service_replays_files_serves_http_and_stops_cleanly(
         assert 'rlmf_ingest_items_total{outcome="published",source="file"} 4.0' in exposed
         assert 'rlmf_ingest_items_total{outcome="duplicate",source="file"} 1.0' in exposed
         assert 'rlmf_ingest_items_total{outcome="rejected",source="http"} 1.0' in exposed
+        assert 'rlmf_ingest_items_total{outcome="published",source="feed"} 2.0' in exposed
+        assert 'rlmf_ingest_items_total{outcome="rejected",source="feed"} 3.0' in exposed
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
