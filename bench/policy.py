@@ -10,8 +10,8 @@ processes on a shared machine falls on both alike:
 Iterations are few (a 135M model runs ~0.3-0.6 s per decision on 2 CPU cores); see "iterations".
 Env: BENCH_POLICY_ITERS (batch-1 decisions per mode, default 6), BENCH_POLICY_ROUNDS
 (rounds of 8 concurrent decisions per mode, default 2), BENCH_POLICY_THREADS (torch threads for the
-bare model and the server; default torch's own). On a 2-core machine shared with other work, 1
-thread is steadier: two OpenMP threads spin against each other when the cores are oversubscribed.
+bare model and the server; default: torch's own, or 1 when the load average already reaches the
+core count, because two OpenMP threads spinning against other work ruin every figure).
 """
 
 from __future__ import annotations
@@ -80,6 +80,18 @@ def make_states(n: int, seed: int = 0) -> list[MarketState]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def choose_threads() -> tuple[int, str]:
+    """BENCH_POLICY_THREADS if set; else 1 when other work already oversubscribes the cores
+    (measured here: two OpenMP threads spinning against other processes made every mode ~20x
+    slower and the cache ratio meaningless), else torch's default."""
+    if os.environ.get("BENCH_POLICY_THREADS"):
+        return int(os.environ["BENCH_POLICY_THREADS"]), "BENCH_POLICY_THREADS"
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load >= cores:
+        return 1, f"load average {load:.1f} >= {cores} cores at start"
+    return torch.get_num_threads(), "torch default"
 
 
 def summary(latencies: list[float], decisions: int, wall: float) -> dict[str, float]:
@@ -181,9 +193,9 @@ def main() -> None:
     torch.manual_seed(0)
     iters = int(os.environ.get("BENCH_POLICY_ITERS", "6"))
     rounds = int(os.environ.get("BENCH_POLICY_ROUNDS", "2"))
-    threads = int(os.environ.get("BENCH_POLICY_THREADS", "0"))
-    if threads:
-        torch.set_num_threads(threads)
+    threads, threads_reason = choose_threads()
+    torch.set_num_threads(threads)
+    log(f"torch threads: {threads} ({threads_reason})")
     base = prepare_smollm2(REPO / "models")
     states = make_states(max(iters, CONCURRENCY * max(rounds, 1)))
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
@@ -212,6 +224,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "load_avg_at_end": round(os.getloadavg()[0], 1),
         "torch_threads": torch.get_num_threads(),
+        "torch_threads_reason": threads_reason,
         "dtype": "float32",
         "prompt_tokens": int(ids.shape[1]),
         "prefix_tokens": int(prefix_tokens),
