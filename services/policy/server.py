@@ -137,7 +137,9 @@ class PolicyModel(Model):
             loop = asyncio.get_running_loop()
             try:
                 model = await loop.run_in_executor(None, self._load_verified, folder)
-            except (ArtifactError, OSError, ValueError) as exc:
+            # Any failure (bad hash, unreadable weights, wrong shapes) must leave the old model
+            # serving and raise the alert, so nothing is let through to a 500 here.
+            except Exception as exc:
                 metrics.RELOADS.labels("refused").inc()
                 metrics.RELOAD_FAILED.set(1)
                 log.error("reload of %s refused, still serving %s: %s", folder, previous, exc)
