@@ -33,3 +33,13 @@ BROKER_RETRIES = Counter(
     "rlmf_broker_retries_total", "Transient broker errors retried", ["service", "operation"]
 )
 READY = Gauge("rlmf_ready", "1 when the service is ready to work", ["service"])
+ARTIFACT_HASH_MISMATCH = Counter(
+    "rlmf_artifact_hash_mismatch_total",
+    "Model folders refused because a file is missing, unlisted or does not match its sha256",
+    ["service"],
+)
+PROMOTIONS = Counter(
+    "rlmf_promotions_total",
+    "Gate decisions of the trainer (promoted, rejected, failed, rolled_back)",
+    ["outcome"],
+)

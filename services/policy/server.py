@@ -25,6 +25,7 @@ from kserve import Model, ModelServer
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from services.common import metrics as common_metrics
 from services.common.market_state import MarketState
 from services.policy import metrics
 from services.policy.actor_critic import LLMActorCritic, PolicyDecision
@@ -142,6 +143,8 @@ class PolicyModel(Model):
             except Exception as exc:
                 metrics.RELOADS.labels("refused").inc()
                 metrics.RELOAD_FAILED.set(1)
+                if isinstance(exc, ArtifactError):
+                    common_metrics.ARTIFACT_HASH_MISMATCH.labels("policy").inc()
                 log.error("reload of %s refused, still serving %s: %s", folder, previous, exc)
                 raise ReloadRefused(str(exc)) from exc
             self._swap(model)
