@@ -179,6 +179,10 @@ class Producer:
                 )
         raise AssertionError("unreachable")
 
+    def connected(self) -> bool:
+        """True while the producer has a live connection to a bootstrap broker."""
+        return bool(self._kafka.bootstrap_connected())
+
     def publish(
         self,
         topic: str,
@@ -383,6 +387,10 @@ class ConsumerLoop:
                 raise _NotReadyYet(f"no partitions known for {topic} yet")
             partitions += [TopicPartition(topic, p) for p in sorted(ids)]
         return partitions
+
+    def broker_connected(self) -> bool:
+        """True while the loop runs and its consumer reaches a broker (readiness)."""
+        return self.connected and not self.stopping and bool(self._consumer.bootstrap_connected())
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit it and return from `run` (SIGTERM calls this)."""

@@ -70,6 +70,10 @@ def prepare_smollm2(models_dir: Path | None = None, force: bool = False) -> Path
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are written de-quantized (float), so the GGUF quantization note must not
+        # travel with the config: HF Trainer (and trl) refuse a model marked as quantized.
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
         model.config.save_pretrained(staging)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(staging)

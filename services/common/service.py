@@ -57,7 +57,7 @@ def run_consumer_service(
         log.exception("could not start: the broker or a required resource is unavailable")
         server.stop()
         return 2
-    health.add_readiness_check("broker", lambda: loop.connected and not loop.stopping)
+    health.add_readiness_check("broker", loop.broker_connected)
     for name, check in (extra_ready or {}).items():
         health.add_readiness_check(name, check)
     on_sigterm(loop.request_stop)

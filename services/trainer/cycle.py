@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from services.common.metrics import PROMOTIONS
 from services.trainer import checkpoint, ppo
 from services.trainer.datasets import (
     FeedbackLog,
@@ -280,6 +281,7 @@ def run_cycle(
         promoted, detail = outcome.promoted, f"{gate.reason}; {outcome.detail}"
     if promoted:
         set_current(settings.models_dir, out)
+    PROMOTIONS.labels(_outcome(gate.promoted, promoted, detail)).inc()
     cycle = CycleResult(
         student_version=version,
         teacher_version=teacher_version,
@@ -366,6 +368,16 @@ def _supervised(
             seed=settings.seed,
         )
         training.update({"rm/steps": report.steps, "rm/loss": report.loss})
+
+
+def _outcome(gate_passed: bool, promoted: bool, detail: str) -> str:
+    """The label of rlmf_promotions_total: promoted, rejected (by the gate), rolled_back or
+    failed (the gate passed but the promotion itself did not take)."""
+    if promoted:
+        return "promoted"
+    if not gate_passed:
+        return "rejected"
+    return "rolled_back" if "rolled back" in detail else "failed"
 
 
 def publish(producer: Any, cycle: CycleResult) -> None:
