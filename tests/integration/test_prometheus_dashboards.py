@@ -57,15 +57,9 @@ TEST_TICKER = "ZTEST"  # the chart's tests.ticker
 
 # Selectors with no series in this run, and why. Everything else a dashboard or alert asks
 # for must return data.
-_UNDEFINED = "not defined yet: {} should expose {}"
 PENDING: dict[str, str] = {
-    "rlmf_promotions_total": _UNDEFINED.format(
-        "the consumer of models.promotions.v1", "counter rlmf_promotions_total{outcome}"
-    ),
+    "rlmf_promotions_total": "counted by the trainer at each gate decision; no cycle runs here",
     'rlmf_promotions_total{outcome=~"failed|rolled_back"}': "see rlmf_promotions_total",
-    "rlmf_artifact_hash_mismatch_total": _UNDEFINED.format(
-        "policy and trainer", "counter rlmf_artifact_hash_mismatch_total{service}"
-    ),
     "rlmf_broker_retries_total": "only on a transient broker error; this run provokes none",
     "rlmf_simulator_policy_fallbacks_total": "only when the policy fails; this run provokes none",
 }
