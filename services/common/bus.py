@@ -53,9 +53,9 @@ Headers = list[tuple[str, bytes]]
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: see envelope.Envelope (per-message construction cost)
 class Incoming:
-    """One decoded message handed to a handler."""
+    """One decoded message handed to a handler (read-only by convention)."""
 
     topic: str
     partition: int
@@ -180,8 +180,8 @@ class Producer:
         raise AssertionError("unreachable")
 
     def connected(self) -> bool:
-        """True while the producer has a live connection to a bootstrap broker."""
-        return bool(self._kafka.bootstrap_connected())
+        """True while the producer has a live connection to at least one broker."""
+        return _any_broker_connected(self._kafka._sender._client)
 
     def publish(
         self,
@@ -251,18 +251,19 @@ class Producer:
             pending, self._pending = self._pending, []
         if not pending:
             return
+        outstanding = pending
         for attempt in retrying(self.settings, self.service, "flush"):
             with attempt:
                 self._kafka.flush()
-                failed = [p for p in pending if p.future is not None and p.future.failed()]
+                failed = [p for p in outstanding if p.future is not None and p.future.failed()]
                 for item in failed:
                     log.warning("re-sending to %s after %s", item.topic, item.future.exception)
                     self._send(item)
                 if failed:
-                    pending = failed
+                    outstanding = failed
                     raise _ResendNeeded(f"{len(failed)} sends failed")
         per_topic: dict[str, int] = {}
-        for item in pending:
+        for item in pending:  # every message of this flush, re-sent ones counted once
             if not item.topic.endswith(".dlq"):
                 per_topic[item.topic] = per_topic.get(item.topic, 0) + 1
         for topic, count in per_topic.items():
@@ -271,6 +272,13 @@ class Producer:
     def close(self) -> None:
         self.flush()
         self._kafka.close()
+
+
+def _any_broker_connected(client: Any) -> bool:
+    # kafka-python 3 has no public "is connected" (its bootstrap_connected() is true only while
+    # bootstrapping), so readiness asks its network client about the brokers it knows.
+    brokers = client.cluster.brokers()
+    return any(client.connected(broker.node_id) for broker in brokers)
 
 
 class _ResendNeeded(RetriableError):
@@ -298,8 +306,7 @@ class _SeenIds:
 
     def add(self, item: str) -> None:
         self._ids[item] = None
-        self._ids.move_to_end(item)
-        while len(self._ids) > self.capacity:
+        if len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
 
@@ -390,7 +397,9 @@ class ConsumerLoop:
 
     def broker_connected(self) -> bool:
         """True while the loop runs and its consumer reaches a broker (readiness)."""
-        return self.connected and not self.stopping and bool(self._consumer.bootstrap_connected())
+        if not self.connected or self.stopping:
+            return False
+        return _any_broker_connected(self._consumer._client)
 
     def request_stop(self) -> None:
         """Finish the batch in hand, commit it and return from `run` (SIGTERM calls this)."""
@@ -513,20 +522,16 @@ class ConsumerLoop:
             return exc
 
     def _publish_outputs(self, incoming: Incoming, outputs: Iterable[Outgoing]) -> None:
-        token = current_trace_id.set(incoming.envelope.trace_id)
-        try:
-            for index, out in enumerate(outputs):
-                self.producer.publish(
-                    out.topic,
-                    out.payload,
-                    key=out.key,
-                    event_time=out.event_time,
-                    trace_id=incoming.envelope.trace_id,
-                    id=out.id or envelopes.derived_id(incoming.envelope.id, out.topic, index),
-                )
-                self.stats.produced += 1
-        finally:
-            current_trace_id.reset(token)
+        for index, out in enumerate(outputs):
+            self.producer.publish(
+                out.topic,
+                out.payload,
+                key=out.key,
+                event_time=out.event_time,
+                trace_id=incoming.envelope.trace_id,
+                id=out.id or envelopes.derived_id(incoming.envelope.id, out.topic, index),
+            )
+            self.stats.produced += 1
 
     def _dead_letter(
         self, topic: str, raw: bytes, key: bytes | None, headers: Headers, exc: BaseException

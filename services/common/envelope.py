@@ -61,9 +61,11 @@ def set_time(ts, when: datetime) -> None:  # type: ignore[no-untyped-def]
     ts.FromDatetime(when.astimezone(UTC))
 
 
-@dataclass(frozen=True)
+# slots, not frozen: a frozen dataclass pays object.__setattr__ per field, which showed up on
+# the consumer's per-message profile. Treat instances as read-only all the same.
+@dataclass(slots=True)
 class Envelope:
-    """An envelope and its decoded payload."""
+    """An envelope and its decoded payload (read-only by convention)."""
 
     id: str
     event_time: datetime

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,17 @@ class ModelFilesError(RuntimeError):
     pass
 
 
+class ModelSettings(BaseSettings):
+    """Where model folders live. Env: RLMF_MODELS_DIR."""
+
+    model_config = SettingsConfigDict(env_prefix="RLMF_", extra="ignore")
+
+    models_dir: Path = Path("models")
+
+
 def default_models_dir() -> Path:
     """RLMF_MODELS_DIR, else ./models in the working directory."""
-    return Path(os.environ.get("RLMF_MODELS_DIR", "models")).resolve()
+    return ModelSettings().models_dir.resolve()
 
 
 def find_smollm2_gguf() -> Path:

@@ -59,6 +59,6 @@ def historical(
 @app.command()
 def run() -> None:
     """Run the features service in the foreground (same as `python -m services.features`)."""
-    from services.features.__main__ import main
+    from services.features.service import main
 
     raise typer.Exit(main())

@@ -200,9 +200,11 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
     ensure_topics(bus_settings, [in_topic, out_topic])
     ids = publish_news(bus_settings, in_topic, 300)
     worker = start_echo(bus_settings, in_topic, out_topic, delay_s=0.01, max_records=40)
-    wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 60, what="first outputs")
-    worker.send_signal(signal.SIGKILL)  # mid-batch: some outputs flushed, their offsets not
-    worker.wait()
+    try:
+        wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 60, what="outputs")
+    finally:
+        worker.send_signal(signal.SIGKILL)  # mid-batch: some outputs flushed, their offsets not
+        worker.wait()
     worker = start_echo(bus_settings, in_topic, out_topic)
     try:
 
@@ -230,9 +232,11 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
     ensure_topics(bus_settings, [in_topic, out_topic])
     ids = publish_news(bus_settings, in_topic, 200)
     worker = start_echo(bus_settings, in_topic, out_topic, delay_s=0.01, max_records=20)
-    wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 20, what="first outputs")
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=20) == 0
+    try:
+        wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 20, what="outputs")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
     first_run = {e.id for e in decoded(bus_settings.bootstrap, out_topic, pb.EnrichedNews)}
     assert 0 < len(first_run) < 200
 
