@@ -201,10 +201,13 @@ def run_cycle(
         student = load_artifact(out)
     else:
         student = copy.deepcopy(teacher)
+        # A record is training data only if its outcome (the move to t+1) was known by the end
+        # of the window: the move out of train_end is what the first held-out day is scored on.
         window_records = [
             r
             for r in records
-            if times[train_start] <= pd.Timestamp(r.decision_time) <= times[train_end]
+            if times[train_start] <= pd.Timestamp(r.decision_time)
+            and pd.Timestamp(r.realised_time) <= times[train_end]
         ]
         _supervised(settings, student, teacher_dir, window_records, work, training)
         env = DiscreteTradingEnv(

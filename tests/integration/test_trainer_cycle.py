@@ -144,12 +144,14 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
-    while not list(work.glob("cycles/*/ppo/ckpt-*.pt")):
-        assert first.poll() is None, "the cycle ended before its first PPO checkpoint"
-        assert time.monotonic() < deadline, "no PPO checkpoint within 120 s"
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)  # no chance to clean up: the hard case
-    first.wait(timeout=10)
+    try:
+        while not list(work.glob("cycles/*/ppo/ckpt-*.pt")):
+            assert first.poll() is None, "the cycle ended before its first PPO checkpoint"
+            assert time.monotonic() < deadline, "no PPO checkpoint within 120 s"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)  # no chance to clean up: the hard case
+        first.wait(timeout=10)
     assert not [p for p in teacher_models.iterdir() if p.name.startswith("s")], (
         "artifact before the end"
     )
