@@ -344,6 +344,10 @@ def collect_rollout(
         buf.actions.append(action)
         buf.logprobs.append(float(dist.log_prob(torch.tensor(action))))
         buf.values.append(float(value[0]))
+        if truncated and not terminated:
+            # A time limit is not the end of the market: bootstrap the cut-off tail from the
+            # critic (as SB3 does), instead of treating the last step as terminal.
+            reward = float(reward) + args.gamma * _state_value(agent, encode, after)
         buf.rewards.append(float(reward))
         buf.dones.append(state["next_done"])
         buf.move_labels.append(move_label(move, args.mf_flat_threshold))
@@ -357,6 +361,13 @@ def collect_rollout(
             state["episodes"] += 1
             env.reset(seed=args.seed + state["episodes"])
     return buf
+
+
+def _state_value(agent: ActorCritic, encode: Encoder, market: Any) -> float:
+    ids, mask = encode(market)
+    with torch.no_grad():
+        _, value = agent.head_forward(agent.base_hidden(ids, mask), mask)
+    return float(value[0])
 
 
 def _bootstrap_value(agent: ActorCritic, env: StateEnv, encode: Encoder, next_done: float) -> float:
