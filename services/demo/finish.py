@@ -144,6 +144,7 @@ def offline_curves(
             sentiment=news_sent,
             summaries=news_text,
             seed=demo.cfg.settings.seed,
+            progress=True,
         )
         run = result.strategy
         curves.append(

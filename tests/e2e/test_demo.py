@@ -9,8 +9,10 @@ supervisor must restart it and no message may be lost.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,16 +32,24 @@ KILLED = "features"
 
 
 @pytest.fixture(scope="module")
-def demo_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def workdir() -> Iterator[Path]:
+    # Outside pytest's basetemp: concurrent pytest runs on one machine prune each other's
+    # basetemps (only the newest 3 are kept), which would delete a running demo's state.
+    path = Path(tempfile.mkdtemp(prefix="rlmf-e2e-demo-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo_broker(workdir: Path) -> Iterator[str]:
     # A broker of its own: the accounting needs topics no other test wrote to.
-    log = tmp_path_factory.mktemp("demo-broker") / "broker.log"
-    with EmbeddedBroker(port=free_port(), log_path=log) as broker:
+    with EmbeddedBroker(port=free_port(), log_path=workdir / "broker.log") as broker:
         yield broker.bootstrap
 
 
 @pytest.fixture(scope="module")
-def demo_run(demo_broker: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("demo") / "demo-out"
+def demo_run(demo_broker: str, workdir: Path) -> dict[str, Any]:
+    out = workdir / "demo-out"
     argv = [
         sys.executable,
         "-m",
