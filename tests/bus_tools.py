@@ -30,10 +30,16 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Reco
         end = consumer.end_offsets(tps)
         records: list[Record] = []
         deadline = datetime.now(UTC).timestamp() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
+        # The embedded broker may report a partition's end as the start of its last record
+        # batch, so reaching the reported end is not enough: keep polling until a poll after
+        # it comes back empty.
+        quiet_polls = 0
+        while quiet_polls < 2 or any(consumer.position(tp) < end[tp] for tp in tps):
             if datetime.now(UTC).timestamp() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
-            for tp, batch in consumer.poll(timeout_ms=200).items():
+            fetched = consumer.poll(timeout_ms=100)
+            quiet_polls = 0 if fetched else quiet_polls + 1
+            for tp, batch in fetched.items():
                 for r in batch:
                     records.append(
                         Record(r.key, r.value, dict(r.headers or []), tp.partition, r.offset)
