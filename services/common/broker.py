@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,16 +48,6 @@ def _executable_copy(binary: Path) -> Path:
         shutil.copyfile(binary, target)
         target.chmod(0o755)
         return target
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker when the process that started it dies (a killed test run
-    or `rlmf up` must not leave an orphaned broker holding its port)."""
-    if sys.platform != "linux":
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:
@@ -107,7 +94,6 @@ class EmbeddedBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
