@@ -42,6 +42,10 @@ class TopicReader:
     def poll(self) -> list[envelopes.Envelope]:
         for records in self.consumer.poll(timeout_ms=100).values():
             for r in records:
+                # The session broker is shared: other tests put their own (sometimes malformed on
+                # purpose) messages on the same topics, under other keys.
+                if r.key != self.key.encode():
+                    continue
                 # A .dlq twin carries the original bytes of its source topic's payload type.
                 env = envelopes.decode(
                     r.value, topics.payload_type(self.topic.removesuffix(topics.DLQ_SUFFIX))

@@ -120,10 +120,11 @@ def test_continuous_env_invariants(
         action = np.array(
             [data.draw(st.floats(0, 2)), data.draw(st.floats(0, 0.5))], dtype=np.float32
         )
-        nw_before = env.net_worth
         _, _, terminated, _, info = env.step(action)
         check_account(env.cash, env.position)
-        assert math.isfinite(info["net_worth"]) and info["cost"] <= nw_before + 1e-9
+        # Fees are charged at the fill (next open), where the account may be worth more
+        # than at the decision; what must hold is that no fee drives it below zero.
+        assert math.isfinite(info["net_worth"]) and info["net_worth"] >= -1e-9
         if terminated:
             break
 
