@@ -138,7 +138,21 @@ def flow_checks(
         )
     checks.append(_decisions_accounted(events))
     checks.append(_feedback_after_next_bar(events))
+    checks.append(_net_worth_identity(events))
     return checks
+
+
+def _net_worth_identity(events: dict[str, list[Event]]) -> Check:
+    """cash + sum(quantity x price) == net worth on every snapshot the simulator published."""
+    bad = []
+    snapshots = events[topics.PORTFOLIO_SNAPSHOTS]
+    for e in snapshots:
+        snap = e.payload
+        marked = snap.cash + sum(p.quantity * p.price for p in snap.positions)
+        if abs(marked - snap.net_worth) > 1e-6 * max(1.0, abs(snap.net_worth)):
+            bad.append(f"{e.event_time:%Y-%m-%d}: {marked:.6f} != {snap.net_worth:.6f}")
+    detail = f"{len(snapshots)} snapshots checked" + (f"; wrong: {bad[:3]}" if bad else "")
+    return Check("cash + positions x price = net worth", not bad and bool(snapshots), detail)
 
 
 def _decisions_accounted(events: dict[str, list[Event]]) -> Check:

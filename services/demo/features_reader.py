@@ -28,7 +28,10 @@ def read(ticker: str, as_of: datetime) -> dict[str, Any]:
         values.pop(key)  # NaN (e.g. a return before enough history) is not a feature value
     # The simulator lifts these two names into MarketState.sentiment / .news_summary: the day's
     # mean news sentiment (what the synthetic news is informative about) and its latest summary.
-    if "news_sentiment_mean" in values:
+    # A day without news has no sentiment (None in MarketState), not a neutral 0.0: the prompt
+    # and the reward's alignment term must tell "no news" from "neutral news", as the
+    # cluster's point-in-time reader (services.simulator.feature_source) does.
+    if "news_sentiment_mean" in values and values.get("news_count", 0.0) > 0:
         values["sentiment"] = values["news_sentiment_mean"]
     if "news_latest_summary" in values:
         values["news_summary"] = values.pop("news_latest_summary")

@@ -343,7 +343,8 @@ class Demo:
             "RLMF_TRAINER_PPO_NUM_STEPS": "20" if cfg.quick else "40",
             "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "10" if cfg.quick else "32",
             "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "1" if cfg.quick else "8",
-            "RLMF_TRAINER_TORCH_THREADS": "1",
+            # The replay is paused while a cycle trains, so the trainer may use both cores.
+            "RLMF_TRAINER_TORCH_THREADS": "1" if cfg.quick else "2",
             "RLMF_TRAINER_PROMOTION": "embedded",
             "RLMF_TRAINER_POLICY_URL": f"http://127.0.0.1:{policy.port}" if policy else "",
             "RLMF_TRAINER_SEED": str(s.seed),
