@@ -501,6 +501,8 @@ class Demo:
             "RLMF_SIMULATOR_SEED": str(s.seed),
             "RLMF_SIMULATOR_POLICY_URL": f"http://127.0.0.1:{self.state.plans['policy'].port}",
             "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
+            # A rationale (SEP's explain step) on a few decisions, for the report.
+            "RLMF_SIMULATOR_EXPLAIN_EVERY": "10" if self.cfg.quick else "50",
             "RLMF_SIMULATOR_FEATURES_READER": "services.demo.features_reader:read",
             "RLMF_SIMULATOR_FEATURES_TIMEOUT_S": str(s.features_timeout_s),
             "RLMF_FEATURES_DATA_DIR": str(self.out / "feast"),

@@ -141,19 +141,32 @@ class HttpPolicy:
         timeout_s: float = 5.0,
         model_name: str = "policy",
         client: httpx.Client | None = None,
+        explain_every: int = 0,
+        explain_timeout_s: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = self.url
         self.endpoint = f"{self.url}/v1/models/{model_name}:predict"
         self.client = client or httpx.Client(timeout=timeout_s)
+        # SEP's explain step costs a short generation, so it is asked for on every Nth call
+        # only (0: never), with its own, longer timeout.
+        self.explain_every = explain_every
+        self.explain_timeout_s = explain_timeout_s
+        self._calls = 0
 
     def decide(self, states: list[MarketState]) -> list[Decision]:
         if not states:
             return []
-        body = {"instances": [s.model_dump(mode="json") for s in states]}
+        self._calls += 1
+        explain = self.explain_every > 0 and self._calls % self.explain_every == 0
+        body: dict[str, Any] = {"instances": [s.model_dump(mode="json") for s in states]}
+        extra: dict[str, Any] = {}
+        if explain:
+            body["parameters"] = {"explain": True}
+            extra["timeout"] = self.explain_timeout_s
         try:
             with POLICY_LATENCY.time():
-                response = self.client.post(self.endpoint, json=body)
+                response = self.client.post(self.endpoint, json=body, **extra)
             response.raise_for_status()
             predictions = response.json()["predictions"]
             if not isinstance(predictions, list) or len(predictions) != len(states):

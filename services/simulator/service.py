@@ -375,7 +375,9 @@ def _load_reader(spec: str | None) -> Callable[[str, datetime], dict[str, Any]] 
 
 def build_policy(settings: SimulatorSettings) -> Policy:
     if settings.policy_url:
-        return HttpPolicy(settings.policy_url, settings.policy_timeout_s)
+        return HttpPolicy(
+            settings.policy_url, settings.policy_timeout_s, explain_every=settings.explain_every
+        )
     return make_policy(settings.baseline_policy, seed=settings.seed)
 
 

@@ -39,6 +39,8 @@ class SimulatorSettings(BaseSettings):
     policy_url: str | None = None
     """KServe v1 policy server root URL; unset trades with `baseline_policy`."""
     policy_timeout_s: float = Field(default=5.0, gt=0)
+    explain_every: int = Field(default=0, ge=0)
+    """Ask the policy for its rationale (SEP's explain step) on every Nth decision; 0: never."""
     baseline_policy: str = "sentiment-rule"
     """buy-and-hold | sentiment-rule | random: used when no policy_url is set."""
     wait_for_features: bool = True

@@ -146,12 +146,13 @@ KSERVE_MODEL = textwrap.dedent(
 
         def predict(self, payload, headers=None):
             out = []
+            explain = (payload.get("parameters") or {}).get("explain", False)
             for s in payload["instances"]:
                 c = s["recent_closes"]
                 a = "hold" if len(c) < 2 else ("buy" if c[-1] > c[-2] else "sell")
                 p = {k: (0.8 if k == a else 0.1) for k in ("sell", "hold", "buy")}
                 out.append({"action": a, "probabilities": p, "value": 0.0,
-                            "explanation": "momentum",
+                            "explanation": "momentum" if explain else None,
                             "model_version": "momentum-v1"})
             return {"predictions": out}
 
@@ -235,3 +236,12 @@ def test_policy_failures_hold_with_a_metric(bad_server: str, model: str, reason:
     assert all(d.fallback_reason.startswith(reason) for d in result.strategy.decisions)
     assert POLICY_FALLBACKS.labels(reason)._value.get() == before + 3
     assert result.metrics["strategy"]["n_trades"] == 0
+
+
+def test_policy_rationale_asked_for_on_every_nth_decision(kserve_url: str) -> None:
+    prices = load_prices_csv(REPO / "data/GOOGL.csv").iloc[:31]
+    policy = HttpPolicy(kserve_url, timeout_s=10, explain_every=10)
+    decisions = run_backtest(prices, policy, ticker="GOOGL").strategy.decisions
+    explained = [i for i, d in enumerate(decisions) if d.explanation]
+    assert explained == [9, 19, 29]  # the 10th, 20th and 30th calls asked for it
+    assert all(decisions[i].explanation == "momentum" for i in explained)
