@@ -114,7 +114,11 @@ def test_feedback_for_t_appears_only_after_t_plus_1s_bar(
             producer.publish(topics.MARKET_BARS, bar, key=ticker, event_time=_ts_of(bar))
             producer.flush()
             decisions.wait_for(lambda items, n=day + 1: len(items) >= n)
-            time.sleep(0.3)  # anything the service produced for this bar has landed by now
+            # The feedback for day-1 was flushed with bar day's decision; wait until this
+            # reader has fetched it (a fixed sleep was flaky on a loaded machine), then give a
+            # wrongly early feedback for `day` itself time to show up too.
+            feedback.wait_for(lambda items, n=day: len(items) >= n)
+            time.sleep(0.3)
             got = feedback.poll()
             # After bar `day`, feedback exists exactly for days 0..day-1: never for `day` itself.
             assert [_ts(f, "decision_time").day for f in got] == [1 + d for d in range(day)]
