@@ -164,10 +164,13 @@ def explained(t: RunTables) -> list[dict[str, Any]]:
     if t.feedback.empty or t.decisions.empty:
         return []
     fb = t.feedback.set_index("decision_time")
+    # Decisions the policy explained (the simulator asks on every Nth one) come first; the
+    # rest of the picks are spread over the trades.
+    explained = t.decisions[t.decisions["explanation"].astype(bool)]
     trades = t.decisions[t.decisions["action"] != "hold"]
-    picks = list(trades.index[:: max(1, len(trades) // EXPLAINED)][:EXPLAINED]) or list(
-        t.decisions.index[:EXPLAINED]
-    )
+    spread = list(trades.index[:: max(1, len(trades) // EXPLAINED)]) or list(t.decisions.index)
+    picks = list(explained.index[:: max(1, len(explained) // EXPLAINED)][:EXPLAINED])
+    picks += [when for when in spread if when not in picks][: EXPLAINED - len(picks)]
     out = []
     for when in picks:
         d = t.decisions.loc[when]
@@ -188,8 +191,8 @@ def explained(t: RunTables) -> list[dict[str, Any]]:
                 "state": str(state),
                 "explanation": (
                     d["explanation"]
-                    or "(the live loop asks for actions only; rationales come with "
-                    "`rlmf policy decide --explain`)"
+                    or "(not asked for this decision: the live loop asks for a rationale on"
+                    " every RLMF_SIMULATOR_EXPLAIN_EVERY-th decision)"
                 )
                 + outcome,
             }
