@@ -180,7 +180,9 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(
     assert "sharpe" in result["buy_and_hold_metrics"]
     # walk-forward: held-out decisions start on the last training bar's close (known to
     # training) and every held-out outcome comes after it
-    assert result["window_start"] < result["window_end"] == result["eval_start"] < result["eval_end"]
+    assert (
+        result["window_start"] < result["window_end"] == result["eval_start"] < result["eval_end"]
+    )
     window = manifest["training_window"]
     assert window["end"].replace("Z", "+00:00") == result["window_end"]
 

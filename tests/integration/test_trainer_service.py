@@ -1,6 +1,7 @@
 """The embedded trainer service on the real broker: feedback in, bad feedback to the .dlq with
 its reason, and a cycle scheduled every N simulated days that sees no bar after the newest
-feedback day (the cycle itself is recorded here; tests/integration/test_trainer_cycle.py runs it)."""
+feedback day (the cycle itself is recorded here; tests/integration/test_trainer_cycle.py runs
+it)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ def _pairs(seed: int, n: int) -> list[dict[str, str]]:
     rows = []
     for _ in range(n):
         move = rng.choice([-1, 1]) * rng.uniform(0.5, 3.0)
-        prompt = f"Yesterday the stock moved {move:+.1f}% and the trend is {'up' if move > 0 else 'down'}. Action:"
+        trend = "up" if move > 0 else "down"
+        prompt = f"Yesterday the stock moved {move:+.1f}% and the trend is {trend}. Action:"
         good, bad = ("buy", "sell") if move > 0 else ("sell", "buy")
         rows.append(
             {
