@@ -15,10 +15,10 @@ Delivery contract:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +27,7 @@ from typing import Any
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 from tenacity import (
@@ -148,7 +149,7 @@ def ensure_topics(settings: BusSettings, topics: Iterable[str], service: str = "
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     topic: str
     key: bytes | None
@@ -174,7 +175,8 @@ class Producer:
                     bootstrap_servers=self.settings.bootstrap,
                     client_id=self.service,
                     acks="all",
-                    linger_ms=5,
+                    linger_ms=self.settings.producer_linger_ms,
+                    batch_size=self.settings.producer_batch_bytes,
                     retries=5,
                 )
         raise AssertionError("unreachable")
@@ -299,15 +301,21 @@ class _SeenIds:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        # A plain dict keeps insertion order and inserts faster than an OrderedDict.
+        self._ids: dict[str, None] = {}
 
     def __contains__(self, item: str) -> bool:
         return item in self._ids
 
     def add(self, item: str) -> None:
-        self._ids[item] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
+        self.add_all([item])
+
+    def add_all(self, items: Iterable[str]) -> None:
+        self._ids.update(dict.fromkeys(items))
+        excess = len(self._ids) - self.capacity
+        if excess > 0:
+            for old in list(itertools.islice(self._ids, excess)):
+                del self._ids[old]
 
 
 @dataclass
@@ -354,6 +362,8 @@ class ConsumerLoop:
         self._payload_types = {t: (payload_types or {}).get(t) or payload_type(t) for t in topics}
         self._stop = threading.Event()
         self._seen = _SeenIds(self.settings.dedup_window)
+        # Offsets handed to an asynchronous commit and not yet confirmed (see _commit).
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
         self.stats = LoopStats()
         ensure_topics(
             self.settings, [*self.topics, *map(dlq, self.topics), *create_topics], service
@@ -382,7 +392,7 @@ class ConsumerLoop:
                 if s.group_protocol == "manual":
                     consumer.assign(self._all_partitions(consumer))
                 else:
-                    consumer.subscribe(self.topics)
+                    consumer.subscribe(self.topics, listener=_CommitOnRevoke(self))
                 return consumer
         raise AssertionError("unreachable")
 
@@ -432,6 +442,9 @@ class ConsumerLoop:
         self.connected = False
         try:
             self.producer.close()
+            # Only offsets of batches whose outputs were flushed are ever pending, so this is
+            # safe even when close() runs because the loop failed.
+            self.commit_pending()
         finally:
             self._consumer.close(autocommit=False)
 
@@ -456,8 +469,25 @@ class ConsumerLoop:
         return len(records)
 
     def _process(self, records: list[Any]) -> None:
+        self._count_consumed(records)
         valid: list[Incoming] = []
         in_this_batch: set[str] = set()
+        seen = self._seen
+        for record in records:  # the per-message hot path: keep it lean
+            incoming = self._decode(record)
+            if incoming is None:
+                continue
+            envelope_id = incoming.envelope.id
+            if envelope_id in seen or envelope_id in in_this_batch:
+                self.stats.duplicates += 1
+                metrics.MESSAGES_DUPLICATE.labels(self.service, record.topic).inc()
+                continue
+            in_this_batch.add(envelope_id)
+            valid.append(incoming)
+        if valid:
+            self._handle(valid)
+
+    def _count_consumed(self, records: list[Any]) -> None:
         per_topic: dict[str, int] = {}
         for record in records:
             per_topic[record.topic] = per_topic.get(record.topic, 0) + 1
@@ -465,30 +495,19 @@ class ConsumerLoop:
             self.stats.consumed += count
             self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + count
             metrics.MESSAGES_CONSUMED.labels(self.service, topic).inc(count)
-        for record in records:
-            incoming = self._decode(record)
-            if incoming is None:
-                continue
-            if incoming.envelope.id in self._seen or incoming.envelope.id in in_this_batch:
-                self.stats.duplicates += 1
-                metrics.MESSAGES_DUPLICATE.labels(self.service, record.topic).inc()
-                continue
-            in_this_batch.add(incoming.envelope.id)
-            valid.append(incoming)
-        if valid:
-            self._handle(valid)
 
     def _decode(self, record: Any) -> Incoming | None:
-        headers: Headers = list(record.headers or [])
+        value = record.value or b""
         try:
-            env = envelopes.decode(record.value or b"", self._payload_types[record.topic])
+            env = envelopes.decode(value, self._payload_types[record.topic])
         except envelopes.EnvelopeError as exc:
-            self._dead_letter(record.topic, record.value or b"", record.key, headers, exc)
+            self._dead_letter(record.topic, value, record.key, record.headers or [], exc)
             return None
-        return Incoming(record.topic, record.partition, record.offset, env, record.value, headers)
+        return Incoming(
+            record.topic, record.partition, record.offset, env, value, record.headers or []
+        )
 
     def _handle(self, valid: list[Incoming]) -> None:
-        # Handlers are grouped per topic so latency is labelled by what was handled.
         started = time.perf_counter()
         try:
             results = list(self._handle_batch(valid))
@@ -498,22 +517,22 @@ class ConsumerLoop:
         elapsed = time.perf_counter() - started
         if len(results) != len(valid):
             raise RuntimeError(f"batch handler answered {len(results)} results for {len(valid)}")
+        # Latency is labelled per topic so dashboards show what was handled.
         for topic in {m.topic for m in valid}:
             metrics.HANDLER_LATENCY.labels(self.service, topic).observe(elapsed)
+        handled = 0
         for incoming, result in zip(valid, results, strict=True):
             if isinstance(result, Exception):
-                self._dead_letter(
-                    incoming.topic,
-                    incoming.raw,
-                    incoming.envelope.key.encode() or None,
-                    incoming.headers,
-                    result,
-                )
-                self._seen.add(incoming.envelope.id)
-                continue
-            self._publish_outputs(incoming, result)
-            self._seen.add(incoming.envelope.id)
-            self.stats.handled += 1
+                envelope = incoming.envelope
+                key = envelope.key.encode() or None
+                self._dead_letter(incoming.topic, incoming.raw, key, incoming.headers, result)
+            elif result:
+                self._publish_outputs(incoming, result)
+                handled += 1
+            else:  # no outputs (a filter, a sink): nothing to publish
+                handled += 1
+        self.stats.handled += handled
+        self._seen.add_all([m.envelope.id for m in valid])
 
     def _handle_single(self, incoming: Incoming) -> list[Outgoing] | Exception:
         try:
@@ -541,14 +560,48 @@ class ConsumerLoop:
         self.stats.dead_lettered += 1
 
     def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Commit the batch's offsets without waiting for the broker's answer.
+
+        At-least-once holds because the batch's outputs are already flushed: a commit that gets
+        lost only means re-delivery, which de-duplication absorbs. Offsets are cumulative, so
+        the next batch's commit covers a lost one, and `commit_pending` (at close and when a
+        rebalance takes partitions away) commits synchronously, so a clean stop re-processes
+        nothing. Waiting for each commit cost a broker round trip per batch.
+        """
         offsets = {
             tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
             for tp, records in batch.items()
             if records
         }
+        self._uncommitted.update(offsets)
+        for attempt in retrying(self.settings, self.service, "commit"):
+            with attempt:
+                self._consumer.commit_async(offsets, callback=self._on_commit_answer)
+
+    def _on_commit_answer(
+        self, offsets: dict[TopicPartition, OffsetAndMetadata], answer: Any
+    ) -> None:
+        if isinstance(answer, Exception):
+            # Not retried here: the next batch's commit, or the final synchronous one, covers it.
+            log.warning(
+                "an asynchronous offset commit failed (%s); a later commit covers it", answer
+            )
+            return
+        for tp, committed in offsets.items():
+            if self._uncommitted.get(tp) == committed:
+                del self._uncommitted[tp]
+
+    def commit_pending(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Synchronously commit the handled offsets not yet confirmed (all, or `partitions`')."""
+        wanted = self._uncommitted if partitions is None else set(partitions)
+        offsets = {tp: o for tp, o in self._uncommitted.items() if tp in wanted}
+        if not offsets:
+            return
         for attempt in retrying(self.settings, self.service, "commit"):
             with attempt:
                 self._consumer.commit(offsets)
+        for tp in offsets:
+            self._uncommitted.pop(tp, None)
 
     def _record_lag(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for tp in batch:
@@ -559,6 +612,20 @@ class ConsumerLoop:
             metrics.CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
                 max(0, high - position)
             )
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):
+    """Group mode: before partitions move to another consumer, commit what was handled on them,
+    so the new owner does not re-process it."""
+
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self.loop = loop
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.loop.commit_pending(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        pass  # positions come from the committed offsets; nothing to prepare
 
 
 def _one_by_one(handle: MessageHandler) -> BatchHandler:
