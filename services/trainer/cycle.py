@@ -21,11 +21,15 @@ from typing import Any
 import pandas as pd
 import torch
 
+from services.common.market_state import ACTIONS
 from services.common.metrics import PROMOTIONS
 from services.trainer import checkpoint, ppo
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
+    MFExample,
+    feedback_in_window,
+    market_feedback_set,
     newest_window,
     preference_pairs,
     sft_set,
@@ -139,9 +143,29 @@ def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
         gradient_accumulation_steps=settings.ppo_gradient_accumulation_steps,
         update_epochs=settings.ppo_update_epochs,
         mf_coef=settings.mf_coef,
+        mf_minibatch_size=settings.ppo_mf_minibatch_size,
         kl_coef=settings.kl_coef,
         ent_coef=settings.ent_coef,
     )
+
+
+def _encode_example(student: Any, example: MFExample) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens as the policy's `encode` makes them: prefix and suffix each tokenised on its own,
+    so a D_MF prompt is token for token what the policy read when it decided."""
+    tokenizer = student.tokenizer
+    tokens = tokenizer.encode(example.prefix, add_special_tokens=False)
+    tokens += tokenizer.encode(example.suffix, add_special_tokens=False)
+    ids = torch.tensor([tokens], device=student.device)
+    return ids, torch.ones_like(ids)
+
+
+def feedback_set(student: Any, records: list[FeedbackRecord], args: ppo.PPOArgs) -> ppo.FeedbackSet:
+    """RLMF addition: D_MF for PPO's L_MF from the window's feedback records, encoded once by
+    the student's frozen base. Empty when L_MF has no weight or samples no D_MF."""
+    used = records if args.mf_coef and args.mf_minibatch_size else []
+    examples = market_feedback_set(used, args.mf_flat_threshold)
+    inputs = [_encode_example(student, ex) for ex in examples]
+    return ppo.encode_feedback(student, inputs, [ACTIONS.index(ex.label) for ex in examples])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,15 +225,12 @@ def run_cycle(
         student = load_artifact(out)
     else:
         student = copy.deepcopy(teacher)
-        # A record is training data only if its outcome (the move to t+1) was known by the end
-        # of the window: the move out of train_end is what the first held-out day is scored on.
-        window_records = [
-            r
-            for r in records
-            if times[train_start] <= pd.Timestamp(r.decision_time)
-            and pd.Timestamp(r.realised_time) <= times[train_end]
-        ]
+        # Training data only if its outcome was known by the window's end (no look-ahead).
+        window_records = feedback_in_window(records, times[train_start], times[train_end])
         _supervised(settings, student, teacher_dir, window_records, work, training)
+        args = ppo_args(settings)
+        mf_set = feedback_set(student, window_records, args)
+        training["mf/feedback_examples"] = len(mf_set)
         env = DiscreteTradingEnv(
             prices,
             ticker=settings.ticker,
@@ -223,13 +244,14 @@ def run_cycle(
             teacher,
             env,
             lambda s: student.encode([s]),
-            ppo_args(settings),
+            args,
             checkpoint_dir=work / "ppo",
             stop_after_iterations=stop_after_ppo_iterations,
+            feedback=mf_set,
         )
         student.mark_weights_changed()
         resumed_from = result.resumed_from
-        if result.iterations_done < ppo_args(settings).derive().num_iterations:
+        if result.iterations_done < args.num_iterations:
             raise CycleError(
                 f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"
             )

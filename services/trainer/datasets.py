@@ -10,11 +10,12 @@ Windows are walk-forward: every evaluation day comes after every training day.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,8 @@ import pandas as pd
 
 from services.common.bus import Incoming, ValidationFailed
 from services.common.envelope import to_datetime
-from services.common.market_state import ACTIONS
+from services.common.market_state import ACTIONS, MarketState
+from services.policy.prompt import prompt_prefix, prompt_suffix, state_block
 from services.trainer.ppo import move_label
 
 if TYPE_CHECKING:
@@ -191,19 +193,59 @@ def newest_window(days: Sequence[Any], train_days: int, eval_days: int) -> Windo
 # ---------------------------------------------------------------------------------------------
 
 
+def feedback_in_window(
+    records: Iterable[FeedbackRecord], start: datetime, end: datetime
+) -> list[FeedbackRecord]:
+    """Records a window ending at `end` may train on: decided at or after `start`, and with the
+    outcome (the move to t+1) known by `end`. No look-ahead: a decision on the window's last
+    bar is left out, its move is what the first held-out day is scored on."""
+    first, last = pd.Timestamp(start), pd.Timestamp(end)
+    return [
+        r
+        for r in records
+        if first <= pd.Timestamp(r.decision_time) and pd.Timestamp(r.realised_time) <= last
+    ]
+
+
 @dataclass(frozen=True)
 class MFExample:
-    """D_MF: the state text and the move the market made next."""
+    """D_MF: the prompt the policy decided on, split as the policy splits it (constant prefix,
+    per-decision suffix ending at the action cue), and the move the market made next."""
 
-    prompt: str
+    prefix: str
+    suffix: str
     realised_return: float
     label: str
 
+    @property
+    def prompt(self) -> str:
+        return self.prefix + self.suffix
 
-def market_feedback_set(
-    records: Iterable[FeedbackRecord], prefix: str, flat: float = 0.0
-) -> list[MFExample]:
-    return [MFExample(prefix + r.state, r.realised_return, r.label(flat)) for r in records]
+
+@functools.cache
+def _decision_tail() -> str:
+    """What the policy's per-decision suffix puts after the state block (end of the user turn,
+    assistant opener, action cue), read off `prompt_suffix` so the two cannot drift apart."""
+    probe = MarketState(ticker="X", as_of=datetime(2000, 1, 3, tzinfo=UTC), recent_closes=[1.0])
+    block, suffix = state_block(probe), prompt_suffix(probe)
+    if not suffix.startswith(block):
+        raise RuntimeError("the policy's prompt suffix no longer starts with the state block")
+    return suffix[len(block) :]
+
+
+def decision_suffix(state_text: str) -> str:
+    """The policy's prompt suffix for a feedback record's state: records carry
+    `state_block(state)` (market.feedback.v1), the policy read `prompt_suffix(state)`."""
+    return state_text + _decision_tail()
+
+
+def market_feedback_set(records: Iterable[FeedbackRecord], flat: float = 0.0) -> list[MFExample]:
+    """D_MF: each record's decision prompt, exactly as the policy saw it, and its realised move."""
+    prefix = prompt_prefix()
+    return [
+        MFExample(prefix, decision_suffix(r.state), r.realised_return, r.label(flat))
+        for r in records
+    ]
 
 
 def with_offline_features(records: Sequence[FeedbackRecord], reader: Any) -> pd.DataFrame:

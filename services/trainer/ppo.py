@@ -6,11 +6,18 @@ small helpers, then rollout -> GAE -> clipped update. What RLMF adds:
   loss = -L_RL + mf_coef * L_MF + kl_coef * KL(student || frozen teacher)
 where -L_RL is PPO's clipped policy loss + value loss - entropy bonus and L_MF is the
 cross-entropy of the student's action distribution against the realised market move's label
-(up -> buy, down -> sell, flat -> hold), the market feedback itself.
+(up -> buy, down -> sell, flat -> hold), the market feedback itself. L_MF covers two sources:
+  - the rollout's own steps (the move that followed each state in the env), and
+  - D_MF (`FeedbackSet`): the (state, realised next move) pairs of market.feedback.v1 records,
+    the states the serving policy really saw. Each PPO minibatch samples `mf_minibatch_size`
+    of them and spreads them over its micro-batches; a micro-batch's L_MF is the mean
+    cross-entropy over its rollout samples and its share of D_MF.
+Without feedback records (or with mf_coef or mf_minibatch_size 0) L_MF is the rollout's alone.
 
 The base is frozen, so the hidden states that enter the trainable top layers do not change
-during an update: the rollout computes them once per sample (`agent.base_hidden`) and the
-update runs only `agent.head_forward` on them, across every epoch and minibatch.
+during an update: the rollout computes them once per sample (`agent.base_hidden`), D_MF once
+per record before training (`encode_feedback`), and the update runs only `agent.head_forward`
+on them, across every epoch and minibatch.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,6 +95,9 @@ class PPOArgs:
     """RLMF: gamma, the weight of the market-feedback prediction loss L_MF"""
     mf_flat_threshold: float = 0.0
     """RLMF: |realised return| at or below this labels the move `hold`"""
+    mf_minibatch_size: int = 32
+    """RLMF addition: D_MF (market-feedback) examples sampled into each minibatch's L_MF
+    (0: L_MF from the rollout's own moves only)"""
     reuse_hidden: bool = True
     """compute frozen-base hidden states once per rollout sample and reuse them in the update"""
     checkpoint_every: int = 1
@@ -206,8 +216,15 @@ def rlmf_loss(
     move_labels: Tensor,
     teacher_logits: Tensor,
     args: PPOArgs,
+    feedback_logits: Tensor | None = None,
+    feedback_labels: Tensor | None = None,
 ) -> LossParts:
-    """-L_RL (clipped PPO policy + value loss - entropy) + mf_coef * L_MF + kl_coef * KL."""
+    """-L_RL (clipped PPO policy + value loss - entropy) + mf_coef * L_MF + kl_coef * KL.
+
+    RLMF addition: `feedback_logits`/`feedback_labels` are D_MF examples (market.feedback.v1
+    states and their realised moves); L_MF is then the mean cross-entropy over the rollout
+    samples and those together. The RL terms and the KL to the teacher see the rollout only.
+    """
     dist = Categorical(logits=logits)
     newlogprob = dist.log_prob(actions)
     entropy = dist.entropy().mean()
@@ -234,7 +251,11 @@ def rlmf_loss(
         v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
 
     # L_MF: the market's realised move is the label; no human in the loop.
-    mf_loss = F.cross_entropy(logits, move_labels)
+    mf_logits, mf_labels = logits, move_labels
+    if feedback_logits is not None and feedback_labels is not None:
+        mf_logits = torch.cat([logits, feedback_logits])
+        mf_labels = torch.cat([move_labels, feedback_labels])
+    mf_loss = F.cross_entropy(mf_logits, mf_labels)
     log_p = F.log_softmax(logits, dim=-1)
     log_q = F.log_softmax(teacher_logits, dim=-1)
     kl_teacher = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
@@ -261,6 +282,72 @@ def realised_return(info: dict[str, Any], before: MarketState, after: MarketStat
     if after is None:
         return 0.0
     return after.price / before.price - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# D_MF: the market feedback records, ready for the update (RLMF addition)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeedbackSet:
+    """RLMF addition: D_MF as the update consumes it. For each market.feedback.v1 record, the
+    hidden states entering the trainable top layers (the frozen base run once, as for rollout
+    samples), its attention mask, and the label of the move the market made next."""
+
+    hidden: list[Tensor]
+    attention_mask: list[Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+
+def encode_feedback(
+    agent: ActorCritic, inputs: Sequence[tuple[Tensor, Tensor]], labels: Sequence[int]
+) -> FeedbackSet:
+    """RLMF addition: run the frozen base once over each D_MF prompt ((input_ids [1, T],
+    attention_mask [1, T]) as the policy encodes it); `labels` index ACTIONS."""
+    if len(inputs) != len(labels):
+        raise ValueError(f"{len(inputs)} feedback prompts but {len(labels)} labels")
+    hidden, masks = [], []
+    with torch.no_grad():
+        for ids, mask in inputs:
+            hidden.append(agent.base_hidden(ids, mask)[0])
+            masks.append(mask[0])
+    return FeedbackSet(hidden, masks, torch.tensor(list(labels), dtype=torch.long))
+
+
+def sample_feedback(
+    feedback: FeedbackSet | None, args: PPOArgs, parts: int, gen: torch.Generator
+) -> list[Tensor]:
+    """RLMF addition: one minibatch's D_MF indices (mf_minibatch_size, without replacement),
+    split over its `parts` micro-batches; empty parts when there is nothing to sample."""
+    if feedback is None or not len(feedback) or not args.mf_minibatch_size or not args.mf_coef:
+        # No D_MF, or no weight on it: draw nothing, so the RNG stream stays the rollout-only one.
+        return [torch.empty(0, dtype=torch.long)] * parts
+    inds = torch.randperm(len(feedback), generator=gen)[: args.mf_minibatch_size]
+    return list(torch.tensor_split(inds, parts))
+
+
+def feedback_logits(
+    agent: ActorCritic, feedback: FeedbackSet | None, inds: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """RLMF addition: the student's action logits and the realised labels of D_MF rows `inds`,
+    from their cached hidden states (top layers only, with grad); (None, None) for no rows."""
+    if feedback is None or not len(inds):
+        return None, None
+    rows = inds.tolist()
+    mask = pad_left([feedback.attention_mask[i] for i in rows])
+    logits, _ = agent.head_forward(pad_left([feedback.hidden[i] for i in rows]), mask)
+    return logits, feedback.labels[inds]
+
+
+def _feedback_tokens(feedback: FeedbackSet | None, inds: Tensor) -> int:
+    """Tokens of the D_MF rows `inds` that went through the top layers (for tokens/s)."""
+    if feedback is None:
+        return 0
+    return sum(int(feedback.attention_mask[i].sum()) for i in inds.tolist())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,8 +474,12 @@ def update(
     returns: Tensor,
     args: PPOArgs,
     gen: torch.Generator,
+    feedback: FeedbackSet | None = None,
 ) -> tuple[dict[str, float], int]:
-    """update_epochs over the rollout, one optimizer step per minibatch -> (metrics, tokens)."""
+    """update_epochs over the rollout, one optimizer step per minibatch -> (metrics, tokens).
+
+    RLMF addition: with `feedback` (D_MF), each minibatch also samples D_MF examples into L_MF.
+    """
     b_actions = torch.tensor(buf.actions)
     b_logprobs = torch.tensor(buf.logprobs)
     b_values = torch.tensor(buf.values)
@@ -409,7 +500,8 @@ def update(
                 mb_inds[i : i + args.micro_batch_size]
                 for i in range(0, len(mb_inds), args.micro_batch_size)
             ]
-            for u_inds in micro:
+            feedback_parts = sample_feedback(feedback, args, len(micro), gen)
+            for u_inds, f_inds in zip(micro, feedback_parts, strict=True):
                 rows = u_inds.tolist()
                 mask = pad_left([buf.attention_mask[i] for i in rows])
                 if args.reuse_hidden:
@@ -418,6 +510,7 @@ def update(
                     with torch.no_grad():
                         hidden = agent.base_hidden(pad_left([buf.input_ids[i] for i in rows]), mask)
                 logits, newvalue = agent.head_forward(hidden, mask)
+                f_logits, f_labels = feedback_logits(agent, feedback, f_inds)
                 parts = rlmf_loss(
                     logits,
                     newvalue,
@@ -429,10 +522,13 @@ def update(
                     move_labels=b_labels[u_inds],
                     teacher_logits=b_teacher[u_inds],
                     args=args,
+                    feedback_logits=f_logits,
+                    feedback_labels=f_labels,
                 )
-                # Scale so accumulated micro-batch gradients equal the minibatch mean's.
+                # Scale so accumulated micro-batch gradients equal the minibatch mean's (D_MF
+                # rows ride along in their micro-batch's L_MF mean, not in this weight).
                 (parts.loss * len(u_inds) / len(mb_inds)).backward()
-                tokens += int(mask.sum())
+                tokens += int(mask.sum()) + _feedback_tokens(feedback, f_inds)
                 approx_kls.append(float(parts.approx_kl))
                 for name in (
                     "loss",
@@ -461,8 +557,12 @@ def train(
     args: PPOArgs,
     checkpoint_dir: Path | None = None,
     stop_after_iterations: int | None = None,
+    feedback: FeedbackSet | None = None,
 ) -> PPOResult:
-    """Run PPO+RLMF; resumes from the newest checkpoint in `checkpoint_dir` when there is one."""
+    """Run PPO+RLMF; resumes from the newest checkpoint in `checkpoint_dir` when there is one.
+
+    RLMF addition: `feedback` is D_MF (`encode_feedback`), sampled into every minibatch's L_MF.
+    """
     args.derive()
     torch.manual_seed(args.seed)
     params = _trainable(agent)
@@ -513,7 +613,7 @@ def train(
         )
 
         started = time.perf_counter()
-        metrics, tokens = update(agent, optimizer, buf, advantages, returns, args, gen)
+        metrics, tokens = update(agent, optimizer, buf, advantages, returns, args, gen, feedback)
         update_seconds += time.perf_counter() - started
         update_tokens += tokens
         metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]

@@ -46,6 +46,9 @@ class TrainerSettings(BaseSettings):
     ppo_update_epochs: int = 1
     mf_coef: float = Field(default=1.0, ge=0.0)
     """RLMF gamma: weight of the market-feedback prediction loss."""
+    ppo_mf_minibatch_size: int = Field(default=32, ge=0)
+    """RLMF addition: market.feedback.v1 examples (D_MF) sampled into each PPO minibatch's
+    market-feedback loss (0: that loss uses the rollout's own moves only)."""
     kl_coef: float = 0.05
     ent_coef: float = 0.05
     sft_steps: int = Field(default=0, ge=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,17 +21,20 @@ import torch
 
 from services.common import envelope
 from services.common.broker import free_port
+from services.common.market_state import MarketState
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.topics import MODELS_PROMOTIONS
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
 from services.policy.artifacts import init_artifact
 from services.policy.client import PolicyClient
+from services.policy.prompt import state_block
 from services.simulator.accounting import RewardConfig
 from services.simulator.backtest import run_policy
 from services.simulator.baseline_policies import FolderPolicy, RandomPolicy
 from services.simulator.envs import DiscreteTradingEnv
 from services.trainer import ppo
 from services.trainer.cycle import run_cycle, set_current
+from services.trainer.datasets import FeedbackRecord
 from services.trainer.promotion import EmbeddedPromoter
 from services.trainer.settings import TrainerSettings
 
@@ -185,6 +189,50 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(
     )
     window = manifest["training_window"]
     assert window["end"].replace("Z", "+00:00") == result["window_end"]
+
+
+def _feedback(prices: pd.DataFrame, decided: int, realised: int) -> FeedbackRecord:
+    """A market.feedback.v1 record for a decision on bar `decided`, its move known at `realised`."""
+    times, closes = prices.index, prices["close"].tolist()
+    state = MarketState(
+        ticker="SYN", as_of=times[decided], recent_closes=closes[max(0, decided - 5) : decided + 1]
+    )
+    return FeedbackRecord(
+        ticker="SYN",
+        decision_time=times[decided].to_pydatetime(),
+        realised_time=times[realised].to_pydatetime(),
+        state=state_block(state),
+        action="hold",
+        reward=0.0,
+        realised_return=closes[realised] / closes[decided] - 1,
+        model_version="v0",
+    )
+
+
+def test_cycle_trains_on_the_windows_market_feedback_and_nothing_later(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    prices = _uptrend(80)
+    settings = TrainerSettings(
+        models_dir=teacher_models,
+        work_dir=tmp_path / "work",
+        train_days=30,
+        eval_days=10,
+        ppo_steps=40,
+        ppo_minibatch_size=8,
+        ppo_gradient_accumulation_steps=2,
+        ppo_mf_minibatch_size=8,
+        promotion="none",
+    )
+    # 80 bars: PPO trains on bars 39..69, the gate holds out 70..79.
+    on_time = [_feedback(prices, t, t + 1) for t in range(30, 79)]
+    # decided inside the window, but the outcome is only known after its end: never D_MF
+    late = [_feedback(prices, t, 70 + t % 5) for t in range(60, 65)]
+    result = run_cycle(settings, prices=prices, feedback=[*on_time, *late])
+    assert result.window_end == prices.index[69].to_pydatetime()
+    # decisions on bars 39..68 (outcomes on 40..69); not 30..38 (before), 69.. or the late ones
+    assert result.training["mf/feedback_examples"] == 30
+    assert all(math.isfinite(v) for v in result.training.values()), result.training
 
 
 def _start_policy(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:

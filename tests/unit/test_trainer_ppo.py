@@ -11,7 +11,16 @@ from torch import Tensor, nn
 
 from services.common.market_state import MarketState
 from services.trainer import ppo
-from services.trainer.ppo import BUY, HOLD, SELL, PPOArgs, compute_gae, move_label, rlmf_loss
+from services.trainer.ppo import (
+    BUY,
+    HOLD,
+    SELL,
+    PPOArgs,
+    compute_gae,
+    move_label,
+    pad_left,
+    rlmf_loss,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -277,3 +286,96 @@ def test_defaults_are_flag_trader_table_3() -> None:
     )
     assert args.target_kl is None and args.anneal_lr and args.norm_adv and args.clip_vloss
     assert args.num_iterations == 13860 // 40 and args.micro_batch_size == 4
+
+
+# ---- RLMF addition: D_MF (market.feedback.v1 examples) in L_MF -----------------------------
+
+
+def test_feedback_rows_join_the_market_feedback_mean() -> None:
+    # L_MF is the mean cross-entropy over rollout and D_MF rows together: with every other term
+    # off, each row's logit gradient is mf_coef * (softmax - onehot) / (rollout + D_MF rows).
+    logits = torch.tensor([[0.2, -0.1, 0.4], [1.0, 0.0, -1.0]], requires_grad=True)
+    fb_logits = torch.tensor([[0.0, 0.5, -0.5], [0.3, 0.3, 0.1], [-1.0, 2.0, 0.0]])
+    fb_logits.requires_grad_(True)
+    fb_labels = torch.tensor([BUY, BUY, SELL])
+    args = PPOArgs(ent_coef=0.0, kl_coef=0.0, mf_coef=0.7, vf_coef=0.0, norm_adv=False)
+    parts = rlmf_loss(
+        logits,
+        torch.zeros(2, requires_grad=True),
+        args=args,
+        feedback_logits=fb_logits,
+        feedback_labels=fb_labels,
+        **_loss_inputs(logits, [BUY, SELL]),
+    )
+    all_labels = torch.tensor([BUY, SELL, BUY, BUY, SELL])
+    all_logits = torch.cat([logits, fb_logits]).detach()
+    assert torch.isclose(parts.mf_loss, torch.nn.functional.cross_entropy(all_logits, all_labels))
+    parts.loss.backward()
+    expected = (
+        0.7 * (torch.softmax(all_logits, -1) - torch.nn.functional.one_hot(all_labels, 3)) / 5
+    )
+    assert torch.allclose(logits.grad, expected[:2], atol=1e-6)
+    assert torch.allclose(fb_logits.grad, expected[2:], atol=1e-6)
+
+
+def _feedback(n: int) -> ppo.FeedbackSet:
+    agent, _ = _agents(0)
+    ids = [torch.tensor([[5 + i % 4, 9, 10]]) for i in range(n)]
+    return ppo.encode_feedback(agent, [(x, torch.ones_like(x)) for x in ids], [SELL] * n)
+
+
+def test_sample_feedback_splits_one_draw_over_the_micro_batches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    parts = ppo.sample_feedback(_feedback(10), PPOArgs(mf_minibatch_size=6), 4, gen)
+    drawn = torch.cat(parts).tolist()
+    assert len(parts) == 4 and [len(p) for p in parts] == [2, 2, 1, 1]
+    assert len(set(drawn)) == 6 and all(0 <= i < 10 for i in drawn)
+    # fewer examples than mf_minibatch_size: all of them, once
+    every = torch.cat(ppo.sample_feedback(_feedback(3), PPOArgs(), 8, gen))
+    assert sorted(every.tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("feedback", "args"),
+    [(None, PPOArgs()), ("set", PPOArgs(mf_coef=0.0)), ("set", PPOArgs(mf_minibatch_size=0))],
+)
+def test_sample_feedback_draws_nothing_without_weight_or_examples(
+    feedback: str | None, args: PPOArgs
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    before = gen.get_state()
+    parts = ppo.sample_feedback(_feedback(4) if feedback else None, args, 3, gen)
+    assert [len(p) for p in parts] == [0, 0, 0]
+    assert torch.equal(gen.get_state(), before)  # the rollout-only RNG stream is untouched
+
+
+def test_feedback_teaches_the_realised_move_on_states_the_rollout_never_sees() -> None:
+    def args() -> PPOArgs:  # fresh each run: train() derives fields in place
+        return PPOArgs(
+            total_timesteps=160,
+            learning_rate=3e-2,
+            minibatch_size=8,
+            gradient_accumulation_steps=2,
+            update_epochs=2,
+            kl_coef=0.0,
+            mf_minibatch_size=4,
+            seed=3,
+        )
+
+    feedback = _feedback(8)  # token ids 5..10: never in UptrendEnv's prompts; every move fell
+
+    def sell_probability(agent: TinyActorCritic) -> float:
+        hidden, mask = pad_left(feedback.hidden), pad_left(feedback.attention_mask)
+        with torch.no_grad():
+            logits, _ = agent.head_forward(hidden, mask)
+        return float(torch.softmax(logits, -1)[:, SELL].mean())
+
+    without, teacher = _agents(0)
+    ppo.train(without, teacher, UptrendEnv(), _encode, args())
+    with_feedback, teacher = _agents(0)
+    ppo.train(with_feedback, teacher, UptrendEnv(), _encode, args(), feedback=feedback)
+    # measured: 0.71 with D_MF, 0.09 without (the uptrend's buy spreads to every state)
+    assert sell_probability(with_feedback) > 0.5 > sell_probability(without), (
+        sell_probability(with_feedback),
+        sell_probability(without),
+    )
