@@ -148,3 +148,25 @@ def test_restricted_head_equals_the_lm_logits_at_the_action_tokens(model: LLMAct
             logits_to_keep=1,
         ).logits[:, -1]
     torch.testing.assert_close(policy_logits, lm_logits[:, model.action_ids], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("top_k", "lora"), [(0, False), (1, False), (4, False), (2, True)])
+def test_head_forward_equals_the_full_forward_for_any_trainable_top(
+    tiny_llama_dir: Path, top_k: int, lora: bool
+) -> None:
+    """head_forward computes the last layer for the last position only; with padded rows of
+    different lengths, any split and LoRA adapters, it must still equal the full model."""
+    torch.manual_seed(1)
+    config = ActorCriticConfig(trainable_top_k=top_k, use_lora=lora, lora_r=4)
+    m = LLMActorCritic.from_pretrained(tiny_llama_dir, config)
+    if lora:  # fresh LoRA adapters are zero; make them count
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+    ids, mask = m.encode(_states(4))
+    with torch.no_grad():
+        logits, values = m.head_forward(m.base_hidden(ids, mask), mask)
+        ref_logits, ref_values = m(ids, mask)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(values, ref_values, atol=1e-5, rtol=1e-4)
