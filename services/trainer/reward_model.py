@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 
 from services.trainer.sft import StepReport, plain_float
+from services.trainer.trl_config import short_run_config
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +63,14 @@ def train_reward_model(
     model, tokenizer = load_reward_base(base, trainable_top_k, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rlmf-rm-") as work:
-        config = RewardConfig(
-            output_dir=work,
+        config = short_run_config(
+            RewardConfig,
+            work,
             max_steps=max_steps,
-            per_device_train_batch_size=batch_size,
+            batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed,
-            data_seed=seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
             max_length=max_length,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            bf16=False,
-            fp16=False,
         )
         trainer = RewardTrainer(
             model=model,

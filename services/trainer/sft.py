@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from services.trainer.trl_config import short_run_config
+
 if TYPE_CHECKING:
     from services.policy.actor_critic import LLMActorCritic
 
@@ -59,23 +61,15 @@ def run_sft(
         return StepReport(0, 0.0, float("nan"), len(rows))
     plain_float(student.lm)
     with tempfile.TemporaryDirectory(prefix="rlmf-sft-") as out:
-        config = SFTConfig(
-            output_dir=out,
+        config = short_run_config(
+            SFTConfig,
+            out,
             max_steps=max_steps,
-            per_device_train_batch_size=batch_size,
+            batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed,
-            data_seed=seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
             max_length=max_length,
-            completion_only_loss=True,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-            bf16=False,
-            fp16=False,
+            completion_only_loss=True,  # the prompt is context, the answer is what is learnt
         )
         trainer = SFTTrainer(
             model=student.lm,
