@@ -288,7 +288,7 @@ def sft_set(
         if len(rows) >= max_examples:
             break
         if r.correct(flat):
-            prompt = prefix + r.state
+            prompt = prefix + decision_suffix(r.state)
             reason = generate(
                 model, prompt + f" {r.action}{REASON_CUE}", explain_tokens, sample=False
             )
@@ -318,7 +318,7 @@ def preference_pairs(
         if r.correct(flat):
             continue
         stats.wrong += 1
-        prompt = prefix + r.state
+        prompt = prefix + decision_suffix(r.state)
         original = generate(
             model, prompt + f" {r.action}{REASON_CUE}", explain_tokens, sample=False
         )

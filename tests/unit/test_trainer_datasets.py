@@ -14,13 +14,16 @@ from services.common.bus import Incoming, ValidationFailed
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.topics import MARKET_FEEDBACK
+from services.policy.prompt import ACTION_CUE
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
     Window,
+    decision_suffix,
     newest_window,
     preference_pairs,
     record_from_incoming,
+    sft_set,
     walk_forward,
 )
 
@@ -137,9 +140,25 @@ def test_self_reflection_pairs_prefer_the_answer_the_market_agreed_with(
     assert stats.wrong == 3  # the second record was right: no pair for it
     assert stats.pairs + stats.unresolved == 3 and stats.pairs >= 1
     for row in pairs:
-        assert row["prompt"].startswith("PROMPT state")
+        # The prompt the policy decides on: the state block, then the assistant's action cue.
+        assert row["prompt"].startswith("PROMPT state") and row["prompt"].endswith(ACTION_CUE)
         chosen, rejected = row["chosen"].split()[0], row["rejected"].split()[0]
         assert chosen != rejected
         assert "\nReason:" in row["chosen"] and "\nReason:" in row["rejected"]
-    labels = {f"PROMPT {r.state}": r.label() for r in records}
+    labels = {"PROMPT " + decision_suffix(r.state): r.label() for r in records}
     assert all(row["chosen"].split()[0] == labels[row["prompt"]] for row in pairs)
+
+
+def test_sft_rows_are_correct_answers_on_the_policys_own_prompt(tiny_llama_dir: Path) -> None:
+    from services.policy.actor_critic import LLMActorCritic
+
+    model = LLMActorCritic.from_pretrained(tiny_llama_dir)
+    records = [
+        FeedbackRecord("MSFT", T0, T0 + timedelta(days=1), "state a", "buy", 0.0, 0.02, "v0"),
+        FeedbackRecord("MSFT", T0, T0 + timedelta(days=1), "state b", "buy", 0.0, -0.02, "v0"),
+    ]
+    rows = sft_set(records, model, "PROMPT ", max_examples=10, explain_tokens=3)
+    assert len(rows) == 1  # only the answer the market proved right
+    assert rows[0]["prompt"] == "PROMPT " + decision_suffix("state a")
+    assert rows[0]["prompt"].endswith(ACTION_CUE)
+    assert rows[0]["completion"].startswith(" buy\nReason:")
