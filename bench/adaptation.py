@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     opts = parser.parse_args()
+    if not (opts.model / "config.json").is_file():
+        sys.exit(f"no model folder at {opts.model}: run `rlmf models prepare --tiny` first")
     torch.set_num_threads(opts.threads)
     started = time.perf_counter()
     per_seed = {}

@@ -75,6 +75,13 @@ def main() -> None:
         scorer = LLMScorer(args.model_dir, LLMOptions(batch_size=batch))
         rates[f"llm_batch_{batch}"] = items_per_s(scorer, texts[:subset])
     llm_acc = accuracy(scorer, texts, labels)  # batch size does not change scores (unit-tested)
+    progress("llm batch 32 with the prefix cache off (the baseline) ...")
+    uncached = LLMScorer(args.model_dir, LLMOptions(batch_size=32, prefix_cache=False))
+    rates["llm_batch_32_prefix_cache_off"] = items_per_s(uncached, texts)
+    prompt_tokens = {
+        "shared_prefix": scorer.prefix_tokens,
+        "mean_per_item": round(sum(scorer.suffix_tokens(t) for t in texts) / len(texts), 1),
+    }
 
     variants: dict[str, float] = {}
     if not args.no_prompt_variants:
@@ -94,6 +101,11 @@ def main() -> None:
             lexicon_rate / rates["llm_batch_32"], 1
         ),
         "llm_batch_32_within_10x_of_lexicon": lexicon_rate / rates["llm_batch_32"] <= 10,
+        "prefix_cache_speedup_batch_32": round(
+            rates["llm_batch_32"] / rates["llm_batch_32_prefix_cache_off"], 2
+        ),
+        "prompt_tokens": prompt_tokens,
+        "model_parameters": sum(p.numel() for p in scorer.model.parameters()),
         "accuracy": {
             "lexicon": lexicon_acc,
             "llm_few_shot": llm_acc,

@@ -81,6 +81,9 @@ class LLMOptions:
     max_text_chars: int = 1000
     threads: int = 0
     """torch intra-op threads; 0 leaves torch's default."""
+    prefix_cache: bool = True
+    """Run the shared prompt prefix once and reuse its keys/values; off runs every full prompt
+    (the baseline bench/sentiment.py compares against; scores are the same either way)."""
     device: str = "auto"
     """`auto` (cuda when present, else cpu), `cpu`, `cuda` or `cuda:N`."""
 
@@ -143,6 +146,15 @@ class LLMScorer(SentimentScorer):
         at = rendered.rindex(marker)
         return rendered[:at], rendered[at + len(marker) :]
 
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens in the shared prefix (system prompt and examples) every text reuses."""
+        return self._prefix_len
+
+    def suffix_tokens(self, text: str) -> int:
+        """Tokens `text` adds after the shared prefix (its fenced text and the answer cue)."""
+        return len(self.tokenizer.encode(self._suffix(text), add_special_tokens=False))
+
     def _suffix(self, text: str) -> str:
         return prompts.clean(text[: self.options.max_text_chars]) + self._tail
 
@@ -169,6 +181,8 @@ class LLMScorer(SentimentScorer):
 
     def _label_probs(self, texts: list[str]) -> Any:
         """Softmax over the label words' next-token logits, shape (len(texts), len(LABELS))."""
+        if not self.options.prefix_cache:
+            return self._label_probs_uncached(texts)
         import torch
 
         n = len(texts)
@@ -203,6 +217,22 @@ class LLMScorer(SentimentScorer):
             ).logits
         rows = logits[:, -1, self.label_ids]
         return torch.softmax(rows.float(), dim=-1).cpu()
+
+    def _label_probs_uncached(self, texts: list[str]) -> Any:
+        """As `_label_probs`, running every full prompt from its first token."""
+        import torch
+
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(
+            [self.prompt(t) for t in texts],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(self.device)
+        positions = (enc["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = self.model(**enc, position_ids=positions, logits_to_keep=1).logits
+        return torch.softmax(logits[:, -1, self.label_ids].float(), dim=-1).cpu()
 
     def score(self, texts: Sequence[str]) -> list[Score]:
         out: list[Score] = []

@@ -46,6 +46,16 @@ def test_batch_size_does_not_change_scores(tiny_llama_dir: Path, scorer: LLMScor
     assert [s.sentiment for s in one] == pytest.approx([s.sentiment for s in many], abs=1e-4)
 
 
+def test_prefix_cache_off_gives_the_same_scores(tiny_llama_dir: Path, scorer: LLMScorer) -> None:
+    """The bench's baseline (every full prompt run from its first token, padded batch)."""
+    plain = LLMScorer(tiny_llama_dir, LLMOptions(batch_size=8, prefix_cache=False)).score(TEXTS)
+    cached = scorer.score(TEXTS)
+    for a, b in zip(plain, cached, strict=True):
+        assert list(a.probabilities.values()) == pytest.approx(
+            list(b.probabilities.values()), abs=1e-4
+        )
+
+
 def test_score_is_p_positive_minus_p_negative(scorer: LLMScorer) -> None:
     for score in scorer.score(TEXTS):
         p = score.probabilities
