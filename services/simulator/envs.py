@@ -243,8 +243,12 @@ class DiscreteTradingEnv(_SingleAssetEnv):
         *,
         trade_fraction: float = 1.0,
         state_closes: int = 32,
+        state_features: pd.DataFrame | None = None,
         **kwargs: Any,
     ) -> None:
+        """`state_features`: more features per bar for the policy's state (rows indexed like
+        `prices`, NaN where unknown), e.g. the features service's, read point in time at each
+        bar's cutoff (services/trainer/offline_features.py); they extend the price features."""
         super().__init__(prices, **kwargs)
         if self.execution.allow_short:
             raise ValueError(
@@ -257,6 +261,7 @@ class DiscreteTradingEnv(_SingleAssetEnv):
         self.trade_fraction = trade_fraction
         self.state_closes = state_closes
         self.action_space = spaces.Discrete(len(ACTIONS))
+        self._extra_features = _finite_rows(state_features, prices.index)
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         a = int(action)
@@ -286,10 +291,22 @@ class DiscreteTradingEnv(_SingleAssetEnv):
                 "return_1": float(m.returns_window[t, -1]),
                 f"return_{self.window}": float(m.returns_window[t].sum()),
                 "volatility": float(m.volatility[t]),
+                **(self._extra_features[t] if self._extra_features else {}),
             },
             news_summary=m.summaries[t][:2000],
             sentiment=float(m.sentiment[t]) if m.summaries[t] or m.sentiment[t] else None,
         )
+
+
+def _finite_rows(frame: pd.DataFrame | None, index: pd.Index) -> list[dict[str, float]] | None:
+    """`frame`'s rows aligned to `index`, each without its missing or non-finite values."""
+    if frame is None:
+        return None
+    aligned = frame.reindex(index)
+    return [
+        {str(k): float(v) for k, v in row.items() if isinstance(v, int | float) and np.isfinite(v)}
+        for row in aligned.to_dict("records")
+    ]
 
 
 class ContinuousTradingEnv(_SingleAssetEnv):

@@ -36,6 +36,7 @@ from services.trainer.datasets import (
 )
 from services.trainer.evaluate import evaluate
 from services.trainer.gate import GateConfig, decide
+from services.trainer.offline_features import load_bar_features, state_inputs
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
 from services.trainer.settings import TrainerSettings
 
@@ -219,7 +220,11 @@ def run_cycle(
         times[last].date(),
     )
 
+    # The live states' features, read once for the whole cycle (training and held-out bars).
+    bar_features = load_bar_features(settings.features_source, prices, settings.ticker)
     training: dict[str, float] = {}
+    if bar_features is not None:
+        training["features/feast_columns"] = float(bar_features.numeric.shape[1])
     resumed_from = 0
     if out.is_dir():  # killed after saving: the artifact is complete (atomic), reuse it
         student = load_artifact(out)
@@ -238,6 +243,7 @@ def run_cycle(
             end=train_end,
             max_episode_steps=ppo.PPOArgs.max_episode_steps,
             random_start=True,
+            **state_inputs(bar_features),
         )
         result = ppo.train(
             student,
@@ -259,10 +265,22 @@ def run_cycle(
         training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
 
     student_eval = evaluate(
-        student, prices, train_end, last, ticker=settings.ticker, seed=settings.seed
+        student,
+        prices,
+        train_end,
+        last,
+        ticker=settings.ticker,
+        seed=settings.seed,
+        features=bar_features,
     )
     teacher_eval = evaluate(
-        teacher, prices, train_end, last, ticker=settings.ticker, seed=settings.seed
+        teacher,
+        prices,
+        train_end,
+        last,
+        ticker=settings.ticker,
+        seed=settings.seed,
+        features=bar_features,
     )
     if not out.is_dir():
         save_artifact(

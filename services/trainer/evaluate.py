@@ -14,6 +14,7 @@ import pandas as pd
 from services.common.market_state import ACTIONS
 from services.simulator.backtest import run_backtest
 from services.simulator.baseline_policies import FolderPolicy
+from services.trainer.offline_features import BarFeatures, state_inputs
 from services.trainer.ppo import move_label
 
 REPORTED = ("sharpe", "max_drawdown", "cumulative_return", "annual_volatility", "final_net_worth")
@@ -42,8 +43,10 @@ def evaluate(
     ticker: str,
     seed: int,
     flat: float = 0.0,
+    features: BarFeatures | None = None,
 ) -> Evaluation:
-    """Trade bars start..end (decisions on start..end-1 see bars <= their own only)."""
+    """Trade bars start..end (decisions on start..end-1 see bars <= their own only), with the
+    live states' features when `features` are given (offline_features.py)."""
     result = run_backtest(
         prices,
         FolderPolicy(model, Path(getattr(model, "model_version", "model"))),
@@ -51,6 +54,7 @@ def evaluate(
         seed=seed,
         start=start,
         end=end,
+        **state_inputs(features),
     )
     metrics = result.metrics
     closes = prices["close"].to_numpy()

@@ -26,6 +26,10 @@ class TrainerSettings(BaseSettings):
     market_days: int = 400
     market_seed: int = 0
     ticker: str = "SYN"
+    features_source: str = Field(default="none", pattern="^(none|feast)$")
+    """feast: the training and evaluation states carry the features service's features, read
+    point in time from Feast's offline store at each bar's cutoff (RLMF_FEATURES_* say where),
+    as the simulator's states do when it reads Feast; none: price-derived features only."""
 
     # -- windows (walk-forward)
     train_days: int = Field(default=120, ge=10)

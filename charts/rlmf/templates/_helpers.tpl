@@ -255,6 +255,8 @@ spec:
   value: {{ toJson .Values.tickers | quote }}
 - name: RLMF_SIMULATOR_POLICY_URL
   value: {{ printf "http://%s-policy.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace | quote }}
+- name: RLMF_SIMULATOR_FEATURES_SOURCE
+  value: {{ .Values.simulator.featuresSource | quote }}
 {{- end -}}
 
 {{/* Every topic and its .dlq twin (services/common/topics.py; a test keeps them equal). */}}
