@@ -350,6 +350,9 @@ class Demo:
             "RLMF_TRAINER_SEED": str(s.seed),
             "RLMF_TRAINER_TICKER": w.ticker,
             "RLMF_FEATURES_DATA_DIR": str(self.out / "feast"),
+            # The simulator's states carry the features service's features (features_reader);
+            # the trainer's training and held-out states read the same ones, point in time.
+            "RLMF_TRAINER_FEATURES_SOURCE": "feast",
         }
         if w.data_file is not None:
             env["RLMF_TRAINER_PRICES_CSV"] = str(w.data_file)
