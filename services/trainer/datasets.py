@@ -248,20 +248,6 @@ def market_feedback_set(records: Iterable[FeedbackRecord], flat: float = 0.0) ->
     ]
 
 
-def with_offline_features(records: Sequence[FeedbackRecord], reader: Any) -> pd.DataFrame:
-    """D_MF as a frame joined point-in-time with Feast's offline store (FeatureReader.historical):
-    each row gets the features as they were known at its decision time, never later."""
-    entity_df = pd.DataFrame(
-        {
-            "ticker": [r.ticker for r in records],
-            "event_timestamp": [r.decision_time for r in records],
-            "realised_return": [r.realised_return for r in records],
-            "label": [r.label() for r in records],
-        }
-    )
-    return reader.historical(entity_df)
-
-
 def answer(action: str, reason: str) -> str:
     """An answer in the shape the policy's best-of-n scorer ranks: ' <action>\\nReason: <why>'."""
     return f" {action}{REASON_CUE} {reason}".rstrip()
