@@ -296,26 +296,23 @@ class _NotReadyYet(RetriableError):
 # ---------------------------------------------------------------------------------------------
 
 
-class _SeenIds:
-    """A bounded memory of handled envelope ids (oldest forgotten first)."""
+class _SeenIds(dict[str, None]):
+    """A bounded memory of handled envelope ids (oldest forgotten first). A dict, so that the
+    per-message `id in seen` is the dict's own lookup; it keeps insertion order."""
 
     def __init__(self, capacity: int) -> None:
+        super().__init__()
         self.capacity = capacity
-        # A plain dict keeps insertion order and inserts faster than an OrderedDict.
-        self._ids: dict[str, None] = {}
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._ids
 
     def add(self, item: str) -> None:
         self.add_all([item])
 
     def add_all(self, items: Iterable[str]) -> None:
-        self._ids.update(dict.fromkeys(items))
-        excess = len(self._ids) - self.capacity
+        self.update(dict.fromkeys(items))
+        excess = len(self) - self.capacity
         if excess > 0:
-            for old in list(itertools.islice(self._ids, excess)):
-                del self._ids[old]
+            for old in list(itertools.islice(self, excess)):
+                del self[old]
 
 
 @dataclass
@@ -457,11 +454,14 @@ class ConsumerLoop:
         for attempt in retrying(s, self.service, "poll"):
             with attempt:
                 batch = self._consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
-        records = [
-            r for tp in sorted(batch, key=lambda t: (t.topic, t.partition)) for r in batch[tp]
-        ]
+        records: list[Any] = []
+        per_topic: dict[str, int] = {}
+        for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
+            records += batch[tp]
+            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + len(batch[tp])
         if not records:
             return 0
+        self._count_consumed(per_topic)
         self._process(records)
         self.producer.flush()  # outputs and dead letters are on the broker ...
         self._commit(batch)  # ... and only now is the input marked done: at-least-once.
@@ -469,43 +469,42 @@ class ConsumerLoop:
         return len(records)
 
     def _process(self, records: list[Any]) -> None:
-        self._count_consumed(records)
+        """Decode, drop duplicates, hand the rest to the handler. The per-message hot path: the
+        loop keeps lookups in locals and builds one object per message (bench/bus.py)."""
+        decode, payload_types = envelopes.decode, self._payload_types
+        seen, in_this_batch = self._seen, set()
         valid: list[Incoming] = []
-        in_this_batch: set[str] = set()
-        seen = self._seen
-        for record in records:  # the per-message hot path: keep it lean
-            incoming = self._decode(record)
-            if incoming is None:
+        for record in records:
+            value = record.value or b""
+            try:
+                envelope = decode(value, payload_types[record.topic])
+            except envelopes.EnvelopeError as exc:
+                self._dead_letter(record.topic, value, record.key, record.headers or [], exc)
                 continue
-            envelope_id = incoming.envelope.id
+            envelope_id = envelope.id
             if envelope_id in seen or envelope_id in in_this_batch:
                 self.stats.duplicates += 1
                 metrics.MESSAGES_DUPLICATE.labels(self.service, record.topic).inc()
                 continue
             in_this_batch.add(envelope_id)
-            valid.append(incoming)
+            valid.append(
+                Incoming(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    envelope,
+                    value,
+                    record.headers or [],
+                )
+            )
         if valid:
             self._handle(valid)
 
-    def _count_consumed(self, records: list[Any]) -> None:
-        per_topic: dict[str, int] = {}
-        for record in records:
-            per_topic[record.topic] = per_topic.get(record.topic, 0) + 1
+    def _count_consumed(self, per_topic: dict[str, int]) -> None:
         for topic, count in per_topic.items():
             self.stats.consumed += count
             self.stats.by_topic[topic] = self.stats.by_topic.get(topic, 0) + count
             metrics.MESSAGES_CONSUMED.labels(self.service, topic).inc(count)
-
-    def _decode(self, record: Any) -> Incoming | None:
-        value = record.value or b""
-        try:
-            env = envelopes.decode(value, self._payload_types[record.topic])
-        except envelopes.EnvelopeError as exc:
-            self._dead_letter(record.topic, value, record.key, record.headers or [], exc)
-            return None
-        return Incoming(
-            record.topic, record.partition, record.offset, env, value, record.headers or []
-        )
 
     def _handle(self, valid: list[Incoming]) -> None:
         started = time.perf_counter()
@@ -631,14 +630,19 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
 def _one_by_one(handle: MessageHandler) -> BatchHandler:
     def handle_batch(batch: Sequence[Incoming]) -> list[list[Outgoing] | Exception]:
         results: list[list[Outgoing] | Exception] = []
-        for incoming in batch:
-            token = current_trace_id.set(incoming.envelope.trace_id)
-            try:
-                results.append(list(handle(incoming)))
-            except Exception as exc:  # noqa: BLE001 - every failure is dead-lettered, with its text
-                results.append(exc)
-            finally:
-                current_trace_id.reset(token)
+        append, set_trace = results.append, current_trace_id.set
+        # Each message's trace id is in the context while its handler runs (log lines carry
+        # it); the caller's own is restored once, after the batch.
+        before = current_trace_id.get()
+        try:
+            for incoming in batch:
+                set_trace(incoming.envelope.trace_id)
+                try:
+                    append(list(handle(incoming)))
+                except Exception as exc:  # noqa: BLE001 - every failure is dead-lettered, with its text
+                    append(exc)
+        finally:
+            current_trace_id.set(before)
         return results
 
     return handle_batch

@@ -154,7 +154,7 @@ def wrap(
     set_time(env.event_time, event_time)
     produce_time = env.produce_time
     produce_time.seconds, produce_time.nanos = divmod(time.time_ns(), _NS_PER_S)
-    env.payload.type_url = _type_url(type(payload))
+    env.payload.type_url = _TYPE_URLS[type(payload)]
     env.payload.value = payload.SerializeToString()
     return env
 
@@ -186,7 +186,7 @@ def decode(raw: bytes, payload_type: type[Message]) -> Envelope:
     if not env.HasField("event_time"):
         raise EnvelopeError("envelope has no event_time")
     packed = env.payload
-    if packed.type_url != _type_url(payload_type):
+    if packed.type_url != _TYPE_URLS[payload_type]:
         found = packed.type_url.rsplit("/", 1)[-1] or "empty"
         raise EnvelopeError(f"payload is {found}, expected {payload_type.DESCRIPTOR.full_name}")
     payload = payload_type()
@@ -198,12 +198,13 @@ def decode(raw: bytes, payload_type: type[Message]) -> Envelope:
     return Envelope(envelope_id, payload, env)
 
 
-_TYPE_URLS: dict[type[Message], str] = {}
+class _TypeUrls(dict[type[Message], str]):
+    """Payload class -> its Any type URL, computed once per class: a hit is a plain dict
+    lookup, which keeps DESCRIPTOR.full_name and the concatenation off the per-message path."""
+
+    def __missing__(self, payload_type: type[Message]) -> str:
+        url = self[payload_type] = _TYPE_URL_PREFIX + payload_type.DESCRIPTOR.full_name
+        return url
 
 
-def _type_url(payload_type: type[Message]) -> str:
-    # Cached per class: reading DESCRIPTOR.full_name and concatenating cost per message.
-    url = _TYPE_URLS.get(payload_type)
-    if url is None:
-        url = _TYPE_URLS[payload_type] = _TYPE_URL_PREFIX + payload_type.DESCRIPTOR.full_name
-    return url
+_TYPE_URLS = _TypeUrls()
