@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -47,6 +47,7 @@ from services.common.topics import dlq, payload_type
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +117,23 @@ def retrying(settings: BusSettings, service: str, operation: str) -> Retrying:
         before_sleep=count_and_log,
         reraise=True,
     )
+
+
+def with_retries(settings: BusSettings, service: str, operation: str, call: Callable[[], T]) -> T:
+    """`call()`, retried with backoff on transient broker errors (`retrying`). The first try
+    builds no retry controller: this wraps every poll, commit and send, and tenacity's
+    per-call set-up showed on the consumer's profile (bench/bus.py)."""
+    try:
+        return call()
+    except KafkaError as exc:
+        if not _is_transient(exc):
+            raise
+        log.warning("%s failed (%s); retrying with backoff", operation, exc)
+        metrics.BROKER_RETRIES.labels(service, operation).inc()
+    for attempt in retrying(settings, service, operation):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable: retrying re-raises when attempts run out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,19 +251,14 @@ class Producer:
         metrics.MESSAGES_DEAD_LETTERED.labels(self.service, topic, reason).inc()
 
     def _send(self, item: _Pending) -> None:
-        try:  # the common case, without building a retry controller per message
-            item.future = self._kafka.send(
+        item.future = with_retries(
+            self.settings,
+            self.service,
+            "send",
+            lambda: self._kafka.send(
                 item.topic, value=item.value, key=item.key, headers=item.headers
-            )
-            return
-        except KafkaError as exc:
-            if not _is_transient(exc):
-                raise
-        for attempt in retrying(self.settings, self.service, "send"):
-            with attempt:
-                item.future = self._kafka.send(
-                    item.topic, value=item.value, key=item.key, headers=item.headers
-                )
+            ),
+        )
 
     def flush(self) -> None:
         """Block until everything sent so far is acknowledged, re-sending failures."""
@@ -450,10 +463,12 @@ class ConsumerLoop:
     def poll_once(self) -> int:
         """Poll one batch, handle it, flush outputs, commit. Returns messages consumed."""
         s = self.settings
-        batch: dict[TopicPartition, list[Any]] = {}
-        for attempt in retrying(s, self.service, "poll"):
-            with attempt:
-                batch = self._consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records)
+        batch: dict[TopicPartition, list[Any]] = with_retries(
+            s,
+            self.service,
+            "poll",
+            lambda: self._consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_records),
+        )
         records: list[Any] = []
         per_topic: dict[str, int] = {}
         for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
@@ -573,9 +588,12 @@ class ConsumerLoop:
             if records
         }
         self._uncommitted.update(offsets)
-        for attempt in retrying(self.settings, self.service, "commit"):
-            with attempt:
-                self._consumer.commit_async(offsets, callback=self._on_commit_answer)
+        with_retries(
+            self.settings,
+            self.service,
+            "commit",
+            lambda: self._consumer.commit_async(offsets, callback=self._on_commit_answer),
+        )
 
     def _on_commit_answer(
         self, offsets: dict[TopicPartition, OffsetAndMetadata], answer: Any

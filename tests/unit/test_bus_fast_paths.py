@@ -1,4 +1,4 @@
-"""The envelope's fast paths give the same answers as the protobuf library's slow ones."""
+"""The envelope's and the bus's fast paths give the same answers as the slow ones they replace."""
 
 from __future__ import annotations
 
@@ -71,3 +71,32 @@ def test_seen_ids_forget_the_oldest_first() -> None:
     assert "a" not in seen and all(i in seen for i in "bcd")
     seen.add("e")
     assert "b" not in seen and all(i in seen for i in "cde")
+
+
+def test_with_retries_rides_out_transient_errors_and_raises_the_rest() -> None:
+    from kafka.errors import KafkaConnectionError, UnsupportedVersionError
+
+    from services.common.bus import with_retries
+    from services.common.settings import BusSettings
+
+    settings = BusSettings(retry_attempts=3, retry_max_wait_s=0.01)
+    failures = [KafkaConnectionError("down"), KafkaConnectionError("still down")]
+
+    def flaky() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "sent"
+
+    assert with_retries(settings, "test", "send", flaky) == "sent" and not failures
+
+    def broken() -> str:
+        raise UnsupportedVersionError("not transient")
+
+    with pytest.raises(UnsupportedVersionError):
+        with_retries(settings, "test", "send", broken)
+
+    def down() -> str:
+        raise KafkaConnectionError("never up")
+
+    with pytest.raises(KafkaConnectionError):  # attempts run out: the error reaches the caller
+        with_retries(settings, "test", "send", down)
