@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 VALUE_HEAD = "value_head.safetensors"
+REWARD_MODEL = "reward-model"
+"""Optional sub-folder: the reward model trained beside this policy (trl's RewardTrainer
+layout); the policy server ranks explanations with it (best-of-n) when it is there."""
 ARTIFACT_FORMAT = 1
 
 
@@ -97,12 +100,14 @@ def save_artifact(
     folder: str | Path,
     manifest_fields: dict[str, Any],
     overwrite: bool = False,
+    reward_model: Path | None = None,
 ) -> Manifest:
     """Write `model` as an artifact at `folder`; returns its manifest.
 
     `manifest_fields` holds version, base_model and optionally parent_version, training_window,
-    eval_metrics, notes, name. The folder appears complete or not at all: everything is written
-    into a temporary sibling which is then renamed into place.
+    eval_metrics, notes, name. `reward_model`, a folder, is copied in as REWARD_MODEL; its files
+    are hashed like every other. The folder appears complete or not at all: everything is
+    written into a temporary sibling which is then renamed into place.
     """
     folder = Path(folder)
     if folder.exists() and not overwrite:
@@ -117,6 +122,8 @@ def save_artifact(
     staging.chmod(0o755)  # mkdtemp makes it owner-only; a serving pod may run as another uid
     try:
         _write_model_files(model, staging)
+        if reward_model is not None:
+            shutil.copytree(reward_model, staging / REWARD_MODEL)
         files = {rel: sha256_file(p) for rel, p in _listed_files(staging).items()}
         manifest = Manifest(**fields, files=files)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))

@@ -29,7 +29,7 @@ from services.common import metrics as common_metrics
 from services.common.market_state import MarketState
 from services.policy import metrics
 from services.policy.actor_critic import LLMActorCritic, PolicyDecision
-from services.policy.artifacts import ArtifactError, load_artifact
+from services.policy.artifacts import REWARD_MODEL, ArtifactError, load_artifact
 from services.policy.batcher import MicroBatcher
 from services.policy.explain import ExplainConfig, Explainer, RewardScorer, SequenceClassifierScorer
 from services.policy.protocol import (
@@ -86,24 +86,28 @@ class PolicyModel(Model):
         if folder is None:
             if self.settings.best_of_n > 1:
                 log.warning(
-                    "best-of-n is off: no reward model configured (RLMF_POLICY_REWARD_MODEL_DIR)"
+                    "no reward model configured (RLMF_POLICY_REWARD_MODEL_DIR): best-of-n is "
+                    "off unless the artifact carries its own (%s/)",
+                    REWARD_MODEL,
                 )
-            metrics.BEST_OF_N_ACTIVE.set(0)
             return None
-        scorer = SequenceClassifierScorer(folder)
-        metrics.BEST_OF_N_ACTIVE.set(1 if self.settings.best_of_n > 1 else 0)
-        return scorer
+        return SequenceClassifierScorer(folder)
 
     def _load_verified(self, folder: Path) -> LLMActorCritic:
         """Verify hashes, load, attach the explainer, and warm up (prefix cache + one decision),
-        so the model is complete before anyone can see it."""
+        so the model is complete before anyone can see it. An artifact that carries its own
+        reward model (a cycle trained one beside it) ranks explanations with that one."""
         model = load_artifact(folder, dtype=self.settings.dtype)
         model.to(self.settings.device)
+        scorer = self._scorer
+        if (folder / REWARD_MODEL).is_dir():
+            scorer = SequenceClassifierScorer(folder / REWARD_MODEL)
+            log.info("best-of-n ranks with the reward model inside %s", folder)
         model.explainer = Explainer(
             ExplainConfig(
                 self.settings.explain_max_tokens, self.settings.best_of_n, seed=self.settings.seed
             ),
-            self._scorer,
+            scorer,
         )
         model.prefix_cache()
         return model
@@ -111,6 +115,10 @@ class PolicyModel(Model):
     def _swap(self, model: LLMActorCritic) -> None:
         # One reference assignment: a batch already running keeps the model it started with.
         self._current = model
+        explainer = getattr(model, "explainer", None)
+        metrics.BEST_OF_N_ACTIVE.set(
+            1 if explainer is not None and explainer.best_of_n_active else 0
+        )
         manifest = getattr(model, "manifest", None)
         metrics.MODEL_INFO.info(
             {

@@ -187,6 +187,7 @@ def run_cycle(
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
     models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests)."""
     from services.policy.artifacts import (
+        REWARD_MODEL,
         ArtifactError,
         load_artifact,
         save_artifact,
@@ -226,6 +227,7 @@ def run_cycle(
     if bar_features is not None:
         training["features/feast_columns"] = float(bar_features.numeric.shape[1])
     resumed_from = 0
+    reward_model = work / REWARD_MODEL  # trained by _supervised when rm_steps > 0
     if out.is_dir():  # killed after saving: the artifact is complete (atomic), reuse it
         student = load_artifact(out)
     else:
@@ -297,6 +299,9 @@ def run_cycle(
                 "eval_metrics": {k: v for k, v in student_eval.policy.items() if math.isfinite(v)},
                 "notes": f"RLMF cycle: PPO {settings.ppo_steps} steps, mf_coef {settings.mf_coef}",
             },
+            # A reward model the cycle trained travels with the student: the policy server
+            # ranks the student's explanations with it (best-of-n).
+            reward_model=reward_model if reward_model.is_dir() else None,
         )
     manifest_error = None
     try:
@@ -359,6 +364,7 @@ def _supervised(
     training: dict[str, float],
 ) -> None:
     """SFT on correct answers, then the reward model on reflection pairs; each stage once."""
+    from services.policy.artifacts import REWARD_MODEL
     from services.policy.prompt import prompt_prefix
     from services.trainer.reward_model import train_reward_model
     from services.trainer.sft import run_sft
@@ -380,14 +386,14 @@ def _supervised(
             batch_size=4,
             seed=settings.seed,
         )
-        training.update(
-            {"sft/steps": report.steps, "sft/loss": report.loss, "sft/examples": report.examples}
-        )
+        training.update({"sft/steps": report.steps, "sft/examples": report.examples})
+        if report.steps:  # no correct answers in the window: no steps and no loss to report
+            training["sft/loss"] = report.loss
         work.mkdir(parents=True, exist_ok=True)
         trainable = {n: p.detach() for n, p in student.named_parameters() if p.requires_grad}
         torch.save(trainable, work / ".sft.tmp")
         os.replace(work / ".sft.tmp", done)
-    rm_dir = work / "reward-model"
+    rm_dir = work / REWARD_MODEL
     if settings.rm_steps and not rm_dir.is_dir():
         pairs, stats = preference_pairs(
             records,
@@ -410,7 +416,9 @@ def _supervised(
             batch_size=4,
             seed=settings.seed,
         )
-        training.update({"rm/steps": report.steps, "rm/loss": report.loss})
+        training["rm/steps"] = report.steps
+        if report.steps:  # no resolved pair: no steps, and no NaN loss for the gate to refuse
+            training["rm/loss"] = report.loss
 
 
 def _outcome(gate_passed: bool, promoted: bool, detail: str) -> str:

@@ -4,7 +4,9 @@ kserve policy server's model_version, with models.promotions.v1 on the real brok
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -233,6 +235,57 @@ def test_cycle_trains_on_the_windows_market_feedback_and_nothing_later(
     # decisions on bars 39..68 (outcomes on 40..69); not 30..38 (before), 69.. or the late ones
     assert result.training["mf/feedback_examples"] == 30
     assert all(math.isfinite(v) for v in result.training.values()), result.training
+
+
+def test_sft_and_reward_model_stages_run_and_the_reward_model_travels_with_the_student(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    """With sft_steps and rm_steps on: SFT trains on the answers the market proved right, SEP
+    reflection turns the wrong ones into pairs for the reward model, and the reward model is
+    saved inside the student's artifact (hashed with it) for the policy's best-of-n."""
+    from services.policy.artifacts import REWARD_MODEL, verify_artifact
+
+    prices = _uptrend(80)
+    settings = TrainerSettings(
+        models_dir=teacher_models,
+        work_dir=tmp_path / "work",
+        train_days=30,
+        eval_days=10,
+        ppo_steps=20,
+        ppo_num_steps=10,
+        ppo_minibatch_size=10,
+        ppo_gradient_accumulation_steps=1,
+        sft_steps=2,
+        rm_steps=2,
+        max_pairs=8,
+        max_sft_examples=8,
+        explain_tokens=4,
+        reflection_tries=3,
+        promotion="none",
+    )
+    # Every other record is right (SFT rows); the rest are wrong with each of the three
+    # realised labels, so a reflection resolves whichever action the tiny model favours.
+    kinds = [
+        ("buy", 0.01),
+        ("sell", 0.01),
+        ("buy", 0.01),
+        ("buy", -0.01),
+        ("buy", 0.01),
+        ("buy", 0.0),
+    ]
+    records = [
+        dataclasses.replace(_feedback(prices, t, t + 1), action=action, realised_return=move)
+        for t, (action, move) in zip(range(40, 69), itertools.cycle(kinds), strict=False)
+    ]
+    result = run_cycle(settings, prices=prices, feedback=records)
+    assert result.training["sft/steps"] == 2 and math.isfinite(result.training["sft/loss"])
+    # 29 records decided on bars 40..68, outcomes known by the window's end (bar 69)
+    assert result.training["rm/wrong"] == 14 and result.training["rm/pairs"] > 0
+    assert all(math.isfinite(v) for v in result.training.values()), result.training
+    artifact = Path(result.artifact_path)
+    manifest = verify_artifact(artifact)
+    assert (artifact / REWARD_MODEL / "config.json").is_file()
+    assert f"{REWARD_MODEL}/config.json" in manifest.files
 
 
 def _start_policy(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
