@@ -454,7 +454,12 @@ class ConsumerLoop:
             self.producer.close()
             # Only offsets of batches whose outputs were flushed are ever pending, so this is
             # safe even when close() runs because the loop failed.
-            self.commit_pending()
+            try:
+                self.commit_pending()
+            except KafkaError as exc:
+                # E.g. the group moved the partitions on: at-least-once still holds, the new
+                # owner re-reads those batches and de-duplication drops what was already done.
+                log.warning("final offset commit failed (%s); those batches will be re-read", exc)
         finally:
             self._consumer.close(autocommit=False)
 
