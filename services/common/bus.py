@@ -489,8 +489,9 @@ class ConsumerLoop:
         return len(records)
 
     def _process(self, records: list[Any]) -> None:
-        """Decode, drop duplicates, hand the rest to the handler. The per-message hot path: the
-        loop keeps lookups in locals and builds one object per message (bench/bus.py)."""
+        """Decode, drop duplicates, hand the rest to the handler. The per-message hot path
+        (bench/bus.py): lookups are kept in locals, and nothing is built per message beyond
+        the decoded envelope and its Incoming."""
         decode, payload_types = envelopes.decode, self._payload_types
         seen, in_this_batch = self._seen, set()
         valid: list[Incoming] = []
@@ -542,14 +543,12 @@ class ConsumerLoop:
         handled = 0
         for incoming, result in zip(valid, results, strict=True):
             if isinstance(result, Exception):
-                envelope = incoming.envelope
-                key = envelope.key.encode() or None
+                key = incoming.envelope.key.encode() or None
                 self._dead_letter(incoming.topic, incoming.raw, key, incoming.headers, result)
-            elif result:
+                continue
+            if result:  # a filter or a sink answers no outputs
                 self._publish_outputs(incoming, result)
-                handled += 1
-            else:  # no outputs (a filter, a sink): nothing to publish
-                handled += 1
+            handled += 1
         self.stats.handled += handled
         self._seen.add_all([m.envelope.id for m in valid])
 
@@ -619,9 +618,7 @@ class ConsumerLoop:
         offsets = {tp: o for tp, o in self._uncommitted.items() if tp in wanted}
         if not offsets:
             return
-        for attempt in retrying(self.settings, self.service, "commit"):
-            with attempt:
-                self._consumer.commit(offsets)
+        with_retries(self.settings, self.service, "commit", lambda: self._consumer.commit(offsets))
         for tp in offsets:
             self._uncommitted.pop(tp, None)
 

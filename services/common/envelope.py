@@ -19,6 +19,18 @@ SCHEMA_VERSION = 1
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
+
+class _TypeUrls(dict[type[Message], str]):
+    """Payload class -> its Any type URL, computed once per class: a hit is a plain dict
+    lookup, which keeps DESCRIPTOR.full_name and the concatenation off the per-message path."""
+
+    def __missing__(self, payload_type: type[Message]) -> str:
+        url = self[payload_type] = _TYPE_URL_PREFIX + payload_type.DESCRIPTOR.full_name
+        return url
+
+
+_TYPE_URLS = _TypeUrls()
+
 # Namespace for ids derived from other ids: a re-processed input yields the same output id,
 # which is what lets downstream de-duplication make at-least-once look exactly-once.
 _DERIVED_ID_NAMESPACE = uuid.UUID("6b1f2c1e-4f9d-4b43-9b0e-5f3a7d1e2c90")
@@ -196,15 +208,3 @@ def decode(raw: bytes, payload_type: type[Message]) -> Envelope:
         expected = payload_type.DESCRIPTOR.full_name
         raise EnvelopeError(f"payload does not decode as {expected}: {exc}") from exc
     return Envelope(envelope_id, payload, env)
-
-
-class _TypeUrls(dict[type[Message], str]):
-    """Payload class -> its Any type URL, computed once per class: a hit is a plain dict
-    lookup, which keeps DESCRIPTOR.full_name and the concatenation off the per-message path."""
-
-    def __missing__(self, payload_type: type[Message]) -> str:
-        url = self[payload_type] = _TYPE_URL_PREFIX + payload_type.DESCRIPTOR.full_name
-        return url
-
-
-_TYPE_URLS = _TypeUrls()

@@ -249,8 +249,12 @@ class LLMActorCritic(nn.Module):
 
     def encode(self, states: list[MarketState]) -> tuple[torch.Tensor, torch.Tensor]:
         """Full prompts (prefix + suffix, each tokenised on its own), left padded."""
-        prefix = self._tokens(prompt_prefix())
-        return self._pad_left([prefix + self._tokens(prompt_suffix(s)) for s in states])
+        return self.encode_texts(prompt_prefix(), [prompt_suffix(s) for s in states])
+
+    def encode_texts(self, prefix: str, suffixes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `encode`, for prompts already rendered as text (e.g. rebuilt from feedback)."""
+        head = self._tokens(prefix)
+        return self._pad_left([head + self._tokens(suffix) for suffix in suffixes])
 
     def encode_suffixes(self, states: list[MarketState]) -> tuple[torch.Tensor, torch.Tensor]:
         """Only the per-decision suffixes, left padded: the input after the cached prefix."""

@@ -106,7 +106,13 @@ def state_block(state: MarketState) -> str:
 
 def prompt_suffix(state: MarketState) -> str:
     """The per-decision part: the state, then the assistant turn up to the action cue."""
-    return f"{state_block(state)}{_TURN_END}{_ASSISTANT_OPEN}{ACTION_CUE}"
+    return decision_suffix(state_block(state))
+
+
+def decision_suffix(block: str) -> str:
+    """The per-decision part for a rendered state block: market.feedback.v1 records carry the
+    block (`state_block`), and training rebuilds the prompt the policy decided on from it."""
+    return f"{block}{_TURN_END}{_ASSISTANT_OPEN}{ACTION_CUE}"
 
 
 def build_prompt(state: MarketState) -> PromptParts:

@@ -27,7 +27,6 @@ from services.trainer import checkpoint, ppo
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
-    MFExample,
     feedback_in_window,
     market_feedback_set,
     newest_window,
@@ -150,22 +149,12 @@ def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
     )
 
 
-def _encode_example(student: Any, example: MFExample) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens as the policy's `encode` makes them: prefix and suffix each tokenised on its own,
-    so a D_MF prompt is token for token what the policy read when it decided."""
-    tokenizer = student.tokenizer
-    tokens = tokenizer.encode(example.prefix, add_special_tokens=False)
-    tokens += tokenizer.encode(example.suffix, add_special_tokens=False)
-    ids = torch.tensor([tokens], device=student.device)
-    return ids, torch.ones_like(ids)
-
-
 def feedback_set(student: Any, records: list[FeedbackRecord], args: ppo.PPOArgs) -> ppo.FeedbackSet:
     """RLMF addition: D_MF for PPO's L_MF from the window's feedback records, encoded once by
     the student's frozen base. Empty when L_MF has no weight or samples no D_MF."""
     used = records if args.mf_coef and args.mf_minibatch_size else []
     examples = market_feedback_set(used, args.mf_flat_threshold)
-    inputs = [_encode_example(student, ex) for ex in examples]
+    inputs = [student.encode_texts(ex.prefix, [ex.suffix]) for ex in examples]
     return ppo.encode_feedback(student, inputs, [ACTIONS.index(ex.label) for ex in examples])
 
 

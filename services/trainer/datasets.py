@@ -10,12 +10,11 @@ Windows are walk-forward: every evaluation day comes after every training day.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +22,8 @@ import pandas as pd
 
 from services.common.bus import Incoming, ValidationFailed
 from services.common.envelope import to_datetime
-from services.common.market_state import ACTIONS, MarketState
-from services.policy.prompt import prompt_prefix, prompt_suffix, state_block
+from services.common.market_state import ACTIONS
+from services.policy.prompt import decision_suffix, prompt_prefix
 from services.trainer.ppo import move_label
 
 if TYPE_CHECKING:
@@ -220,23 +219,6 @@ class MFExample:
     @property
     def prompt(self) -> str:
         return self.prefix + self.suffix
-
-
-@functools.cache
-def _decision_tail() -> str:
-    """What the policy's per-decision suffix puts after the state block (end of the user turn,
-    assistant opener, action cue), read off `prompt_suffix` so the two cannot drift apart."""
-    probe = MarketState(ticker="X", as_of=datetime(2000, 1, 3, tzinfo=UTC), recent_closes=[1.0])
-    block, suffix = state_block(probe), prompt_suffix(probe)
-    if not suffix.startswith(block):
-        raise RuntimeError("the policy's prompt suffix no longer starts with the state block")
-    return suffix[len(block) :]
-
-
-def decision_suffix(state_text: str) -> str:
-    """The policy's prompt suffix for a feedback record's state: records carry
-    `state_block(state)` (market.feedback.v1), the policy read `prompt_suffix(state)`."""
-    return state_text + _decision_tail()
 
 
 def market_feedback_set(records: Iterable[FeedbackRecord], flat: float = 0.0) -> list[MFExample]:

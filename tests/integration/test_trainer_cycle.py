@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -211,20 +212,29 @@ def _feedback(prices: pd.DataFrame, decided: int, realised: int) -> FeedbackReco
     )
 
 
+def _window_of_80_bars(models: Path, tmp_path: Path, **budget: Any) -> TrainerSettings:
+    """A cycle over 80 bars: PPO trains on bars 39..69, the gate holds out 70..79."""
+    return TrainerSettings(
+        models_dir=models,
+        work_dir=tmp_path / "work",
+        train_days=30,
+        eval_days=10,
+        promotion="none",
+        **budget,
+    )
+
+
 def test_cycle_trains_on_the_windows_market_feedback_and_nothing_later(
     teacher_models: Path, tmp_path: Path
 ) -> None:
     prices = _uptrend(80)
-    settings = TrainerSettings(
-        models_dir=teacher_models,
-        work_dir=tmp_path / "work",
-        train_days=30,
-        eval_days=10,
+    settings = _window_of_80_bars(
+        teacher_models,
+        tmp_path,
         ppo_steps=40,
         ppo_minibatch_size=8,
         ppo_gradient_accumulation_steps=2,
         ppo_mf_minibatch_size=8,
-        promotion="none",
     )
     # 80 bars: PPO trains on bars 39..69, the gate holds out 70..79.
     on_time = [_feedback(prices, t, t + 1) for t in range(30, 79)]
@@ -246,11 +256,9 @@ def test_sft_and_reward_model_stages_run_and_the_reward_model_travels_with_the_s
     from services.policy.artifacts import REWARD_MODEL, verify_artifact
 
     prices = _uptrend(80)
-    settings = TrainerSettings(
-        models_dir=teacher_models,
-        work_dir=tmp_path / "work",
-        train_days=30,
-        eval_days=10,
+    settings = _window_of_80_bars(
+        teacher_models,
+        tmp_path,
         ppo_steps=20,
         ppo_num_steps=10,
         ppo_minibatch_size=10,
@@ -261,7 +269,6 @@ def test_sft_and_reward_model_stages_run_and_the_reward_model_travels_with_the_s
         max_sft_examples=8,
         explain_tokens=4,
         reflection_tries=3,
-        promotion="none",
     )
     # Every other record is right (SFT rows); the rest are wrong with each of the three
     # realised labels, so a reflection resolves whichever action the tiny model favours.

@@ -14,12 +14,11 @@ from services.common.bus import Incoming, ValidationFailed
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.topics import MARKET_FEEDBACK
-from services.policy.prompt import ACTION_CUE
+from services.policy.prompt import ACTION_CUE, decision_suffix
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
     Window,
-    decision_suffix,
     newest_window,
     preference_pairs,
     record_from_incoming,
