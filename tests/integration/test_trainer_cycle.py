@@ -44,13 +44,8 @@ from services.trainer.settings import TrainerSettings
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> object:
-    """Tiny models: extra intra-op threads only contend on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: extra intra-op threads only contend on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _uptrend(days: int = 120) -> pd.DataFrame:

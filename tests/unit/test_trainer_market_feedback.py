@@ -3,7 +3,6 @@ window's end enter it, and in PPO's L_MF it moves the student towards the realis
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,13 +24,8 @@ T0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
 BUY = ACTIONS.index("buy")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: extra intra-op threads only contend on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: extra intra-op threads only contend on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _state(i: int) -> MarketState:

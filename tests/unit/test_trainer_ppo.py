@@ -22,14 +22,8 @@ from services.trainer.ppo import (
     rlmf_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny tensors: extra intra-op threads only contend on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: extra intra-op threads only contend on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_gae_matches_hand_computation() -> None:

@@ -4,7 +4,6 @@ reports what it did, and moves only the student's trainable top layers."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,8 @@ from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
 from services.trainer.datasets import answer
 from services.trainer.sft import run_sft
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: extra intra-op threads only contend on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: extra intra-op threads only contend on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 ROWS = [
