@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.market.baseline_policies import BuyAndHold
+from services.market.envs import DiscreteTradingEnv
+from services.market.performance import period_returns, sharpe
+from services.market.regime_market import generate_market, load_params
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
 from services.policy.artifacts import load_artifact, save_artifact
-from services.simulator.baseline_policies import BuyAndHold, FolderPolicy
-from services.simulator.envs import DiscreteTradingEnv
-from services.simulator.performance import period_returns, sharpe
-from services.simulator.regime_market import generate_market, load_params
+from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
 from services.trainer.cycle import current_teacher, run_cycle, set_current
 from services.trainer.settings import TrainerSettings

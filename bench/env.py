@@ -22,10 +22,10 @@ from gymnasium import spaces
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.simulator import accounting as acc  # noqa: E402
-from services.simulator.accounting import ExecutionConfig, RewardConfig  # noqa: E402
-from services.simulator.envs import DiscreteTradingEnv  # noqa: E402
-from services.simulator.market_data import load_prices_csv  # noqa: E402
+from services.market import accounting as acc  # noqa: E402
+from services.market.accounting import ExecutionConfig, RewardConfig  # noqa: E402
+from services.market.envs import DiscreteTradingEnv  # noqa: E402
+from services.market.market_data import load_prices_csv  # noqa: E402
 
 WINDOW = 10
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from services.market.envs import DiscreteTradingEnv
+from services.market.regime_market import generate_market, load_params
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
 from services.policy.prompt import prompt_prefix
-from services.simulator.envs import DiscreteTradingEnv
-from services.simulator.regime_market import generate_market, load_params
 from services.trainer import ppo
 from services.trainer.datasets import answer
 from services.trainer.reward_model import train_reward_model

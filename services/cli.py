@@ -29,6 +29,7 @@ GROUP_MODULES = (
     "services.features.cli",
     "services.policy.cli",
     "services.simulator.cli",
+    "services.backtest_cli",
     "services.simulator.market_cli",
     "services.trainer.cli",
     "services.common.models_cli",

@@ -7,7 +7,9 @@ pydantic model that validates itself. It only ever holds information known at `a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -64,3 +66,46 @@ class MarketState(BaseModel):
     @property
     def net_worth(self) -> float:
         return self.cash + self.position * self.price
+
+
+Action = Literal["sell", "hold", "buy"]
+
+
+class Decision(BaseModel):
+    """One policy answer (the KServe v1 prediction shape) plus why it fell back, if it did."""
+
+    action: Action
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    value: float = 0.0
+    explanation: str | None = None
+    model_version: str
+    fallback_reason: str = ""
+
+    @property
+    def action_index(self) -> int:
+        return ACTIONS.index(self.action)
+
+
+# The join keys of a Feast row, which are not state values.
+FEATURE_ROW_KEYS = ("ticker", "event_timestamp")
+
+
+def state_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One joined Feast row as the decision state takes it: the finite numeric features, plus
+    "sentiment" (None on a day without news) and "news_summary". The simulator reads it at
+    decision time and the trainer builds its training states from the offline store with the
+    same function, so both see the same state."""
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if name in FEATURE_ROW_KEYS or value is None or isinstance(value, str):
+            continue
+        number = float(value)
+        if math.isfinite(number):
+            out[str(name)] = number
+    count = out.get("news_count", 0.0)
+    mean = out.get("news_sentiment_mean")
+    # No news that day: the state says "no sentiment" rather than a fake neutral 0.
+    out["sentiment"] = max(-1.0, min(1.0, mean)) if count and mean is not None else None
+    summary = row.get("news_latest_summary")
+    out["news_summary"] = summary if isinstance(summary, str) else ""
+    return out

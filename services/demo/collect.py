@@ -124,7 +124,7 @@ def daily_sentiment(
     news: pd.DataFrame, bar_times: pd.DatetimeIndex, bar_seconds: float
 ) -> tuple[pd.Series, pd.Series]:
     """Per bar: mean sentiment of the news published before its close, and their headlines."""
-    from services.simulator.news_series import bucket_news
+    from services.market.news_series import bucket_news
 
     frame = pd.DataFrame(
         {

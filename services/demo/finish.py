@@ -36,7 +36,7 @@ def _finite(value: Any) -> Any:
 
 
 def _metrics(equity: np.ndarray, ppy: float, n_trades: int = 0) -> dict[str, Any]:
-    from services.simulator.performance import compute_metrics
+    from services.market.performance import compute_metrics
 
     out = compute_metrics(equity, ppy).to_dict()
     out["n_trades"] = n_trades
@@ -101,8 +101,9 @@ def offline_curves(
 ) -> list[Curve]:
     """Sentiment-rule baseline and each model (teacher, promoted students) through the same env."""
     from services.demo.orchestrator import status
-    from services.simulator.backtest import run_backtest
-    from services.simulator.baseline_policies import SentimentRule, load_folder_policy
+    from services.market.backtest import run_backtest
+    from services.market.baseline_policies import SentimentRule
+    from services.policy.folder_policy import load_folder_policy
 
     w = demo.state.window
     assert w is not None and demo.state.teacher_dir is not None
@@ -230,7 +231,7 @@ def services_table(demo: Demo) -> list[dict[str, Any]]:
 
 
 def run_info(demo: Demo, t: RunTables) -> dict[str, Any]:
-    from services.simulator.backtest import sha256_of
+    from services.market.backtest import sha256_of
 
     w, cfg = demo.state.window, demo.cfg
     assert w is not None

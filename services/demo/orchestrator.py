@@ -113,8 +113,8 @@ class Window:
 
 def select_window(cfg: DemoConfig) -> Window:
     """The last `bars` rows of the real CSV, or the regime-shift generator's series."""
-    from services.simulator.market_data import load_prices_csv
-    from services.simulator.regime_market import generate_market, load_params
+    from services.market.market_data import load_prices_csv
+    from services.market.regime_market import generate_market, load_params
 
     s = cfg.settings
     if cfg.scenario == "real":

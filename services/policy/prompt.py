@@ -7,10 +7,10 @@ action word (" sell", " hold" or " buy"), so the policy reads that token's logit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from services.common.market_state import ACTIONS, MarketState
+from services.common.state_block import STATE_FIELDS, state_block
 
 # SmolLM2-Instruct's chat markup (ChatML). Written out rather than rendered through the
 # tokenizer's chat template, because the prompt must end mid-assistant-turn ("Action:") and the
@@ -22,10 +22,6 @@ _ASSISTANT_OPEN = "<|im_start|>assistant\n"
 
 # The word after "Action:" is the decision; the policy head reads its first token's logits.
 ACTION_CUE = "Action:"
-STATE_FENCE = "```"
-MAX_PROMPT_PRICES = 6
-MAX_PROMPT_RETURNS = 5
-
 TASK = (
     "You are a trading agent for one stock. Each day you see the market state at the close "
     "and choose one action for the next day. Your goal is to grow the portfolio's net worth "
@@ -37,15 +33,6 @@ LEGAL_ACTIONS = (
     "- buy: use part of the cash to buy shares\n"
     "- hold: keep the current position\n"
     "- sell: sell part of the shares held"
-)
-STATE_FIELDS = (
-    "The state, given between ``` fences, has these fields:\n"
-    "- recent_closes: the last daily closing prices, oldest first\n"
-    "- recent_returns_pct: the last daily returns in percent, oldest first\n"
-    "- position_shares and cash: what the portfolio holds now\n"
-    "- features: indicators computed up to that date (e.g. rsi_14, volatility, momentum)\n"
-    "- sentiment: the tone of the day's news, from -1 (very negative) to 1 (very positive)\n"
-    "- news_summary: a short summary of the day's news about the company"
 )
 OUTPUT_FORMAT = (
     "Output format: reply with one line 'Action: <buy|hold|sell>' and then, if asked, one short "
@@ -70,38 +57,6 @@ def prompt_prefix() -> str:
     assert set(ACTIONS) == {"sell", "hold", "buy"}, "LEGAL_ACTIONS text must list ACTIONS"
     system = "\n\n".join((TASK, LEGAL_ACTIONS, STATE_FIELDS, OUTPUT_FORMAT))
     return f"{_SYSTEM_OPEN}{system}{_TURN_END}{_USER_OPEN}Current state (data):\n"
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    # Few significant digits: SmolLM2 spells numbers digit by digit, so every digit is a token
-    # of the per-decision suffix that the prefix cache cannot save.
-    return f"{value:.{digits}g}"
-
-
-def _series(values: list[float], digits: int = 4) -> str:
-    return ",".join(_fmt(v, digits) for v in values)
-
-
-def state_block(state: MarketState) -> str:
-    """The state as fenced `key: value` lines, from `state` alone (nothing after as_of)."""
-    features = ",".join(f"{k}={_fmt(v, 3)}" for k, v in sorted(state.features.items()))
-    sentiment = "none" if state.sentiment is None else _fmt(state.sentiment, 2)
-    # json.dumps puts the news on one line with quotes and newlines escaped, and the fence
-    # marker is removed, so news text cannot close the data block and pose as instructions.
-    news = json.dumps(state.news_summary, ensure_ascii=False).replace(STATE_FENCE, "'''")
-    returns_pct = [100 * r for r in state.returns()[-MAX_PROMPT_RETURNS:]]
-    lines = [
-        f"ticker: {state.ticker}",
-        f"date: {state.as_of.date().isoformat()}",
-        f"recent_closes: {_series(state.recent_closes[-MAX_PROMPT_PRICES:])}",
-        f"recent_returns_pct: {_series(returns_pct, 3)}",
-        f"position_shares: {_fmt(state.position)}",
-        f"cash: {_fmt(state.cash)}",
-        f"features: {features or 'none'}",
-        f"sentiment: {sentiment}",
-        f"news_summary: {news}",
-    ]
-    return STATE_FENCE + "\n" + "\n".join(lines) + "\n" + STATE_FENCE
 
 
 def prompt_suffix(state: MarketState) -> str:

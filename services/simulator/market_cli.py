@@ -11,8 +11,8 @@ import typer
 from services.common import topics
 from services.common.bus import Producer, ensure_topics
 from services.common.settings import BusSettings
-from services.simulator.market_data import MarketDataError, load_prices_csv
-from services.simulator.regime_market import generate_market, load_params
+from services.market.market_data import MarketDataError, load_prices_csv
+from services.market.regime_market import generate_market, load_params
 
 GROUP_NAME = "market"
 app = typer.Typer(no_args_is_help=True, help="Synthetic markets and publishing bars.")

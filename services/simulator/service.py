@@ -43,16 +43,16 @@ from services.common.market_state import MarketState
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.service import on_sigterm, run_consumer_service, start_http
 from services.common.settings import BusSettings, LogSettings
-from services.policy.prompt import state_block
-from services.simulator.baseline_policies import (
+from services.common.state_block import state_block
+from services.market.baseline_policies import (
     Decision,
     HttpPolicy,
     Policy,
     hold_decision,
     make_policy,
 )
-from services.simulator.market_data import load_prices_csv
-from services.simulator.regime_market import generate_market, load_params
+from services.market.market_data import load_prices_csv
+from services.market.regime_market import generate_market, load_params
 from services.simulator.session import BarData, StepOutput, TradingSession
 from services.simulator.settings import SimulatorSettings
 
@@ -296,7 +296,7 @@ class Trader:
         try:
             return self.policy.decide([state])[0]
         except Exception as exc:  # noqa: BLE001 - a policy bug must not stop trading; it is logged and counted
-            from services.simulator.baseline_policies import POLICY_FALLBACKS
+            from services.market.baseline_policies import POLICY_FALLBACKS
 
             POLICY_FALLBACKS.labels("policy_error").inc()
             log.warning(

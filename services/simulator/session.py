@@ -16,10 +16,9 @@ from datetime import datetime
 
 import numpy as np
 
-from services.common.market_state import ACTIONS, MAX_RECENT_PRICES, MarketState
-from services.simulator import accounting as acc
-from services.simulator.accounting import ExecutionConfig, Fill, RewardConfig
-from services.simulator.baseline_policies import Decision
+from services.common.market_state import ACTIONS, MAX_RECENT_PRICES, Decision, MarketState
+from services.market import accounting as acc
+from services.market.accounting import ExecutionConfig, Fill, RewardConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.simulator.accounting import ExecutionConfig
+from services.market.accounting import ExecutionConfig
 
 
 class SimulatorSettings(BaseSettings):

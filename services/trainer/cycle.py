@@ -81,10 +81,10 @@ class CycleResult:
 
 def load_prices(settings: TrainerSettings) -> pd.DataFrame:
     if settings.prices_csv is not None:
-        from services.simulator.market_data import load_prices_csv
+        from services.market.market_data import load_prices_csv
 
         return load_prices_csv(settings.prices_csv)
-    from services.simulator.regime_market import generate_market, load_params
+    from services.market.regime_market import generate_market, load_params
 
     frame, _ = generate_market(
         load_params(settings.market_scenario), settings.market_days, settings.market_seed
@@ -175,6 +175,7 @@ def run_cycle(
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
     models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests)."""
+    from services.market.envs import DiscreteTradingEnv
     from services.policy.artifacts import (
         REWARD_MODEL,
         ArtifactError,
@@ -182,7 +183,6 @@ def run_cycle(
         save_artifact,
         verify_artifact,
     )
-    from services.simulator.envs import DiscreteTradingEnv
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)

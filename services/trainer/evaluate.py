@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from services.common.market_state import ACTIONS
-from services.simulator.backtest import run_backtest
-from services.simulator.baseline_policies import FolderPolicy
+from services.market.backtest import run_backtest
+from services.policy.folder_policy import FolderPolicy
 from services.trainer.offline_features import BarFeatures, state_inputs
 from services.trainer.ppo import move_label
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from services.simulator.feature_source import state_values
+from services.common.market_state import state_values
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from fastapi import FastAPI, Request
 
 from services.common.broker import free_port
 from services.common.http_server import BackgroundServer
-from services.simulator.backtest import run_backtest
-from services.simulator.baseline_policies import POLICY_FALLBACKS, HttpPolicy
-from services.simulator.market_data import load_prices_csv
-from services.simulator.report import PLOTS
+from services.market.backtest import run_backtest
+from services.market.baseline_policies import POLICY_FALLBACKS, HttpPolicy
+from services.market.market_data import load_prices_csv
+from services.market.report import PLOTS
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.common.market_state import ACTIONS
-from services.simulator.backtest import run_backtest
-from services.simulator.baseline_policies import FolderPolicy, make_policy
-from services.simulator.market_data import load_prices_csv
+from services.market.backtest import run_backtest
+from services.market.baseline_policies import make_policy
+from services.market.market_data import load_prices_csv
+from services.policy.folder_policy import FolderPolicy, load_folder_policy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,7 @@ def test_plain_and_artifact_folders_decide_every_bar(tiny_llama_dir: Path, tmp_p
     artifact = tmp_path / "teacher"
     init_artifact(tiny_llama_dir, artifact, version="v0-test")
     for folder, version in ((tiny_llama_dir, tiny_llama_dir.name), (artifact, "v0-test")):
-        policy = make_policy(str(folder))
+        policy = make_policy(str(folder), folder_loader=load_folder_policy)
         assert isinstance(policy, FolderPolicy)
         result = run_backtest(prices, policy, ticker="GOOGL")
         decisions = result.strategy.decisions

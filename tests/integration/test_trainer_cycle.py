@@ -26,15 +26,16 @@ from services.common import envelope
 from services.common.broker import free_port
 from services.common.market_state import MarketState
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.common.state_block import state_block
 from services.common.topics import MODELS_PROMOTIONS
+from services.market.accounting import RewardConfig
+from services.market.backtest import run_policy
+from services.market.baseline_policies import RandomPolicy
+from services.market.envs import DiscreteTradingEnv
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
 from services.policy.artifacts import init_artifact
 from services.policy.client import PolicyClient
-from services.policy.prompt import state_block
-from services.simulator.accounting import RewardConfig
-from services.simulator.backtest import run_policy
-from services.simulator.baseline_policies import FolderPolicy, RandomPolicy
-from services.simulator.envs import DiscreteTradingEnv
+from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
 from services.trainer.cycle import run_cycle, set_current
 from services.trainer.datasets import FeedbackRecord

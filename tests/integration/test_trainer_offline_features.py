@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from services.features.settings import FeaturesSettings
-from services.simulator.envs import DiscreteTradingEnv
+from services.market.envs import DiscreteTradingEnv
 from services.trainer.offline_features import offline_bar_features, state_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental")

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.market_state import MarketState
-from services.simulator import accounting as acc
-from services.simulator.accounting import ExecutionConfig
-from services.simulator.backtest import run_backtest
-from services.simulator.baseline_policies import Decision, RandomPolicy, SentimentRule
-from services.simulator.envs import ContinuousTradingEnv, DiscreteTradingEnv, PortfolioEnv
+from services.common.market_state import Decision, MarketState
+from services.market import accounting as acc
+from services.market.accounting import ExecutionConfig
+from services.market.backtest import run_backtest
+from services.market.baseline_policies import RandomPolicy, SentimentRule
+from services.market.envs import ContinuousTradingEnv, DiscreteTradingEnv, PortfolioEnv
 
 prices_st = st.lists(st.floats(0.5, 500.0, allow_nan=False), min_size=3, max_size=40)
 configs_st = st.builds(

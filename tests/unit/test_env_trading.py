@@ -11,11 +11,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from services.common.market_state import ACTIONS, MarketState
-from services.simulator.accounting import ExecutionConfig, RewardConfig
-from services.simulator.baseline_policies import RandomPolicy
-from services.simulator.envs import ContinuousTradingEnv, DiscreteTradingEnv, PortfolioEnv
-from services.simulator.market_data import load_prices_csv
-from services.simulator.regime_market import generate_market, load_params
+from services.market.accounting import ExecutionConfig, RewardConfig
+from services.market.baseline_policies import RandomPolicy
+from services.market.envs import ContinuousTradingEnv, DiscreteTradingEnv, PortfolioEnv
+from services.market.market_data import load_prices_csv
+from services.market.regime_market import generate_market, load_params
 from services.simulator.session import BarData, TradingSession
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.simulator.market_data import MarketDataError, infer_periods_per_year, load_prices_csv
+from services.market.market_data import MarketDataError, infer_periods_per_year, load_prices_csv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from services.market.market_data import load_prices_csv
+from services.market.regime_market import MarketParams, generate_market, load_params
 from services.simulator.market_cli import app
-from services.simulator.market_data import load_prices_csv
-from services.simulator.regime_market import MarketParams, generate_market, load_params
 
 
 def test_same_seed_same_market_other_seed_differs() -> None:

@@ -12,10 +12,10 @@ import quantstats as qs
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from services.simulator import performance as perf
-from services.simulator.accounting import ExecutionConfig
-from services.simulator.backtest import run_backtest
-from services.simulator.baseline_policies import BuyAndHold
+from services.market import performance as perf
+from services.market.accounting import ExecutionConfig
+from services.market.backtest import run_backtest
+from services.market.baseline_policies import BuyAndHold
 
 
 def test_buy_and_hold_metrics_equal_a_hand_computation() -> None:

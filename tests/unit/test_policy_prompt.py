@@ -6,7 +6,8 @@ import json
 from datetime import UTC, datetime
 
 from services.common.market_state import MarketState
-from services.policy.prompt import ACTION_CUE, build_prompt, prompt_prefix, state_block
+from services.common.state_block import state_block
+from services.policy.prompt import ACTION_CUE, build_prompt, prompt_prefix
 
 
 def _state(**kw: object) -> MarketState:

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from services.common.market_state import ACTIONS, MarketState
+from services.common.state_block import state_block
+from services.market.accounting import RewardConfig
+from services.market.envs import DiscreteTradingEnv
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
-from services.policy.prompt import build_prompt, state_block
-from services.simulator.accounting import RewardConfig
-from services.simulator.envs import DiscreteTradingEnv
+from services.policy.prompt import build_prompt
 from services.trainer import ppo
 from services.trainer.cycle import feedback_set
 from services.trainer.datasets import FeedbackRecord, feedback_in_window, market_feedback_set

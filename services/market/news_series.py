@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from services.simulator.market_data import MarketDataError
+from services.market.market_data import MarketDataError
 
 TIME_NAMES = ("time", "published_at", "timestamp", "date")
 

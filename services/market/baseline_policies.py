@@ -4,21 +4,23 @@
 - `HttpPolicy`: the policy server over KServe v1 (`POST {url}/v1/models/policy:predict`);
   a timeout, an HTTP error or an answer that does not validate becomes `hold`, with a metric,
   a log line and `fallback_reason` set, never an exception;
-- `load_folder_policy`: a saved LLM policy folder, decided by services.policy's actor-critic.
+- a saved LLM policy folder, through the `folder_loader` a caller passes to `make_policy`
+  (services.policy.folder_policy: the market library never imports a service).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import httpx
 import numpy as np
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from services.common.market_state import ACTIONS, MarketState
+from services.common.market_state import ACTIONS, Action, Decision, MarketState
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +34,6 @@ POLICY_LATENCY = Histogram(
     "Time one policy request took",
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-
-
-Action = Literal["sell", "hold", "buy"]
-
-
-class Decision(BaseModel):
-    """One policy answer (the KServe v1 prediction shape) plus why it fell back, if it did."""
-
-    action: Action
-    probabilities: dict[str, float] = Field(default_factory=dict)
-    value: float = 0.0
-    explanation: str | None = None
-    model_version: str
-    fallback_reason: str = ""
-
-    @property
-    def action_index(self) -> int:
-        return ACTIONS.index(self.action)
 
 
 @runtime_checkable
@@ -198,39 +182,17 @@ def hold_decision(reason: str, model_version: str = "fallback") -> Decision:
     )
 
 
-class FolderPolicy:
-    """Adapter over services.policy's LLM actor-critic loaded from a saved folder."""
-
-    def __init__(self, model: Any, folder: Path) -> None:
-        self.model = model
-        self.name = str(folder)
-
-    def decide(self, states: list[MarketState]) -> list[Decision]:
-        return [Decision.model_validate(d.model_dump()) for d in self.model.decide(states)]
-
-
-def load_folder_policy(folder: str | Path) -> FolderPolicy:
-    """Load a saved LLM policy folder through services.policy.
-
-    A versioned artifact (with manifest.json) loads through services.policy.artifacts, which
-    verifies every file's hash; a plain model folder loads as a fresh actor-critic (its value
-    head newly initialised). Imported lazily: torch is only needed when a folder policy is used.
-    """
-    folder = Path(folder)
-    if (folder / "manifest.json").is_file():
-        from services.policy.artifacts import load_artifact
-
-        return FolderPolicy(load_artifact(folder), folder)
-    from services.policy.actor_critic import LLMActorCritic
-
-    return FolderPolicy(LLMActorCritic.from_pretrained(folder, model_version=folder.name), folder)
-
-
 BASELINES = ("buy-and-hold", "sentiment-rule", "random")
 
 
-def make_policy(spec: str, seed: int = 0, timeout_s: float = 5.0) -> Policy:
-    """A policy from a baseline name, an http(s) URL or a saved policy folder.
+def make_policy(
+    spec: str,
+    seed: int = 0,
+    timeout_s: float = 5.0,
+    folder_loader: Callable[[str], Policy] | None = None,
+) -> Policy:
+    """A policy from a baseline name, an http(s) URL or, given `folder_loader` (the policy
+    service's `load_folder_policy`; the market library never imports a service), a folder.
 
     Raises:
         ValueError: `spec` is none of those.
@@ -243,8 +205,9 @@ def make_policy(spec: str, seed: int = 0, timeout_s: float = 5.0) -> Policy:
         return RandomPolicy(seed)
     if spec.startswith(("http://", "https://")):
         return HttpPolicy(spec, timeout_s)
-    if Path(spec).is_dir():
-        return load_folder_policy(spec)
+    if folder_loader is not None and Path(spec).is_dir():
+        return folder_loader(spec)
     raise ValueError(
-        f"policy {spec!r} is not a baseline ({', '.join(BASELINES)}), an http(s) URL or a folder"
+        f"policy {spec!r} is not a baseline ({', '.join(BASELINES)}), an http(s) URL"
+        + (" or a folder" if folder_loader is not None else "")
     )

@@ -21,8 +21,8 @@ import pandas as pd
 from gymnasium import spaces
 
 from services.common.market_state import ACTIONS, MAX_RECENT_PRICES, MarketState
-from services.simulator import accounting as acc
-from services.simulator.accounting import ExecutionConfig, Fill, RewardConfig
+from services.market import accounting as acc
+from services.market.accounting import ExecutionConfig, Fill, RewardConfig
 
 HOLD_TOLERANCE = 0.05
 

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from services.simulator.accounting import ExecutionConfig
-from services.simulator.baseline_policies import BuyAndHold, Decision, Policy
-from services.simulator.envs import DiscreteTradingEnv, TradeRecord
-from services.simulator.performance import compare_to_buy_and_hold
+from services.common.market_state import Decision
+from services.market.accounting import ExecutionConfig
+from services.market.baseline_policies import BuyAndHold, Policy
+from services.market.envs import DiscreteTradingEnv, TradeRecord
+from services.market.performance import compare_to_buy_and_hold
 
 
 @dataclass

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from services.simulator.performance import drawdown_series, rolling_sharpe  # noqa: E402
+from services.market.performance import drawdown_series, rolling_sharpe  # noqa: E402
 
 
 @dataclass

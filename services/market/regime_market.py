@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.simulator.market_data import infer_periods_per_year
+from services.market.market_data import infer_periods_per_year
 
 SHIPPED = ("default", "regime-shift")
 
@@ -76,7 +76,7 @@ def load_params(name_or_path: str | Path = "default") -> MarketParams:
     """A shipped scenario by name, or a YAML file."""
     if str(name_or_path) in SHIPPED:
         text = (
-            resources.files("services.simulator.scenarios")
+            resources.files("services.market.scenarios")
             .joinpath(f"{name_or_path}.yaml")
             .read_text()
         )
