@@ -17,6 +17,19 @@ class GateConfig:
     entropy_floor: float = 0.05
     """Guard: mean policy entropy (nats) over held-out decisions; below it the policy collapsed."""
 
+    # The bootstrap test on the held-out daily returns (a lucky month must not promote)
+    confidence: float = 0.90
+    """Two-sided level of the interval; promote only when its lower bound of the Sharpe
+    difference (student - teacher) is above 0."""
+    resamples: int = 2000
+    """Bootstrap resamples of the held-out days."""
+    block_length: float = 5.0
+    """Mean block length (bars) of the stationary bootstrap: daily returns are autocorrelated."""
+    seed: int = 0
+    """Seed of the bootstrap, so a decision can be reproduced."""
+    min_holdout_bars: int = 60
+    """Fewer held-out daily returns than this and the gate refuses: too short to tell luck."""
+
 
 @dataclass(frozen=True)
 class GateDecision:
