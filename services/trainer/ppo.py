@@ -18,6 +18,10 @@ The base is frozen, so the hidden states that enter the trainable top layers do 
 during an update: the rollout computes them once per sample (`agent.base_hidden`), D_MF once
 per record before training (`encode_feedback`), and the update runs only `agent.head_forward`
 on them, across every epoch and minibatch.
+
+There is no dropout setting (FLAG-Trader's default is 0.0): the rollout's log-probabilities come
+from the model in eval mode, so dropout in the update would make the PPO ratio differ from 1
+before any step, and the policy's last-position attention does not apply attention dropout.
 """
 
 from __future__ import annotations
@@ -81,8 +85,6 @@ class PPOArgs:
     """global gradient-norm clip"""
     target_kl: float | None = None
     """stop the epoch early when approx KL exceeds this (None: never)"""
-    dropout: float = 0.0
-    """dropout inside the model while training (0: deterministic forward)"""
     train_dtype: str = "float32"
     """dtype of the trainable parameters (FLAG-Trader float16 on GPU; float32 on CPU)"""
     gradient_accumulation_steps: int = 8
@@ -90,7 +92,7 @@ class PPOArgs:
     minibatch_size: int = 32
     """samples per minibatch"""
     max_episode_steps: int = 65
-    """episode length cap in the environment"""
+    """episode length cap: the rollout truncates (and bootstraps) an episode at this many steps"""
     mf_coef: float = 1.0
     """RLMF: gamma, the weight of the market-feedback prediction loss L_MF"""
     mf_flat_threshold: float = 0.0
@@ -420,6 +422,9 @@ def collect_rollout(
         dist = Categorical(logits=logits[0])
         action = int(torch.multinomial(dist.probs, 1, generator=gen).item())
         _, reward, terminated, truncated, info = env.step(action)
+        state["episode_steps"] += 1
+        # The cap is the run's own (args), whatever limit the env was built with.
+        truncated = truncated or state["episode_steps"] >= args.max_episode_steps
         done = terminated or truncated
         # The bar after the decision is the env's current one, also at an episode's end.
         after = env.current_state()
@@ -445,6 +450,7 @@ def collect_rollout(
         if done:
             state["episode_returns"].append(state["episode_return"])
             state["episode_return"] = 0.0
+            state["episode_steps"] = 0
             state["episodes"] += 1
             env.reset(seed=args.seed + state["episodes"])
     return buf
@@ -574,6 +580,7 @@ def train(
     state: dict[str, Any] = {
         "next_done": 0.0,
         "episode_return": 0.0,
+        "episode_steps": 0,
         "episodes": 0,
         "episode_returns": [],
     }
@@ -587,6 +594,7 @@ def train(
     # A resumed run starts a fresh episode: the env's position is not part of the checkpoint.
     env.reset(seed=args.seed + state["episodes"])
     state["next_done"] = 0.0
+    state["episode_steps"] = 0
 
     metrics: dict[str, float] = {}
     update_tokens, update_seconds = 0, 0.0
