@@ -6,9 +6,11 @@ import logging
 import threading
 from pathlib import Path
 
+from services.common import json_logging, metrics
 from services.common.bus import Producer, ensure_topics
 from services.common.http_server import HealthApp
-from services.common.settings import BusSettings
+from services.common.service import on_sigterm, start_http
+from services.common.settings import BusSettings, LogSettings
 from services.common.topics import NEWS_RAW, dlq
 from services.ingest.feeds import FeedPoller
 from services.ingest.files import read_entries
@@ -69,3 +71,31 @@ class IngestService:
             self.sources_read = True
             self.stop_event.wait(self.settings.feed_poll_s)
         self.pipeline.flush()
+
+
+def main() -> int:
+    """The ingest process: `python -m services.ingest`; returns the exit code."""
+    logs = LogSettings()
+    json_logging.configure(SERVICE, logs.level, logs.json_format)
+    health = HealthApp(SERVICE)
+    try:
+        settings = IngestSettings()
+        pipeline = build_pipeline(settings)
+    except Exception:
+        log.exception("could not start: bad settings, or the broker is unavailable")
+        return 2
+    service = IngestService(settings, pipeline, health)
+    health.add_readiness_check("broker", lambda: not service.stop_event.is_set())
+    server = start_http(SERVICE, health)
+    on_sigterm(service.stop_event.set)
+    metrics.READY.labels(SERVICE).set(1)
+    try:
+        service.run()
+    except Exception:
+        log.exception("stopped on an error")
+        return 1
+    finally:
+        server.stop()
+        pipeline.producer.close()
+    log.info("stopped cleanly", extra={"fields": pipeline.stats.__dict__})
+    return 0

@@ -1,10 +1,6 @@
-"""Entrypoint: `python -m services.policy --model_dir DIR [--http_port P]` (KServe's flags work)."""
+"""`python -m services.policy --model_dir DIR [--http_port P]` (KServe's flags work)."""
 
-from __future__ import annotations
-
-import sys
-
-from services.policy.server import main
+from services.policy.service import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -56,7 +56,7 @@ def serve(
     grpc_port: int = typer.Option(8081, help="gRPC port (with --enable_grpc true)."),
 ) -> None:
     """Run the KServe model server; extra flags go to KServe's own parser."""
-    from services.policy.server import main
+    from services.policy.service import main
 
     argv = ["--http_port", str(http_port), "--grpc_port", str(grpc_port), *ctx.args]
     if model_dir is not None:

@@ -10,10 +10,8 @@ the answer. Two routes are added beside KServe's own:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from kserve import Model, ModelServer
+from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
@@ -301,45 +299,3 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
     app.add_api_route("/v1/models/{name}:status", status_route, methods=["GET"])
     app.add_exception_handler(RequestValidationError, bad_body)  # type: ignore[arg-type]
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """KServe's own server flags (--http_port, --grpc_port, --enable_grpc, ...) plus ours."""
-    from kserve.model_server import parser as kserve_parser
-
-    parser = argparse.ArgumentParser(parents=[kserve_parser], description="Serve the RLMF policy.")
-    parser.add_argument(
-        "--model_dir",
-        "--model-dir",
-        dest="model_dir",
-        default=None,
-        help="Artifact folder to serve (default RLMF_POLICY_MODEL_DIR).",
-    )
-    parser.set_defaults(model_name=PolicySettings().model_name)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides: dict[str, Any] = {"model_name": args.model_name}
-    if args.model_dir:
-        overrides["model_dir"] = Path(args.model_dir)
-    settings = PolicySettings(**overrides)
-    model = PolicyModel(settings)
-    try:
-        model.load()
-    except (ArtifactError, OSError, ValueError) as exc:
-        log.error("cannot serve %s: %s", settings.model_dir, exc)
-        print(f"error: cannot serve {settings.model_dir}: {exc}", file=sys.stderr)
-        return 2
-    from kserve.model_server import app as kserve_app
-
-    install_routes(kserve_app, model)
-    server = ModelServer(
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        enable_grpc=args.enable_grpc,
-        workers=1,
-        enable_latency_logging=args.enable_latency_logging,
-    )
-    server.start([model])
-    return 0

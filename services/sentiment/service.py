@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from services.common.bus import ConsumerLoop
+from services.common.http_server import HealthApp
+from services.common.service import run_consumer_service
 from services.common.settings import BusSettings
 from services.common.topics import NEWS_ENRICHED, NEWS_RAW
 from services.sentiment.enrich import EnrichHandler
@@ -83,3 +85,10 @@ def build_loop(
         handle_batch=handler,
         create_topics=[NEWS_ENRICHED],
     )
+
+
+def main() -> int:
+    """The sentiment process: `python -m services.sentiment`; returns the exit code."""
+    settings = SentimentSettings()
+    health = HealthApp(SERVICE)
+    return run_consumer_service(SERVICE, lambda: build_loop(settings), health)

@@ -237,14 +237,19 @@ def test_policy_serves_teacher_without_canary_by_default() -> None:
         == "teacher"
     )
     assert container["args"] == [
-        "--model-dir",
+        "--model_dir",
         "/mnt/models",
-        "--http-port",
+        "--http_port",
         "8080",
         "--enable_grpc",
         "false",
     ]
     assert container["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+    # The image runs `python -m services.policy`: its parser must take these flags as they are.
+    from services.policy.service import build_parser
+
+    parsed = build_parser().parse_args(container["args"])
+    assert (parsed.model_dir, parsed.http_port, parsed.enable_grpc) == ("/mnt/models", 8080, False)
 
 
 @pytest.mark.parametrize(("key", "percent"), [("canary-0", 0), ("canary-10", 10)])
@@ -325,6 +330,8 @@ def test_trainer_may_only_touch_this_namespace() -> None:
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "rlmf-trainer"
     assert pod["containers"][0]["image"].endswith("rlmf-trainer:0.1.0")
+    # One cycle per run: the image's default is the long-running service (python -m).
+    assert pod["containers"][0]["command"] == ["rlmf", "train", "cycle"]
     role = named(docs, "Role", "rlmf-trainer")
     binding = named(docs, "RoleBinding", "rlmf-trainer")
     assert binding["roleRef"] == {

