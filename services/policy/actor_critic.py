@@ -5,11 +5,17 @@ the policy, plus a value head on the last hidden state. Lower layers frozen, top
 The split API (`base_hidden` / `head_forward`) lets a trainer run the frozen layers once per batch
 under no_grad and only the trainable top with grad; `decide` serves decisions with a prefix
 key/value cache computed once for the constant part of the prompt.
+
+With a day cache attached (`attach_day_cache`, services/policy/day_cache.py), `base_hidden`
+computes the frozen layers once per market day instead of once per decision: the prefix once,
+each day part once, and each of the few portfolio tails once per day; then only the trainable
+top layers run per decision, in serving, rollouts, PPO updates and the gate alike.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -23,7 +29,14 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from services.common.market_state import ACTIONS, MarketState
-from services.policy.prompt import build_prompt, prompt_prefix, prompt_suffix
+from services.policy.day_cache import DEFAULT_MEMORY_CAP_BYTES, DayCache, DayEntry
+from services.policy.prompt import (
+    build_prompt,
+    decision_tails,
+    prompt_prefix,
+    prompt_suffix,
+    split_suffix,
+)
 
 if TYPE_CHECKING:
     from services.policy.explain import Explainer
@@ -168,6 +181,9 @@ class LLMActorCritic(nn.Module):
         self._freeze()
         self._prefix: _PrefixCache | None = None
         self._weights_version = 0
+        self.day_cache: DayCache | None = None
+        self._base_sha: str | None = None
+        self._frozen_prefix: tuple[torch.Tensor, DynamicCache] | None = None
 
     # --- construction -------------------------------------------------------------------------
 
@@ -247,6 +263,12 @@ class LLMActorCritic(nn.Module):
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def _suffix_tokens(self, suffix: str) -> list[int]:
+        # Day part and tail are tokenised apart, so a day's tokens are the same whatever the
+        # portfolio (the day cache's key) and every tail is one of `decision_tails()`.
+        day, tail = split_suffix(suffix)
+        return (self._tokens(day) if day else []) + self._tokens(tail)
+
     def encode(self, states: list[MarketState]) -> tuple[torch.Tensor, torch.Tensor]:
         """Full prompts (prefix + suffix, each tokenised on its own), left padded."""
         return self.encode_texts(prompt_prefix(), [prompt_suffix(s) for s in states])
@@ -254,14 +276,14 @@ class LLMActorCritic(nn.Module):
     def encode_texts(self, prefix: str, suffixes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """As `encode`, for prompts already rendered as text (e.g. rebuilt from feedback)."""
         head = self._tokens(prefix)
-        return self._pad_left([head + self._tokens(suffix) for suffix in suffixes])
+        return self._pad_left([head + self._suffix_tokens(suffix) for suffix in suffixes])
 
     def encode_suffixes(self, states: list[MarketState]) -> tuple[torch.Tensor, torch.Tensor]:
         """Only the per-decision suffixes, left padded: the input after the cached prefix."""
-        return self._pad_left([self._tokens(prompt_suffix(s)) for s in states])
+        return self._pad_left([self._suffix_tokens(prompt_suffix(s)) for s in states])
 
     def suffix_token_counts(self, states: list[MarketState]) -> list[int]:
-        return [len(self._tokens(prompt_suffix(s))) for s in states]
+        return [len(self._suffix_tokens(prompt_suffix(s))) for s in states]
 
     @property
     def device(self) -> torch.device:
@@ -325,9 +347,143 @@ class LLMActorCritic(nn.Module):
     @torch.no_grad()
     def base_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embeddings + the frozen lower layers, no grad: the hidden states [B,T,H] entering the
-        trainable top layers. Reuse them across PPO epochs; only `head_forward` needs grad."""
+        trainable top layers. Reuse them across PPO epochs; only `head_forward` needs grad.
+        With a day cache attached, rows laid out as prefix + day + tail come from it."""
+        if self.day_cache is None or self.n_frozen == 0:
+            return self._uncached_base_hidden(input_ids, attention_mask)
+        out = torch.zeros(
+            (*input_ids.shape, self.lm.config.hidden_size), dtype=self._dtype, device=self.device
+        )
+        missed = []
+        for row in range(input_ids.shape[0]):
+            tokens = input_ids[row][attention_mask[row].bool()].tolist()
+            cached = self._cached_row(tokens)
+            if cached is None:
+                missed.append(row)
+            else:
+                out[row, input_ids.shape[1] - len(tokens) :] = cached
+        if missed:
+            out[missed] = self._uncached_base_hidden(input_ids[missed], attention_mask[missed])
+        return out
+
+    def _uncached_base_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self._decoder.embed_tokens(input_ids)
         return self._run_layers(hidden, attention_mask, list(self._decoder.layers[: self.n_frozen]))
+
+    # --- day cache ----------------------------------------------------------------------------
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return cast(torch.dtype, self._decoder.embed_tokens.weight.dtype)
+
+    @property
+    def base_sha(self) -> str:
+        """sha256 of what the frozen base's output depends on: the split, the frozen weights
+        (embeddings and lower layers) and the tokenizer's ids for the prefix and the tails."""
+        if self._base_sha is None:
+            digest = hashlib.sha256(f"n_frozen={self.n_frozen}".encode())
+            digest.update(str([self._tokens(prompt_prefix()), self._tail_ids()]).encode())
+            frozen = [self._decoder.embed_tokens, *self._decoder.layers[: self.n_frozen]]
+            for module in frozen:
+                for name, tensor in sorted(module.state_dict().items()):
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+            self._base_sha = digest.hexdigest()
+        return self._base_sha
+
+    def attach_day_cache(
+        self,
+        memory_cap_bytes: int = DEFAULT_MEMORY_CAP_BYTES,
+        folder: str | Path | None = None,
+        cache: DayCache | None = None,
+    ) -> DayCache:
+        """Use a day cache from now on (a shared one, e.g. the teacher's, when it is given: a
+        cache from another base is refused)."""
+        if cache is not None and cache.base_sha != self.base_sha:
+            raise ActorCriticError(
+                f"day cache of base {cache.base_sha[:16]} offered to base {self.base_sha[:16]}"
+            )
+        self.day_cache = cache or DayCache(self.base_sha, memory_cap_bytes, folder)
+        return self.day_cache
+
+    def _tail_ids(self) -> list[tuple[int, ...]]:
+        return [tuple(self._tokens(tail)) for tail in decision_tails()]
+
+    def _cached_row(self, tokens: list[int]) -> torch.Tensor | None:
+        """The frozen layers' output for one unpadded row, from the day cache, or None when
+        the row is not laid out as prefix + day part + one of the tails."""
+        assert self.day_cache is not None
+        prefix_hidden, _ = self._prefix_state()
+        n_prefix = prefix_hidden.shape[0]
+        tail = next((t for t in self._tail_ids() if tuple(tokens[-len(t) :]) == t), None)
+        if tail is None or len(tokens) <= n_prefix + len(tail):
+            return None
+        day = tokens[n_prefix : len(tokens) - len(tail)]
+        key = self.day_cache.key(day)
+        entry = self.day_cache.get(key)
+        if entry is None:
+            entry = self._fill_day(day)
+            self.day_cache.put(key, entry)
+        day_hidden, tail_hidden = entry.day_hidden, entry.tail_hidden.get(tail)
+        if tail_hidden is None:
+            return None
+        return torch.cat([prefix_hidden, day_hidden.to(self.device), tail_hidden.to(self.device)])
+
+    def _frozen_pass(self, ids: torch.Tensor, cache: DynamicCache, past: int) -> torch.Tensor:
+        """Frozen layers over `ids` [B, n] after `past` cached positions, extending `cache`."""
+        hidden = self._decoder.embed_tokens(ids)
+        batch, length = ids.shape
+        positions = torch.arange(past, past + length, device=self.device).expand(batch, -1)
+        mask = create_causal_mask(
+            config=self.lm.config,
+            inputs_embeds=hidden,
+            attention_mask=torch.ones((batch, past + length), dtype=torch.long, device=self.device),
+            cache=cache,
+            position_ids=positions,
+        )
+        rotary = self._decoder.rotary_emb(hidden, position_ids=positions)
+        for layer in self._decoder.layers[: self.n_frozen]:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=positions,
+                position_embeddings=rotary,
+                cache=cache,
+                use_cache=True,
+            )
+        return hidden
+
+    @torch.no_grad()
+    def _prefix_state(self) -> tuple[torch.Tensor, DynamicCache]:
+        """The prefix's frozen-layer output and keys/values, computed once per model."""
+        if self._frozen_prefix is None:
+            ids = torch.tensor([self._tokens(prompt_prefix())], device=self.device)
+            cache = DynamicCache(config=self.lm.config)
+            hidden = self._frozen_pass(ids, cache, 0)[0]
+            self._frozen_prefix = (hidden, cache)
+        return self._frozen_prefix
+
+    @torch.no_grad()
+    def _fill_day(self, day: list[int]) -> DayEntry:
+        """One day's entry: its day part after the prefix, then every tail after both. Tails
+        are right-padded in one batch: causal attention keeps pads out of the real tokens."""
+        prefix_hidden, prefix_cache = self._prefix_state()
+        cache = copy.deepcopy(prefix_cache)
+        n_prefix = prefix_hidden.shape[0]
+        day_hidden = self._frozen_pass(torch.tensor([day], device=self.device), cache, n_prefix)
+        tails = self._tail_ids()
+        width = max(len(t) for t in tails)
+        ids = torch.zeros((len(tails), width), dtype=torch.long, device=self.device)
+        for i, tail in enumerate(tails):
+            ids[i, : len(tail)] = torch.tensor(tail)
+        cache.batch_repeat_interleave(len(tails))
+        tail_hidden = self._frozen_pass(ids, cache, n_prefix + len(day))
+        return DayEntry(
+            day_hidden[0].cpu(),
+            {t: tail_hidden[i, : len(t)].cpu() for i, t in enumerate(tails)},
+        )
 
     def head_forward(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor
@@ -419,7 +575,10 @@ class LLMActorCritic(nn.Module):
         self, states: list[MarketState], use_prefix_cache: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(action probabilities [B,3], values [B]) for states, in eval mode."""
-        if use_prefix_cache:
+        if self.day_cache is not None:
+            ids, mask = self.encode(states)
+            logits, values = self.head_forward(self.base_hidden(ids, mask), mask)
+        elif use_prefix_cache:
             logits, values = self.cached_forward(*self.encode_suffixes(states))
         else:
             logits, values = self(*self.encode(states))

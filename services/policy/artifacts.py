@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file, save_model
 
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+from services.policy.prompt import PROMPT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class Manifest(BaseModel):
     actor_critic: dict[str, Any] = Field(default_factory=dict)
     """ActorCriticConfig fields (trainable_top_k, use_lora, ...) the model was saved with."""
     notes: str = ""
+    prompt_version: int = 1
+    """The prompt layout the model was built and trained on (services/common/state_block.py
+    PROMPT_VERSION). Manifests from before the field existed were built on version 1."""
     files: dict[str, str] = Field(default_factory=dict)
     """Relative path -> sha256 hex of every file in the folder except manifest.json."""
 
@@ -112,7 +116,11 @@ def save_artifact(
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise ArtifactError(f"{folder} already exists; versions are immutable (pass overwrite)")
-    fields = {"actor_critic": model.config_dict(), **manifest_fields}
+    fields = {
+        "actor_critic": model.config_dict(),
+        "prompt_version": PROMPT_VERSION,
+        **manifest_fields,
+    }
     try:
         Manifest(**fields)  # fail on bad fields before the expensive write
     except ValidationError as exc:
@@ -181,9 +189,21 @@ def verify_artifact(folder: str | Path) -> Manifest:
     return manifest
 
 
+def check_prompt_version(folder: str | Path, manifest: Manifest) -> None:
+    """A model trained on another prompt layout would be served prompts it never saw."""
+    if manifest.prompt_version != PROMPT_VERSION:
+        raise ArtifactError(
+            f"{folder}: built for prompt version {manifest.prompt_version}, but this code renders "
+            f"prompt version {PROMPT_VERSION}; build a new teacher (`rlmf policy init`) or "
+            "retrain it rather than serve it prompts it was not trained on"
+        )
+
+
 def load_artifact(folder: str | Path, dtype: str | None = None) -> LLMActorCritic:
-    """Verify, then load the actor-critic; its model_version is the manifest's version."""
+    """Verify, then load the actor-critic; its model_version is the manifest's version.
+    An artifact built for another prompt version is refused (`check_prompt_version`)."""
     manifest = verify_artifact(folder)
+    check_prompt_version(folder, manifest)
     fields = dict(manifest.actor_critic)
     if dtype:
         fields["dtype"] = dtype

@@ -3,6 +3,11 @@
 The prefix is identical for every decision, so its key/value cache is computed once and reused;
 the suffix holds one state, fenced as data, and ends exactly where the model's next token is the
 action word (" sell", " hold" or " buy"), so the policy reads that token's logits.
+
+The suffix itself is two parts (services/common/state_block.py): the day part, fixed for a
+market day, and the tail (the coarse portfolio line, the end of the user turn and the action
+cue), one of a few. Each part is tokenised on its own, so the frozen layers' work on
+"prefix + day part" can be cached per day and reused whatever the portfolio.
 """
 
 from __future__ import annotations
@@ -10,7 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.market_state import ACTIONS, MarketState
-from services.common.state_block import STATE_FIELDS, state_block
+from services.common.state_block import (
+    PROMPT_VERSION,  # noqa: F401 - re-exported: artifacts record it
+    STATE_FIELDS,
+    all_portfolio_parts,
+    day_part,
+    invested_pct,
+    portfolio_part,
+    split_block,
+    state_block,
+)
 
 # SmolLM2-Instruct's chat markup (ChatML). Written out rather than rendered through the
 # tokenizer's chat template, because the prompt must end mid-assistant-turn ("Action:") and the
@@ -42,10 +56,18 @@ OUTPUT_FORMAT = (
 
 @dataclass(frozen=True)
 class PromptParts:
-    """The prompt split where the prefix cache ends: `prefix + suffix` is the whole prompt."""
+    """The prompt split where the caches end: `prefix + day + tail` is the whole prompt.
+
+    `day` is empty for a suffix that could not be split (an older prompt's feedback record):
+    then `tail` holds the whole suffix and nothing of it is cached per day."""
 
     prefix: str
-    suffix: str
+    day: str
+    tail: str
+
+    @property
+    def suffix(self) -> str:
+        return self.day + self.tail
 
     @property
     def text(self) -> str:
@@ -59,6 +81,10 @@ def prompt_prefix() -> str:
     return f"{_SYSTEM_OPEN}{system}{_TURN_END}{_USER_OPEN}Current state (data):\n"
 
 
+# What follows the state block: the end of the user turn and the assistant's action cue.
+DECISION_END = f"{_TURN_END}{_ASSISTANT_OPEN}{ACTION_CUE}"
+
+
 def prompt_suffix(state: MarketState) -> str:
     """The per-decision part: the state, then the assistant turn up to the action cue."""
     return decision_suffix(state_block(state))
@@ -67,9 +93,27 @@ def prompt_suffix(state: MarketState) -> str:
 def decision_suffix(block: str) -> str:
     """The per-decision part for a rendered state block: market.feedback.v1 records carry the
     block (`state_block`), and training rebuilds the prompt the policy decided on from it."""
-    return f"{block}{_TURN_END}{_ASSISTANT_OPEN}{ACTION_CUE}"
+    return f"{block}{DECISION_END}"
+
+
+def decision_tails() -> list[str]:
+    """Every tail a prompt of this version can end with (one per portfolio bucket)."""
+    return [part + DECISION_END for part in all_portfolio_parts()]
+
+
+def split_suffix(suffix: str) -> tuple[str, str]:
+    """A suffix into (day part, tail); ("", suffix) when it is not in this version's layout."""
+    parts = split_block(suffix[: -len(DECISION_END)]) if suffix.endswith(DECISION_END) else None
+    if parts is None:
+        return "", suffix
+    day, portfolio = parts
+    return day, portfolio + DECISION_END
 
 
 def build_prompt(state: MarketState) -> PromptParts:
-    """FLAG-Trader prompt for one state, split at the cacheable prefix."""
-    return PromptParts(prefix=prompt_prefix(), suffix=prompt_suffix(state))
+    """FLAG-Trader prompt for one state, split at the cacheable prefix and day part."""
+    return PromptParts(
+        prefix=prompt_prefix(),
+        day=day_part(state),
+        tail=portfolio_part(invested_pct(state)) + DECISION_END,
+    )

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 
 from services.common.market_state import MarketState
 from services.common.state_block import state_block
-from services.policy.prompt import ACTION_CUE, build_prompt, prompt_prefix
+from services.policy.prompt import (
+    ACTION_CUE,
+    DECISION_END,
+    build_prompt,
+    decision_tails,
+    prompt_prefix,
+    split_suffix,
+)
 
 
 def _state(**kw: object) -> MarketState:
@@ -36,9 +43,22 @@ def test_prefix_is_identical_for_every_state_and_holds_task_actions_format() -> 
 def test_suffix_carries_the_state_and_ends_at_the_action_cue() -> None:
     parts = build_prompt(_state())
     assert parts.suffix.endswith(ACTION_CUE)
-    for text in ("MSFT", "2024-03-01", "404", "rsi_14", "Cloud revenue", "0.4", "1000"):
-        assert text in parts.suffix
-    assert "-0.495" in parts.suffix  # the return 404 -> 402 in percent
+    for text in ("MSFT", "2024-03-01", "404", "rsi_14", "Cloud revenue", "0.4"):
+        assert text in parts.day
+    assert "-0.495" in parts.day  # the return 404 -> 402 in percent
+    # 3 shares at 402 beside 1000 cash: 54.7% invested, shown in 10% steps, after the day part
+    assert parts.tail.startswith("invested_pct: 50\n")
+    assert parts.suffix == parts.day + parts.tail
+
+
+def test_everything_fixed_for_a_day_comes_before_the_portfolio() -> None:
+    poor, rich = build_prompt(_state(position=0.0)), build_prompt(_state(cash=1.0))
+    assert poor.day == rich.day
+    assert poor.tail != rich.tail
+    assert poor.tail in decision_tails() and rich.tail in decision_tails()
+    assert split_suffix(poor.suffix) == (poor.day, poor.tail)
+    # a suffix in an older layout is not split (it is served uncached, never mis-split)
+    assert split_suffix("```\nposition_shares: 3\n```" + DECISION_END)[0] == ""
 
 
 def test_news_cannot_close_the_data_fence() -> None:
