@@ -18,7 +18,7 @@ import copy
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import BaseModel, Field
@@ -37,9 +37,6 @@ from services.policy.prompt import (
     prompt_suffix,
     split_suffix,
 )
-
-if TYPE_CHECKING:
-    from services.policy.explain import Explainer
 
 Action = Literal["sell", "hold", "buy"]
 
@@ -159,7 +156,6 @@ class LLMActorCritic(nn.Module):
         self.manifest: Any = None  # the artifacts.Manifest when loaded from an artifact
         self.tokenizer = tokenizer
         self.model_version = model_version
-        self.explainer: Explainer | None = None
         n_layers = len(self._decoder.layers)
         if not 0 <= self.config.trainable_top_k <= n_layers:
             raise ActorCriticError(f"trainable_top_k must be in [0, {n_layers}]")
@@ -585,27 +581,21 @@ class LLMActorCritic(nn.Module):
         return torch.softmax(logits, dim=-1), values
 
     def decide(
-        self, states: list[MarketState], explain: bool = False, use_prefix_cache: bool = True
+        self, states: list[MarketState], use_prefix_cache: bool = True
     ) -> list[PolicyDecision]:
-        """Greedy decisions (argmax over the legal actions), optionally with a rationale."""
+        """Greedy decisions (argmax over the legal actions). A rationale is the explainer's
+        job (services/policy/explain.py), which the server calls after this."""
         if not states:
             return []
         probs, values = self.policy_outputs(states, use_prefix_cache)
-        actions: list[str] = [ACTIONS[int(i)] for i in probs.argmax(dim=-1)]
-        explanations: list[str | None] = [None] * len(states)
-        if explain:
-            if self.explainer is None:
-                raise ActorCriticError("explain requested but no explainer is attached")
-            actions, explanations = self.explainer.explain(self, states, actions, probs)
         return [
             PolicyDecision(
-                action=cast(Action, action),
+                action=ACTIONS[int(row.argmax())],
                 probabilities={a: float(p) for a, p in zip(ACTIONS, row.tolist(), strict=True)},
                 value=float(value),
-                explanation=text,
                 model_version=self.model_version,
             )
-            for action, row, value, text in zip(actions, probs, values, explanations, strict=True)
+            for row, value in zip(probs, values, strict=True)
         ]
 
     def full_prompt(self, state: MarketState) -> str:

@@ -10,18 +10,39 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
 from services.common.market_state import ACTIONS, MarketState
 
-if TYPE_CHECKING:
-    from services.policy.actor_critic import LLMActorCritic
-
 log = logging.getLogger(__name__)
 
 REASON_CUE = "\nReason:"
+
+
+class ExplainableModel(Protocol):
+    """What the explainer needs from a policy model: its prompt, its LM and tokenizer. The
+    server calls the explainer after the model decided; the model knows nothing of it."""
+
+    tokenizer: Any
+    lm: Any
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def full_prompt(self, state: MarketState) -> str: ...
+
+
+class ExplainedDecision(Protocol):
+    action: Any
+    probabilities: dict[str, float]
+    explanation: str | None
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any: ...
+
+
+DecisionT = TypeVar("DecisionT", bound=ExplainedDecision)
 
 
 @runtime_checkable
@@ -87,9 +108,22 @@ class Explainer:
             return "best-of-n is off: no reward model configured (greedy rationale instead)"
         return "greedy rationale (best_of_n=1)"
 
+    def explain_decisions(
+        self, model: ExplainableModel, states: list[MarketState], decisions: list[DecisionT]
+    ) -> list[DecisionT]:
+        """The model's decisions with a rationale each; best-of-n may change an action."""
+        if not decisions:
+            return decisions
+        probs = torch.tensor([[d.probabilities[a] for a in ACTIONS] for d in decisions])
+        actions, texts = self.explain(model, states, [str(d.action) for d in decisions], probs)
+        return [
+            d.model_copy(update={"action": action, "explanation": text})
+            for d, action, text in zip(decisions, actions, texts, strict=True)
+        ]
+
     def explain(
         self,
-        model: LLMActorCritic,
+        model: ExplainableModel,
         states: list[MarketState],
         actions: list[str],
         probs: torch.Tensor,
@@ -107,7 +141,7 @@ class Explainer:
         return out_actions, texts
 
     def _best_of_n(
-        self, model: LLMActorCritic, state: MarketState, row: torch.Tensor
+        self, model: ExplainableModel, state: MarketState, row: torch.Tensor
     ) -> tuple[str, str]:
         assert self.scorer is not None
         n = self.config.best_of_n
@@ -122,7 +156,7 @@ class Explainer:
 
     @torch.no_grad()
     def _rationale(
-        self, model: LLMActorCritic, state: MarketState, action: str, sample: bool
+        self, model: ExplainableModel, state: MarketState, action: str, sample: bool
     ) -> str:
         # Opening the rationale for the model keeps a small LM on topic (left to itself,
         # SmolLM2-135M tends to start re-listing the state instead of giving a reason).
@@ -147,7 +181,7 @@ class Explainer:
         return f"{lead} {first_line}".strip()
 
 
-def _stop_ids(model: LLMActorCritic) -> list[int]:
+def _stop_ids(model: ExplainableModel) -> list[int]:
     ids = {model.tokenizer.eos_token_id}
     end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(end, int) and end != model.tokenizer.unk_token_id:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from services.common import metrics as common_metrics
+from services.common.device import resolve_placement
 from services.common.market_state import MarketState
 from services.policy import metrics
 from services.policy.actor_critic import LLMActorCritic, PolicyDecision
@@ -47,6 +49,14 @@ class ReloadRefused(RuntimeError):
     """A reload's folder failed to load or verify; the old model is still serving."""
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What one load serves: the model, and the explainer the server calls after it decided."""
+
+    model: LLMActorCritic
+    explainer: Explainer
+
+
 class PolicyModel(Model):
     """The FLAG-Trader policy behind KServe's v1/v2 data plane."""
 
@@ -56,7 +66,7 @@ class PolicyModel(Model):
         self.limits = Limits(
             settings.max_instances, settings.max_request_bytes, settings.max_features
         )
-        self._current: LLMActorCritic | None = None
+        self._current: ServedModel | None = None
         self._scorer: RewardScorer | None = None
         self._reload_lock = asyncio.Lock()
         self._batcher: MicroBatcher[MarketState, PolicyDecision] = MicroBatcher(
@@ -91,32 +101,35 @@ class PolicyModel(Model):
             return None
         return SequenceClassifierScorer(folder)
 
-    def _load_verified(self, folder: Path) -> LLMActorCritic:
+    def _load_verified(self, folder: Path) -> ServedModel:
         """Verify hashes, load, attach the explainer, and warm up (prefix cache + one decision),
         so the model is complete before anyone can see it. An artifact that carries its own
         reward model (a cycle trained one beside it) ranks explanations with that one."""
-        model = load_artifact(folder, dtype=self.settings.dtype)
-        model.to(self.settings.device)
+        placement = resolve_placement(self.settings.device, self.settings.dtype)
+        model = load_artifact(folder, dtype=placement.dtype)
+        model.to(placement.device)
+        if self.settings.day_cache_dir is not None:
+            model.attach_day_cache(
+                self.settings.day_cache_memory_mb << 20, self.settings.day_cache_dir
+            )
         scorer = self._scorer
         if (folder / REWARD_MODEL).is_dir():
             scorer = SequenceClassifierScorer(folder / REWARD_MODEL)
             log.info("best-of-n ranks with the reward model inside %s", folder)
-        model.explainer = Explainer(
+        explainer = Explainer(
             ExplainConfig(
                 self.settings.explain_max_tokens, self.settings.best_of_n, seed=self.settings.seed
             ),
             scorer,
         )
         model.prefix_cache()
-        return model
+        return ServedModel(model, explainer)
 
-    def _swap(self, model: LLMActorCritic) -> None:
+    def _swap(self, served: ServedModel) -> None:
         # One reference assignment: a batch already running keeps the model it started with.
-        self._current = model
-        explainer = getattr(model, "explainer", None)
-        metrics.BEST_OF_N_ACTIVE.set(
-            1 if explainer is not None and explainer.best_of_n_active else 0
-        )
+        self._current = served
+        model = served.model
+        metrics.BEST_OF_N_ACTIVE.set(1 if served.explainer.best_of_n_active else 0)
         manifest = getattr(model, "manifest", None)
         metrics.MODEL_INFO.info(
             {
@@ -129,6 +142,10 @@ class PolicyModel(Model):
 
     @property
     def current(self) -> LLMActorCritic:
+        return self.served.model
+
+    @property
+    def served(self) -> ServedModel:
         if self._current is None:
             raise RuntimeError("policy model not loaded")
         return self._current
@@ -224,25 +241,24 @@ class PolicyModel(Model):
 
     def _run_batch(self, states: list[MarketState], explain: object) -> list[PolicyDecision]:
         """Runs on the batcher's worker thread with whichever model is current at batch start."""
-        model = self.current
+        served = self.served
         with metrics.BATCH_LATENCY.time():
-            decisions = model.decide(
-                states, explain=bool(explain), use_prefix_cache=self.settings.use_prefix_cache
-            )
+            decisions = served.model.decide(states, use_prefix_cache=self.settings.use_prefix_cache)
+            if explain:
+                decisions = served.explainer.explain_decisions(served.model, states, decisions)
         metrics.BATCH_SIZE.observe(len(states))
         for d in decisions:
             metrics.DECISIONS.labels(d.action, d.model_version).inc()
         return decisions
 
     def status(self) -> dict[str, Any]:
-        model = self.current
+        model, explainer = self.served.model, self.served.explainer
         manifest = getattr(model, "manifest", None)
-        explainer = model.explainer
         return {
             "model_version": model.model_version,
             "manifest": manifest.model_dump(mode="json", exclude={"files"}) if manifest else None,
-            "explain": explainer.status if explainer else "off",
-            "best_of_n_active": bool(explainer and explainer.best_of_n_active),
+            "explain": explainer.status,
+            "best_of_n_active": explainer.best_of_n_active,
             "micro_batching": {
                 "max_batch": self.settings.max_batch,
                 "max_wait_ms": self.settings.max_wait_ms,
@@ -298,4 +314,3 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
     app.add_api_route("/v1/models/{name}:reload", reload_route, methods=["POST"])
     app.add_api_route("/v1/models/{name}:status", status_route, methods=["GET"])
     app.add_exception_handler(RequestValidationError, bad_body)  # type: ignore[arg-type]
-

@@ -17,9 +17,14 @@ class PolicySettings(BaseSettings):
     """The artifact folder served at start (made by `rlmf policy init` or the trainer)."""
     model_name: str = "policy"
     """Name in the URL: /v1/models/<model_name>:predict."""
-    dtype: str = Field(default="float32", pattern="^(float32|bfloat16)$")
+    dtype: str | None = Field(default=None, pattern="^(float32|bfloat16)$")
+    """LM weights dtype; unset: float32 on the CPU, bfloat16 on CUDA."""
     device: str = "cpu"
-    """torch device for the model, e.g. cuda:0 where a GPU is scheduled."""
+    """torch device: cpu, cuda, cuda:N, or auto (CUDA with bfloat16 when a GPU is there)."""
+    day_cache_dir: Path | None = None
+    """Where the day cache (services/policy/day_cache.py) keeps its files; a trainer on the same
+    machine given the same folder reuses every day this server computed. Unset: no day cache."""
+    day_cache_memory_mb: int = Field(default=1024, ge=1)
     use_prefix_cache: bool = True
     """Reuse the constant prompt prefix's key/value cache for every decision."""
     max_batch: int = Field(default=8, ge=1)

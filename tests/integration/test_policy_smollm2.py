@@ -61,8 +61,7 @@ def test_explanation_is_bounded_and_best_of_n_says_it_is_off(
 
     monkeypatch.setattr(smollm2.lm, "generate", spy)
     explainer = Explainer(ExplainConfig(max_new_tokens=12, best_of_n=4), scorer=None)
-    smollm2.explainer = explainer
     assert not explainer.best_of_n_active and "no reward model" in explainer.status
-    decision = smollm2.decide(STATES[:1], explain=True)[0]
+    decision = explainer.explain_decisions(smollm2, STATES[:1], smollm2.decide(STATES[:1]))[0]
     assert decision.action in ACTIONS and decision.explanation
     assert len(counts) == 1 and 0 < counts[0] <= 12

@@ -51,8 +51,8 @@ def test_best_of_n_keeps_the_candidate_the_reward_model_scores_highest(
     counts = _count_generated(model, monkeypatch)
     scorer = PrefersSell()
     assert isinstance(scorer, RewardScorer)
-    model.explainer = Explainer(ExplainConfig(max_new_tokens=4, best_of_n=6, seed=1), scorer)
-    decision = model.decide([STATE], explain=True)[0]
+    explainer = Explainer(ExplainConfig(max_new_tokens=4, best_of_n=6, seed=1), scorer)
+    decision = explainer.explain_decisions(model, [STATE], model.decide([STATE]))[0]
     assert len(scorer.calls) == 1 and len(scorer.calls[0]) == 6
     # seeded: this draw holds sell candidates, and the reward model's favourite wins
     assert any(r.startswith(" sell") for r in scorer.calls[0])
@@ -64,6 +64,5 @@ def test_without_a_reward_model_best_of_n_is_off_and_says_so(model: LLMActorCrit
     explainer = Explainer(ExplainConfig(max_new_tokens=4, best_of_n=6), scorer=None)
     assert not explainer.best_of_n_active
     assert "off: no reward model" in explainer.status
-    model.explainer = explainer
-    decision = model.decide([STATE], explain=True)[0]
+    decision = explainer.explain_decisions(model, [STATE], model.decide([STATE]))[0]
     assert decision.action == max(decision.probabilities, key=decision.probabilities.__getitem__)
