@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer
+from services.common.cycle_schedule import cycle_due
 from services.common.http_server import HealthApp
 from services.common.service import run_consumer_service
 from services.common.settings import BusSettings
@@ -55,8 +56,7 @@ class Scheduler:
         days = self.feedback.days()
         if not days or (self._worker is not None and self._worker.is_alive()):
             return None
-        first = self.last_cycle_day or days[0]
-        return days[-1] if (days[-1] - first).days >= self.settings.cycle_every_days else None
+        return cycle_due(days, self.last_cycle_day, self.settings.cycle_every_days)
 
     def maybe_start(self) -> None:
         day = self.due()
