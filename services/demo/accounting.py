@@ -210,9 +210,9 @@ def _feedback_after_next_bar(events: dict[str, list[Event]]) -> Check:
 
 
 def build_accounting(
-    bootstrap: str, running: set[str], expected_bars: int, news_sent: int, news_topic: str
+    bootstrap: str, running: set[str], expected_bars: int, news_sent: int
 ) -> tuple[Accounting, dict[str, list[Event]]]:
     counts, records = count_topics(bootstrap, running)
     events = {t: decode_unique(records[t], topics.payload_type(t)) for t in topics.ALL_TOPICS}
-    checks = flow_checks(counts, events, expected_bars, news_sent, news_topic)
+    checks = flow_checks(counts, events, expected_bars, news_sent)
     return Accounting(counts, checks), events

@@ -29,7 +29,8 @@ def demo(
     """Run the whole closed loop on this machine and write OUT/report.html."""
     import logging
 
-    from services.demo.orchestrator import Demo, DemoConfig, DemoError
+    from services.demo.config import DemoConfig, DemoError
+    from services.demo.orchestrator import Demo
     from services.demo.settings import DemoSettings
 
     # kafka-python logs "Metadata refresh failed: Cancelled" at ERROR when a short-lived reader

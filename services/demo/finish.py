@@ -10,17 +10,18 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from services.demo.accounting import build_accounting
+from services.common import topics
+from services.demo.accounting import Accounting, build_accounting
 from services.demo.collect import RunTables, daily_sentiment, tables
-from services.demo.report import Curve, ReportInput, write_html, write_plots, write_summary
-
-if TYPE_CHECKING:
-    from services.demo.orchestrator import Demo
+from services.demo.config import DemoConfig, status
+from services.demo.report import ReportInput, write_html, write_plots, write_summary
+from services.demo.state import RunState
+from services.market.report import Curve
 
 EXPLAINED = 6
 
@@ -97,16 +98,15 @@ def segment_curves(t: RunTables, ppy: float) -> list[Curve]:
 
 
 def offline_curves(
-    demo: Demo, t: RunTables, sentiment: pd.Series, summaries: pd.Series
+    state: RunState, cfg: DemoConfig, t: RunTables, sentiment: pd.Series, summaries: pd.Series
 ) -> list[Curve]:
     """Sentiment-rule baseline and each model (teacher, promoted students) through the same env."""
-    from services.demo.orchestrator import status
     from services.market.backtest import run_backtest
     from services.market.baseline_policies import SentimentRule
     from services.policy.folder_policy import load_folder_policy
 
-    w = demo.state.window
-    assert w is not None and demo.state.teacher_dir is not None
+    w = state.window
+    assert w is not None and state.teacher_dir is not None
     frame = w.frame
     ppy = float(frame.attrs.get("periods_per_year", 252.0))
     news_sent = sentiment.reindex(frame.index)
@@ -118,8 +118,8 @@ def offline_curves(
     # --quick shows each model's live segment only.
     models = (
         []
-        if not demo.cfg.settings.offline_model_backtests or demo.cfg.quick
-        else [("teacher v0", demo.state.teacher_dir)]
+        if not cfg.settings.offline_model_backtests or cfg.quick
+        else [("teacher v0", state.teacher_dir)]
     )
     if models:
         models += [
@@ -144,7 +144,7 @@ def offline_curves(
             ticker=w.ticker,
             sentiment=news_sent,
             summaries=news_text,
-            seed=demo.cfg.settings.seed,
+            seed=cfg.settings.seed,
             progress=True,
         )
         run = result.strategy
@@ -201,10 +201,10 @@ def explained(t: RunTables) -> list[dict[str, Any]]:
     return out
 
 
-def services_table(demo: Demo) -> list[dict[str, Any]]:
+def services_table(state: RunState) -> list[dict[str, Any]]:
     rows = []
-    for name in demo.state.plans:
-        killed = [k for k in demo.state.killed if k["service"] == name]
+    for name in state.plans:
+        killed = [k for k in state.killed if k["service"] == name]
         note = (
             f"SIGKILLed (pid {killed[0]['pid']}) after {killed[0]['after_bars']} bars,"
             " restarted by the supervisor"
@@ -214,15 +214,15 @@ def services_table(demo: Demo) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": name,
-                "exit_code": demo.state.exit_codes.get(name),
-                "restarts": demo.state.restarts.get(name, 0),
+                "exit_code": state.exit_codes.get(name),
+                "restarts": state.restarts.get(name, 0),
                 "note": note,
             }
         )
     rows.append(
         {
             "name": "simulator (replay)",
-            "exit_code": demo.state.simulator_exit,
+            "exit_code": state.simulator_exit,
             "restarts": 0,
             "note": "ends by itself after the last bar",
         }
@@ -230,10 +230,10 @@ def services_table(demo: Demo) -> list[dict[str, Any]]:
     return rows
 
 
-def run_info(demo: Demo, t: RunTables) -> dict[str, Any]:
+def run_info(state: RunState, cfg: DemoConfig, t: RunTables) -> dict[str, Any]:
     from services.market.backtest import sha256_of
 
-    w, cfg = demo.state.window, demo.cfg
+    w = state.window
     assert w is not None
     return {
         "scenario": cfg.scenario,
@@ -250,11 +250,11 @@ def run_info(demo: Demo, t: RunTables) -> dict[str, Any]:
         },
         "news": {
             "synthetic": True,
-            "items": len(demo.state.news),
+            "items": len(state.news),
             "informativeness": cfg.settings.news_informativeness,
             "per_day": cfg.settings.news_per_day,
         },
-        "base_model": str(demo.state.base_model),
+        "base_model": str(state.base_model),
         "model_versions": list(dict.fromkeys(t.decisions["model_version"].astype(str)))
         if not t.decisions.empty
         else [],
@@ -267,44 +267,55 @@ def run_info(demo: Demo, t: RunTables) -> dict[str, Any]:
         "settings": cfg.settings.model_dump(),
         "services": {
             n: {k: v for k, v in p.env.items() if k.startswith("RLMF_")}
-            for n, p in demo.state.plans.items()
+            for n, p in state.plans.items()
         },
-        "killed": demo.state.killed,
-        "restarts": demo.state.restarts,
-        "exit_codes": demo.state.exit_codes,
-        "stage_seconds": demo.state.stage_seconds,
+        "killed": state.killed,
+        "restarts": state.restarts,
+        "exit_codes": state.exit_codes,
+        "stage_seconds": state.stage_seconds,
         "python": platform.python_version(),
     }
 
 
-def finish(demo: Demo) -> int:
-    from services.demo.orchestrator import status
-
+def finish(state: RunState, cfg: DemoConfig, out: Path) -> int:
+    """Read the run back from the bus (the services have stopped), report on it, and return
+    the demo's exit code."""
     started = time.monotonic()
-    st, w = demo.state, demo.state.window
+    w = state.window
     assert w is not None
     accounting, events = build_accounting(
-        st.bootstrap, set(st.plans), len(w.frame), len(st.news), st.news_topic
+        state.bootstrap, set(state.plans), len(w.frame), len(state.news)
     )
     t = tables(events)
+    report = write_run_report(state, cfg, out, accounting, t, len(events[topics.TRADING_FILLS]))
+    status(f"report: {report} and {out / 'run.json'} ({time.monotonic() - started:.0f}s)")
+    return verdict(state, accounting.reconciles, t)
+
+
+def write_run_report(
+    state: RunState, cfg: DemoConfig, out: Path, accounting: Accounting, t: RunTables, n_fills: int
+) -> Path:
+    """Write report.html (returned), plots/, summary.png and run.json into `out`."""
+    w = state.window
+    assert w is not None
     bar_seconds = float(w.frame.attrs.get("bar_seconds", 86_400.0))
     sentiment, summaries = daily_sentiment(t.news, pd.DatetimeIndex(w.frame.index), bar_seconds)
     ppy = float(w.frame.attrs.get("periods_per_year", 252.0))
-    curves = live_curves(t, ppy, len(events["trading.fills.v1"])) + segment_curves(t, ppy)
-    curves += offline_curves(demo, t, sentiment, summaries)
-    info = run_info(demo, t)
+    curves = live_curves(t, ppy, n_fills) + segment_curves(t, ppy)
+    curves += offline_curves(state, cfg, t, sentiment, summaries)
+    info = run_info(state, cfg, t)
     data = ReportInput(
-        title=f"RLMF demo — {demo.cfg.scenario}{' (quick)' if demo.cfg.quick else ''}",
+        title=f"RLMF demo — {cfg.scenario}{' (quick)' if cfg.quick else ''}",
         header_lines=[
             f"Window: {w.description}",
-            f"Seed {demo.cfg.settings.seed}; base model {st.base_model}",
-            f"News: {len(st.news)} synthetic items, informativeness "
-            f"{demo.cfg.settings.news_informativeness} "
+            f"Seed {cfg.settings.seed}; base model {state.base_model}",
+            f"News: {len(state.news)} synthetic items, informativeness "
+            f"{cfg.settings.news_informativeness} "
             "(P(tone matches the next day's move) = 0.5 + informativeness/2)",
-            f"Trainer cycle every {demo.cfg.train_every} bars "
-            f"({demo.cfg.train_every_days} calendar days); "
+            f"Trainer cycle every {cfg.train_every} bars "
+            f"({cfg.train_every_days} calendar days); "
             "the market pauses while a cycle trains",
-            f"Stage timings (s): {st.stage_seconds}",
+            f"Stage timings (s): {state.stage_seconds}",
         ],
         curves=curves,
         closes=t.bars["close"],
@@ -314,11 +325,10 @@ def finish(demo: Demo) -> int:
         promotions=t.promotions,
         explained=explained(t),
         accounting=accounting.to_dict(),
-        services=services_table(demo),
-        notes=st.notes,
+        services=services_table(state),
+        notes=state.notes,
         run_info=info,
     )
-    out = demo.out
     plots = write_plots(data, out / "plots")
     report = write_html(data, out, plots)
     write_summary(data, plots, out / "summary.png")
@@ -332,17 +342,14 @@ def finish(demo: Demo) -> int:
     info["accounting"] = accounting.to_dict()
     # JSON has no NaN: an undefined metric (the Sharpe of a flat curve) is written as null.
     (out / "run.json").write_text(json.dumps(_finite(info), indent=2, default=str, allow_nan=False))
-    status(f"report: {report} and {out / 'run.json'} ({time.monotonic() - started:.0f}s)")
-    return verdict(demo, accounting.reconciles, t)
+    return report
 
 
-def verdict(demo: Demo, reconciles: bool, t: RunTables) -> int:
-    from services.demo.orchestrator import status
-
+def verdict(state: RunState, reconciles: bool, t: RunTables) -> int:
     problems = []
     if not reconciles:
         problems.append("the message accounting does not reconcile (see the report)")
-    bad_exit = {n: c for n, c in demo.state.exit_codes.items() if c != 0}
+    bad_exit = {n: c for n, c in state.exit_codes.items() if c != 0}
     if bad_exit:
         problems.append(f"services did not exit 0 on SIGTERM: {bad_exit}")
     if not t.promotions:

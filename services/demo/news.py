@@ -20,6 +20,9 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from services.common.envelope import set_time
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+
 SOURCE_NAME = "rlmf-demo-synthetic"
 
 _POSITIVE = (
@@ -94,3 +97,17 @@ def _draft(
     # Inside the bar, never after its close: day t's news is known at t's decision.
     offset = timedelta(seconds=float(rng.uniform(0.05, 0.9)) * bar_seconds)
     return NewsDraft(f"synthetic-{ticker}-{k:05d}-{j}", ticker, headline, start + offset, tone)
+
+
+def news_item(draft: NewsDraft) -> pb.NewsItem:
+    """The draft as the raw news item the sentiment service consumes."""
+    item = pb.NewsItem(
+        item_id=draft.item_id,
+        ticker=draft.ticker,
+        headline=draft.headline,
+        body="",
+        source_name=SOURCE_NAME,
+        synthetic=True,
+    )
+    set_time(item.published_at, draft.published_at)
+    return item

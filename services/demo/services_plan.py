@@ -6,13 +6,14 @@ machine), the broker's address, the demo's out dir for its state, and the seed.
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.broker import free_port
 from services.common.supervisor import ProcessSpec
+from services.demo.config import DemoConfig, Window
 
 
 @dataclass
@@ -30,13 +31,6 @@ class ServicePlan:
 
     def spec(self) -> ProcessSpec:
         return ProcessSpec(self.name, self.argv, self.env)
-
-
-def has_entrypoint(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(f"services.{name}.__main__") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def common_env(bootstrap: str, seed: int, port: int) -> dict[str, str]:
@@ -57,6 +51,32 @@ def module_argv(name: str) -> list[str]:
     return [sys.executable, "-m", f"services.{name}"]
 
 
+def service_plans(
+    cfg: DemoConfig, window: Window, bootstrap: str, teacher_dir: Path, out: Path
+) -> dict[str, ServicePlan]:
+    """The long-running services, in data-flow order; the simulator runs separately."""
+    seed = cfg.settings.seed
+    feast_env = {
+        "RLMF_FEATURES_DATA_DIR": str(out / "feast"),
+        "RLMF_FEATURES_TICKERS": window.ticker,
+        "RLMF_FEATURES_APPLY_ON_START": "false",
+    }  # the demo applied it (stage feast)
+    plans = {
+        "sentiment": _plan("sentiment", bootstrap, seed, sentiment_env(cfg)),
+        "features": _plan("features", bootstrap, seed, feast_env),
+        "policy": policy_plan(bootstrap, seed, teacher_dir),
+    }
+    policy_url = f"http://127.0.0.1:{plans['policy'].port}"
+    trainer = trainer_env(cfg, window, teacher_dir.parent, policy_url, out)
+    plans["trainer"] = _plan("trainer", bootstrap, seed, trainer)
+    return plans
+
+
+def _plan(name: str, bootstrap: str, seed: int, extra: dict[str, str]) -> ServicePlan:
+    port = free_port()
+    return ServicePlan(name, module_argv(name), common_env(bootstrap, seed, port) | extra, port)
+
+
 def policy_plan(bootstrap: str, seed: int, model_dir: Path) -> ServicePlan:
     port = free_port()
     grpc = free_port()
@@ -75,3 +95,77 @@ def policy_plan(bootstrap: str, seed: int, model_dir: Path) -> ServicePlan:
         str(grpc),
     ]
     return ServicePlan("policy", argv, env, port, ready_path="/v2/health/ready")
+
+
+def sentiment_env(cfg: DemoConfig) -> dict[str, str]:
+    """--quick scores with VADER; the full demo with SmolLM2 (services/sentiment/settings.py).
+    Per-day LLM summaries are off: generating them for two years of days would double the
+    demo's time on 2 cores; the policy sees the day's headlines instead."""
+    return {
+        "RLMF_SENTIMENT_BACKEND": "lexicon" if cfg.quick else "llm",
+        "RLMF_SENTIMENT_MODEL_DIR": str(cfg.models_dir / "SmolLM2-135M-Instruct"),
+        "RLMF_SENTIMENT_SUMMARIES": "false",
+        "RLMF_SENTIMENT_THREADS": "1",
+    }
+
+
+def trainer_env(
+    cfg: DemoConfig, window: Window, models: Path, policy_url: str, out: Path
+) -> dict[str, str]:
+    """The trainer's settings (services/trainer/settings.py) for this window.
+
+    The trainer finds its teacher in `models` through the `current` pointer, which the demo
+    writes beside the teacher and the trainer moves on promotion."""
+    every, seed = cfg.train_every, cfg.settings.seed
+    env = {
+        "RLMF_TRAINER_MODELS_DIR": str(models),
+        "RLMF_TRAINER_WORK_DIR": str(out / "trainer"),
+        "RLMF_TRAINER_CYCLE_EVERY_DAYS": str(cfg.train_every_days),
+        "RLMF_TRAINER_TRAIN_DAYS": str(max(10, every - 5)),
+        "RLMF_TRAINER_EVAL_DAYS": str(max(5, min(20, every // 3))),
+        "RLMF_TRAINER_PPO_STEPS": "40" if cfg.quick else "160",
+        "RLMF_TRAINER_PPO_NUM_STEPS": "20" if cfg.quick else "40",
+        "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "10" if cfg.quick else "32",
+        "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "1" if cfg.quick else "8",
+        # The replay is paused while a cycle trains, so the trainer may use both cores.
+        "RLMF_TRAINER_TORCH_THREADS": "1" if cfg.quick else "2",
+        "RLMF_TRAINER_PROMOTION": "embedded",
+        "RLMF_TRAINER_POLICY_URL": policy_url,
+        "RLMF_TRAINER_SEED": str(seed),
+        "RLMF_TRAINER_TICKER": window.ticker,
+        "RLMF_FEATURES_DATA_DIR": str(out / "feast"),
+        # The simulator's states carry the features service's features (features_reader);
+        # the trainer's training and held-out states read the same ones, point in time.
+        "RLMF_TRAINER_FEATURES_SOURCE": "feast",
+    }
+    if window.data_file is not None:
+        env["RLMF_TRAINER_PRICES_CSV"] = str(window.data_file)
+    else:
+        env |= {
+            "RLMF_TRAINER_MARKET_SCENARIO": "regime-shift",
+            "RLMF_TRAINER_MARKET_DAYS": str(len(window.frame)),
+            "RLMF_TRAINER_MARKET_SEED": str(seed),
+        }
+    return env
+
+
+def simulator_env(
+    cfg: DemoConfig, window: Window, bootstrap: str, policy_port: int, out: Path
+) -> dict[str, str]:
+    """The replaying simulator's whole environment (it inherits the demo's own)."""
+    s = cfg.settings
+    return {
+        **os.environ,
+        **common_env(bootstrap, s.seed, free_port()),
+        **window.simulator_env,
+        "RLMF_SIMULATOR_MODE": "replay",
+        "RLMF_SIMULATOR_SEED": str(s.seed),
+        "RLMF_SIMULATOR_POLICY_URL": f"http://127.0.0.1:{policy_port}",
+        "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
+        # A rationale (SEP's explain step) on a few decisions, for the report.
+        "RLMF_SIMULATOR_EXPLAIN_EVERY": "10" if cfg.quick else "50",
+        "RLMF_SIMULATOR_FEATURES_READER": "services.demo.features_reader:read",
+        "RLMF_SIMULATOR_FEATURES_TIMEOUT_S": str(s.features_timeout_s),
+        "RLMF_FEATURES_DATA_DIR": str(out / "feast"),
+        "RLMF_FEATURES_TICKERS": window.ticker,
+    }

@@ -1,0 +1,116 @@
+"""The demo's configuration (scenario, window, settings) and its one-line status printer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from services.demo.settings import DemoSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ("real", "regime-shift")
+
+_T0 = time.monotonic()
+
+
+class DemoError(RuntimeError):
+    """A stage failed; the message says which and why."""
+
+
+def status(line: str) -> None:
+    """One line per stage on stderr, timestamped from the run's start."""
+    print(f"[demo {time.monotonic() - _T0:7.1f}s] {line}", file=sys.stderr, flush=True)
+
+
+def default_models_dir() -> Path:
+    """RLMF_MODELS_DIR (as `rlmf models prepare` uses it), else the repository's models/."""
+    env = os.environ.get("RLMF_MODELS_DIR")
+    return Path(env).resolve() if env else REPO_ROOT / "models"
+
+
+@dataclass
+class DemoConfig:
+    scenario: str
+    quick: bool
+    out: Path
+    settings: DemoSettings = field(default_factory=DemoSettings)
+    kill_service: str | None = None
+    kill_after_bars: int = 0
+    bootstrap: str | None = None
+    """Use this running Kafka (e.g. a test's broker) instead of starting the embedded one."""
+    models_dir: Path = field(default_factory=default_models_dir)
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise DemoError(
+                f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}"
+            )
+
+    @property
+    def bars(self) -> int:
+        return (
+            self.settings.quick_bars
+            if self.quick
+            else (self.settings.bars if self.scenario == "real" else self.settings.regime_days)
+        )
+
+    @property
+    def train_every(self) -> int:
+        """Bars between trainer cycles: a third of the window, so two cycles run in the replay."""
+        return self.settings.train_every_bars or max(10, self.bars // 3)
+
+    @cached_property
+    def train_every_days(self) -> int:
+        """The same in calendar days (the trainer's unit): the span of `train_every` bars."""
+        window = select_window(self)
+        idx = window.frame.index
+        return int((idx[min(self.train_every, len(idx) - 1)] - idx[0]).days)
+
+
+@dataclass
+class Window:
+    """The bars replayed: the simulator settings that select them and the frame itself."""
+
+    frame: pd.DataFrame
+    ticker: str
+    simulator_env: dict[str, str]
+    description: str
+    data_file: Path | None = None
+
+
+def select_window(cfg: DemoConfig) -> Window:
+    """The last `bars` rows of the real CSV, or the regime-shift generator's series."""
+    from services.market.market_data import load_prices_csv
+    from services.market.regime_market import generate_market, load_params
+
+    s = cfg.settings
+    if cfg.scenario == "real":
+        path = (REPO_ROOT / s.prices_csv).resolve()
+        full = load_prices_csv(path)
+        start = max(0, len(full) - cfg.bars)
+        frame = full.iloc[start:]
+        env = {
+            "RLMF_SIMULATOR_PRICES_CSV": str(path),
+            "RLMF_SIMULATOR_START_BAR": str(start),
+            "RLMF_SIMULATOR_MAX_BARS": str(cfg.bars),
+            "RLMF_SIMULATOR_TICKER": s.ticker,
+        }
+        desc = (
+            f"real daily {s.ticker} bars from {path.name}, rows {start}..{len(full) - 1} "
+            f"({frame.index[0]:%Y-%m-%d} to {frame.index[-1]:%Y-%m-%d}, {len(frame)} bars)"
+        )
+        return Window(frame, s.ticker, env, desc, path)
+    params = load_params("regime-shift")
+    frame, _ = generate_market(params, cfg.bars, s.seed)
+    env = {"RLMF_SIMULATOR_SCENARIO": "regime-shift", "RLMF_SIMULATOR_DAYS": str(cfg.bars)}
+    desc = (
+        f"synthetic regime-switching market (scenario regime-shift, seed {s.seed}, "
+        f"{cfg.bars} bars, ticker {params.ticker}): not real prices"
+    )
+    return Window(frame, params.ticker, env, desc)

@@ -1,0 +1,97 @@
+"""Replay pacing: predict the trainer's cycles from the feedback and hold the market meanwhile.
+
+The prediction is the trainer's own rule (services/common/cycle_schedule.py) applied to the
+feedback the demo reads back from the bus, so the market pauses exactly when a cycle starts.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+from services.common import envelope as envelopes
+from services.common import topics
+from services.common.cycle_schedule import cycle_due
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.demo.bus_reader import Tally, TopicRecord
+from services.demo.config import status
+
+
+class TrainingPacer:
+    """Follows the feedback days and says when the trainer's next cycle comes due."""
+
+    def __init__(self, every_days: int) -> None:
+        self.every_days = every_days
+        self.days: list[date] = []
+        self.last_cycle_day: date | None = None
+        self.log_offset = 0
+        """Bytes of trainer.log already searched for a failed cycle."""
+
+    def due(self, records: list[TopicRecord]) -> bool:
+        """Whether any of these feedback records made a cycle due."""
+        hit = False
+        for rec in records:
+            feedback = envelopes.decode(rec.value, pb.MarketFeedback).payload
+            self.days.append(feedback.decision_time.ToDatetime().date())
+            day = cycle_due(self.days, self.last_cycle_day, self.every_days)
+            if day is not None:
+                self.last_cycle_day, hit = day, True
+        return hit
+
+
+def pause_for_cycle(
+    simulator: subprocess.Popen[bytes],
+    bootstrap: str,
+    pacer: TrainingPacer,
+    trainer_log: Path,
+    timeout_s: float,
+    check_alive: Callable[[], None],
+) -> str | None:
+    """Hold the market (SIGSTOP the replay) while the trainer runs the cycle that just came
+    due, so the next bars are decided by whatever that cycle promotes, as in a market that
+    waits for its nightly training; resume (SIGCONT) when its promotion decision is out.
+
+    Returns a note for the report when the cycle published no promotion decision."""
+    promotions = Tally(bootstrap, topics.MODELS_PROMOTIONS)
+    while promotions.poll():  # what earlier cycles published
+        pass
+    before = promotions.count
+    simulator.send_signal(signal.SIGSTOP)
+    status(f"training: cycle due at {pacer.last_cycle_day}; market paused while the trainer trains")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not promotions.poll() and promotions.count <= before:
+            if time.monotonic() > deadline or _log_says(
+                trainer_log, "cycle failed", pacer.log_offset
+            ):
+                status(
+                    "training: no promotion decision from this cycle; resuming (see trainer.log)"
+                )
+                return (
+                    f"the cycle due at {pacer.last_cycle_day} published no promotion "
+                    f"decision (failed or over {timeout_s:.0f}s)"
+                )
+            check_alive()
+            time.sleep(1.0)
+        status("training: promotion decision published; market resumed")
+        return None
+    finally:
+        promotions.close()
+        pacer.log_offset = _log_size(trainer_log)
+        simulator.send_signal(signal.SIGCONT)
+
+
+def _log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _log_says(path: Path, text: str, offset: int) -> bool:
+    if not path.exists():
+        return False
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return text.encode() in f.read()

@@ -1,0 +1,241 @@
+"""The demo's parts without a run: synthetic news, the training pacer, the cycle rule, the
+report written from plain data, and the escaping of what reaches the HTML pages."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.common import envelope as envelopes
+from services.common.cycle_schedule import cycle_due
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def _frame(n: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    idx = pd.bdate_range("2021-01-04", periods=n, tz="UTC")
+    frame = pd.DataFrame({"close": 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))}, index=idx)
+    frame.attrs["bar_seconds"] = 86_400.0
+    return frame
+
+
+@pytest.mark.parametrize(("informativeness", "low", "high"), [(1.0, 1.0, 1.0), (0.0, 0.4, 0.6)])
+def test_synthetic_news_informativeness_is_what_it_says(
+    informativeness: float, low: float, high: float
+) -> None:
+    from services.demo.news import generate_news
+
+    frame = _frame()
+    news = generate_news(frame, "ACME", informativeness, per_day=3.0, seed=7)
+    assert news == generate_news(frame, "ACME", informativeness, per_day=3.0, seed=7)  # seeded
+    closes = frame["close"]
+    position = {t: k for k, t in enumerate(frame.index)}
+    hits = []
+    for item in news:
+        k = position[item.published_at.replace(hour=0, minute=0, second=0, microsecond=0)]
+        # Published inside its bar, before the close: no item from the future.
+        assert frame.index[k] < item.published_at < frame.index[k] + pd.Timedelta(days=1)
+        if item.tone:
+            hits.append(item.tone == (1 if closes.iloc[k + 1] >= closes.iloc[k] else -1))
+    assert low <= sum(hits) / len(hits) <= high
+
+
+def test_cycle_due_counts_calendar_days_from_the_last_cycle() -> None:
+    days = [date(2024, 1, 1), date(2024, 1, 5), date(2024, 1, 10), date(2024, 1, 11)]
+    assert cycle_due([], None, 5) is None
+    assert cycle_due(days[:2], None, 5) is None  # 4 days after the first feedback day
+    assert cycle_due(days[:3], None, 5) == date(2024, 1, 10)  # 9 days: due
+    assert cycle_due(days, date(2024, 1, 10), 5) is None  # 1 day after the last cycle
+    assert cycle_due(days, date(2024, 1, 6), 5) == date(2024, 1, 11)  # exactly 5 days
+
+
+def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None:
+    """The demo pauses the market when it predicts a cycle; the prediction must be the
+    trainer's own (services.trainer.service.Scheduler.due) on the same feedback."""
+    from services.demo.bus_reader import TopicRecord
+    from services.demo.pacing import TrainingPacer
+    from services.trainer.datasets import FeedbackLog, FeedbackRecord
+    from services.trainer.service import Scheduler
+    from services.trainer.settings import TrainerSettings
+
+    frame = _frame(120)
+    settings = TrainerSettings(cycle_every_days=20, work_dir=tmp_path)
+    log = FeedbackLog(tmp_path / "feedback.jsonl")
+    started: list[Any] = []
+    scheduler = Scheduler(settings, log, frame, None, run=lambda *a, **k: started.append(1))
+    pacer = TrainingPacer(20)
+    trainer_days, pacer_days = [], []
+    for t, nxt in zip(frame.index[:-1], frame.index[1:], strict=False):
+        record = FeedbackRecord(
+            "ACME", t.to_pydatetime(), nxt.to_pydatetime(), "s", "hold", 0.0, 0.0, "v0"
+        )
+        log.add(record)
+        if scheduler.due() is not None:
+            trainer_days.append(t.date())
+            scheduler.maybe_start()
+            scheduler.join()
+        msg = pb.MarketFeedback(ticker="ACME", action="hold")
+        envelopes.set_time(msg.decision_time, t.to_pydatetime())
+        envelopes.set_time(msg.realised_time, nxt.to_pydatetime())
+        raw = envelopes.encode(envelopes.wrap(msg, key="ACME", event_time=nxt, source="t"))
+        if pacer.due([TopicRecord(0, 0, "x", raw, {})]):
+            pacer_days.append(pacer.last_cycle_day)
+    assert len(started) == len(trainer_days) >= 4
+    assert pacer_days == trainer_days
+
+
+# ---------------------------------------------------------------------------------------------
+# The report from plain data
+# ---------------------------------------------------------------------------------------------
+
+
+def _synthetic_run(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
+    """A 30-bar regime-shift run as the bus would have recorded it: two model versions, one
+    promotion, a headline and a decision state carrying markup."""
+    from services.demo.accounting import Accounting, Check, TopicCount
+    from services.demo.collect import RunTables
+    from services.demo.config import DemoConfig, select_window
+    from services.demo.settings import DemoSettings
+    from services.demo.state import RunState
+
+    cfg = DemoConfig("regime-shift", True, tmp_path, DemoSettings(quick_bars=30))
+    window = select_window(cfg)
+    times = window.frame.index
+    closes = window.frame["close"].to_numpy(dtype=float)
+    versions = ["v0"] * 15 + ["student-1"] * 15
+    actions = (["buy", "hold", "sell"] * 10)[:30]
+    decisions = pd.DataFrame(
+        {
+            "action": actions,
+            "model_version": versions,
+            "value": 0.1,
+            "p_buy": 0.4,
+            "p_hold": 0.3,
+            "p_sell": 0.3,
+            "explanation": [f"rationale {SCRIPT}" if k == 3 else "" for k in range(30)],
+        },
+        index=times,
+    )
+    snapshots = pd.DataFrame(
+        {
+            "net_worth": 10_000 * closes / closes[0] * 0.99,
+            "buy_and_hold": 10_000 * closes / closes[0],
+            "model_version": versions,
+        },
+        index=times,
+    )
+    news = pd.DataFrame(
+        {
+            "time": times[:5] + pd.Timedelta(hours=3),
+            "sentiment": [0.5, -0.4, 0.2, 0.0, 0.9],
+            "headline": [f"SYN {SCRIPT} beats expectations"] * 5,
+            "summary": "",
+            "synthetic": True,
+            "model": "lexicon",
+        }
+    )
+    feedback = pd.DataFrame(
+        {
+            "decision_time": times[:-1],
+            "state": [f"state with headline SYN {SCRIPT}"] * 29,
+            "realised_return": 0.01,
+            "reward": 0.002,
+        }
+    )
+    promotion = {
+        "time": times[15],
+        "student": "student-1",
+        "teacher": "v0",
+        "promoted": True,
+        "reason": "beat the teacher",
+        "student_metrics": {"sharpe": 1.2},
+        "teacher_metrics": {"sharpe": 0.4},
+        "buy_and_hold_metrics": {"sharpe": 0.8},
+        "failed_guards": [],
+        "artifact_path": "",
+    }
+    tables = RunTables(
+        pd.DataFrame({"close": closes}, index=times),
+        decisions,
+        snapshots,
+        news,
+        [promotion],
+        feedback,
+    )
+    accounting = Accounting(
+        [TopicCount("market.bars.v1", 30, 30, 0, {"rlmf-features": 30})],
+        [Check("every bar of the window published", True, "30 unique bars")],
+    )
+    state = RunState(
+        window=window,
+        bootstrap="unused:0",
+        teacher_dir=tmp_path / "models" / "policy" / "v0",
+        exit_codes={"features": 0},
+    )
+    return state, cfg, accounting, tables
+
+
+def test_the_report_is_written_from_plain_data(tmp_path: Path) -> None:
+    from services.demo.finish import verdict, write_run_report
+
+    state, cfg, accounting, tables = _synthetic_run(tmp_path)
+    report = write_run_report(state, cfg, tmp_path, accounting, tables, n_fills=12)
+    html = report.read_text()
+    for name in ("equity", "decisions", "sentiment", "promotions"):
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"plots/{name}.png" in html
+    assert "The accounting reconciles." in html and "PROMOTED" in html
+    assert "sharpe: student 1.2000 / teacher 0.4000 / B&amp;H 0.8000" in html
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["window"]["bars"] == 30 and run["accounting"]["reconciles"]
+    live = run["metrics"]["live loop (teacher, then promoted students)"]
+    assert live["cumulative_return"] == pytest.approx(
+        tables.snapshots["net_worth"].iloc[-1] / tables.snapshots["net_worth"].iloc[0] - 1
+    )
+    assert verdict(state, accounting.reconciles, tables) == 0
+    assert verdict(state, False, tables) == 1
+
+
+def test_the_demo_report_escapes_what_it_shows(tmp_path: Path) -> None:
+    from services.demo.finish import write_run_report
+
+    state, cfg, accounting, tables = _synthetic_run(tmp_path)
+    state.notes.append(f"note {SCRIPT}")
+    html = write_run_report(state, cfg, tmp_path, accounting, tables, n_fills=0).read_text()
+    assert "<script>" not in html
+    assert "state with headline SYN &lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "note &lt;script&gt;" in html
+
+
+def test_the_backtest_report_escapes_its_title_and_run_info(tmp_path: Path) -> None:
+    from services.market.report import PLOTS, ReportData, ReportTrade, write_report
+
+    times = pd.date_range("2024-01-01", periods=40, freq="D", tz="UTC")
+    equity = np.linspace(100.0, 110.0, 40)
+    data = ReportData(
+        times=times,
+        equity=equity,
+        buy_and_hold=equity[::-1],
+        closes=equity,
+        positions=np.ones(40),
+        trades=[ReportTrade(times[2], 100.5, 1.0), ReportTrade(times[20], 105.0, -1.0)],
+        metrics={"strategy": {"sharpe": 1.5}, "buy_and_hold": {"sharpe": float("nan")}},
+        periods_per_year=252.0,
+        title=f"Backtest: random on {SCRIPT}",
+        run_info={"ticker": SCRIPT, "seed": 3},
+    )
+    html = write_report(data, tmp_path).read_text()
+    assert "<script>" not in html
+    assert "<title>Backtest: random on &lt;script&gt;" in html
+    assert "<td>ticker</td><td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in html
+    assert "<td>sharpe</td><td>1.5000</td><td>n/a</td>" in html
+    for name in PLOTS:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f'src="{name}"' in html
