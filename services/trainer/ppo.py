@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +44,9 @@ from services.common.market_state import ACTIONS, MarketState
 from services.trainer import checkpoint
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 30.0
+"""Longest wall-clock gap between progress reports: a rollout or an update can take minutes."""
 
 SELL, HOLD, BUY = (ACTIONS.index(a) for a in ("sell", "hold", "buy"))
 
@@ -194,6 +198,17 @@ def compute_gae(
     return advantages, advantages + values
 
 
+def normalise_advantages(advantages: Tensor) -> Tensor:
+    """CleanRL's per-minibatch normalisation: (A - mean) / (std + 1e-8), std unbiased.
+
+    A single sample is returned as it is: it has no spread to scale by, and centring it would
+    zero its only advantage, silently switching off the policy gradient for that minibatch.
+    """
+    if advantages.numel() < 2:
+        return advantages
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
 @dataclass
 class LossParts:
     loss: Tensor
@@ -223,6 +238,8 @@ def rlmf_loss(
 ) -> LossParts:
     """-L_RL (clipped PPO policy + value loss - entropy) + mf_coef * L_MF + kl_coef * KL.
 
+    `advantages` are used as given: `update` normalises them over the whole minibatch
+    (`norm_adv`) before splitting it into gradient-accumulation micro-batches.
     RLMF addition: `feedback_logits`/`feedback_labels` are D_MF examples (market.feedback.v1
     states and their realised moves); L_MF is then the mean cross-entropy over the rollout
     samples and those together. The RL terms and the KL to the teacher see the rollout only.
@@ -237,12 +254,8 @@ def rlmf_loss(
         approx_kl = ((ratio - 1) - logratio).mean()
         clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
 
-    mb_advantages = advantages
-    if args.norm_adv and advantages.numel() > 1:
-        mb_advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-    pg_loss1 = -mb_advantages * ratio
-    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
     pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
     if args.clip_vloss:
@@ -265,6 +278,13 @@ def rlmf_loss(
     neg_l_rl = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
     loss = neg_l_rl + args.mf_coef * mf_loss + args.kl_coef * kl_teacher
     return LossParts(loss, pg_loss, v_loss, entropy, mf_loss, kl_teacher, approx_kl, clipfrac)
+
+
+def annealed_lr(args: PPOArgs, iteration: int, budget_spent: float = 0.0) -> float:
+    """CleanRL's linear decay, over whichever has run further: the iterations or the wall-clock
+    budget (`budget_spent`, 0..1), so the rate still decays when a budget ends the run early."""
+    spent = max((iteration - 1.0) / args.num_iterations, budget_spent)
+    return (1.0 - spent) * args.learning_rate
 
 
 def pad_left(rows: list[Tensor], value: float = 0) -> Tensor:
@@ -376,16 +396,160 @@ class Rollout:
 @dataclass
 class PPOResult:
     iterations_done: int
+    """number of the last iteration completed (resumed ones included)"""
     global_step: int
     resumed_from: int
     episode_returns: list[float]
     metrics: dict[str, float]
     update_tokens: int
     update_seconds: float
+    stopped_by_budget: bool = False
+    """the deadline passed before total_timesteps' iterations were done"""
+    elapsed_s: float = 0.0
+    """wall-clock seconds of this train() call"""
+
+    @property
+    def iterations_run(self) -> int:
+        """iterations run by this call (not the resumed ones)"""
+        return self.iterations_done - self.resumed_from
 
     @property
     def update_tokens_per_s(self) -> float:
         return self.update_tokens / self.update_seconds if self.update_seconds else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and the wall-clock budget
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run stands: what `train` hands its `progress` callback while it trains."""
+
+    iteration: int
+    """the iteration running (or just finished), 1-based"""
+    num_iterations: int
+    """iterations total_timesteps allows: the upper bound when a budget is set"""
+    global_step: int
+    """environment steps so far, the running rollout's included"""
+    total_steps: int
+    """steps the run is expected to take: all iterations', or fewer when the budget ends it"""
+    mean_episode_return: float
+    """mean return of the episodes finished so far (NaN before the first ends)"""
+    pg_loss: float
+    """last update's mean policy loss (NaN before the first update)"""
+    v_loss: float
+    entropy: float
+    mf_loss: float
+    approx_kl: float
+    elapsed_s: float
+    """wall-clock seconds since train() started"""
+    eta_s: float
+    """estimated seconds left, from this call's steps per second"""
+
+    @property
+    def fraction_done(self) -> float:
+        """0..1, for a progress bar (tqdm: total=1.0, n=fraction_done)"""
+        return min(1.0, self.global_step / self.total_steps) if self.total_steps else 1.0
+
+
+def log_progress(p: Progress) -> None:
+    """One info line per report: a default `progress` callback for `train`."""
+    log.info(
+        "ppo iteration %d/%d, step %d/%d (%.0f%%), mean episode return %.4g, "
+        "pg %.4g, v %.4g, entropy %.4g, mf %.4g, approx_kl %.4g, %.0f s elapsed, eta %.0f s",
+        p.iteration,
+        p.num_iterations,
+        p.global_step,
+        p.total_steps,
+        100 * p.fraction_done,
+        p.mean_episode_return,
+        p.pg_loss,
+        p.v_loss,
+        p.entropy,
+        p.mf_loss,
+        p.approx_kl,
+        p.elapsed_s,
+        p.eta_s,
+        extra={"fields": {**asdict(p), "fraction_done": p.fraction_done}},
+    )
+
+
+class _RunClock:
+    """One train() call's wall clock: the budget, the step estimates and progress reports."""
+
+    def __init__(
+        self,
+        args: PPOArgs,
+        state: dict[str, Any],
+        start_step: int,
+        deadline: float | None,
+        progress: Callable[[Progress], None] | None,
+        every_s: float,
+    ) -> None:
+        self.args, self.state, self.start_step = args, state, start_step
+        self.deadline, self.progress, self.every_s = deadline, progress, every_s
+        self.started = self.last_report = time.monotonic()
+        self.iteration = 0
+        self.metrics: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def budget_fraction(self) -> float:
+        """Share of the budget spent (0 without one). A budget already spent at the start
+        counts as 0: its single iteration is the run's first and trains at the full rate."""
+        if self.deadline is None or self.deadline <= self.started:
+            return 0.0
+        return min(1.0, self.elapsed() / (self.deadline - self.started))
+
+    def estimate(self, global_step: int) -> tuple[int, float]:
+        """(total steps the run will take, seconds left) at this call's steps per second."""
+        upper = self.args.num_iterations * self.args.batch_size
+        steps, elapsed = global_step - self.start_step, self.elapsed()
+        if steps <= 0 or elapsed <= 0:
+            return upper, math.nan
+        rate = steps / elapsed
+        total = upper
+        if self.deadline is not None:
+            # The run stops at the end of the iteration in which the budget runs out.
+            reach = global_step + rate * max(0.0, self.deadline - time.monotonic())
+            total = min(upper, math.ceil(reach / self.args.batch_size) * self.args.batch_size)
+        return total, max(0.0, (total - global_step) / rate)
+
+    def tick(self, global_step: int, steps: int = 0) -> None:
+        """Report at `global_step` + `steps` when `every_s` has passed since the last report
+        (bound to the iteration's global_step with functools.partial)."""
+        if self.progress is not None and time.monotonic() - self.last_report >= self.every_s:
+            self.report(global_step + steps)
+
+    def report(self, global_step: int) -> None:
+        if self.progress is None:
+            return
+        total, eta = self.estimate(global_step)
+        returns = self.state["episode_returns"]
+        m = self.metrics
+        self.progress(
+            Progress(
+                iteration=self.iteration,
+                num_iterations=self.args.num_iterations,
+                global_step=global_step,
+                total_steps=total,
+                mean_episode_return=sum(returns) / len(returns) if returns else math.nan,
+                pg_loss=m.get("losses/pg_loss", math.nan),
+                v_loss=m.get("losses/v_loss", math.nan),
+                entropy=m.get("losses/entropy", math.nan),
+                mf_loss=m.get("losses/mf_loss", math.nan),
+                approx_kl=m.get("losses/approx_kl", math.nan),
+                elapsed_s=self.elapsed(),
+                eta_s=eta,
+            )
+        )
+        self.last_report = time.monotonic()
 
 
 def _trainable(agent: ActorCritic) -> list[torch.nn.Parameter]:
@@ -412,10 +576,13 @@ def collect_rollout(
     args: PPOArgs,
     state: dict[str, Any],
     gen: torch.Generator,
+    tick: Callable[[int], None] | None = None,
 ) -> Rollout:
-    """num_steps of acting in `env`; `state` carries the running episode between rollouts."""
+    """num_steps of acting in `env`; `state` carries the running episode between rollouts.
+
+    `tick(steps taken so far)` is called after every step (progress reports mid-rollout)."""
     buf = Rollout()
-    for _ in range(args.num_steps):
+    for step in range(1, args.num_steps + 1):
         market = env.current_state()
         ids, mask = encode(market)
         hidden, logits, value, teacher_logits = _sample_forward(agent, teacher, ids, mask)
@@ -453,6 +620,8 @@ def collect_rollout(
             state["episode_steps"] = 0
             state["episodes"] += 1
             env.reset(seed=args.seed + state["episodes"])
+        if tick is not None:
+            tick(step)
     return buf
 
 
@@ -481,9 +650,13 @@ def update(
     args: PPOArgs,
     gen: torch.Generator,
     feedback: FeedbackSet | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], int]:
     """update_epochs over the rollout, one optimizer step per minibatch -> (metrics, tokens).
 
+    Advantages are normalised over each whole minibatch (`norm_adv`), then the minibatch is
+    split into micro-batches, so the gradient does not depend on gradient_accumulation_steps.
+    `tick` is called after every optimizer step (progress reports during a long update).
     RLMF addition: with `feedback` (D_MF), each minibatch also samples D_MF examples into L_MF.
     """
     b_actions = torch.tensor(buf.actions)
@@ -501,13 +674,14 @@ def update(
         approx_kls = []
         for start in range(0, args.batch_size, args.minibatch_size):
             mb_inds = b_inds[start : start + args.minibatch_size]
+            mb_advantages = advantages[mb_inds]
+            if args.norm_adv:
+                mb_advantages = normalise_advantages(mb_advantages)
             optimizer.zero_grad(set_to_none=True)
-            micro = [
-                mb_inds[i : i + args.micro_batch_size]
-                for i in range(0, len(mb_inds), args.micro_batch_size)
-            ]
-            feedback_parts = sample_feedback(feedback, args, len(micro), gen)
-            for u_inds, f_inds in zip(micro, feedback_parts, strict=True):
+            starts = range(0, len(mb_inds), args.micro_batch_size)
+            feedback_parts = sample_feedback(feedback, args, len(starts), gen)
+            for lo, f_inds in zip(starts, feedback_parts, strict=True):
+                u_inds = mb_inds[lo : lo + args.micro_batch_size]
                 rows = u_inds.tolist()
                 mask = pad_left([buf.attention_mask[i] for i in rows])
                 if args.reuse_hidden:
@@ -522,7 +696,7 @@ def update(
                     newvalue,
                     actions=b_actions[u_inds],
                     old_logprobs=b_logprobs[u_inds],
-                    advantages=advantages[u_inds],
+                    advantages=mb_advantages[lo : lo + args.micro_batch_size],
                     returns=returns[u_inds],
                     old_values=b_values[u_inds],
                     move_labels=b_labels[u_inds],
@@ -543,12 +717,15 @@ def update(
                     "entropy",
                     "mf_loss",
                     "kl_teacher",
+                    "approx_kl",
                     "clipfrac",
                 ):
                     sums[name] = sums.get(name, 0.0) + float(getattr(parts, name).detach())
                 count += 1
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
             optimizer.step()
+            if tick is not None:
+                tick()
         if args.target_kl is not None and sum(approx_kls) / len(approx_kls) > args.target_kl:
             break
     metrics = {f"losses/{k}": v / max(count, 1) for k, v in sums.items()}
@@ -564,12 +741,25 @@ def train(
     checkpoint_dir: Path | None = None,
     stop_after_iterations: int | None = None,
     feedback: FeedbackSet | None = None,
+    *,
+    deadline: float | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    progress_every_s: float = PROGRESS_EVERY_S,
 ) -> PPOResult:
     """Run PPO+RLMF; resumes from the newest checkpoint in `checkpoint_dir` when there is one.
 
+    `deadline` (a `time.monotonic()` value) is a wall-clock budget: the run stops after the
+    iteration in which it passes (never mid-update, checkpointed so a rerun resumes) and says so
+    in `stopped_by_budget`; total_timesteps stays the upper bound. With it, the learning rate
+    anneals by whichever has run further, iterations or budget, so it still decays over the
+    run that really happens. The budget counts this call only: a resumed run gets its own.
+    `progress` receives a `Progress` after every iteration and whenever `progress_every_s`
+    passed since the last one, mid-rollout and mid-update too (`log_progress` logs it).
     RLMF addition: `feedback` is D_MF (`encode_feedback`), sampled into every minibatch's L_MF.
     """
     args.derive()
+    if args.norm_adv and args.minibatch_size == 1:
+        log.warning("norm_adv has no effect with minibatch_size 1: advantages are used as is")
     torch.manual_seed(args.seed)
     params = _trainable(agent)
     dtype = getattr(torch, args.train_dtype)
@@ -595,19 +785,24 @@ def train(
     env.reset(seed=args.seed + state["episodes"])
     state["next_done"] = 0.0
     state["episode_steps"] = 0
+    clock = _RunClock(args, state, global_step, deadline, progress, progress_every_s)
 
     metrics: dict[str, float] = {}
     update_tokens, update_seconds = 0, 0.0
+    done, stopped_by_budget = resumed_from, False
     last = args.num_iterations
     if stop_after_iterations is not None:
         last = min(last, start_iteration - 1 + stop_after_iterations)
     for iteration in range(start_iteration, last + 1):
+        clock.iteration = iteration
         if args.anneal_lr:
-            frac = 1.0 - (iteration - 1.0) / args.num_iterations
-            optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            lr = annealed_lr(args, iteration, clock.budget_fraction())
+            optimizer.param_groups[0]["lr"] = lr
 
         agent.train(False)
-        buf = collect_rollout(agent, teacher, env, encode, args, state, gen)
+        buf = collect_rollout(
+            agent, teacher, env, encode, args, state, gen, partial(clock.tick, global_step)
+        )
         global_step += args.batch_size
         next_value = _bootstrap_value(agent, env, encode, state["next_done"])
         advantages, returns = compute_gae(
@@ -621,28 +816,50 @@ def train(
         )
 
         started = time.perf_counter()
-        metrics, tokens = update(agent, optimizer, buf, advantages, returns, args, gen, feedback)
+        metrics, tokens = update(
+            agent,
+            optimizer,
+            buf,
+            advantages,
+            returns,
+            args,
+            gen,
+            feedback,
+            partial(clock.tick, global_step),
+        )
         update_seconds += time.perf_counter() - started
         update_tokens += tokens
         metrics["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
         metrics["charts/mean_reward"] = sum(buf.rewards) / len(buf.rewards)
         _check_finite(metrics, iteration)
         log.info("ppo iteration %d/%d", iteration, args.num_iterations, extra={"fields": metrics})
+        done = iteration
+        # Checked once the update is over: a budget never cuts an iteration short.
+        stopped_by_budget = iteration < last and clock.out_of_time()
 
-        if checkpoint_dir and (iteration % args.checkpoint_every == 0 or iteration == last):
+        if checkpoint_dir and (
+            iteration % args.checkpoint_every == 0 or iteration == last or stopped_by_budget
+        ):
             checkpoint.save(
                 checkpoint_dir,
                 iteration,
                 _snapshot(iteration, global_step, agent, optimizer, gen, state),
             )
+        clock.metrics = metrics
+        clock.report(global_step)
+        if stopped_by_budget:
+            log.info("PPO budget spent after iteration %d of %d", iteration, last)
+            break
     return PPOResult(
-        iterations_done=last,
+        iterations_done=done,
         global_step=global_step,
         resumed_from=resumed_from,
         episode_returns=list(state["episode_returns"]),
         metrics=metrics,
         update_tokens=update_tokens,
         update_seconds=update_seconds,
+        stopped_by_budget=stopped_by_budget,
+        elapsed_s=clock.elapsed(),
     )
 
 

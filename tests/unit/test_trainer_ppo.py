@@ -18,6 +18,7 @@ from services.trainer.ppo import (
     PPOArgs,
     compute_gae,
     move_label,
+    normalise_advantages,
     pad_left,
     rlmf_loss,
 )
@@ -280,6 +281,62 @@ def test_defaults_are_flag_trader_table_3() -> None:
     )
     assert args.target_kl is None and args.anneal_lr and args.norm_adv and args.clip_vloss
     assert args.num_iterations == 13860 // 40 and args.micro_batch_size == 4
+
+
+# ---- advantage normalisation: over the whole minibatch, as CleanRL ------------------------
+
+
+def test_normalise_advantages_matches_hand_computation() -> None:
+    adv = torch.tensor([1.0, 2.0, 3.0, 6.0])
+    # mean 3, deviations -2 -1 0 3, unbiased variance (4 + 1 + 0 + 9) / 3
+    std = (14 / 3) ** 0.5
+    expected = [-2 / std, -1 / std, 0.0, 3 / std]
+    assert normalise_advantages(adv).tolist() == pytest.approx(expected, rel=1e-6)
+    # one sample has no spread: left as is (centring would zero its policy gradient)
+    assert normalise_advantages(torch.tensor([2.5])).tolist() == [2.5]
+
+
+def _varied_encode(state: MarketState) -> tuple[Tensor, Tensor]:
+    ids = torch.tensor([[1, 2, 3, 4 + state.as_of.day % 12]])  # a different prompt per day
+    return ids, torch.ones_like(ids)
+
+
+def _one_update(
+    gradient_accumulation_steps: int, advantages: Tensor, norm_adv: bool = True
+) -> list[Tensor]:
+    """Parameters after one SGD(lr=1) step on an 8-sample minibatch: the step is -gradient."""
+    args = PPOArgs(
+        total_timesteps=8,
+        num_steps=8,
+        minibatch_size=8,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        max_grad_norm=1e9,  # no clipping: the step is the raw gradient
+        norm_adv=norm_adv,
+        seed=2,
+    ).derive()
+    agent, teacher = _agents(0)
+    state = {"next_done": 0.0, "episode_return": 0.0, "episode_steps": 0, "episodes": 0}
+    state["episode_returns"] = []
+    gen = torch.Generator().manual_seed(0)
+    buf = ppo.collect_rollout(agent, teacher, UptrendEnv(), _varied_encode, args, state, gen)
+    optimizer = torch.optim.SGD(ppo._trainable(agent), lr=1.0)
+    ppo.update(agent, optimizer, buf, advantages, torch.zeros(8), args, gen)
+    return [p.detach().clone() for p in agent.parameters()]
+
+
+def test_update_normalises_advantages_over_the_minibatch_not_the_micro_batch() -> None:
+    advantages = torch.tensor([3.0, -1.0, 0.5, 2.0, -2.0, 1.0, 0.0, 4.0])
+    whole = _one_update(1, advantages)  # one micro-batch of 8
+    for steps in (2, 8):  # micro-batches of 4 and of 1 sample
+        for a, b in zip(whole, _one_update(steps, advantages), strict=True):
+            assert torch.allclose(a, b, atol=1e-6), steps
+    # and the step is the one of the minibatch normalised by hand, fed in as is
+    hand = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    for a, b in zip(whole, _one_update(1, hand, norm_adv=False), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    # normalisation matters here: the raw advantages give another step
+    raw = _one_update(1, advantages, norm_adv=False)
+    assert not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(whole, raw, strict=True))
 
 
 # ---- RLMF addition: D_MF (market.feedback.v1 examples) in L_MF -----------------------------
