@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from services.common.bus import ConsumerLoop, Outgoing, Producer, ValidationFail
 from services.common.pb.rlmf.v1 import envelope_pb2
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
-from tests.bus_tools import read_topic
+from tests.helpers import read_topic, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
@@ -69,15 +68,6 @@ def start_echo(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def echo_loop(settings: BusSettings, in_topic: str, out_topic: str) -> ConsumerLoop:
@@ -201,7 +191,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
     ids = publish_news(bus_settings, in_topic, 300)
     worker = start_echo(bus_settings, in_topic, out_topic, delay_s=0.01, max_records=40)
     try:
-        wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 60, what="outputs")
+        wait_until(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 60, what="outputs")
     finally:
         worker.send_signal(signal.SIGKILL)  # mid-batch: some outputs flushed, their offsets not
         worker.wait()
@@ -212,7 +202,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
             outs = decoded(bus_settings.bootstrap, out_topic, pb.EnrichedNews)
             return len({e.id for e in outs}) >= 300
 
-        wait_for(all_arrived, timeout_s=60, what="all 300 outputs after restart")
+        wait_until(all_arrived, timeout_s=60, what="all 300 outputs after restart")
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=20) == 0
@@ -233,7 +223,7 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
     ids = publish_news(bus_settings, in_topic, 200)
     worker = start_echo(bus_settings, in_topic, out_topic, delay_s=0.01, max_records=20)
     try:
-        wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 20, what="outputs")
+        wait_until(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 20, what="outputs")
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=20) == 0
@@ -244,7 +234,7 @@ def test_sigterm_finishes_batch_commits_and_exits_zero(
     # nothing it already did (no duplicate output ids), and finishes the rest.
     worker = start_echo(bus_settings, in_topic, out_topic)
     try:
-        wait_for(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 200, what="rest")
+        wait_until(lambda: len(read_topic(bus_settings.bootstrap, out_topic)) >= 200, what="rest")
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=20) == 0

@@ -16,7 +16,7 @@ from services.common.broker import EmbeddedBroker, free_port
 from services.common.bus import ConsumerLoop, Outgoing, Producer
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
-from tests.bus_tools import read_topic
+from tests.helpers import read_topic
 
 NOW = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
 

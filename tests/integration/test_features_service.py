@@ -8,9 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import redis
 
 from services.common import envelope as envelopes
 from services.common.broker import free_port
@@ -32,9 +30,8 @@ from services.features.repo import apply_repo, open_store
 from services.features.sample import Sample, event_order, sample
 from services.features.settings import FeaturesSettings
 from services.features.store import FeatureReader, FeatureWriter
-from tests.bus_tools import read_topic
+from tests.helpers import REDIS, http_ok, read_topic, require_redis, wait_until
 
-REDIS = "127.0.0.1:6379"
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental")
 NUMERIC = [
@@ -44,20 +41,13 @@ NUMERIC = [
 ]  # fmt: skip
 
 
-def skip_without_redis() -> None:
-    try:
-        redis.Redis(host="127.0.0.1", port=6379, socket_timeout=1).ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis answers at {REDIS} ({exc}); the SQLite variant still runs")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def store_kind(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FeaturesSettings]:
     """A Feast repo applied once per store kind; tests add their own topics and tickers."""
     if request.param == "redis":
-        skip_without_redis()
+        require_redis()
     settings = FeaturesSettings(
         data_dir=tmp_path_factory.mktemp(f"svc-{request.param}"),
         store="cluster" if request.param == "redis" else "local",
@@ -258,7 +248,7 @@ def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
                                 stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http_status(base + "/readyz") == 200, 90, log_path)
+        wait_until(lambda: http_ok(base + "/readyz"), 90, "/readyz", process=proc, log=log_path)
         bars = [replace(b, ticker=ticker) for b in sample(("MSFT",), days=25, seed=2).bars]
         producer = Producer(bus_settings, "test-features")
         produce(producer, settings, list(bars))
@@ -268,7 +258,7 @@ def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
             answer = httpx.get(f"{base}/features/{ticker}", timeout=5).json()
             return answer.get("bars_seen") == 25.0
 
-        wait_until(served, 60, log_path)
+        wait_until(served, 60, "25 bars served", process=proc, log=log_path)
         answer = httpx.get(f"{base}/features/{ticker}", timeout=5).json()
         assert answer["close"] == pytest.approx(bars[-1].close)
         assert math.isfinite(answer["vol_adjusted_sentiment"])
@@ -276,18 +266,3 @@ def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, log_path.read_text()[-3000:]
-
-
-def http_status(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.HTTPError:
-        return 0
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; service log:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)

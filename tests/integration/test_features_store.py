@@ -20,8 +20,8 @@ from services.features.repo import apply_repo, open_store
 from services.features.sample import sample
 from services.features.settings import FeaturesSettings
 from services.features.store import FeatureReader, FeatureWriter
+from tests.helpers import REDIS, require_redis
 
-REDIS = "127.0.0.1:6379"
 pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental")
 NUMERIC = [
     "close", "ret_1d", "ret_5d", "ret_20d", "realised_vol_20d", "ma_gap_5d", "ma_gap_20d",
@@ -30,18 +30,9 @@ NUMERIC = [
 ]  # fmt: skip
 
 
-def redis_unavailable() -> str | None:
-    host, port = REDIS.split(":")
-    try:
-        redis.Redis(host=host, port=int(port), socket_timeout=1).ping()
-    except redis.RedisError as exc:
-        return f"no Redis answers at {REDIS} ({exc}); the SQLite variant still runs"
-    return None
-
-
 def store_settings(kind: str, tmp: Path) -> FeaturesSettings:
-    if kind == "redis" and (reason := redis_unavailable()):
-        pytest.skip(reason)
+    if kind == "redis":
+        require_redis()
     return FeaturesSettings(
         data_dir=tmp,
         store="cluster" if kind == "redis" else "local",

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,22 +16,10 @@ import pandas as pd
 from services.common.broker import free_port
 from services.common.settings import BusSettings
 from services.ingest.news_generator import generate_news
+from tests.helpers import http_ok, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became ready")
 
 
 def test_service_replays_files_polls_feeds_serves_http_and_stops_cleanly(
@@ -56,7 +43,7 @@ def test_service_replays_files_polls_feeds_serves_http_and_stops_cleanly(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/readyz", process)
+        wait_until(lambda: http_ok(f"{base}/readyz"), 60, "/readyz", process=process)
         item = {
             "id": f"p-{unique}",
             "headline": f"Acme news {unique}",

@@ -28,32 +28,13 @@ from services.ingest.http_api import add_news_routes
 from services.ingest.pipeline import IngestPipeline
 from services.ingest.service import poll_feed, replay_file
 from services.ingest.settings import IngestSettings
+from tests.helpers import end_offsets
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 # ---------------------------------------------------------------------------------------------
 # Reading what landed on the broker since a snapshot of the end offsets
 # ---------------------------------------------------------------------------------------------
-
-
-def end_offsets(bus: BusSettings, topic: str) -> dict[TopicPartition, int]:
-    """The true end of each partition. The embedded broker (tansu) answers ListOffsets with the
-    last record batch's base offset + 1, not the high watermark, so the end is found by reading
-    from there until nothing more comes."""
-    ensure_topics(bus, [topic], "test")
-    consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, enable_auto_commit=False)
-    try:
-        parts = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
-        consumer.assign(parts)
-        for tp, offset in consumer.end_offsets(parts).items():
-            consumer.seek(tp, offset)
-        while consumer.poll(timeout_ms=300):
-            pass
-        return {tp: consumer.position(tp) for tp in parts}
-    finally:
-        consumer.close()
 
 
 def read_since(bus: BusSettings, start: dict[TopicPartition, int], expect: int) -> list[Any]:

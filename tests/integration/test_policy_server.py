@@ -4,14 +4,10 @@ v1/v2 round trips, 400s for bad requests, micro-batching, metrics, and hot reloa
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,12 +15,11 @@ import httpx
 import pytest
 import torch
 
-from services.common.broker import free_port
 from services.common.market_state import ACTIONS, MarketState
 from services.policy.artifacts import init_artifact, load_artifact, save_artifact
 from services.policy.client import PolicyClient, PolicyClientError, request_reload
+from tests.helpers import PolicyServer, spawn_policy_server, start_policy_server, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 STATE = {
     "ticker": "MSFT",
     "as_of": "2024-01-02T21:00:00Z",
@@ -43,58 +38,12 @@ def _state(i: int) -> MarketState:
     )
 
 
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-def _start(model_dir: Path, log: Path, extra_env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    env = {
-        **os.environ,
-        "RLMF_POLICY_MAX_WAIT_MS": "30",
-        "RLMF_POLICY_MAX_INSTANCES": "8",
-        "RLMF_POLICY_MAX_STATE_TOKENS": "400",
-        **(extra_env or {}),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "services.policy",
-        "--model_dir",
-        str(model_dir),
-        "--http_port",
-        str(port),
-        "--enable_grpc",
-        "false",
-    ]
-    out = log.open("wb")
-    process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Server(f"http://127.0.0.1:{port}", process, log)
-
-
-def _wait_ready(server: Server, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"server exited {server.process.returncode}: {server.log.read_text()[-2000:]}"
-            )
-        if PolicyClient(server.url, timeout=2).ready():
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"server not ready in {timeout_s}s: {server.log.read_text()[-2000:]}")
-
-
-def _stop(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=5)
+# Small batches and a short batching window keep the tiny model's answers quick.
+POLICY_ENV = {
+    "RLMF_POLICY_MAX_WAIT_MS": "30",
+    "RLMF_POLICY_MAX_INSTANCES": "8",
+    "RLMF_POLICY_MAX_STATE_TOKENS": "400",
+}
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +67,14 @@ def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def server(
     artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+) -> Iterator[PolicyServer]:
     log = tmp_path_factory.mktemp("logs") / "policy.log"
-    srv = _start(artifacts["v0"], log, {"RLMF_POLICY_RELOAD_ROOT": str(artifacts["v0"].parent)})
+    env = POLICY_ENV | {"RLMF_POLICY_RELOAD_ROOT": str(artifacts["v0"].parent)}
+    srv = start_policy_server(artifacts["v0"], log, env)
     try:
-        _wait_ready(srv)
         yield srv
     finally:
-        _stop(srv)
+        srv.stop()
 
 
 def _predict(url: str, body: object, **kw: object) -> httpx.Response:
@@ -133,7 +82,7 @@ def _predict(url: str, body: object, **kw: object) -> httpx.Response:
     return httpx.post(f"{url}/v1/models/policy:predict", content=content, timeout=60, **kw)
 
 
-def test_v1_round_trip(server: Server) -> None:
+def test_v1_round_trip(server: PolicyServer) -> None:
     r = _predict(server.url, {"instances": [STATE, {**STATE, "ticker": "GOOGL"}]})
     assert r.status_code == 200, r.text
     predictions = r.json()["predictions"]
@@ -146,7 +95,7 @@ def test_v1_round_trip(server: Server) -> None:
         assert "explanation" not in p
 
 
-def test_v2_round_trip(server: Server) -> None:
+def test_v2_round_trip(server: PolicyServer) -> None:
     body = {
         "id": "req-7",
         "inputs": [
@@ -178,7 +127,7 @@ def test_v2_round_trip(server: Server) -> None:
     assert probs[:3] == pytest.approx([v1["probabilities"][a] for a in ACTIONS], abs=1e-6)
 
 
-def test_client_decide_and_explanation(server: Server) -> None:
+def test_client_decide_and_explanation(server: PolicyServer) -> None:
     with PolicyClient(server.url) as client:
         decisions = client.decide([_state(1), _state(2)], explain=True)
         status = client.status()
@@ -207,7 +156,7 @@ def test_client_decide_and_explanation(server: Server) -> None:
     ],
 )
 def test_bad_v1_requests_get_400_with_the_reason(
-    server: Server, body: object, message: str
+    server: PolicyServer, body: object, message: str
 ) -> None:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = httpx.post(f"{server.url}/v1/models/policy:predict", content=content, timeout=60)
@@ -239,14 +188,14 @@ def test_bad_v1_requests_get_400_with_the_reason(
     ],
 )
 def test_bad_v2_requests_get_400_with_the_reason(
-    server: Server, body: object, message: str
+    server: PolicyServer, body: object, message: str
 ) -> None:
     r = httpx.post(f"{server.url}/v2/models/policy/infer", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
 
 
-def test_concurrent_requests_are_micro_batched_and_metered(server: Server) -> None:
+def test_concurrent_requests_are_micro_batched_and_metered(server: PolicyServer) -> None:
     def count(text: str, name: str) -> float:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
@@ -273,7 +222,7 @@ def test_concurrent_requests_are_micro_batched_and_metered(server: Server) -> No
 
 
 def test_reload_under_load_loses_nothing_and_switches_version(
-    server: Server, artifacts: dict[str, Path]
+    server: PolicyServer, artifacts: dict[str, Path]
 ) -> None:
     stop = threading.Event()
     seen: list[tuple[int, float, str, int]] = []  # (worker, start time, version, status)
@@ -290,12 +239,24 @@ def test_reload_under_load_loses_nothing_and_switches_version(
 
     request_reload(server.url, artifacts["v0"])  # known starting point
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+
+    def every_worker(answered: Callable[[float, str], bool]) -> bool:
+        # A worker's error ends the wait at once: the assertion below reports it.
+        return bool(errors) or all(
+            any(ww == w and answered(started, v) for ww, started, v, _ in seen) for w in range(4)
+        )
+
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    # Under load means every client is busy when the reload comes.
+    wait_until(lambda: every_worker(lambda _, v: v == "v0"), 60, "a v0 answer for every client")
     result = request_reload(server.url, artifacts["v1"])
     swapped_at = time.monotonic()
-    time.sleep(1.5)
+    wait_until(
+        lambda: every_worker(lambda started, _: started > swapped_at),
+        60,
+        "an answer to a request sent after the swap for every client",
+    )
     stop.set()
     for t in threads:
         t.join()
@@ -320,7 +281,7 @@ def test_reload_under_load_loses_nothing_and_switches_version(
 
 
 def test_reload_refuses_bad_bodies_and_folders_outside_the_root(
-    server: Server, tmp_path: Path
+    server: PolicyServer, tmp_path: Path
 ) -> None:
     url = f"{server.url}/v1/models/policy:reload"
     assert httpx.post(url, content=b"nope", timeout=30).status_code == 400
@@ -334,10 +295,10 @@ def test_reload_refuses_bad_bodies_and_folders_outside_the_root(
 def test_server_refuses_to_start_on_a_tampered_artifact(
     artifacts: dict[str, Path], tmp_path: Path
 ) -> None:
-    srv = _start(artifacts["bad"], tmp_path / "bad.log")
+    srv = spawn_policy_server(artifacts["bad"], tmp_path / "bad.log", POLICY_ENV)
     try:
         assert srv.process.wait(timeout=120) == 2
     finally:
         if srv.process.poll() is None:
-            _stop(srv)
+            srv.stop()
     assert "model.safetensors does not match" in srv.log.read_text()

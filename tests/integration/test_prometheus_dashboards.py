@@ -48,7 +48,7 @@ from services.common.bus import Producer, ensure_topics
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
-from tests.unit.test_chart_render import of_kind, render
+from tests.helpers import of_kind, render
 
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE_S = 1

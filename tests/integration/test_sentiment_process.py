@@ -13,7 +13,7 @@ import pandas as pd
 
 from services.common.broker import free_port
 from services.common.settings import BusSettings
-from tests.integration.test_ingest_process import wait_ready
+from tests.helpers import http_ok, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 RLMF = str(Path(sys.executable).with_name("rlmf"))
@@ -30,7 +30,9 @@ def test_service_is_ready_and_stops_cleanly_on_sigterm(bus_settings: BusSettings
         stderr=subprocess.PIPE,
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}/readyz", process)
+        wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), 60, "/readyz", process=process
+        )
         assert "rlmf_ready" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     finally:
         process.send_signal(signal.SIGTERM)

@@ -3,85 +3,21 @@ enriched output (model version, probabilities, summary, latency), bad items dead
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
-from kafka.structs import OffsetAndMetadata
 
 from services.common import envelope as envelopes
-from services.common.bus import Incoming, Producer, ensure_topics
+from services.common.bus import Incoming
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
 from services.common.topics import NEWS_ENRICHED, NEWS_RAW, dlq
 from services.sentiment.enrich import EnrichHandler
 from services.sentiment.service import build_handler, build_loop
 from services.sentiment.settings import SentimentSettings
-from tests.integration.test_ingest_sources import end_offsets
-
-DAY = datetime(2024, 3, 1, 9, tzinfo=UTC)
-
-
-def read_all(
-    bus: BusSettings, topic: str, wanted: int, match: Any, timeout_s: float = 20
-) -> list[Any]:
-    """Records of `topic` for which `match(record)` holds, read from the start, until `wanted`."""
-    ensure_topics(bus, [topic], "test")
-    consumer = KafkaConsumer(bootstrap_servers=bus.bootstrap, enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    found: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and len(found) < wanted:
-            for batch in consumer.poll(timeout_ms=200).values():
-                found += [r for r in batch if match(r)]
-    finally:
-        consumer.close()
-    return found
-
-
-def group_at_end(bus: BusSettings, unique: str) -> str:
-    """A fresh consumer group whose committed offsets are the current end of news.raw.v1, so a
-    test's loop reads only what the test publishes, not every earlier test's news."""
-    group = f"sentiment-test-{unique}"
-    ends = end_offsets(bus, NEWS_RAW)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bus.bootstrap, group_id=group, enable_auto_commit=False
-    )
-    try:
-        consumer.assign(list(ends))
-        consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in ends.items()})
-    finally:
-        consumer.close()
-    return group
-
-
-def news_item(
-    unique: str, n: int, headline: str, ticker: str = "ACME", hours: int = 0
-) -> pb.NewsItem:
-    item = pb.NewsItem(
-        item_id=f"s-{unique}-{n}", ticker=ticker, headline=headline, source_name="test"
-    )
-    envelopes.set_time(item.published_at, DAY + timedelta(hours=hours))
-    return item
-
-
-def publish(bus: BusSettings, items: list[pb.NewsItem]) -> None:
-    producer = Producer(bus, "sentiment-test")
-    for item in items:
-        producer.publish(
-            NEWS_RAW,
-            item,
-            key=item.ticker or "none",
-            event_time=envelopes.to_datetime(item.published_at),
-        )
-    producer.close()
+from tests.helpers import group_at_end, news_item, publish, read_all
 
 
 class RecordingHandler:

@@ -16,7 +16,7 @@ from services.sentiment.scorer import LLMScorer
 from services.sentiment.service import build_loop
 from services.sentiment.settings import SentimentSettings
 from services.sentiment.summarizer import Summarizer
-from tests.integration.test_sentiment_service import group_at_end, news_item, publish, read_all
+from tests.helpers import group_at_end, news_item, publish, read_all
 
 pytestmark = pytest.mark.slow
 

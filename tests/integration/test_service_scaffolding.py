@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,8 +12,9 @@ import pytest
 from services.common import broker as broker_module
 from services.common.broker import BrokerError, EmbeddedBroker, free_port, port_open
 from services.common.http_server import BackgroundServer, HealthApp
-from services.common.metrics import MESSAGES_CONSUMED
+from services.common.metrics import HANDLER_LATENCY, MESSAGES_CONSUMED
 from services.common.supervisor import ProcessSpec, Supervisor
+from tests.helpers import wait_until
 
 
 def test_broker_starts_answers_and_stops() -> None:
@@ -38,10 +38,7 @@ def test_rlmf_broker_command_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "broker", "--port", str(port)])
     try:
-        deadline = time.monotonic() + 20
-        while not port_open("127.0.0.1", port):
-            assert time.monotonic() < deadline, "rlmf broker never answered"
-            time.sleep(0.1)
+        wait_until(lambda: port_open("127.0.0.1", port), 20, "rlmf broker to answer", process=proc)
     finally:
         proc.terminate()
     assert proc.wait(timeout=10) == 0
@@ -52,20 +49,17 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
     marker = tmp_path / "starts"
     script = (
         "import pathlib,sys,time,signal\n"
-        f"p=pathlib.Path({str(marker)!r}); p.write_text(p.read_text()+'x' if p.exists() else 'x')\n"
+        # The handler goes in before the marker, so a marker means SIGTERM is handled.
         "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        f"p=pathlib.Path({str(marker)!r}); p.write_text(p.read_text()+'x' if p.exists() else 'x')\n"
         "time.sleep(0.3 if len(p.read_text())==1 else 60)\n"
         "sys.exit(3)\n"
     )
     sup = Supervisor([ProcessSpec("flaky", [sys.executable, "-c", script])], restart_delay_s=0.1)
     sup.start_all()
-    deadline = time.monotonic() + 15
-    restarted: list[str] = []
-    while not restarted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        restarted = sup.check_once()
+    restarted = wait_until(sup.check_once, 15, "the supervisor to restart the child")
     assert restarted == ["flaky"]
-    time.sleep(0.5)
+    wait_until(lambda: marker.read_text() == "xx", 15, "the restarted child to be running")
     assert sup.stop() == {"flaky": 0}  # SIGTERM reached the restarted child
     assert marker.read_text() == "xx"
 
@@ -85,8 +79,12 @@ def test_health_routes_readiness_and_metrics() -> None:
         state["broker"] = True
         assert httpx.get(f"{base}/readyz").status_code == 200
         MESSAGES_CONSUMED.labels("unit", "news.raw.v1").inc()
+        HANDLER_LATENCY.labels("unit", "news.raw.v1").observe(0.02)
         text = httpx.get(f"{base}/metrics").text
         assert 'rlmf_messages_consumed_total{service="unit",topic="news.raw.v1"}' in text
-        assert "rlmf_handler_latency_seconds_bucket" in text or "rlmf_handler_latency" in text
+        # The observation lands in its bucket and every larger one, never in a smaller one.
+        bucket = 'rlmf_handler_latency_seconds_bucket{le="%s",service="unit",topic="news.raw.v1"}'
+        assert f"{bucket % '0.01'} 0.0" in text
+        assert f"{bucket % '0.05'} 1.0" in text and f"{bucket % '+Inf'} 1.0" in text
     finally:
         server.stop()

@@ -23,6 +23,7 @@ from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
 from services.simulator.service import Replay, live_loop
 from services.simulator.settings import SimulatorSettings
+from tests.helpers import wait_until
 
 
 class TopicReader:
@@ -58,13 +59,11 @@ class TopicReader:
     def wait_for(
         self, predicate: Callable[[list[envelopes.Envelope]], bool], timeout_s: float = 20.0
     ) -> list[envelopes.Envelope]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate(self.poll()):
-                return self.items
-        raise AssertionError(
-            f"timed out on {self.topic}: have {len(self.items)} messages for {self.key}"
+        # poll() blocks up to 100 ms itself, so no pause between tries.
+        wait_until(
+            lambda: predicate(self.poll()), timeout_s, f"{self.topic} for {self.key}", interval_s=0
         )
+        return self.items
 
     def close(self) -> None:
         self.consumer.close()

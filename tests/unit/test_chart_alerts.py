@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_chart_render import REPO, of_kind, render
+from tests.helpers import REPO, of_kind, render
 
 RULES_TEST = REPO / "monitoring" / "rules_test.yaml"
 
@@ -72,7 +72,7 @@ def test_unit_tests_catch_a_changed_threshold(rules_dir: Path) -> None:
 
 
 def test_thresholds_come_from_values() -> None:
-    from tests.unit.test_chart_render import EXTERNAL, render_raw
+    from tests.helpers import EXTERNAL, render_raw
 
     values = EXTERNAL | {
         "monitoring": {"prometheusRule": {"enabled": True, "consumerLagMessages": 77}}

@@ -25,7 +25,7 @@ import kserve.models as kserve_models
 import kubernetes.client.models as k8s_models
 import pytest
 
-from tests.unit.test_chart_render import REPO, VALUE_SETS, of_kind, render, strip
+from tests.helpers import REPO, VALUE_SETS, of_kind, render, strip
 
 # ---------------------------------------------------------------------------------------------
 # KServe: the package's model classes

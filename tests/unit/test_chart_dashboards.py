@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from monitoring import dashboards
-from tests.unit.test_chart_render import CHART, EXTERNAL, of_kind, render, render_raw
+from tests.helpers import CHART, EXTERNAL, of_kind, render, render_raw
 
 
 def test_regenerating_gives_no_diff(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic_settings import BaseSettings
 
-from tests.unit.test_chart_render import VALUE_SETS, render
+from tests.helpers import VALUE_SETS, render
 
 SERVICES = ("ingest", "sentiment", "features", "simulator", "policy", "trainer")
 # Variables read by something other than a settings class, and by what.

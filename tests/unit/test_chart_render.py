@@ -2,115 +2,37 @@
 names, each manifest validated with kubernetes-validate (strict) and checked for what a cluster
 needs: labels, probes, security, GPUs, canary, Kafka with or without Strimzi, NetworkPolicies.
 
-The helpers at the top are imported by the other test_chart_*.py modules.
-
 Not run here: no cluster, Docker engine or helm binary exists on these machines, so nothing is
 installed; the objects are checked against the API schemas a cluster would enforce."""
 
 from __future__ import annotations
 
 import copy
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
+import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "rlmf"
-RELEASE, NAMESPACE = "rlmf", "trading"
-EXTERNAL = {"kafka": {"bootstrap": "kafka.data.svc:9092"}}
-
-# The value sets the issue asks for; each renders and every manifest is validated.
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "external-kafka": EXTERNAL,
-    "strimzi": {"kafka": {"strimzi": {"enabled": True}, "replicationFactor": 3}},
-    "gpu": EXTERNAL
-    | {
-        "sentiment": {"gpu": {"enabled": True, "count": 1}, "replicas": 2},
-        "policy": {"gpu": {"enabled": True, "count": 1}},
-        "trainer": {"gpu": {"enabled": True, "count": 1}},
-    },
-    "canary-0": EXTERNAL
-    | {
-        "policy": {
-            "student": {"storageUri": "pvc://rlmf-models/students/s1", "canaryTrafficPercent": 0}
-        }
-    },
-    "canary-10": EXTERNAL
-    | {
-        "policy": {
-            "student": {"storageUri": "pvc://rlmf-models/students/s1", "canaryTrafficPercent": 10}
-        }
-    },
-    "external-redis-no-netpol": EXTERNAL
-    | {
-        "feast": {"redis": {"external": "redis.data.svc:6379"}},
-        "networkPolicies": {"enabled": False},
-    },
-    "scaled-out": EXTERNAL
-    | {name: {"replicas": 3} for name in ("ingest", "sentiment", "features", "simulator")},
-}
-
-
-@cache
-def _chart() -> helm.Chart:
-    return helm.Chart.load(str(CHART))
-
-
-def render_raw(values: dict[str, Any]) -> dict[str, str]:
-    """Template path -> rendered text, as `helm template` would produce."""
-    return _chart().render(
-        copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE, is_install=True
-    )
-
-
-@cache
-def _render_cached(key: str) -> tuple[dict[str, Any], ...]:
-    return tuple(_documents(render_raw(VALUE_SETS[key])))
-
-
-def render(key: str) -> list[dict[str, Any]]:
-    """Every Kubernetes object the named value set renders (a fresh copy per call)."""
-    return copy.deepcopy(list(_render_cached(key)))
-
-
-def _documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    docs = []
-    for path, text in sorted(rendered.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                docs.append(doc | {"_template": path})
-    return docs
-
-
-def strip(doc: dict[str, Any]) -> dict[str, Any]:
-    """The object without the test's bookkeeping key."""
-    return {k: v for k, v in doc.items() if k != "_template"}
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
-    return found[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Tests
-# ---------------------------------------------------------------------------------------------
-
-import kubernetes_validate  # noqa: E402
-import pytest  # noqa: E402
-
-from services.common.settings import DEFAULT_PORTS  # noqa: E402
-from services.common.topics import all_topics_with_dlq  # noqa: E402
+from services.common.settings import DEFAULT_PORTS
+from services.common.topics import all_topics_with_dlq
+from tests.helpers import (
+    CHART,
+    EXTERNAL,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    VALUE_SETS,
+    documents,
+    load_chart,
+    named,
+    of_kind,
+    pod_specs,
+    render,
+    render_raw,
+    strip,
+)
 
 CORE_KINDS = {
     "ConfigMap", "CronJob", "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim",
@@ -122,22 +44,6 @@ CUSTOM_KINDS = {
 }  # fmt: skip
 K8S_VERSION = kubernetes_validate.latest_version()
 LONG_RUNNING = ("ingest", "sentiment", "features", "simulator")
-
-
-def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(object name, pod spec) of every workload, the InferenceService predictor included."""
-    specs = []
-    for d in docs:
-        spec = d.get("spec", {})
-        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
-            specs.append((d["metadata"]["name"], spec["template"]["spec"]))
-        elif d["kind"] == "CronJob":
-            specs.append((d["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]["spec"]))
-        elif d["kind"] == "Pod":
-            specs.append((d["metadata"]["name"], spec))
-        elif d["kind"] == "InferenceService":
-            specs.append((d["metadata"]["name"], spec["predictor"]))
-    return specs
 
 
 @pytest.mark.parametrize("key", sorted(VALUE_SETS))
@@ -168,7 +74,7 @@ def test_recommended_labels_on_every_object(key: str) -> None:
 
 @pytest.mark.parametrize("key", sorted(VALUE_SETS))
 def test_containers_are_locked_down(key: str) -> None:
-    for name, pod in _pod_specs(render(key)):
+    for name, pod in pod_specs(render(key)):
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in pod["containers"]:
@@ -210,7 +116,7 @@ def test_pdb_only_where_replicas_exceed_one() -> None:
 def test_gpu_option_requests_gpus() -> None:
     def gpus(docs: list[dict[str, Any]]) -> dict[str, str]:
         out = {}
-        for name, pod in _pod_specs(docs):
+        for name, pod in pod_specs(docs):
             limit = pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
             if limit is not None:
                 out[name] = str(limit)
@@ -289,7 +195,7 @@ def test_strimzi_creates_kraft_kafka_and_every_topic() -> None:
     topics = sorted(d["spec"]["topicName"] for d in of_kind(docs, "KafkaTopic"))
     assert topics == sorted(all_topics_with_dlq())
     assert {d["spec"]["replicas"] for d in of_kind(docs, "KafkaTopic")} == {3}
-    for name, pod in _pod_specs(docs):
+    for name, pod in pod_specs(docs):
         env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
         if "RLMF_BUS_BOOTSTRAP" in env:
             assert env["RLMF_BUS_BOOTSTRAP"] == "rlmf-kafka-kafka-bootstrap:9092", name
@@ -352,7 +258,7 @@ def test_trainer_may_only_touch_this_namespace() -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"]
     # Only the trainer talks to the API server.
-    for name, spec in _pod_specs(docs):
+    for name, spec in pod_specs(docs):
         if name != "rlmf-trainer":
             assert spec.get("automountServiceAccountToken") is False, name
 
@@ -446,10 +352,10 @@ def test_trainer_promotion_values_render_and_name_the_isvc(release: str) -> None
         storage_uri=lambda folder: f"pvc://rlmf-models/{folder.name}",
     )  # fmt: skip
     values = VALUE_SETS["canary-10"] | promoter.values(_Path("/models/v7"))
-    rendered = _chart().render(
+    rendered = load_chart().render(
         copy.deepcopy(values), name=release, namespace=NAMESPACE, is_upgrade=True
     )
-    docs = _documents(rendered)
+    docs = documents(rendered)
     isvc = named(docs, "InferenceService", promoter.isvc_name)
     env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
     assert env["STORAGE_URI"] == "pvc://rlmf-models/v7"

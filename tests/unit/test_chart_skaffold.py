@@ -12,14 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_chart_render import (
-    CHART,
-    NAMESPACE,
-    REPO,
-    _chart,
-    _documents,
-    _pod_specs,
-)
+from tests.helpers import CHART, NAMESPACE, REPO, documents, load_chart, pod_specs
 
 SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
 SERVICES = ("ingest", "sentiment", "features", "simulator", "policy", "trainer")
@@ -83,15 +76,15 @@ def test_deploy_values_render_with_the_built_images(profile: str | None) -> None
         (spec,) = [p for p in SKAFFOLD["profiles"] if p["name"] == profile]
         config = _apply_patches(SKAFFOLD, spec.get("patches", []))
     values = _values(config)
-    docs = _documents(_chart().render(values, name="rlmf", namespace=NAMESPACE, is_install=True))
-    images = {c["image"] for _, pod in _pod_specs(docs) for c in pod["containers"]}
+    docs = documents(load_chart().render(values, name="rlmf", namespace=NAMESPACE, is_install=True))
+    images = {c["image"] for _, pod in pod_specs(docs) for c in pod["containers"]}
     ours = {i for i in images if "rlmf-" in i}
     assert ours and all(i.startswith("registry.test/rlmf-") for i in ours), ours
     assert {re.search(r"rlmf-(\w+)@", i).group(1) for i in ours} == set(SERVICES)
     if profile == "gpu":
         gpus = [
             pod
-            for _, pod in _pod_specs(docs)
+            for _, pod in pod_specs(docs)
             if "nvidia.com/gpu" in pod["containers"][0]["resources"]["limits"]
         ]
         assert len(gpus) == 3
