@@ -8,6 +8,7 @@ and a rerun after a kill picks up where it stopped. The teacher's folder is only
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -33,9 +34,9 @@ from services.trainer.datasets import (
     preference_pairs,
     sft_set,
 )
-from services.trainer.evaluate import evaluate
-from services.trainer.gate import GateConfig, decide
-from services.trainer.offline_features import load_bar_features, state_inputs
+from services.trainer.evaluate import Evaluation, evaluate
+from services.trainer.gate import GateDecision, decide
+from services.trainer.offline_features import BarFeatures, load_bar_features, state_inputs
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
 from services.trainer.settings import TrainerSettings
 
@@ -134,19 +135,8 @@ def make_promoter(settings: TrainerSettings) -> Promoter | None:
 
 
 def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
-    return ppo.PPOArgs(
-        seed=settings.seed,
-        total_timesteps=max(settings.ppo_steps, settings.ppo_num_steps),
-        learning_rate=settings.ppo_learning_rate,
-        num_steps=settings.ppo_num_steps,
-        minibatch_size=settings.ppo_minibatch_size,
-        gradient_accumulation_steps=settings.ppo_gradient_accumulation_steps,
-        update_epochs=settings.ppo_update_epochs,
-        mf_coef=settings.mf_coef,
-        mf_minibatch_size=settings.ppo_mf_minibatch_size,
-        kl_coef=settings.kl_coef,
-        ent_coef=settings.ent_coef,
-    )
+    """A fresh copy of the settings' PPO hyperparameters: ppo.train derives fields in place."""
+    return dataclasses.replace(settings.ppo)
 
 
 def feedback_set(student: Any, records: list[FeedbackRecord], args: ppo.PPOArgs) -> ppo.FeedbackSet:
@@ -163,6 +153,32 @@ def feedback_set(student: Any, records: list[FeedbackRecord], args: ppo.PPOArgs)
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CyclePlan:
+    """What a cycle works on, fixed when it starts: the walk-forward window over the bar
+    indices of `prices`, the teacher, and where the student and its checkpoints go."""
+
+    prices: pd.DataFrame
+    train_start: int
+    train_end: int
+    last: int
+    teacher_dir: Path
+    teacher: Any
+    version: str
+    out: Path
+    work: Path
+    bar_features: BarFeatures | None
+    """The live states' features, read once for the whole cycle (training and held-out bars)."""
+
+    @property
+    def times(self) -> pd.Index:
+        return self.prices.index
+
+    @property
+    def teacher_version(self) -> str:
+        return str(self.teacher.model_version)
+
+
 def run_cycle(
     settings: TrainerSettings,
     *,
@@ -175,173 +191,260 @@ def run_cycle(
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
     models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests)."""
-    from services.market.envs import DiscreteTradingEnv
-    from services.policy.artifacts import (
-        REWARD_MODEL,
-        ArtifactError,
-        load_artifact,
-        save_artifact,
-        verify_artifact,
+    _seed_torch(settings)
+    prices = load_prices(settings) if prices is None else prices
+    records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
+    plan = plan_cycle(settings, prices)
+    training = _feature_stats(plan.bar_features)
+    student, resumed_from = _student(settings, plan, records, training, stop_after_ppo_iterations)
+    student_eval = _evaluate_held_out(settings, plan, student)
+    teacher_eval = _evaluate_held_out(settings, plan, plan.teacher)
+    _save_student(settings, plan, student, student_eval)
+    gate = _gate(settings, plan, student_eval, teacher_eval, training)
+    promoted, detail = _promote(settings, plan, gate, promoter)
+    cycle = _result(
+        plan,
+        gate,
+        promoted=promoted,
+        detail=detail,
+        evaluations=(student_eval, teacher_eval),
+        resumed_from=resumed_from,
+        training=training,
     )
+    if producer is not None:
+        publish(producer, cycle)
+    checkpoint.clear(plan.work / "ppo")
+    log.info("cycle done: %s", detail, extra={"fields": cycle.to_dict()})
+    return cycle
 
+
+def _seed_torch(settings: TrainerSettings) -> None:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
-    prices = load_prices(settings) if prices is None else prices
-    records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
+
+
+def plan_cycle(settings: TrainerSettings, prices: pd.DataFrame) -> CyclePlan:
+    """The newest window of `prices`, the teacher, the student's version and folders, and the
+    bars' features."""
+    from services.policy.artifacts import load_artifact
+
     # Walk-forward over bars: PPO steps on bars train_start..train_end (outcomes up to
     # train_end's close); the gate's held-out decisions are on bars train_end..last, later.
     window = newest_window(list(range(len(prices))), settings.train_days + 1, settings.eval_days)
     train_start, train_end, last = window.train[0], window.train[-1], window.evaluate[-1]
-    times = prices.index
-
     teacher_dir = current_teacher(settings)
     teacher = load_artifact(teacher_dir)
-    teacher_version = teacher.model_version
-    version = student_version(teacher_version, times[train_end])
-    out = settings.models_dir / version
-    work = settings.work_dir / "cycles" / version
+    version = student_version(teacher.model_version, prices.index[train_end])
     log.info(
         "cycle: teacher %s -> student %s, window %s..%s, held out ..%s",
-        teacher_version,
+        teacher.model_version,
         version,
-        times[train_start].date(),
-        times[train_end].date(),
-        times[last].date(),
+        prices.index[train_start].date(),
+        prices.index[train_end].date(),
+        prices.index[last].date(),
+    )
+    return CyclePlan(
+        prices=prices,
+        train_start=train_start,
+        train_end=train_end,
+        last=last,
+        teacher_dir=teacher_dir,
+        teacher=teacher,
+        version=version,
+        out=settings.models_dir / version,
+        work=settings.work_dir / "cycles" / version,
+        bar_features=load_bar_features(settings.features_source, prices, settings.ticker),
     )
 
-    # The live states' features, read once for the whole cycle (training and held-out bars).
-    bar_features = load_bar_features(settings.features_source, prices, settings.ticker)
-    training: dict[str, float] = {}
-    if bar_features is not None:
-        training["features/feast_columns"] = float(bar_features.numeric.shape[1])
-    resumed_from = 0
-    reward_model = work / REWARD_MODEL  # trained by _supervised when rm_steps > 0
-    if out.is_dir():  # killed after saving: the artifact is complete (atomic), reuse it
-        student = load_artifact(out)
-    else:
-        student = copy.deepcopy(teacher)
-        # Training data only if its outcome was known by the window's end (no look-ahead).
-        window_records = feedback_in_window(records, times[train_start], times[train_end])
-        _supervised(settings, student, teacher_dir, window_records, work, training)
-        args = ppo_args(settings)
-        mf_set = feedback_set(student, window_records, args)
-        training["mf/feedback_examples"] = len(mf_set)
-        env = DiscreteTradingEnv(
-            prices,
-            ticker=settings.ticker,
-            start=train_start,
-            end=train_end,
-            max_episode_steps=ppo.PPOArgs.max_episode_steps,
-            random_start=True,
-            **state_inputs(bar_features),
-        )
-        result = ppo.train(
-            student,
-            teacher,
-            env,
-            lambda s: student.encode([s]),
-            args,
-            checkpoint_dir=work / "ppo",
-            stop_after_iterations=stop_after_ppo_iterations,
-            feedback=mf_set,
-        )
-        student.mark_weights_changed()
-        resumed_from = result.resumed_from
-        if result.iterations_done < args.num_iterations:
-            raise CycleError(
-                f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"
-            )
-        training.update({k: v for k, v in result.metrics.items()})
-        training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
 
-    student_eval = evaluate(
+def _feature_stats(bar_features: BarFeatures | None) -> dict[str, float]:
+    """The training metrics a cycle starts with: how many Feast columns its states carry."""
+    if bar_features is None:
+        return {}
+    return {"features/feast_columns": float(bar_features.numeric.shape[1])}
+
+
+def _student(
+    settings: TrainerSettings,
+    plan: CyclePlan,
+    records: list[FeedbackRecord],
+    training: dict[str, float],
+    stop_after_ppo_iterations: int | None,
+) -> tuple[Any, int]:
+    """The student and the PPO iteration it resumed from: the saved one when a killed cycle
+    got as far as saving it (the artifact is written atomically), else trained now."""
+    from services.policy.artifacts import load_artifact
+
+    if plan.out.is_dir():
+        return load_artifact(plan.out), 0
+    student = copy.deepcopy(plan.teacher)
+    # Training data only if its outcome was known by the window's end (no look-ahead).
+    window_records = feedback_in_window(
+        records, plan.times[plan.train_start], plan.times[plan.train_end]
+    )
+    _supervised(settings, student, plan.teacher_dir, window_records, plan.work, training)
+    resumed_from = _train_ppo(
+        settings, plan, student, window_records, training, stop_after_ppo_iterations
+    )
+    return student, resumed_from
+
+
+def _train_ppo(
+    settings: TrainerSettings,
+    plan: CyclePlan,
+    student: Any,
+    window_records: list[FeedbackRecord],
+    training: dict[str, float],
+    stop_after_ppo_iterations: int | None,
+) -> int:
+    """PPO + RLMF on the training bars; returns the iteration it resumed from."""
+    from services.market.envs import DiscreteTradingEnv
+
+    args = ppo_args(settings)
+    mf_set = feedback_set(student, window_records, args)
+    training["mf/feedback_examples"] = len(mf_set)
+    env = DiscreteTradingEnv(
+        plan.prices,
+        ticker=settings.ticker,
+        start=plan.train_start,
+        end=plan.train_end,
+        max_episode_steps=args.max_episode_steps,
+        random_start=True,
+        **state_inputs(plan.bar_features),
+    )
+    result = ppo.train(
         student,
-        prices,
-        train_end,
-        last,
-        ticker=settings.ticker,
-        seed=settings.seed,
-        features=bar_features,
+        plan.teacher,
+        env,
+        lambda s: student.encode([s]),
+        args,
+        checkpoint_dir=plan.work / "ppo",
+        stop_after_iterations=stop_after_ppo_iterations,
+        feedback=mf_set,
     )
-    teacher_eval = evaluate(
-        teacher,
-        prices,
-        train_end,
-        last,
-        ticker=settings.ticker,
-        seed=settings.seed,
-        features=bar_features,
-    )
-    if not out.is_dir():
-        save_artifact(
-            student,
-            out,
-            {
-                "version": version,
-                "parent_version": teacher_version,
-                "base_model": teacher.manifest.base_model,  # type: ignore[attr-defined]
-                "training_window": {
-                    "start": times[train_start].to_pydatetime(),
-                    "end": times[train_end].to_pydatetime(),
-                },
-                "eval_metrics": {k: v for k, v in student_eval.policy.items() if math.isfinite(v)},
-                "notes": f"RLMF cycle: PPO {settings.ppo_steps} steps, mf_coef {settings.mf_coef}",
-            },
-            # A reward model the cycle trained travels with the student: the policy server
-            # ranks the student's explanations with it (best-of-n).
-            reward_model=reward_model if reward_model.is_dir() else None,
+    student.mark_weights_changed()
+    if result.iterations_done < args.num_iterations:
+        raise CycleError(
+            f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"
         )
+    training.update({k: v for k, v in result.metrics.items()})
+    training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
+    return result.resumed_from
+
+
+def _evaluate_held_out(settings: TrainerSettings, plan: CyclePlan, model: Any) -> Evaluation:
+    """`model` trades the held-out bars train_end..last (student and teacher the same ones)."""
+    return evaluate(
+        model,
+        plan.prices,
+        plan.train_end,
+        plan.last,
+        ticker=settings.ticker,
+        seed=settings.seed,
+        features=plan.bar_features,
+    )
+
+
+def _save_student(
+    settings: TrainerSettings, plan: CyclePlan, student: Any, student_eval: Evaluation
+) -> None:
+    """The student's artifact, once: a resumed cycle that saved it already keeps that one."""
+    from services.policy.artifacts import REWARD_MODEL, save_artifact
+
+    if plan.out.is_dir():
+        return
+    reward_model = plan.work / REWARD_MODEL  # trained by _supervised when rm_steps > 0
+    save_artifact(
+        student,
+        plan.out,
+        {
+            "version": plan.version,
+            "parent_version": plan.teacher_version,
+            "base_model": plan.teacher.manifest.base_model,
+            "training_window": {
+                "start": plan.times[plan.train_start].to_pydatetime(),
+                "end": plan.times[plan.train_end].to_pydatetime(),
+            },
+            "eval_metrics": {k: v for k, v in student_eval.policy.items() if math.isfinite(v)},
+            "notes": (
+                f"RLMF cycle: PPO {settings.ppo.total_timesteps} steps, "
+                f"mf_coef {settings.ppo.mf_coef}"
+            ),
+        },
+        # A reward model the cycle trained travels with the student: the policy server
+        # ranks the student's explanations with it (best-of-n).
+        reward_model=reward_model if reward_model.is_dir() else None,
+    )
+
+
+def _gate(
+    settings: TrainerSettings,
+    plan: CyclePlan,
+    student_eval: Evaluation,
+    teacher_eval: Evaluation,
+    training: dict[str, float],
+) -> GateDecision:
+    """The gate on the held-out metrics, the saved artifact's manifest and the training
+    numbers (a NaN loss refuses)."""
+    from services.policy.artifacts import ArtifactError, verify_artifact
+
     manifest_error = None
     try:
-        verify_artifact(out)
+        verify_artifact(plan.out)
     except ArtifactError as exc:
         manifest_error = str(exc)
     finite = all(math.isfinite(v) for v in training.values())
-    gate = decide(
-        student_eval.policy,
-        teacher_eval.policy,
-        GateConfig(
-            settings.gate_metric,
-            settings.gate_margin,
-            settings.gate_max_drawdown_worsening,
-            settings.gate_entropy_floor,
-        ),
-        manifest_error,
-        finite,
-    )
+    return decide(student_eval.policy, teacher_eval.policy, settings.gate, manifest_error, finite)
 
-    promoted, detail = gate.promoted, gate.reason
+
+def _promote(
+    settings: TrainerSettings, plan: CyclePlan, gate: GateDecision, promoter: Promoter | None
+) -> tuple[bool, str]:
+    """Promote a student the gate passed and point `current` at it; count the outcome.
+    Returns whether the student now serves (is the teacher) and the reason in words."""
     promoter = promoter if promoter is not None else make_promoter(settings)
+    promotion: PromotionOutcome | None = None
     if gate.promoted and promoter is not None:
-        outcome: PromotionOutcome = promoter.promote(out, version)
-        promoted, detail = outcome.promoted, f"{gate.reason}; {outcome.detail}"
+        promotion = promoter.promote(plan.out, plan.version)
+    promoted = promotion.promoted if promotion is not None else gate.promoted
+    detail = f"{gate.reason}; {promotion.detail}" if promotion is not None else gate.reason
     if promoted:
-        set_current(settings.models_dir, out)
-    PROMOTIONS.labels(_outcome(gate.promoted, promoted, detail)).inc()
-    cycle = CycleResult(
-        student_version=version,
-        teacher_version=teacher_version,
+        set_current(settings.models_dir, plan.out)
+    PROMOTIONS.labels(_outcome(gate.promoted, promotion)).inc()
+    return promoted, detail
+
+
+def _result(
+    plan: CyclePlan,
+    gate: GateDecision,
+    *,
+    promoted: bool,
+    detail: str,
+    evaluations: tuple[Evaluation, Evaluation],
+    resumed_from: int,
+    training: dict[str, float],
+) -> CycleResult:
+    """The cycle's numbers and decision, as models.promotions.v1 and the CLI report them."""
+    student_eval, teacher_eval = evaluations
+    return CycleResult(
+        student_version=plan.version,
+        teacher_version=plan.teacher_version,
         promoted=promoted,
         reason=detail,
         failed_guards=gate.failed_guards,
         student_metrics=student_eval.policy,
         teacher_metrics=teacher_eval.policy,
         buy_and_hold_metrics=student_eval.buy_and_hold,
-        artifact_path=str(out),
-        window_start=times[train_start].to_pydatetime(),
-        window_end=times[train_end].to_pydatetime(),
-        eval_start=times[train_end].to_pydatetime(),
-        eval_end=times[last].to_pydatetime(),
+        artifact_path=str(plan.out),
+        window_start=plan.times[plan.train_start].to_pydatetime(),
+        window_end=plan.times[plan.train_end].to_pydatetime(),
+        eval_start=plan.times[plan.train_end].to_pydatetime(),
+        eval_end=plan.times[plan.last].to_pydatetime(),
         resumed_from=resumed_from,
         training=training,
         promotion_detail=detail,
     )
-    if producer is not None:
-        publish(producer, cycle)
-    checkpoint.clear(work / "ppo")
-    log.info("cycle done: %s", detail, extra={"fields": cycle.to_dict()})
-    return cycle
 
 
 def _supervised(
@@ -410,14 +513,14 @@ def _supervised(
             training["rm/loss"] = report.loss
 
 
-def _outcome(gate_passed: bool, promoted: bool, detail: str) -> str:
+def _outcome(gate_passed: bool, promotion: PromotionOutcome | None) -> str:
     """The label of rlmf_promotions_total: promoted, rejected (by the gate), rolled_back or
     failed (the gate passed but the promotion itself did not take)."""
-    if promoted:
-        return "promoted"
     if not gate_passed:
         return "rejected"
-    return "rolled_back" if "rolled back" in detail else "failed"
+    if promotion is None or promotion.promoted:
+        return "promoted"  # promotion "none": the gate's word is the promotion
+    return "rolled_back" if promotion.rolled_back else "failed"
 
 
 def publish(producer: Any, cycle: CycleResult) -> None:

@@ -16,8 +16,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PromotionOutcome:
     promoted: bool
+    """The new model serves."""
     detail: str
+    """What happened, for people; code reads the fields, never these words."""
     served_version: str = ""
+    rolled_back: bool = False
+    """The new model was rolled out, then the previous one restored (cluster: `helm rollback`)."""
 
 
 class Promoter(Protocol):
@@ -158,7 +162,7 @@ class ClusterPromoter:
         log.warning("rolling back %s: %s", self.release, why)
         self.helm.rollback(self.release)  # None: the previous revision
         return PromotionOutcome(
-            False, f"{self.isvc_name} {why}; rolled back to the previous revision"
+            False, f"{self.isvc_name} {why}; rolled back to the previous revision", rolled_back=True
         )
 
     def _wait_ready(self) -> bool:

@@ -1,17 +1,78 @@
-"""Trainer settings from the environment (prefix RLMF_TRAINER_)."""
+"""Trainer settings from the environment (prefix RLMF_TRAINER_; PPO and the gate nested)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from services.trainer.gate import GateConfig
+from services.trainer.ppo import PPOArgs
+
+CYCLE_PPO_DEFAULTS: dict[str, Any] = {"seed": 0, "total_timesteps": 400}
+"""Where a cycle's PPO differs from PPOArgs' defaults (FLAG-Trader's full run): a cycle is a
+400-step budget, seeded like the rest of the cycle."""
+
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "ppo_steps": ("ppo", "total_timesteps"),
+    "ppo_num_steps": ("ppo", "num_steps"),
+    "ppo_learning_rate": ("ppo", "learning_rate"),
+    "ppo_minibatch_size": ("ppo", "minibatch_size"),
+    "ppo_gradient_accumulation_steps": ("ppo", "gradient_accumulation_steps"),
+    "ppo_update_epochs": ("ppo", "update_epochs"),
+    "ppo_mf_minibatch_size": ("ppo", "mf_minibatch_size"),
+    "mf_coef": ("ppo", "mf_coef"),
+    "kl_coef": ("ppo", "kl_coef"),
+    "ent_coef": ("ppo", "ent_coef"),
+    "gate_metric": ("gate", "metric"),
+    "gate_margin": ("gate", "margin"),
+    "gate_max_drawdown_worsening": ("gate", "max_drawdown_worsening"),
+    "gate_entropy_floor": ("gate", "entropy_floor"),
+}
+"""The names these settings had before PPO and the gate were nested, and where each now lives.
+The demo, deployments and callers set them (RLMF_TRAINER_PPO_STEPS, ppo_steps=...), so they
+keep working; when a flat and a nested name give the same field, the nested one wins."""
+
+SHARED_NAMES: dict[str, tuple[str, str]] = {"seed": ("ppo", "seed")}
+"""Top-level settings a nested model also takes (unless it is given its own value)."""
+
+
+class FlatEnvNames(PydanticBaseSettingsSource):
+    """RLMF_TRAINER_<FLAT NAME> from the environment, as flat keys for the model to nest: the
+    environment source reads only the names of declared fields."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads FLAT_NAMES; no declared field is one
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.config.get("env_prefix", ""))
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        return {
+            flat: environ[f"{prefix}{flat}".upper()]
+            for flat in FLAT_NAMES
+            if f"{prefix}{flat}".upper() in environ
+        }
+
+
+def _init_fields(value: Any) -> dict[str, Any]:
+    """A nested model's given values as a dict (a dataclass instance's init fields)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    return dict(value)
 
 
 class TrainerSettings(BaseSettings):
-    """Env: RLMF_TRAINER_MODELS_DIR, RLMF_TRAINER_PPO_STEPS, RLMF_TRAINER_PROMOTION, ..."""
+    """Env: RLMF_TRAINER_MODELS_DIR, RLMF_TRAINER_PPO__LEARNING_RATE, RLMF_TRAINER_GATE__MARGIN,
+    ...; the flat names of FLAT_NAMES (RLMF_TRAINER_PPO_STEPS, ...) still work."""
 
-    model_config = SettingsConfigDict(env_prefix="RLMF_TRAINER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RLMF_TRAINER_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # -- where things are
     models_dir: Path = Path("models/policy")
@@ -41,20 +102,11 @@ class TrainerSettings(BaseSettings):
 
     # -- budgets and hyperparameters
     seed: int = 0
-    ppo_steps: int = Field(default=400, ge=0)
-    """PPO environment steps per cycle (the step budget; FLAG-Trader's full run is 13860)."""
-    ppo_num_steps: int = 40
-    ppo_learning_rate: float = 5e-5
-    ppo_minibatch_size: int = 32
-    ppo_gradient_accumulation_steps: int = 8
-    ppo_update_epochs: int = 1
-    mf_coef: float = Field(default=1.0, ge=0.0)
-    """RLMF gamma: weight of the market-feedback prediction loss."""
-    ppo_mf_minibatch_size: int = Field(default=32, ge=0)
-    """RLMF addition: market.feedback.v1 examples (D_MF) sampled into each PPO minibatch's
-    market-feedback loss (0: that loss uses the rollout's own moves only)."""
-    kl_coef: float = 0.05
-    ent_coef: float = 0.05
+    """Seeds the whole cycle: torch, SFT, the reward model, evaluation and (unless
+    RLMF_TRAINER_PPO__SEED says otherwise) PPO."""
+    ppo: PPOArgs = Field(default_factory=lambda: PPOArgs(**CYCLE_PPO_DEFAULTS))
+    """PPO + RLMF hyperparameters (services/trainer/ppo.py), env RLMF_TRAINER_PPO__<FIELD>;
+    ppo.total_timesteps is the cycle's step budget (FLAG-Trader's full run is 13860)."""
     sft_steps: int = Field(default=0, ge=0)
     """SFT steps on correct answers per cycle (0: skip)."""
     rm_steps: int = Field(default=0, ge=0)
@@ -71,10 +123,8 @@ class TrainerSettings(BaseSettings):
     """Intra-op threads for torch; 0 keeps torch's default."""
 
     # -- gate
-    gate_metric: str = "sharpe"
-    gate_margin: float = 0.0
-    gate_max_drawdown_worsening: float = 0.05
-    gate_entropy_floor: float = 0.05
+    gate: GateConfig = GateConfig()
+    """The promotion gate (services/trainer/gate.py), env RLMF_TRAINER_GATE__<FIELD>."""
 
     # -- promotion
     promotion: str = Field(default="embedded", pattern="^(embedded|cluster|none)$")
@@ -88,3 +138,49 @@ class TrainerSettings(BaseSettings):
     ready_timeout_s: float = 600.0
     publish: bool = True
     """Publish models.promotions.v1 (needs the bus)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        flat_env = FlatEnvNames(settings_cls)
+        return init_settings, env_settings, flat_env, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for flat, (group, name) in FLAT_NAMES.items():
+            if flat in data:
+                nested = _init_fields(data.get(group, {}))
+                nested.setdefault(name, data.pop(flat))
+                data[group] = nested
+        for shared, (group, name) in SHARED_NAMES.items():
+            if shared in data and not dataclasses.is_dataclass(data.get(group)):
+                data[group] = {name: data[shared], **_init_fields(data.get(group, {}))}
+        return data
+
+    @field_validator("ppo", mode="before")
+    @classmethod
+    def _cycle_defaults(cls, value: Any) -> Any:
+        """Fields the environment leaves unset take a cycle's defaults, not a full run's."""
+        return {**CYCLE_PPO_DEFAULTS, **value} if isinstance(value, dict) else value
+
+    @field_validator("ppo")
+    @classmethod
+    def _budgets_not_negative(cls, args: PPOArgs) -> PPOArgs:
+        negative = [
+            name
+            for name in ("total_timesteps", "mf_coef", "mf_minibatch_size")
+            if getattr(args, name) < 0
+        ]
+        if negative:
+            raise ValueError(f"must be >= 0: {', '.join(negative)}")
+        return args
