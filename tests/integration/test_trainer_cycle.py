@@ -39,7 +39,6 @@ from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
 from services.trainer.cycle import run_cycle, set_current
 from services.trainer.datasets import FeedbackRecord
-from services.trainer.gate import GateConfig
 from services.trainer.promotion import EmbeddedPromoter
 from services.trainer.settings import TrainerSettings
 
@@ -355,9 +354,13 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
             market_days=80,
             train_days=30,
             eval_days=10,
-            ppo={"total_timesteps": 40, "minibatch_size": 8, "gradient_accumulation_steps": 2},
+            ppo_steps=40,
+            ppo_minibatch_size=8,
+            ppo_gradient_accumulation_steps=2,
             # an accept-anything gate: this test is about the promotion path, the gate has its own
-            gate=GateConfig(margin=-1e9, entropy_floor=0.0, max_drawdown_worsening=1.0),
+            gate_margin=-1e9,
+            gate_entropy_floor=0.0,
+            gate_max_drawdown_worsening=1.0,
             promotion="embedded",
         )
         result = run_cycle(settings, promoter=EmbeddedPromoter(url), producer=producer)
@@ -372,9 +375,7 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         assert "sharpe" in message.buy_and_hold_metrics
 
         # the next cycle's teacher is the promoted student; a strict gate refuses and says why
-        strict = settings.model_copy(
-            update={"gate": dataclasses.replace(settings.gate, margin=1e9)}
-        )
+        strict = settings.model_copy(update={"gate_margin": 1e9})
         refused = run_cycle(strict, promoter=EmbeddedPromoter(url), producer=producer)
         assert refused.teacher_version == result.student_version and not refused.promoted
         assert "does not beat" in refused.reason
