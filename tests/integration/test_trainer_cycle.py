@@ -23,7 +23,6 @@ import pytest
 import torch
 
 from services.common import envelope
-from services.common.broker import free_port
 from services.common.market_state import MarketState
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.state_block import state_block
@@ -39,8 +38,10 @@ from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
 from services.trainer.cycle import run_cycle, set_current
 from services.trainer.datasets import FeedbackRecord
+from services.trainer.gate import GateConfig
 from services.trainer.promotion import EmbeddedPromoter
 from services.trainer.settings import TrainerSettings
+from tests.helpers import start_policy_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -291,36 +292,6 @@ def test_sft_and_reward_model_stages_run_and_the_reward_model_travels_with_the_s
     assert f"{REWARD_MODEL}/config.json" in manifest.files
 
 
-def _start_policy(model_dir: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "services.policy",
-        "--model_dir",
-        str(model_dir),
-        "--http_port",
-        str(port),
-        "--enable_grpc",
-        "false",
-    ]
-    process = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "RLMF_POLICY_TORCH_THREADS": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while not PolicyClient(url, timeout=2).ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"policy server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
-    return url, process
-
-
 def _promotions(bootstrap: str, student_version: str) -> list[pb.ModelPromotion]:
     from kafka import KafkaConsumer
 
@@ -343,7 +314,8 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
 ) -> None:
     from services.common.bus import Producer, ensure_topics
 
-    url, server = _start_policy(teacher_models / "v0", tmp_path / "policy.log")
+    policy = start_policy_server(teacher_models / "v0", tmp_path / "policy.log")
+    url, server = policy.url, policy.process
     ensure_topics(bus_settings, [MODELS_PROMOTIONS], "test")  # type: ignore[arg-type]
     producer = Producer(bus_settings, "trainer-test")  # type: ignore[arg-type]
     try:
@@ -354,13 +326,9 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
             market_days=80,
             train_days=30,
             eval_days=10,
-            ppo_steps=40,
-            ppo_minibatch_size=8,
-            ppo_gradient_accumulation_steps=2,
+            ppo={"total_timesteps": 40, "minibatch_size": 8, "gradient_accumulation_steps": 2},
             # an accept-anything gate: this test is about the promotion path, the gate has its own
-            gate_margin=-1e9,
-            gate_entropy_floor=0.0,
-            gate_max_drawdown_worsening=1.0,
+            gate=GateConfig(margin=-1e9, entropy_floor=0.0, max_drawdown_worsening=1.0),
             promotion="embedded",
         )
         result = run_cycle(settings, promoter=EmbeddedPromoter(url), producer=producer)
@@ -375,7 +343,9 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         assert "sharpe" in message.buy_and_hold_metrics
 
         # the next cycle's teacher is the promoted student; a strict gate refuses and says why
-        strict = settings.model_copy(update={"gate_margin": 1e9})
+        strict = settings.model_copy(
+            update={"gate": dataclasses.replace(settings.gate, margin=1e9)}
+        )
         refused = run_cycle(strict, promoter=EmbeddedPromoter(url), producer=producer)
         assert refused.teacher_version == result.student_version and not refused.promoted
         assert "does not beat" in refused.reason

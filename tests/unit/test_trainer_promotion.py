@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.trainer.promotion import ClusterPromoter, inference_service_ready
+import pytest
+
+from services.trainer.promotion import ClusterPromoter, PromotionOutcome, inference_service_ready
 
 NOT_READY = {
     "metadata": {"generation": 4},
@@ -111,7 +113,7 @@ def test_upgrade_moves_student_to_teacher_and_waits_for_ready() -> None:
 def test_rolls_back_when_never_ready() -> None:
     promoter, helm, k8s = _promoter([PREDICTOR_FAILED])
     outcome = promoter.promote(Path("/models/s1"), "s1")
-    assert not outcome.promoted and "rolled back" in outcome.detail
+    assert not outcome.promoted and outcome.rolled_back and "rolled back" in outcome.detail
     assert [c[0] for c in helm.calls] == ["upgrade", "rollback"]
     assert helm.calls[1][1] == ("prod",) and helm.calls[1][2] == {}  # previous revision
     assert len(k8s.reads) == 3  # t=0, 5, 10 s, then the timeout
@@ -120,7 +122,7 @@ def test_rolls_back_when_never_ready() -> None:
 def test_rolls_back_when_live_metrics_lag_the_teacher() -> None:
     promoter, helm, _ = _promoter([READY], live_check=lambda: False)
     outcome = promoter.promote(Path("/models/s1"), "s1")
-    assert not outcome.promoted and "live metrics" in outcome.detail
+    assert not outcome.promoted and outcome.rolled_back and "live metrics" in outcome.detail
     assert [c[0] for c in helm.calls] == ["upgrade", "rollback"]
 
 
@@ -129,3 +131,22 @@ def test_ready_reads_kserve_conditions() -> None:
     assert not inference_service_ready(NOT_READY)
     assert not inference_service_ready(PREDICTOR_FAILED)
     assert not inference_service_ready({})
+
+
+@pytest.mark.parametrize(
+    ("gate_passed", "outcome", "label"),
+    [
+        (False, None, "rejected"),
+        (True, None, "promoted"),  # promotion "none": the gate's word stands
+        (True, PromotionOutcome(True, "switched"), "promoted"),
+        # The label comes from the fields, whatever the words say.
+        (True, PromotionOutcome(False, "not Ready in time", rolled_back=True), "rolled_back"),
+        (True, PromotionOutcome(False, "refused, nothing rolled back"), "failed"),
+    ],
+)
+def test_promotion_metric_label_reads_the_outcome_fields(
+    gate_passed: bool, outcome: PromotionOutcome | None, label: str
+) -> None:
+    from services.trainer.cycle import _outcome
+
+    assert _outcome(gate_passed, outcome) == label
