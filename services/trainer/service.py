@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import date
-from typing import Any
 
 import pandas as pd
 
@@ -84,6 +83,15 @@ class Scheduler:
         if self._worker is not None:
             self._worker.join(timeout)
 
+    def stop(self) -> None:
+        """Once the consumer has stopped (SIGTERM): let the cycle in hand finish, since it may be
+        promoting or publishing, then close the producer it publishes with."""
+        if self._worker is not None and self._worker.is_alive():
+            log.info("waiting for the running cycle to finish before exiting")
+        self.join()
+        if self.producer is not None:
+            self.producer.close()
+
 
 def build(
     settings: TrainerSettings, bus: BusSettings | None = None, group_id: str | None = None
@@ -113,12 +121,18 @@ def build(
 
 
 def main() -> int:
+    """The trainer process: `python -m services.trainer`; returns the exit code."""
     settings = TrainerSettings()
     health = HealthApp(SERVICE)
-    holder: dict[str, Any] = {}
+    schedulers: list[Scheduler] = []
 
     def build_loop() -> ConsumerLoop:
-        loop, holder["scheduler"] = build(settings)
+        loop, scheduler = build(settings)
+        schedulers.append(scheduler)
         return loop
 
-    return run_consumer_service(SERVICE, build_loop, health)
+    code = run_consumer_service(SERVICE, build_loop, health)
+    # The cycle thread is a daemon: without this join, exiting would kill a cycle mid-promotion.
+    for scheduler in schedulers:
+        scheduler.stop()
+    return code

@@ -5,11 +5,17 @@ it)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import pandas as pd
+import pytest
 from kafka import KafkaConsumer
 
 from services.common.bus import Producer
@@ -17,7 +23,7 @@ from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
 from services.common.topics import MARKET_FEEDBACK, dlq
-from services.trainer.service import build
+from services.trainer.service import Scheduler, build
 from services.trainer.settings import TrainerSettings
 
 START = datetime(2020, 1, 1, 21, tzinfo=UTC)
@@ -97,3 +103,54 @@ def test_feedback_is_consumed_bad_feedback_dead_lettered_and_cycles_scheduled(
     finally:
         consumer.close()
     assert any("'short' is not one of" in e for e in errors), errors
+
+
+class _LoopStoppedMidCycle:
+    """A consumer loop whose feedback starts a cycle and which then gets SIGTERM, as a pod
+    being replaced does."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.stop_requested = threading.Event()
+        self.stats = SimpleNamespace()
+
+    def broker_connected(self) -> bool:
+        return True
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def run(self) -> None:
+        self.scheduler.maybe_start()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert self.stop_requested.wait(10), "SIGTERM did not reach the loop"
+
+
+def test_sigterm_during_a_cycle_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services.common.broker import free_port
+    from services.trainer import service
+
+    finished: list[str] = []
+
+    def slow_cycle(_settings: TrainerSettings, **_kwargs: Any) -> Any:
+        time.sleep(0.5)  # still running when SIGTERM arrives
+        finished.append("cycle")
+
+    days = [START.date(), (START + timedelta(days=40)).date()]
+    prices = pd.DataFrame({"close": [1.0, 1.0]}, index=pd.DatetimeIndex([START, START]))
+    feedback = SimpleNamespace(days=lambda: days)
+    settings = TrainerSettings(work_dir=tmp_path, cycle_every_days=5, publish=False)
+    scheduler = Scheduler(settings, feedback, prices, None, run=slow_cycle)  # type: ignore[arg-type]
+    monkeypatch.setattr(service, "build", lambda _s: (_LoopStoppedMidCycle(scheduler), scheduler))
+    monkeypatch.setenv("RLMF_HTTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("RLMF_HTTP_PORT", str(free_port()))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = service.main()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert code == 0
+    assert finished == ["cycle"], "main returned before the running cycle finished"
