@@ -590,7 +590,7 @@ class LLMActorCritic(nn.Module):
         probs, values = self.policy_outputs(states, use_prefix_cache)
         return [
             PolicyDecision(
-                action=ACTIONS[int(row.argmax())],
+                action=cast(Action, ACTIONS[int(row.argmax())]),
                 probabilities={a: float(p) for a, p in zip(ACTIONS, row.tolist(), strict=True)},
                 value=float(value),
                 model_version=self.model_version,

@@ -22,7 +22,9 @@ def test_auto_picks_cuda_with_bfloat16_only_when_there_is_one() -> None:
         assert placement.device == "cpu" and placement.dtype == "float32"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
 def test_cuda_without_a_gpu_is_an_error_not_a_silent_cpu_run() -> None:
     with pytest.raises(ValueError, match="no CUDA"):
         resolve_placement("cuda:0")
