@@ -1,5 +1,6 @@
 """Held-out evaluation of a policy: the simulator's backtest beside Buy & Hold, plus prediction
-accuracy (did the action match the realised next move) and the policy's mean entropy."""
+accuracy (did the action match the realised next move), the policy's mean entropy, and its daily
+returns for the gate's bootstrap."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pandas as pd
 
 from services.common.market_state import ACTIONS
 from services.market.backtest import run_backtest
+from services.market.performance import period_returns
 from services.policy.folder_policy import FolderPolicy
+from services.trainer.gate import HeldOutReturns
 from services.trainer.offline_features import BarFeatures, state_inputs
 from services.trainer.ppo import move_label
 
@@ -24,6 +27,17 @@ REPORTED = ("sharpe", "max_drawdown", "cumulative_return", "annual_volatility", 
 class Evaluation:
     policy: dict[str, float]
     buy_and_hold: dict[str, float]
+    daily_returns: np.ndarray
+    """The policy's return on each held-out bar: one per decision, end - start of them."""
+    periods_per_year: float
+    """Of the prices (their attrs), so the gate annualises as the metrics do."""
+
+
+def held_out_returns(student: Evaluation, teacher: Evaluation) -> HeldOutReturns:
+    """The gate's paired returns: student and teacher must have traded the same bars."""
+    if student.periods_per_year != teacher.periods_per_year:
+        raise ValueError("student and teacher were evaluated on differently sampled prices")
+    return HeldOutReturns(student.daily_returns, teacher.daily_returns, student.periods_per_year)
 
 
 def _entropy(probabilities: dict[str, float]) -> float:
@@ -74,4 +88,5 @@ def evaluate(
     for action, share in zip(ACTIONS, counts, strict=True):
         policy[f"share_{action}"] = float(share)
     bench = {k: float(metrics["buy_and_hold"][k]) for k in REPORTED}
-    return Evaluation(policy, bench)
+    ppy = float(prices.attrs.get("periods_per_year", 252.0))  # as run_backtest reads it
+    return Evaluation(policy, bench, period_returns(result.strategy.equity), ppy)

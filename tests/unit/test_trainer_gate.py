@@ -1,10 +1,29 @@
-"""The promotion gate refuses a worse student, accepts a better one, and every guard can refuse."""
+"""The promotion gate refuses a worse student, accepts a better one, and every guard can refuse.
+The bootstrap test itself is in test_trainer_gate_bootstrap.py; here it is given returns with a
+clear edge, so the margin test and the guards decide."""
 
 from __future__ import annotations
 
 import math
 
-from services.trainer.gate import GateConfig, decide
+import numpy as np
+
+from services.trainer.gate import GateConfig, GateDecision, HeldOutReturns
+from services.trainer.gate import decide as gate_decide
+
+_TEACHER_DAYS = np.random.default_rng(0).normal(0.0, 0.01, 80)
+EDGE = HeldOutReturns(_TEACHER_DAYS + 0.003, _TEACHER_DAYS)
+
+
+def decide(
+    student: dict[str, float],
+    teacher: dict[str, float],
+    config: GateConfig,
+    manifest_error: str | None = None,
+    training_finite: bool = True,
+) -> GateDecision:
+    return gate_decide(student, teacher, config, manifest_error, training_finite, returns=EDGE)
+
 
 TEACHER = {
     "sharpe": 0.8,
@@ -64,3 +83,9 @@ def test_nan_and_manifest_guards() -> None:
 def test_undefined_sharpe_of_a_flat_curve_counts_as_zero() -> None:
     assert decide(student(sharpe=0.1), {**TEACHER, "sharpe": math.nan}, GateConfig()).promoted
     assert not decide(student(sharpe=math.nan), {**TEACHER, "sharpe": 0.1}, GateConfig()).promoted
+
+
+def test_without_held_out_returns_nothing_is_promoted() -> None:
+    verdict = gate_decide(student(sharpe=2.0), TEACHER, GateConfig())
+    assert not verdict.promoted and verdict.failed_guards == []
+    assert "no held-out daily returns" in verdict.reason
