@@ -160,7 +160,7 @@ class PolicyModel(Model):
             previous = self.current.model_version
             loop = asyncio.get_running_loop()
             try:
-                model = await loop.run_in_executor(None, self._load_verified, folder)
+                served = await loop.run_in_executor(None, self._load_verified, folder)
             # Any failure (bad hash, unreadable weights, wrong shapes) must leave the old model
             # serving and raise the alert, so nothing is let through to a 500 here.
             except Exception as exc:
@@ -170,10 +170,10 @@ class PolicyModel(Model):
                     common_metrics.ARTIFACT_HASH_MISMATCH.labels("policy").inc()
                 log.error("reload of %s refused, still serving %s: %s", folder, previous, exc)
                 raise ReloadRefused(str(exc)) from exc
-            self._swap(model)
+            self._swap(served)
             metrics.RELOADS.labels("ok").inc()
             metrics.RELOAD_FAILED.set(0)
-            return {"model_version": model.model_version, "previous_version": previous}
+            return {"model_version": served.model.model_version, "previous_version": previous}
 
     def stop(self) -> None:
         self._batcher.close()
