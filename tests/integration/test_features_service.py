@@ -223,6 +223,7 @@ def test_a_failed_push_rolls_back_and_dead_letters(
     assert read_topic(bus_settings.bootstrap, settings.ready_topic) == []
 
 
+@pytest.mark.slow  # a service process: Feast apply and start take ~20 s
 def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
     bus_settings: BusSettings, unique: str, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
 from services.common.broker import free_port
 from services.common.settings import BusSettings
@@ -64,6 +65,7 @@ def test_service_replays_files_polls_feeds_serves_http_and_stops_cleanly(
     assert code == 0, process.stderr.read().decode() if process.stderr else ""
 
 
+@pytest.mark.slow  # the client's connection timeouts take ~30 s
 def test_service_stops_with_code_2_when_the_broker_is_missing() -> None:
     env = {
         **os.environ,

@@ -20,6 +20,9 @@ from services.policy.artifacts import init_artifact, load_artifact, save_artifac
 from services.policy.client import PolicyClient, PolicyClientError, request_reload
 from tests.helpers import PolicyServer, spawn_policy_server, start_policy_server, wait_until
 
+# A model server process per module (~20 s to start) and one more for the tampered artifact.
+pytestmark = pytest.mark.slow
+
 STATE = {
     "ticker": "MSFT",
     "as_of": "2024-01-02T21:00:00Z",

@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRAPE_S = 1
 BARS = 12
 TEST_TICKER = "ZTEST"  # the chart's tests.ticker
+# Five service processes, a model server and Prometheus: over a minute to start.
+pytestmark = pytest.mark.slow
 
 # Selectors with no series in this run, and why. Everything else a dashboard or alert asks
 # for must return data.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
 from services.common.broker import free_port
 from services.common.settings import BusSettings
@@ -40,6 +41,7 @@ def test_service_is_ready_and_stops_cleanly_on_sigterm(bus_settings: BusSettings
     assert code == 0, process.stderr.read().decode() if process.stderr else ""
 
 
+@pytest.mark.slow  # a CLI process loading a model: ~20 s
 def test_cli_scores_a_csv_keeping_its_columns(tmp_path: Path, tiny_llama_dir: Path) -> None:
     source = tmp_path / "in.csv"
     pd.DataFrame(

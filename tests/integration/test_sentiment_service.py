@@ -32,6 +32,7 @@ class RecordingHandler:
         return self.inner(batch)
 
 
+@pytest.mark.slow  # a model generating summaries: ~15 s
 def test_enriches_in_micro_batches_and_dead_letters_bad_items(
     bus_settings: BusSettings, tiny_llama_dir: Path, unique: str
 ) -> None:

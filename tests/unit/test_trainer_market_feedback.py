@@ -138,6 +138,7 @@ def _train(folder: Path, feedback_records: list[FeedbackRecord]) -> float:
     return _buy_probability(student, [_state(i) for i in range(8)])
 
 
+@pytest.mark.slow  # a training loop: ~12 s
 def test_market_feedback_records_teach_the_student_their_realised_moves(
     tiny_llama_dir: Path,
 ) -> None:
