@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +17,8 @@ import typer
 
 from services.common import json_logging
 from services.common.broker import BrokerError, EmbeddedBroker
+from services.common.model_files import ModelFilesError, default_models_dir
+from services.common.settings import DEFAULT_PORTS
 from services.common.supervisor import Supervisor, available_services, service_spec
 
 app = typer.Typer(
@@ -81,42 +87,199 @@ def broker(port: int = typer.Option(9092, help="Port for the embedded broker."))
         embedded.stop()
 
 
+# What `up` runs: the simulator trades what arrives on market.bars.v1 (live mode) with the
+# policy server's decisions, and reads each bar's features from the Feast store the features
+# service writes, once that bar's watermark is there.
+POLICY_URL = f"http://127.0.0.1:{DEFAULT_PORTS['policy']}"
+READY_PATHS = {"policy": "/v2/health/ready"}
+"""Readiness URL path per service where it is not /readyz (KServe's own probe)."""
+
+
+def _prepare_teacher(models_dir: Path, tiny: bool) -> Path:
+    """The policy artifact to serve: the one `current` names, else a v0 made now.
+
+    The base model folders are prepared first when missing (what `rlmf models prepare` does);
+    `tiny` builds the teacher from the tiny random Llama instead of SmolLM2, in its own folder
+    so that a later `up` without --tiny does not serve it."""
+    from services.common.model_files import is_prepared, prepare_smollm2, save_tiny_llama
+
+    base = prepare_smollm2(models_dir)
+    if tiny:
+        tiny_base = models_dir / "tiny-llama"
+        base = tiny_base if is_prepared(tiny_base) else save_tiny_llama(tiny_base, base)
+    root = models_dir / ("policy-tiny" if tiny else "policy")
+    # The trainer reads this pointer (services/trainer/cycle.py, CURRENT) and moves it when it
+    # promotes a student, so a restarted `up` serves the promoted model.
+    pointer = root / "current"
+    if pointer.is_file():
+        return root / pointer.read_text().strip()
+    teacher = root / "v0"
+    if not teacher.exists():
+        from services.policy.artifacts import init_artifact
+
+        typer.echo(f"creating the version-0 teacher {teacher} from {base}")
+        init_artifact(base, teacher, "v0")
+    pointer.write_text(f"{teacher.name}\n")
+    return teacher
+
+
+def _service_env(teacher: Path, state_dir: Path, tiny: bool) -> dict[str, dict[str, str]]:
+    """Per service, the settings `up` gives it where the environment does not set them."""
+    feast = {"RLMF_FEATURES_DATA_DIR": str(state_dir.resolve() / "feast")}
+    defaults = {
+        # `up` applied the repo before any reader of it started (_apply_feast).
+        "features": feast | {"RLMF_FEATURES_APPLY_ON_START": "false"},
+        # --tiny is for quick runs: VADER scores news at once where SmolLM2 takes seconds.
+        "sentiment": {"RLMF_SENTIMENT_BACKEND": "lexicon"} if tiny else {},
+        "policy": {"RLMF_POLICY_MODEL_DIR": str(teacher.resolve())},
+        "simulator": feast
+        | {
+            "RLMF_SIMULATOR_MODE": "live",
+            "RLMF_SIMULATOR_POLICY_URL": POLICY_URL,
+            # SmolLM2 on a busy CPU: the first decision may take many seconds.
+            "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
+            # Point in time: the store may already hold a later bar's row in live mode.
+            "RLMF_SIMULATOR_FEATURES_SOURCE": "feast",
+        },
+        "trainer": {
+            "RLMF_TRAINER_MODELS_DIR": str(teacher.resolve().parent),
+            "RLMF_TRAINER_WORK_DIR": str(state_dir.resolve() / "trainer"),
+            "RLMF_TRAINER_POLICY_URL": POLICY_URL,
+        },
+    }
+    return {
+        name: {k: v for k, v in env.items() if k not in os.environ}
+        for name, env in defaults.items()
+    }
+
+
+def _apply_feast(features_env: dict[str, str], log_dir: Path, fresh: bool) -> None:
+    """`rlmf features apply` with the features service's settings, before any service starts:
+    the simulator opens the store at start and cannot while the features service applies it.
+
+    `fresh` empties `up`'s own store first. With the embedded broker every run starts from empty
+    topics, and the features service's saved state from a previous run would refuse the same
+    bars again as already served (no watermark: 30 s waits per bar)."""
+    data_dir = features_env.get("RLMF_FEATURES_DATA_DIR")
+    if fresh and data_dir and Path(data_dir).exists():
+        shutil.rmtree(data_dir)
+    argv = [sys.executable, "-m", "services.cli", "features", "apply"]
+    typer.echo(f"applying the Feast repo (log in {log_dir}/feast-apply.log)")
+    with (log_dir / "feast-apply.log").open("ab") as out:
+        done = subprocess.run(
+            argv, env={**os.environ, **features_env}, stdout=out, stderr=subprocess.STDOUT
+        )
+    if done.returncode != 0:
+        raise FeastApplyError(
+            f"`rlmf features apply` exited with {done.returncode}; see {log_dir}/feast-apply.log"
+        )
+
+
+class FeastApplyError(RuntimeError):
+    pass
+
+
+def _announce_ready(names: list[str], stop: threading.Event) -> None:
+    """Print one line once every service's readiness probe answers 200."""
+    import httpx
+
+    waiting = list(names)
+    while waiting and not stop.wait(1.0):
+        for name in list(waiting):
+            url = f"http://127.0.0.1:{DEFAULT_PORTS[name]}{READY_PATHS.get(name, '/readyz')}"
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    waiting.remove(name)
+            except httpx.HTTPError:
+                continue  # not listening yet
+    if not waiting:
+        typer.echo("ready: every service answers its readiness probe")
+
+
 @app.command()
 def up(
     port: int = typer.Option(9092, help="Port for the embedded broker."),
     no_broker: bool = typer.Option(False, help="Use the broker at RLMF_BUS_BOOTSTRAP instead."),
     log_dir: Path = typer.Option(Path("rlmf-logs"), help="One log file per service goes here."),
+    state_dir: Path = typer.Option(
+        Path("rlmf-state"), help="The Feast store and the trainer's work folder go here."
+    ),
+    tiny: bool = typer.Option(
+        False,
+        help="Serve a tiny random Llama (fast start, decisions are noise) and score news "
+        "with VADER.",
+    ),
+    tickers: str | None = typer.Option(
+        None,
+        help="Tickers the features service accepts, e.g. ACME,GOOGL "
+        "(default RLMF_FEATURES_TICKERS, else MSFT,GOOGL).",
+    ),
 ) -> None:
-    """Start the broker and every service that exists; restart one that dies; Ctrl-C stops all."""
+    """Start the broker and every service that exists; restart one that dies; Ctrl-C stops all.
+
+    Missing model folders and the version-0 policy teacher are made first."""
     json_logging.configure("up", json_format=False)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll otherwise
+    try:
+        teacher = _prepare_teacher(default_models_dir(), tiny)
+    except (ModelFilesError, OSError, ValueError) as exc:
+        typer.echo(f"error: cannot prepare the models: {exc}", err=True)
+        raise typer.Exit(2) from exc
     log_dir.mkdir(parents=True, exist_ok=True)
+    service_env = _service_env(teacher, state_dir, tiny)
+    env: dict[str, str] = {"RLMF_FEATURES_TICKERS": tickers} if tickers else {}
+    try:
+        _apply_feast(service_env["features"] | env, log_dir, fresh=not no_broker)
+    except (FeastApplyError, OSError) as exc:
+        typer.echo(f"error: cannot prepare the Feast store: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    # SIGINT as well as SIGTERM only sets the event: a KeyboardInterrupt raised in the middle of
+    # starting or stopping would skip the rest of the shutdown, the broker's included.
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     embedded = None
-    env: dict[str, str] = {}
-    if not no_broker:
-        try:
+    try:
+        if not no_broker:
             embedded = EmbeddedBroker(port=port, log_path=log_dir / "broker.log").start()
-        except BrokerError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
-        env = {"RLMF_BUS_BOOTSTRAP": embedded.bootstrap, "RLMF_BUS_GROUP_PROTOCOL": "manual"}
+            env |= {"RLMF_BUS_BOOTSTRAP": embedded.bootstrap, "RLMF_BUS_GROUP_PROTOCOL": "manual"}
+        failed = _supervise(env, service_env, log_dir, stop)
+    except BrokerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        if embedded:
+            embedded.stop()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _supervise(
+    env: dict[str, str],
+    service_env: dict[str, dict[str, str]],
+    log_dir: Path,
+    stop: threading.Event,
+) -> dict[str, str]:
+    """Run every service until `stop` is set, then stop them all. Returns the services that
+    could not start or kept dying, with the reason of each (empty after a clean run)."""
     names = available_services()
     typer.echo(f"starting: {', '.join(names) or 'no services yet'} (logs in {log_dir}/)")
-    supervisor = Supervisor(
-        [service_spec(name, env) for name in names], log_dir=log_dir, stop_event=stop
-    )
-    if not stop.is_set():
-        supervisor.start_all()
+    specs = [service_spec(name, service_env.get(name, {}) | env) for name in names]
+    supervisor = Supervisor(specs, log_dir=log_dir, stop_event=stop)
     try:
+        if not stop.is_set():
+            supervisor.start_all()
+            threading.Thread(target=_announce_ready, args=(names, stop), daemon=True).start()
         supervisor.watch()
-    except KeyboardInterrupt:
-        pass
+    except RuntimeError as exc:  # a service kept dying and the supervisor gave up on it
+        typer.echo(f"error: {exc}; stopping everything", err=True)
+        return {"supervisor": str(exc)}
     finally:
         codes = supervisor.stop()
         typer.echo(f"stopped: {codes}")
-        if embedded:
-            embedded.stop()
+    for name, reason in supervisor.failed.items():
+        typer.echo(f"{name} could not start (not restarted): {reason}", err=True)
+    return supervisor.failed
 
 
 def main() -> None:

@@ -13,6 +13,11 @@ from services.common.bus import ConsumerLoop
 from services.common.http_server import BackgroundServer, HealthApp
 from services.common.settings import DEFAULT_PORTS, HttpSettings, LogSettings
 
+# A service returns EXIT_CONFIG when a restart cannot help (bad artifact or setting). It is
+# defined beside the supervisor that acts on it, which `rlmf` imports without this module's
+# Kafka and HTTP dependencies; services take it from here.
+from services.common.supervisor import EXIT_CONFIG as EXIT_CONFIG
+
 log = logging.getLogger(__name__)
 
 

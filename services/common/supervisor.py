@@ -18,6 +18,11 @@ log = logging.getLogger(__name__)
 # Start order follows the data flow, so consumers find their topics' producers coming up.
 SERVICE_ORDER = ("ingest", "sentiment", "features", "policy", "simulator", "trainer")
 
+EXIT_CONFIG = 78
+"""A child's exit code for "configuration error, do not restart" (sysexits.h's EX_CONFIG): it
+cannot start for a reason a restart will not fix, such as a missing artifact folder. Restarting
+it would only repeat the error every few seconds, so the supervisor reports it once instead."""
+
 
 @dataclass
 class ProcessSpec:
@@ -32,6 +37,8 @@ class Supervised:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_start: float = 0.0
+    failed: str | None = None
+    """Why the child is not restarted (it exited with EXIT_CONFIG); None while supervised."""
 
 
 def available_services() -> list[str]:
@@ -83,7 +90,10 @@ class Supervisor:
         restarted = []
         for child in self.children.values():
             proc = child.process
-            if proc is None or proc.poll() is None or self._stop.is_set():
+            if proc is None or child.failed or proc.poll() is None or self._stop.is_set():
+                continue
+            if proc.returncode == EXIT_CONFIG:
+                self._give_up(child)
                 continue
             if child.restarts >= self.max_restarts:
                 raise RuntimeError(
@@ -96,6 +106,32 @@ class Supervisor:
             self._start(child)
             restarted.append(child.spec.name)
         return restarted
+
+    def _give_up(self, child: Supervised) -> None:
+        child.failed = self._last_words(child) or f"exited with {EXIT_CONFIG}"
+        log.error(
+            "%s cannot start and is not restarted (configuration error, exit %d): %s",
+            child.spec.name,
+            EXIT_CONFIG,
+            child.failed,
+        )
+
+    def _last_words(self, child: Supervised) -> str:
+        """The last line the child wrote to its log: where a service says why it cannot start."""
+        if self.log_dir is None:
+            return ""
+        path = self.log_dir / f"{child.spec.name}.log"
+        if not path.is_file():
+            return ""
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 4096))
+            lines = handle.read().decode(errors="replace").strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Children given up on for a configuration error, with the reason each gave."""
+        return {name: c.failed for name, c in self.children.items() if c.failed is not None}
 
     def request_stop(self) -> None:
         """Make `watch` return; the caller then calls `stop`."""

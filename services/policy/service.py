@@ -10,6 +10,7 @@ from typing import Any
 
 from kserve import ModelServer
 
+from services.common.service import EXIT_CONFIG
 from services.policy.artifacts import ArtifactError
 from services.policy.server import PolicyModel, install_routes
 from services.policy.settings import PolicySettings
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, OSError, ValueError) as exc:
         log.error("cannot serve %s: %s", settings.model_dir, exc)
         print(f"error: cannot serve {settings.model_dir}: {exc}", file=sys.stderr)
-        return 2
+        # A missing or tampered artifact stays so across restarts: say so to the supervisor.
+        return EXIT_CONFIG
     from kserve.model_server import app as kserve_app
 
     install_routes(kserve_app, model)

@@ -11,8 +11,11 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+from tenacity import Retrying, stop_after_attempt, wait_fixed
 
 from services.common.market_state import state_values
+
+READ_ATTEMPTS = 3
 
 
 class FeastFeatures:
@@ -25,4 +28,12 @@ class FeastFeatures:
 
     def __call__(self, ticker: str, cutoff: datetime) -> dict[str, Any]:
         entity = pd.DataFrame({"ticker": [ticker], "event_timestamp": [pd.Timestamp(cutoff)]})
-        return state_values(self.reader.historical(entity).iloc[0].to_dict())
+        # Feast's file offline store rewrites a view's Parquet file in place on every push of the
+        # features service, so a read can find it half written (e.g. "Parquet file size is 0
+        # bytes"); a moment later it is whole again. What still fails is raised to the caller.
+        for attempt in Retrying(
+            stop=stop_after_attempt(READ_ATTEMPTS), wait=wait_fixed(0.2), reraise=True
+        ):
+            with attempt:
+                row = self.reader.historical(entity).iloc[0].to_dict()
+        return state_values(row)

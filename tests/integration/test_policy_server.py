@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from services.common.market_state import ACTIONS, MarketState
+from services.common.supervisor import EXIT_CONFIG
 from services.policy.artifacts import init_artifact, load_artifact, save_artifact
 from services.policy.client import PolicyClient, PolicyClientError, request_reload
 from tests.helpers import PolicyServer, spawn_policy_server, start_policy_server, wait_until
@@ -300,7 +301,7 @@ def test_server_refuses_to_start_on_a_tampered_artifact(
 ) -> None:
     srv = spawn_policy_server(artifacts["bad"], tmp_path / "bad.log", POLICY_ENV)
     try:
-        assert srv.process.wait(timeout=120) == 2
+        assert srv.process.wait(timeout=120) == EXIT_CONFIG  # a restart would not help
     finally:
         if srv.process.poll() is None:
             srv.stop()
