@@ -18,6 +18,11 @@ def demo(
     ),
     seed: int = typer.Option(None, help="Seed of the whole run (default RLMF_DEMO_SEED or 0)."),
     bars: int = typer.Option(None, help="Bars to replay (default 504, or 80 with --quick)."),
+    prices: Path = typer.Option(
+        None,
+        help="A daily CSV (as `rlmf backtest` takes) to replay instead of MSFT: its last bars.",
+    ),
+    ticker: str = typer.Option(None, help="The ticker of --prices (default: the file's name)."),
     kill_service: str = typer.Option(
         None, help="Chaos: SIGKILL this service mid-run (e.g. features)."
     ),
@@ -29,9 +34,10 @@ def demo(
     """Run the whole closed loop on this machine and write OUT/report.html."""
     import logging
 
-    from services.demo.config import DemoConfig, DemoError
+    from services.demo.config import DemoConfig, DemoError, select_window
     from services.demo.orchestrator import Demo
     from services.demo.settings import DemoSettings
+    from services.market.market_data import MarketDataError
 
     # kafka-python logs "Metadata refresh failed: Cancelled" at ERROR when a short-lived reader
     # closes with a metadata request in flight; the demo opens many such readers, on purpose.
@@ -41,6 +47,12 @@ def demo(
     if bars is not None:
         overrides["quick_bars" if quick else "bars"] = bars
         overrides["regime_days"] = bars
+    if prices is not None:
+        if scenario != "real":
+            typer.echo("error: --prices replays real bars; it cannot go with --scenario", err=True)
+            raise typer.Exit(2)
+        overrides["prices_csv"] = str(prices.resolve())
+        overrides["ticker"] = (ticker or prices.stem).upper()
     try:
         cfg = DemoConfig(
             scenario,
@@ -51,7 +63,8 @@ def demo(
             kill_after_bars,
             bootstrap,
         )
-    except DemoError as exc:
+        select_window(cfg)  # a CSV that is missing, unreadable or too short fails here
+    except (DemoError, MarketDataError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     raise typer.Exit(Demo(cfg).run())

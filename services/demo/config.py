@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from services.demo.settings import DemoSettings
+from services.market import walk_forward
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("real", "regime-shift")
@@ -32,6 +33,19 @@ def default_models_dir() -> Path:
     """RLMF_MODELS_DIR (as `rlmf models prepare` uses it), else the repository's models/."""
     env = os.environ.get("RLMF_MODELS_DIR")
     return Path(env).resolve() if env else REPO_ROOT / "models"
+
+
+@dataclass(frozen=True)
+class CycleWindows:
+    """A trainer cycle's walk-forward windows in bars (services/market/walk_forward.py)."""
+
+    min_train: int
+    embargo: int
+    holdout: int
+
+    @property
+    def minimum_bars(self) -> int:
+        return walk_forward.minimum_bars(self.holdout, self.embargo, self.min_train)
 
 
 @dataclass
@@ -59,6 +73,18 @@ class DemoConfig:
             if self.quick
             else (self.settings.bars if self.scenario == "real" else self.settings.regime_days)
         )
+
+    @property
+    def cycle_windows(self) -> CycleWindows:
+        """60 held-out bars for the gate's bootstrap; --quick, a smoke run, holds out 8."""
+        if self.quick:
+            return CycleWindows(min_train=10, embargo=0, holdout=8)
+        return CycleWindows(min_train=40, embargo=2, holdout=60)
+
+    @property
+    def minimum_bars(self) -> int:
+        """Two cycles, the first after a third of the window: each needs its windows' bars."""
+        return 3 * self.cycle_windows.minimum_bars
 
     @property
     def train_every(self) -> int:
@@ -95,6 +121,7 @@ def select_window(cfg: DemoConfig) -> Window:
         full = load_prices_csv(path)
         start = max(0, len(full) - cfg.bars)
         frame = full.iloc[start:]
+        _check_length(cfg, frame, str(path))
         env = {
             "RLMF_SIMULATOR_PRICES_CSV": str(path),
             "RLMF_SIMULATOR_START_BAR": str(start),
@@ -108,9 +135,19 @@ def select_window(cfg: DemoConfig) -> Window:
         return Window(frame, s.ticker, env, desc, path)
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
+    _check_length(cfg, frame, "the regime-shift scenario")
     env = {"RLMF_SIMULATOR_SCENARIO": "regime-shift", "RLMF_SIMULATOR_DAYS": str(cfg.bars)}
     desc = (
         f"synthetic regime-switching market (scenario regime-shift, seed {s.seed}, "
         f"{cfg.bars} bars, ticker {params.ticker}): not real prices"
     )
     return Window(frame, params.ticker, env, desc)
+
+
+def _check_length(cfg: DemoConfig, frame: pd.DataFrame, source: str) -> None:
+    if len(frame) < cfg.minimum_bars:
+        raise DemoError(
+            f"{source} gives {len(frame)} bars; the demo needs at least {cfg.minimum_bars} for "
+            f"two training cycles (each holds out {cfg.cycle_windows.holdout} bars after at "
+            f"least {cfg.cycle_windows.min_train} training bars)"
+        )

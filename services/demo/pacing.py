@@ -59,12 +59,12 @@ def pause_for_cycle(
     promotions = Tally(bootstrap, topics.MODELS_PROMOTIONS)
     while promotions.poll():  # what earlier cycles published
         pass
-    before = promotions.count
+    due = pacer.last_cycle_day
     simulator.send_signal(signal.SIGSTOP)
-    status(f"training: cycle due at {pacer.last_cycle_day}; market paused while the trainer trains")
+    status(f"training: cycle due at {due}; market paused while the trainer trains")
     deadline = time.monotonic() + timeout_s
     try:
-        while not promotions.poll() and promotions.count <= before:
+        while not any(_is_decision_of(rec, due) for rec in promotions.poll()):
             if time.monotonic() > deadline or _log_says(
                 trainer_log, "cycle failed", pacer.log_offset
             ):
@@ -72,7 +72,7 @@ def pause_for_cycle(
                     "training: no promotion decision from this cycle; resuming (see trainer.log)"
                 )
                 return (
-                    f"the cycle due at {pacer.last_cycle_day} published no promotion "
+                    f"the cycle due at {due} published no promotion "
                     f"decision (failed or over {timeout_s:.0f}s)"
                 )
             check_alive()
@@ -83,6 +83,21 @@ def pause_for_cycle(
         promotions.close()
         pacer.log_offset = _log_size(trainer_log)
         simulator.send_signal(signal.SIGCONT)
+
+
+def _is_decision_of(record: TopicRecord, due: date | None) -> bool:
+    """Whether a models.promotions.v1 record is the decision of the cycle due on `due`: a
+    cycle trains on the bars known by its due day, so its held-out block (the message's event
+    time) ends on that day. A late decision of an earlier cycle is logged and not taken."""
+    message = envelopes.decode(record.value, pb.ModelPromotion)
+    decided_for = message.event_time.date()
+    if decided_for == due:
+        return True
+    status(
+        f"training: a decision for the cycle of {decided_for} ({message.payload.student_version})"
+        f" arrived while waiting for the cycle of {due}; not taken as this cycle's"
+    )
+    return False
 
 
 def _log_size(path: Path) -> int:

@@ -64,7 +64,7 @@ def service_plans(
     plans = {
         "sentiment": _plan("sentiment", bootstrap, seed, sentiment_env(cfg)),
         "features": _plan("features", bootstrap, seed, feast_env),
-        "policy": policy_plan(bootstrap, seed, teacher_dir),
+        "policy": policy_plan(bootstrap, seed, teacher_dir, out / "day-cache"),
     }
     policy_url = f"http://127.0.0.1:{plans['policy'].port}"
     trainer = trainer_env(cfg, window, teacher_dir.parent, policy_url, out)
@@ -77,7 +77,11 @@ def _plan(name: str, bootstrap: str, seed: int, extra: dict[str, str]) -> Servic
     return ServicePlan(name, module_argv(name), common_env(bootstrap, seed, port) | extra, port)
 
 
-def policy_plan(bootstrap: str, seed: int, model_dir: Path) -> ServicePlan:
+def policy_plan(
+    bootstrap: str, seed: int, model_dir: Path, day_cache: Path | None = None
+) -> ServicePlan:
+    """The policy server; with `day_cache`, it keeps each day's frozen-base work there while it
+    serves, and the trainer (given the same folder) reuses every day it served."""
     port = free_port()
     grpc = free_port()
     env = common_env(bootstrap, seed, port) | {
@@ -85,6 +89,8 @@ def policy_plan(bootstrap: str, seed: int, model_dir: Path) -> ServicePlan:
         "RLMF_POLICY_SEED": str(seed),
         "RLMF_POLICY_TORCH_THREADS": "1",
     }
+    if day_cache is not None:
+        env["RLMF_POLICY_DAY_CACHE_DIR"] = str(day_cache)
     argv = [
         *module_argv("policy"),
         "--model_dir",
@@ -116,13 +122,20 @@ def trainer_env(
 
     The trainer finds its teacher in `models` through the `current` pointer, which the demo
     writes beside the teacher and the trainer moves on promotion."""
-    every, seed = cfg.train_every, cfg.settings.seed
+    seed, windows = cfg.settings.seed, cfg.cycle_windows
     env = {
         "RLMF_TRAINER_MODELS_DIR": str(models),
         "RLMF_TRAINER_WORK_DIR": str(out / "trainer"),
         "RLMF_TRAINER_CYCLE_EVERY_DAYS": str(cfg.train_every_days),
-        "RLMF_TRAINER_TRAIN_DAYS": str(max(10, every - 5)),
-        "RLMF_TRAINER_EVAL_DAYS": str(max(5, min(20, every // 3))),
+        # An expanding window over every bar known by the cycle's day, then a purge, an
+        # embargo and the held-out block the gate's bootstrap decides on.
+        "RLMF_TRAINER_TRAIN_DAYS": str(windows.min_train),
+        "RLMF_TRAINER_EXPANDING_WINDOW": "true",
+        "RLMF_TRAINER_EVAL_DAYS": str(windows.holdout),
+        "RLMF_TRAINER_EMBARGO_DAYS": str(windows.embargo),
+        "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(windows.holdout),
+        "RLMF_TRAINER_CYCLE_MINUTES": str(cfg.settings.cycle_minutes),
+        "RLMF_TRAINER_DAY_CACHE_DIR": str(out / "day-cache"),
         "RLMF_TRAINER_PPO_STEPS": "40" if cfg.quick else "160",
         "RLMF_TRAINER_PPO_NUM_STEPS": "20" if cfg.quick else "40",
         "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "10" if cfg.quick else "32",

@@ -26,9 +26,11 @@ class DemoSettings(BaseSettings):
     """Mean synthetic headlines per trading day (Poisson)."""
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
+    cycle_minutes: float = Field(default=6.0, gt=0)
+    """The wall-clock budget of one trainer cycle (RLMF_TRAINER_CYCLE_MINUTES)."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
-    regime_days: int = Field(default=300, ge=20)
+    regime_days: int = Field(default=330, ge=20)
     """Bars the regime-shift scenario generates (quick uses quick_bars)."""
     service_start_timeout_s: float = Field(default=240.0, gt=0)
     """Longest wait for every service to report ready."""

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,19 +23,20 @@ from typing import Any
 import pandas as pd
 import torch
 
-from services.common.market_state import ACTIONS
+from services.common.device import resolve_placement
+from services.common.market_state import ACTIONS, MarketState
 from services.common.metrics import PROMOTIONS
+from services.market.walk_forward import split as walk_forward_split
 from services.trainer import checkpoint, ppo
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
     feedback_in_window,
     market_feedback_set,
-    newest_window,
     preference_pairs,
     sft_set,
 )
-from services.trainer.evaluate import Evaluation, evaluate
+from services.trainer.evaluate import Evaluation, evaluate, held_out_returns
 from services.trainer.gate import GateDecision, decide
 from services.trainer.offline_features import BarFeatures, load_bar_features, state_inputs
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
@@ -68,6 +70,8 @@ class CycleResult:
     resumed_from: int = 0
     training: dict[str, float] = field(default_factory=dict)
     promotion_detail: str = ""
+    sharpe_test: dict[str, float] = field(default_factory=dict)
+    """The gate's paired bootstrap: sharpe_diff, its interval, p_value, confidence, holdout_bars."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,13 +143,28 @@ def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
     return dataclasses.replace(settings.ppo)
 
 
-def feedback_set(student: Any, records: list[FeedbackRecord], args: ppo.PPOArgs) -> ppo.FeedbackSet:
-    """RLMF addition: D_MF for PPO's L_MF from the window's feedback records, encoded once by
-    the student's frozen base. Empty when L_MF has no weight or samples no D_MF."""
-    used = records if args.mf_coef and args.mf_minibatch_size else []
-    examples = market_feedback_set(used, args.mf_flat_threshold)
+def feedback_set(
+    student: Any,
+    records: list[FeedbackRecord],
+    args: ppo.PPOArgs,
+    history: list[tuple[MarketState, int]] = (),  # type: ignore[assignment]
+) -> ppo.FeedbackSet:
+    """RLMF addition: D_MF for PPO's L_MF from the window's feedback records and, given
+    `history`, the training bars' states with the action their next move rewarded, encoded
+    once by the student's frozen base (the day cache makes that once per day). Empty when
+    L_MF has no weight or samples no D_MF."""
+    if not (args.mf_coef and args.mf_minibatch_size):
+        return ppo.encode_feedback(student, [], [])
+    examples = market_feedback_set(records, args.mf_flat_threshold)
     inputs = [student.encode_texts(ex.prefix, [ex.suffix]) for ex in examples]
-    return ppo.encode_feedback(student, inputs, [ACTIONS.index(ex.label) for ex in examples])
+    labels = [ACTIONS.index(ex.label) for ex in examples]
+    inputs += [student.encode([state]) for state, _ in history]
+    labels += [label for _, label in history]
+    return ppo.encode_feedback(student, inputs, labels)
+
+
+# What a cycle with a wall-clock budget gives PPO; the rest is for evaluation and the gate.
+PPO_SHARE_OF_BUDGET = 0.7
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +188,10 @@ class CyclePlan:
     work: Path
     bar_features: BarFeatures | None
     """The live states' features, read once for the whole cycle (training and held-out bars)."""
+    eval_start: int = 0
+    """The first held-out decision bar: after the training cut-off, the purge and the embargo."""
+    deadline: float | None = None
+    """time.monotonic() by which PPO stops (RLMF_TRAINER_CYCLE_MINUTES), or None."""
 
     @property
     def times(self) -> pd.Index:
@@ -229,12 +252,24 @@ def plan_cycle(settings: TrainerSettings, prices: pd.DataFrame) -> CyclePlan:
     bars' features."""
     from services.policy.artifacts import load_artifact
 
-    # Walk-forward over bars: PPO steps on bars train_start..train_end (outcomes up to
-    # train_end's close); the gate's held-out decisions are on bars train_end..last, later.
-    window = newest_window(list(range(len(prices))), settings.train_days + 1, settings.eval_days)
-    train_start, train_end, last = window.train[0], window.train[-1], window.evaluate[-1]
+    started = time.monotonic()
+    # Walk-forward over bars (López de Prado): PPO steps on bars train_start..train_end, whose
+    # outcomes are known by train_end's close; then a purge and an embargo; the gate's held-out
+    # decisions are on bars eval_start..last, all later than anything trained on.
+    split = walk_forward_split(
+        len(prices),
+        settings.eval_days,
+        settings.embargo_days,
+        settings.train_days,
+        max_train=None if settings.expanding_window else settings.train_days,
+    )
+    train_start, train_end = split.train.start, split.train.stop
+    eval_start, last = split.holdout.start, split.holdout.stop
     teacher_dir = current_teacher(settings)
-    teacher = load_artifact(teacher_dir)
+    placement = resolve_placement(settings.device)
+    teacher = load_artifact(teacher_dir, dtype=placement.dtype)
+    teacher.to(placement.device)
+    teacher.attach_day_cache(settings.day_cache_memory_mb << 20, settings.day_cache_dir)
     version = student_version(teacher.model_version, prices.index[train_end])
     log.info(
         "cycle: teacher %s -> student %s, window %s..%s, held out ..%s",
@@ -255,6 +290,12 @@ def plan_cycle(settings: TrainerSettings, prices: pd.DataFrame) -> CyclePlan:
         out=settings.models_dir / version,
         work=settings.work_dir / "cycles" / version,
         bar_features=load_bar_features(settings.features_source, prices, settings.ticker),
+        eval_start=eval_start,
+        deadline=(
+            started + 60 * settings.cycle_minutes * PPO_SHARE_OF_BUDGET
+            if settings.cycle_minutes
+            else None
+        ),
     )
 
 
@@ -278,7 +319,7 @@ def _student(
 
     if plan.out.is_dir():
         return load_artifact(plan.out), 0
-    student = copy.deepcopy(plan.teacher)
+    student = _copy_sharing_day_cache(plan.teacher)
     # Training data only if its outcome was known by the window's end (no look-ahead).
     window_records = feedback_in_window(
         records, plan.times[plan.train_start], plan.times[plan.train_end]
@@ -288,6 +329,55 @@ def _student(
         settings, plan, student, window_records, training, stop_after_ppo_iterations
     )
     return student, resumed_from
+
+
+def _copy_sharing_day_cache(teacher: Any) -> Any:
+    """The student starts as a copy of the teacher and shares its day cache: the frozen base
+    is the same, so every day either of them computes serves both (and the gate)."""
+    cache, teacher.day_cache = teacher.day_cache, None
+    try:
+        student = copy.deepcopy(teacher)
+    finally:
+        teacher.day_cache = cache
+    if cache is not None:
+        student.attach_day_cache(cache=cache)
+    return student
+
+
+def labelled_history(
+    settings: TrainerSettings, plan: CyclePlan, args: ppo.PPOArgs
+) -> list[tuple[MarketState, int]]:
+    """Every training bar's state with the action its next move rewarded (RLMF's market
+    feedback, read off the market rather than off served decisions). The label of bar t is
+    the move t -> t+1, known by the cut-off for every bar but the window's last, which is left
+    out. The portfolio line is drawn at random per bar, so L_MF sees every tail the policy
+    can be served with."""
+    from services.market.envs import DiscreteTradingEnv
+
+    env = DiscreteTradingEnv(
+        plan.prices,
+        ticker=settings.ticker,
+        start=plan.train_start,
+        end=plan.train_end,
+        **state_inputs(plan.bar_features),
+    )
+    env.reset(seed=settings.seed)
+    closes = plan.prices["close"].to_numpy(dtype=float)
+    rng = torch.Generator().manual_seed(settings.seed)
+    out: list[tuple[MarketState, int]] = []
+    for t in range(plan.train_start, plan.train_end - 1):
+        state = _with_invested_share(env.current_state(), float(torch.rand(1, generator=rng)))
+        label = ppo.move_label(closes[t + 1] / closes[t] - 1.0, args.mf_flat_threshold)
+        out.append((state, label))
+        env.step(ACTIONS.index("hold"))
+    return out
+
+
+def _with_invested_share(state: MarketState, share: float) -> MarketState:
+    worth = state.net_worth if state.net_worth > 0 else 10_000.0
+    return state.model_copy(
+        update={"position": share * worth / state.price, "cash": (1.0 - share) * worth}
+    )
 
 
 def _train_ppo(
@@ -302,8 +392,10 @@ def _train_ppo(
     from services.market.envs import DiscreteTradingEnv
 
     args = ppo_args(settings)
-    mf_set = feedback_set(student, window_records, args)
+    history = labelled_history(settings, plan, args) if settings.mf_history else []
+    mf_set = feedback_set(student, window_records, args, history)
     training["mf/feedback_examples"] = len(mf_set)
+    training["mf/history_examples"] = float(len(history))
     env = DiscreteTradingEnv(
         plan.prices,
         ticker=settings.ticker,
@@ -322,9 +414,13 @@ def _train_ppo(
         checkpoint_dir=plan.work / "ppo",
         stop_after_iterations=stop_after_ppo_iterations,
         feedback=mf_set,
+        deadline=plan.deadline,
+        progress=ppo.log_progress,
     )
     student.mark_weights_changed()
-    if result.iterations_done < args.num_iterations:
+    training["ppo/iterations"] = float(result.iterations_done)
+    training["ppo/stopped_by_budget"] = float(result.stopped_by_budget)
+    if result.iterations_done < args.num_iterations and not result.stopped_by_budget:
         raise CycleError(
             f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"
         )
@@ -334,11 +430,11 @@ def _train_ppo(
 
 
 def _evaluate_held_out(settings: TrainerSettings, plan: CyclePlan, model: Any) -> Evaluation:
-    """`model` trades the held-out bars train_end..last (student and teacher the same ones)."""
+    """`model` trades the held-out bars eval_start..last (student and teacher the same ones)."""
     return evaluate(
         model,
         plan.prices,
-        plan.train_end,
+        plan.eval_start,
         plan.last,
         ticker=settings.ticker,
         seed=settings.seed,
@@ -395,7 +491,14 @@ def _gate(
     except ArtifactError as exc:
         manifest_error = str(exc)
     finite = all(math.isfinite(v) for v in training.values())
-    return decide(student_eval.policy, teacher_eval.policy, settings.gate, manifest_error, finite)
+    return decide(
+        student_eval.policy,
+        teacher_eval.policy,
+        settings.gate,
+        manifest_error,
+        finite,
+        returns=held_out_returns(student_eval, teacher_eval),
+    )
 
 
 def _promote(
@@ -439,12 +542,20 @@ def _result(
         artifact_path=str(plan.out),
         window_start=plan.times[plan.train_start].to_pydatetime(),
         window_end=plan.times[plan.train_end].to_pydatetime(),
-        eval_start=plan.times[plan.train_end].to_pydatetime(),
+        eval_start=plan.times[plan.eval_start].to_pydatetime(),
         eval_end=plan.times[plan.last].to_pydatetime(),
         resumed_from=resumed_from,
         training=training,
         promotion_detail=detail,
+        sharpe_test=_sharpe_test(gate),
     )
+
+
+def _sharpe_test(gate: GateDecision) -> dict[str, float]:
+    """The bootstrap's interval and p-value, where the held-out returns allowed the test."""
+    fields = ("sharpe_diff", "sharpe_diff_low", "sharpe_diff_high", "p_value", "confidence")
+    test = {name: getattr(gate, name) for name in fields if getattr(gate, name) is not None}
+    return {**test, "holdout_bars": float(gate.holdout_bars)} if test else {}
 
 
 def _supervised(
@@ -543,6 +654,8 @@ def publish(producer: Any, cycle: CycleResult) -> None:
         (message.buy_and_hold_metrics, cycle.buy_and_hold_metrics),
     ):
         target.update({k: float(v) for k, v in values.items()})
+    for name, value in cycle.sharpe_test.items():
+        setattr(message, name, int(value) if name == "holdout_bars" else float(value))
     set_time(message.window_start, cycle.window_start)
     set_time(message.window_end, cycle.window_end)
     producer.publish(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -135,56 +135,6 @@ def _record_from_json(data: dict[str, Any]) -> FeedbackRecord:
     for key in ("decision_time", "realised_time"):
         data[key] = datetime.fromisoformat(data[key])
     return FeedbackRecord(**data)
-
-
-# ---------------------------------------------------------------------------------------------
-# Walk-forward windows
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Window:
-    """Training days, then the held-out evaluation days that follow them."""
-
-    train: tuple[Any, ...]
-    evaluate: tuple[Any, ...]
-
-    def __post_init__(self) -> None:
-        if not self.train or not self.evaluate:
-            raise ValueError("a window needs at least one training and one evaluation day")
-        if max(self.train) >= min(self.evaluate):
-            raise ValueError(
-                "walk-forward: every evaluation day must come after every training day"
-            )
-
-
-def walk_forward(
-    days: Sequence[Any], train_days: int, eval_days: int, step: int | None = None
-) -> list[Window]:
-    """Rolling windows over sorted unique `days`: train on `train_days`, evaluate on the next
-    `eval_days`, advance by `step` (default eval_days)."""
-    if train_days < 1 or eval_days < 1:
-        raise ValueError("train_days and eval_days must be >= 1")
-    ordered = sorted(set(days))
-    step = step or eval_days
-    windows = []
-    for start in range(0, len(ordered) - train_days - eval_days + 1, step):
-        train = tuple(ordered[start : start + train_days])
-        held = tuple(ordered[start + train_days : start + train_days + eval_days])
-        windows.append(Window(train, held))
-    return windows
-
-
-def newest_window(days: Sequence[Any], train_days: int, eval_days: int) -> Window:
-    """The latest window: the last `eval_days` held out, the `train_days` before them trained on."""
-    ordered = sorted(set(days))
-    if len(ordered) < train_days + eval_days:
-        raise ValueError(f"need {train_days + eval_days} days for a window, have {len(ordered)}")
-    end = len(ordered)
-    return Window(
-        tuple(ordered[end - eval_days - train_days : end - eval_days]),
-        tuple(ordered[end - eval_days :]),
-    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ class GateConfig:
     """Seed of the bootstrap, so a decision can be reproduced."""
     min_holdout_bars: int = 60
     """Fewer held-out daily returns than this and the gate refuses: too short to tell luck."""
+    bootstrap: bool = True
+    """Off, the margin test decides alone (the interval is still computed and reported): for a
+    test of the promotion path, never for a loop that trades."""
 
 
 @dataclass(frozen=True)
@@ -160,20 +163,24 @@ def _verdict(
     test: SharpeDifference | None,
 ) -> tuple[bool, str]:
     """The margin test, then the bootstrap test; the guards have passed."""
-    if returns is None:
+    if returns is None and config.bootstrap:
         # A caller that has no held-out returns gets a refusal, never today's point test alone.
         return False, "no held-out daily returns given: the bootstrap gate cannot decide"
-    if test is None:
+    if test is None and config.bootstrap:
+        assert returns is not None
         return False, (
             f"{returns.bars} held-out bars, the gate needs at least {config.min_holdout_bars}"
         )
     s = comparable(student.get(config.metric, math.nan))
     t = comparable(teacher.get(config.metric, math.nan))
+    if not config.bootstrap and s > t + config.margin:
+        return True, f"student {config.metric} {s:.4f} > teacher {t:.4f} + margin (no bootstrap)"
     if not s > t + config.margin:
         return False, (
             f"student {config.metric} {s:.4f} does not beat teacher {t:.4f} "
             f"+ margin {config.margin}"
         )
+    assert test is not None  # the bootstrap is on and the returns allowed it
     interval = (
         f"Sharpe difference {test.point:.3f}, {test.confidence:.0%} interval "
         f"[{test.low:.3f}, {test.high:.3f}], p={test.p_value:.3f} over {test.bars} held-out bars"

@@ -92,11 +92,32 @@ class TrainerSettings(BaseSettings):
     point in time from Feast's offline store at each bar's cutoff (RLMF_FEATURES_* say where),
     as the simulator's states do when it reads Feast; none: price-derived features only."""
 
-    # -- windows (walk-forward)
+    # -- windows (walk-forward: train | purge | embargo | held out; market/walk_forward.py)
     train_days: int = Field(default=120, ge=10)
-    """Bars in a training window."""
-    eval_days: int = Field(default=30, ge=5)
-    """Held-out bars after the window the gate evaluates on."""
+    """Bars in a training window: the most with a rolling window, the least with an expanding
+    one."""
+    expanding_window: bool = True
+    """Train on every bar from the first up to the cut-off (an expanding window), not only the
+    last `train_days`."""
+    eval_days: int = Field(default=60, ge=5)
+    """Held-out bars after the training cut-off (and the embargo) the gate evaluates on; the
+    gate refuses fewer than gate.min_holdout_bars (60)."""
+    embargo_days: int = Field(default=2, ge=0)
+    """Bars skipped between the training cut-off and the held-out block."""
+    cycle_minutes: float | None = Field(default=None, gt=0)
+    """Wall-clock budget of one cycle (RLMF_TRAINER_CYCLE_MINUTES): PPO trains until
+    PPO_SHARE_OF_BUDGET of it is spent (then evaluation and the gate run); unset: the step
+    budget ppo.total_timesteps alone decides."""
+    mf_history: bool = True
+    """RLMF's L_MF also learns from every training bar labelled by the move the market made
+    next (known by the cut-off), not only from the decisions the loop served."""
+    # -- where the frozen base runs
+    device: str = "cpu"
+    """cpu, cuda, cuda:N, or auto (CUDA with bfloat16 when a GPU is there)."""
+    day_cache_dir: Path | None = None
+    """The day cache's folder (services/policy/day_cache.py): give the policy server the same
+    one and every day it served is reused here. Unset: an in-memory cache for the cycle."""
+    day_cache_memory_mb: int = Field(default=2048, ge=1)
     cycle_every_days: int = Field(default=30, ge=1)
     """Embedded mode: run a cycle every N simulated days of feedback."""
 

@@ -182,11 +182,9 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(
     ):
         assert key in result["student_metrics"] and key in result["teacher_metrics"]
     assert "sharpe" in result["buy_and_hold_metrics"]
-    # walk-forward: held-out decisions start on the last training bar's close (known to
-    # training) and every held-out outcome comes after it
-    assert (
-        result["window_start"] < result["window_end"] == result["eval_start"] < result["eval_end"]
-    )
+    # walk-forward: the held-out decisions start after the training window, its purge and its
+    # embargo, so every held-out outcome comes after everything trained on
+    assert result["window_start"] < result["window_end"] < result["eval_start"] < result["eval_end"]
     window = manifest["training_window"]
     assert window["end"].replace("Z", "+00:00") == result["window_end"]
 
@@ -216,6 +214,12 @@ def _window_of_80_bars(models: Path, tmp_path: Path, **budget: Any) -> TrainerSe
         work_dir=tmp_path / "work",
         train_days=30,
         eval_days=10,
+        embargo_days=0,
+        expanding_window=False,
+        mf_history=False,
+        # 10 held-out bars are too few for the bootstrap (it refuses under 60): these tests are
+        # about what a cycle trains on and saves; the gate has tests of its own
+        gate=GateConfig(min_holdout_bars=5),
         promotion="none",
         **budget,
     )
@@ -326,9 +330,14 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
             market_days=80,
             train_days=30,
             eval_days=10,
+            embargo_days=0,
+            expanding_window=False,
+            mf_history=False,
             ppo={"total_timesteps": 40, "minibatch_size": 8, "gradient_accumulation_steps": 2},
             # an accept-anything gate: this test is about the promotion path, the gate has its own
-            gate=GateConfig(margin=-1e9, entropy_floor=0.0, max_drawdown_worsening=1.0),
+            gate=GateConfig(
+                margin=-1e9, entropy_floor=0.0, max_drawdown_worsening=1.0, bootstrap=False
+            ),
             promotion="embedded",
         )
         result = run_cycle(settings, promoter=EmbeddedPromoter(url), producer=producer)

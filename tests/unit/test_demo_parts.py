@@ -3,7 +3,10 @@ report written from plain data, and the escaping of what reaches the HTML pages.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -99,15 +102,17 @@ def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None
 
 def _synthetic_run(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
     """A 30-bar regime-shift run as the bus would have recorded it: two model versions, one
-    promotion, a headline and a decision state carrying markup."""
+    promotion, a headline and a decision state carrying markup (the first 30 bars of the
+    shortest window a quick demo accepts)."""
     from services.demo.accounting import Accounting, Check, TopicCount
     from services.demo.collect import RunTables
     from services.demo.config import DemoConfig, select_window
     from services.demo.settings import DemoSettings
     from services.demo.state import RunState
 
-    cfg = DemoConfig("regime-shift", True, tmp_path, DemoSettings(quick_bars=30))
-    window = select_window(cfg)
+    cfg = DemoConfig("regime-shift", True, tmp_path, DemoSettings(quick_bars=60))
+    full = select_window(cfg)
+    window = dataclasses.replace(full, frame=full.frame.iloc[:30])
     times = window.frame.index
     closes = window.frame["close"].to_numpy(dtype=float)
     versions = ["v0"] * 15 + ["student-1"] * 15
@@ -239,3 +244,34 @@ def test_the_backtest_report_escapes_its_title_and_run_info(tmp_path: Path) -> N
     assert "<td>sharpe</td><td>1.5000</td><td>n/a</td>" in html
     for name in PLOTS:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f'src="{name}"' in html
+
+
+def test_demo_with_a_csv_too_short_for_two_cycles_names_the_minimum(tmp_path: Path) -> None:
+    short = tmp_path / "ACME.csv"
+    _frame(120).rename_axis("date").to_csv(short)
+    argv = ["demo", "--prices", str(short), "--out", str(tmp_path / "out")]
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert "gives 120 bars" in result.stderr and "at least 312" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything started
+
+
+def test_a_cycles_decision_is_matched_by_its_day_not_by_arrival() -> None:
+    from services.demo.bus_reader import TopicRecord
+    from services.demo.pacing import _is_decision_of
+
+    def decision(day: date, version: str) -> TopicRecord:
+        env = envelopes.wrap(
+            pb.ModelPromotion(student_version=version),
+            key=version,
+            event_time=pd.Timestamp(day, tz="UTC").to_pydatetime(),
+            source="test",
+        )
+        return TopicRecord(0, 0, env.id, envelopes.encode(env), {})
+
+    late = decision(date(2016, 5, 2), "v0-s20160502")
+    mine = decision(date(2016, 11, 1), "v0-s20161101")
+    assert not _is_decision_of(late, date(2016, 11, 1))
+    assert _is_decision_of(mine, date(2016, 11, 1))

@@ -46,7 +46,7 @@ def test_suffix_carries_the_state_and_ends_at_the_action_cue() -> None:
     for text in ("MSFT", "2024-03-01", "404", "rsi_14", "Cloud revenue", "0.4"):
         assert text in parts.day
     assert "-0.495" in parts.day  # the return 404 -> 402 in percent
-    # 3 shares at 402 beside 1000 cash: 54.7% invested, shown in 10% steps, after the day part
+    # 3 shares at 402 beside 1000 cash: 54.7% invested, shown in 25% steps, after the day part
     assert parts.tail.startswith("invested_pct: 50\n")
     assert parts.suffix == parts.day + parts.tail
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from services.common import envelope
 from services.common.bus import Incoming, ValidationFailed
@@ -18,12 +16,9 @@ from services.policy.prompt import ACTION_CUE, decision_suffix
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
-    Window,
-    newest_window,
     preference_pairs,
     record_from_incoming,
     sft_set,
-    walk_forward,
 )
 
 T0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
@@ -82,31 +77,6 @@ def test_feedback_log_drops_redeliveries_and_survives_a_restart(tmp_path: Path) 
     assert log.add(record) and not log.add(record)
     again = FeedbackLog(path)
     assert again.records() == [record]
-
-
-@given(st.integers(1, 40), st.integers(1, 10), st.integers(0, 80), st.integers(1, 10))
-def test_walk_forward_evaluates_only_after_training(
-    train: int, held: int, n: int, step: int
-) -> None:
-    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(n)]
-    windows = walk_forward(days, train, held, step)
-    for w in windows:
-        assert len(w.train) == train and len(w.evaluate) == held
-        assert max(w.train) < min(w.evaluate)
-    if windows:
-        assert windows[-1].evaluate[-1] <= days[-1]
-
-
-def test_newest_window_holds_out_the_last_days() -> None:
-    w = newest_window(list(range(100)), 30, 10)
-    assert w.train == tuple(range(60, 90)) and w.evaluate == tuple(range(90, 100))
-    with pytest.raises(ValueError, match="need 50 days"):
-        newest_window(list(range(49)), 40, 10)
-
-
-def test_a_window_that_would_look_ahead_is_refused() -> None:
-    with pytest.raises(ValueError, match="after every training day"):
-        Window(train=(1, 2, 5), evaluate=(4, 6))
 
 
 def test_self_reflection_pairs_prefer_the_answer_the_market_agreed_with(

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from services.common.market_state import Decision, MarketState
 from services.market.performance import sharpe
+from services.market.walk_forward import folds, minimum_bars, split
 from services.trainer.gate import GateConfig, GateDecision, HeldOutReturns, decide
-from services.trainer.walk_forward import folds, minimum_bars, split
 
 PPY = 252.0
 
