@@ -106,6 +106,7 @@ def test_the_environments_states_carry_the_feast_features(
         env.step(1)
 
 
+@pytest.mark.slow  # a whole trainer cycle on Feast features: ~15 s
 def test_a_cycle_trains_and_evaluates_on_the_feast_features(
     feast_settings: FeaturesSettings,
     tiny_llama_dir: Path,
