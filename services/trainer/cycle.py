@@ -210,14 +210,17 @@ def run_cycle(
     promoter: Promoter | None = None,
     producer: Any = None,
     stop_after_ppo_iterations: int | None = None,
+    bar_features: BarFeatures | None = None,
 ) -> CycleResult:
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
-    models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests)."""
+    models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests).
+    `bar_features` gives the states' features and news directly (a benchmark's synthetic
+    news) instead of reading them as settings.features_source says."""
     _seed_torch(settings)
     prices = load_prices(settings) if prices is None else prices
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
-    plan = plan_cycle(settings, prices)
+    plan = plan_cycle(settings, prices, bar_features)
     training = _feature_stats(plan.bar_features)
     student, resumed_from = _student(settings, plan, records, training, stop_after_ppo_iterations)
     student_eval = _evaluate_held_out(settings, plan, student)
@@ -247,7 +250,9 @@ def _seed_torch(settings: TrainerSettings) -> None:
     torch.manual_seed(settings.seed)
 
 
-def plan_cycle(settings: TrainerSettings, prices: pd.DataFrame) -> CyclePlan:
+def plan_cycle(
+    settings: TrainerSettings, prices: pd.DataFrame, bar_features: BarFeatures | None = None
+) -> CyclePlan:
     """The newest window of `prices`, the teacher, the student's version and folders, and the
     bars' features."""
     from services.policy.artifacts import load_artifact
@@ -289,7 +294,8 @@ def plan_cycle(settings: TrainerSettings, prices: pd.DataFrame) -> CyclePlan:
         version=version,
         out=settings.models_dir / version,
         work=settings.work_dir / "cycles" / version,
-        bar_features=load_bar_features(settings.features_source, prices, settings.ticker),
+        bar_features=bar_features
+        or load_bar_features(settings.features_source, prices, settings.ticker),
         eval_start=eval_start,
         deadline=(
             started + 60 * settings.cycle_minutes * PPO_SHARE_OF_BUDGET

@@ -189,6 +189,7 @@ def kserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow  # starts a KServe policy server process
 def test_policy_server_url_over_kserve_v1(kserve_url: str) -> None:
     prices = load_prices_csv(REPO / "data/GOOGL.csv").iloc[:60]
     result = run_backtest(prices, HttpPolicy(kserve_url, timeout_s=10), ticker="GOOGL")
@@ -224,6 +225,7 @@ def bad_server() -> Iterator[str]:
     server.stop()
 
 
+@pytest.mark.slow  # a server process per case
 @pytest.mark.parametrize(
     "model,reason", [("slow", "timeout"), ("garbage", "bad_answer"), ("short", "bad_answer")]
 )
@@ -238,6 +240,7 @@ def test_policy_failures_hold_with_a_metric(bad_server: str, model: str, reason:
     assert result.metrics["strategy"]["n_trades"] == 0
 
 
+@pytest.mark.slow  # starts a KServe policy server process
 def test_policy_rationale_asked_for_on_every_nth_decision(kserve_url: str) -> None:
     prices = load_prices_csv(REPO / "data/GOOGL.csv").iloc[:31]
     policy = HttpPolicy(kserve_url, timeout_s=10, explain_every=10)

@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # Tiny models: extra intra-op threads only contend on the shared 2-core machine.
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
+# Whole cycles (training, evaluation, artifacts) and subprocesses: minutes on 2 cores.
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"), pytest.mark.slow]
 
 
 def _uptrend(days: int = 120) -> pd.DataFrame:
@@ -208,7 +209,8 @@ def _feedback(prices: pd.DataFrame, decided: int, realised: int) -> FeedbackReco
 
 
 def _window_of_80_bars(models: Path, tmp_path: Path, **budget: Any) -> TrainerSettings:
-    """A cycle over 80 bars: PPO trains on bars 39..69, the gate holds out 70..79."""
+    """A cycle over 80 bars: PPO trains on bars 38..67 (outcomes known by bar 68's close),
+    bar 68 is purged, the gate holds out 69..78 (scored on 70..79)."""
     return TrainerSettings(
         models_dir=models,
         work_dir=tmp_path / "work",
@@ -237,13 +239,13 @@ def test_cycle_trains_on_the_windows_market_feedback_and_nothing_later(
         ppo_gradient_accumulation_steps=2,
         ppo_mf_minibatch_size=8,
     )
-    # 80 bars: PPO trains on bars 39..69, the gate holds out 70..79.
+    # 80 bars: PPO trains on bars 38..67, bar 68 is purged, the gate holds out 69..78.
     on_time = [_feedback(prices, t, t + 1) for t in range(30, 79)]
     # decided inside the window, but the outcome is only known after its end: never D_MF
     late = [_feedback(prices, t, 70 + t % 5) for t in range(60, 65)]
     result = run_cycle(settings, prices=prices, feedback=[*on_time, *late])
-    assert result.window_end == prices.index[69].to_pydatetime()
-    # decisions on bars 39..68 (outcomes on 40..69); not 30..38 (before), 69.. or the late ones
+    assert result.window_end == prices.index[68].to_pydatetime()
+    # decisions on bars 38..67 (outcomes on 39..68); not 30..37 (before), 68.. or the late ones
     assert result.training["mf/feedback_examples"] == 30
     assert all(math.isfinite(v) for v in result.training.values()), result.training
 
@@ -365,3 +367,22 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         producer.close()
         server.terminate()
         server.wait(timeout=15)
+
+
+def test_a_budgeted_cycle_stops_on_time_and_learns_from_every_labelled_training_bar(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    """RLMF_TRAINER_CYCLE_MINUTES: PPO stops after the iteration in which the budget ran out
+    (no error, the cycle goes on to the gate); with mf_history every training bar but the
+    last joins D_MF labelled by its own next move, none of them later than the window."""
+    prices = _uptrend(80)
+    settings = _window_of_80_bars(teacher_models, tmp_path, ppo_steps=10_000).model_copy(
+        update={"mf_history": True, "cycle_minutes": 0.001}
+    )
+    result = run_cycle(settings, prices=prices)
+    assert result.training["ppo/stopped_by_budget"] == 1.0
+    assert result.training["ppo/iterations"] == 1.0
+    # training bars 38..67: the labels of 38..66 are moves known inside the window
+    assert result.training["mf/history_examples"] == 29
+    assert result.training["mf/feedback_examples"] == 29
+    assert result.sharpe_test["holdout_bars"] == 10

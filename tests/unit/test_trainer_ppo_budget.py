@@ -11,7 +11,7 @@ import pytest
 
 from services.trainer import checkpoint, ppo
 from services.trainer.ppo import PPOArgs, Progress
-from tests.unit.test_trainer_ppo import UptrendEnv, _agents, _encode
+from tests.tiny_ppo import UptrendEnv, _agents, _encode
 
 # Tiny models: extra intra-op threads only contend on the shared 2-core machine.
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
