@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,11 @@ CURRENT = "current"
 
 class CycleError(RuntimeError):
     """A cycle cannot run: say what is missing."""
+
+
+class CycleInterrupted(RuntimeError):
+    """A stop was requested mid-cycle: PPO checkpointed, and the next run of the same cycle
+    (same teacher, same window) resumes from there."""
 
 
 @dataclass
@@ -211,18 +217,22 @@ def run_cycle(
     producer: Any = None,
     stop_after_ppo_iterations: int | None = None,
     bar_features: BarFeatures | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> CycleResult:
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
     models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests).
     `bar_features` gives the states' features and news directly (a benchmark's synthetic
-    news) instead of reading them as settings.features_source says."""
+    news) instead of reading them as settings.features_source says. `stop_requested` (the
+    service's SIGTERM) stops PPO after its iteration, checkpointed: CycleInterrupted."""
     _seed_torch(settings)
     prices = load_prices(settings) if prices is None else prices
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
     plan = plan_cycle(settings, prices, bar_features)
     training = _feature_stats(plan.bar_features)
-    student, resumed_from = _student(settings, plan, records, training, stop_after_ppo_iterations)
+    student, resumed_from = _student(
+        settings, plan, records, training, stop_after_ppo_iterations, stop_requested
+    )
     student_eval = _evaluate_held_out(settings, plan, student)
     teacher_eval = _evaluate_held_out(settings, plan, plan.teacher)
     _save_student(settings, plan, student, student_eval)
@@ -318,6 +328,7 @@ def _student(
     records: list[FeedbackRecord],
     training: dict[str, float],
     stop_after_ppo_iterations: int | None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> tuple[Any, int]:
     """The student and the PPO iteration it resumed from: the saved one when a killed cycle
     got as far as saving it (the artifact is written atomically), else trained now."""
@@ -332,7 +343,7 @@ def _student(
     )
     _supervised(settings, student, plan.teacher_dir, window_records, plan.work, training)
     resumed_from = _train_ppo(
-        settings, plan, student, window_records, training, stop_after_ppo_iterations
+        settings, plan, student, window_records, training, stop_after_ppo_iterations, stop_requested
     )
     return student, resumed_from
 
@@ -393,6 +404,7 @@ def _train_ppo(
     window_records: list[FeedbackRecord],
     training: dict[str, float],
     stop_after_ppo_iterations: int | None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> int:
     """PPO + RLMF on the training bars; returns the iteration it resumed from."""
     from services.market.envs import DiscreteTradingEnv
@@ -422,10 +434,16 @@ def _train_ppo(
         feedback=mf_set,
         deadline=plan.deadline,
         progress=ppo.log_progress,
+        stop_requested=stop_requested,
     )
     student.mark_weights_changed()
     training["ppo/iterations"] = float(result.iterations_done)
     training["ppo/stopped_by_budget"] = float(result.stopped_by_budget)
+    if result.interrupted:
+        raise CycleInterrupted(
+            f"stopped on request after PPO iteration {result.iterations_done}, checkpointed in "
+            f"{plan.work / 'ppo'}; the next run of this cycle resumes there"
+        )
     if result.iterations_done < args.num_iterations and not result.stopped_by_budget:
         raise CycleError(
             f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"

@@ -405,6 +405,8 @@ class PPOResult:
     update_seconds: float
     stopped_by_budget: bool = False
     """the deadline passed before total_timesteps' iterations were done"""
+    interrupted: bool = False
+    """a stop was requested (the service got SIGTERM): checkpointed, a rerun resumes"""
     elapsed_s: float = 0.0
     """wall-clock seconds of this train() call"""
 
@@ -745,8 +747,12 @@ def train(
     deadline: float | None = None,
     progress: Callable[[Progress], None] | None = None,
     progress_every_s: float = PROGRESS_EVERY_S,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> PPOResult:
     """Run PPO+RLMF; resumes from the newest checkpoint in `checkpoint_dir` when there is one.
+
+    `stop_requested` is asked after every iteration; when it says yes the run checkpoints and
+    returns with `interrupted` set (a service stopping on SIGTERM), and a rerun resumes.
 
     `deadline` (a `time.monotonic()` value) is a wall-clock budget: the run stops after the
     iteration in which it passes (never mid-update, checkpointed so a rerun resumes) and says so
@@ -789,7 +795,7 @@ def train(
 
     metrics: dict[str, float] = {}
     update_tokens, update_seconds = 0, 0.0
-    done, stopped_by_budget = resumed_from, False
+    done, stopped_by_budget, interrupted = resumed_from, False, False
     last = args.num_iterations
     if stop_after_iterations is not None:
         last = min(last, start_iteration - 1 + stop_after_iterations)
@@ -836,9 +842,13 @@ def train(
         done = iteration
         # Checked once the update is over: a budget never cuts an iteration short.
         stopped_by_budget = iteration < last and clock.out_of_time()
+        interrupted = iteration < last and stop_requested is not None and stop_requested()
 
         if checkpoint_dir and (
-            iteration % args.checkpoint_every == 0 or iteration == last or stopped_by_budget
+            iteration % args.checkpoint_every == 0
+            or iteration == last
+            or stopped_by_budget
+            or interrupted
         ):
             checkpoint.save(
                 checkpoint_dir,
@@ -850,6 +860,9 @@ def train(
         if stopped_by_budget:
             log.info("PPO budget spent after iteration %d of %d", iteration, last)
             break
+        if interrupted:
+            log.info("PPO stopped on request after iteration %d, checkpointed", iteration)
+            break
     return PPOResult(
         iterations_done=done,
         global_step=global_step,
@@ -859,6 +872,7 @@ def train(
         update_tokens=update_tokens,
         update_seconds=update_seconds,
         stopped_by_budget=stopped_by_budget,
+        interrupted=interrupted,
         elapsed_s=clock.elapsed(),
     )
 

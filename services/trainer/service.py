@@ -20,7 +20,7 @@ from services.common.http_server import HealthApp
 from services.common.service import run_consumer_service
 from services.common.settings import BusSettings
 from services.common.topics import MARKET_FEEDBACK, MODELS_PROMOTIONS
-from services.trainer.cycle import CycleResult, load_prices, run_cycle
+from services.trainer.cycle import CycleInterrupted, CycleResult, load_prices, run_cycle
 from services.trainer.datasets import FeedbackLog, record_from_incoming
 from services.trainer.settings import TrainerSettings
 
@@ -50,6 +50,7 @@ class Scheduler:
         self.last_cycle_day: date | None = None
         self.results: list[CycleResult] = []
         self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def due(self) -> date | None:
         days = self.feedback.days()
@@ -73,9 +74,15 @@ class Scheduler:
         try:
             self.results.append(
                 self._run(
-                    self.settings, prices=prices, feedback=self.feedback, producer=self.producer
+                    self.settings,
+                    prices=prices,
+                    feedback=self.feedback,
+                    producer=self.producer,
+                    stop_requested=self._stopping.is_set,
                 )
             )
+        except CycleInterrupted as exc:  # SIGTERM: checkpointed, the next start resumes it
+            log.info("cycle interrupted: %s", exc)
         except Exception:  # a failed cycle leaves the teacher serving; log it, try next time
             log.exception("cycle failed; the teacher keeps serving")
 
@@ -84,10 +91,12 @@ class Scheduler:
             self._worker.join(timeout)
 
     def stop(self) -> None:
-        """Once the consumer has stopped (SIGTERM): let the cycle in hand finish, since it may be
-        promoting or publishing, then close the producer it publishes with."""
+        """Once the consumer has stopped (SIGTERM): ask the cycle in hand to stop, which it does
+        after its PPO iteration, checkpointed (the next start resumes it); a cycle already
+        past PPO (evaluating, promoting, publishing) finishes. Then close the producer."""
+        self._stopping.set()
         if self._worker is not None and self._worker.is_alive():
-            log.info("waiting for the running cycle to finish before exiting")
+            log.info("asking the running cycle to checkpoint and stop before exiting")
         self.join()
         if self.producer is not None:
             self.producer.close()

@@ -386,3 +386,19 @@ def test_a_budgeted_cycle_stops_on_time_and_learns_from_every_labelled_training_
     assert result.training["mf/history_examples"] == 29
     assert result.training["mf/feedback_examples"] == 29
     assert result.sharpe_test["holdout_bars"] == 10
+
+
+def test_a_cycle_stopped_on_request_checkpoints_and_the_next_run_resumes_it(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    """The trainer service's SIGTERM: PPO stops after its iteration, checkpointed, no artifact
+    yet; the same cycle run again resumes from that iteration and finishes."""
+    from services.trainer.cycle import CycleInterrupted
+
+    prices = _uptrend(80)
+    settings = _window_of_80_bars(teacher_models, tmp_path, ppo_steps=40, ppo_num_steps=10)
+    with pytest.raises(CycleInterrupted, match="resumes"):
+        run_cycle(settings, prices=prices, stop_requested=lambda: True)
+    assert not [p for p in teacher_models.iterdir() if p.name.startswith("s")]
+    result = run_cycle(settings, prices=prices)
+    assert result.resumed_from == 1

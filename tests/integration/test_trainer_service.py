@@ -154,3 +154,44 @@ def test_sigterm_during_a_cycle_waits_for_it(
             signal.signal(signum, handler)
     assert code == 0
     assert finished == ["cycle"], "main returned before the running cycle finished"
+
+
+def test_sigterm_during_ppo_checkpoints_the_cycle_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cycle still in PPO is asked to stop: it checkpoints after its iteration and raises
+    CycleInterrupted (run_cycle's contract, tested with the real cycle in
+    test_trainer_cycle.py); the service logs it and exits 0 without waiting the cycle out."""
+    from services.common.broker import free_port
+    from services.trainer import service
+    from services.trainer.cycle import CycleInterrupted
+
+    seen: list[str] = []
+
+    def ppo_cycle(_settings: TrainerSettings, **kwargs: Any) -> Any:
+        stop_requested = kwargs["stop_requested"]
+        deadline = time.monotonic() + 30  # a long cycle, unless asked to stop
+        while time.monotonic() < deadline:
+            if stop_requested():
+                seen.append("stop")
+                raise CycleInterrupted("checkpointed after PPO iteration 3; resumes")
+            time.sleep(0.05)
+        seen.append("finished")
+
+    days = [START.date(), (START + timedelta(days=40)).date()]
+    prices = pd.DataFrame({"close": [1.0, 1.0]}, index=pd.DatetimeIndex([START, START]))
+    feedback = SimpleNamespace(days=lambda: days)
+    settings = TrainerSettings(work_dir=tmp_path, cycle_every_days=5, publish=False)
+    scheduler = Scheduler(settings, feedback, prices, None, run=ppo_cycle)  # type: ignore[arg-type]
+    monkeypatch.setattr(service, "build", lambda _s: (_LoopStoppedMidCycle(scheduler), scheduler))
+    monkeypatch.setenv("RLMF_HTTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("RLMF_HTTP_PORT", str(free_port()))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    try:
+        code = service.main()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert code == 0 and seen == ["stop"]
+    assert time.monotonic() - started < 20, "the service waited the cycle out"

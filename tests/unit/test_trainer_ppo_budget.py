@@ -127,3 +127,21 @@ def test_the_run_caps_episodes_at_its_own_max_episode_steps(cap: int, episodes: 
     args = _args(total_timesteps=40, max_episode_steps=cap)
     result = ppo.train(agent, teacher, env, _encode, args)
     assert len(result.episode_returns) == episodes
+
+
+def test_a_stop_request_checkpoints_after_the_iteration_and_a_rerun_resumes(tmp_path) -> None:
+    args = _args(checkpoint_every=10)
+    asked: list[int] = []
+
+    def stop_requested() -> bool:
+        asked.append(1)
+        return True  # SIGTERM arrived during the first iteration
+
+    stopped = _train(args, checkpoint_dir=tmp_path, stop_requested=stop_requested)
+    assert stopped.interrupted and not stopped.stopped_by_budget
+    assert stopped.iterations_done == 1 and asked == [1]
+    saved = checkpoint.load_latest(tmp_path)
+    assert saved is not None and saved["iteration"] == 1
+    resumed = _train(args, checkpoint_dir=tmp_path)
+    assert resumed.resumed_from == 1 and resumed.iterations_done == args.num_iterations
+    assert not resumed.interrupted
