@@ -401,7 +401,10 @@ class LLMActorCritic(nn.Module):
             raise ActorCriticError(
                 f"day cache of base {cache.base_sha[:16]} offered to base {self.base_sha[:16]}"
             )
-        self.day_cache = cache or DayCache(self.base_sha, memory_cap_bytes, folder)
+        # `is None`, not `or`: an empty cache has len 0 and is falsy, yet it is the one to share
+        self.day_cache = (
+            cache if cache is not None else DayCache(self.base_sha, memory_cap_bytes, folder)
+        )
         return self.day_cache
 
     def _tail_ids(self) -> list[tuple[int, ...]]:

@@ -140,3 +140,14 @@ def test_an_artifact_built_on_the_old_prompt_is_refused(
     path.write_text(json.dumps(fields))
     with pytest.raises(ArtifactError, match="prompt version 1"):
         load_artifact(folder)
+
+
+def test_a_shared_cache_is_the_same_one_even_while_empty(
+    tiny_llama_dir: Path, model: LLMActorCritic, tmp_path: Path
+) -> None:
+    teacher_cache = model.attach_day_cache(folder=tmp_path)
+    assert len(teacher_cache) == 0
+    student = LLMActorCritic.from_pretrained(tiny_llama_dir, ActorCriticConfig(trainable_top_k=2))
+    assert student.attach_day_cache(cache=teacher_cache) is teacher_cache
+    student.base_hidden(*student.encode(_states()[:1]))
+    assert len(teacher_cache) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
