@@ -414,6 +414,15 @@ def _train_ppo(
     mf_set = feedback_set(student, window_records, args, history)
     training["mf/feedback_examples"] = len(mf_set)
     training["mf/history_examples"] = float(len(history))
+    if checkpoint.load_latest(plan.work / "ppo") is None:
+        # A resumed cycle did this before its first PPO checkpoint, which holds its result.
+        fit = ppo.fit_market_feedback(
+            student, plan.teacher, mf_set, args, settings.mf_epochs, plan.deadline
+        )
+        training["mf/fit_steps"] = float(fit.steps)
+        if fit.steps:  # no step, no loss: a NaN here would read as a diverged run at the gate
+            training["mf/fit_first_loss"] = fit.first_loss
+            training["mf/fit_last_loss"] = fit.last_loss
     env = DiscreteTradingEnv(
         plan.prices,
         ticker=settings.ticker,

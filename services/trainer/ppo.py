@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from services.common.market_state import ACTIONS, MarketState
@@ -641,6 +641,70 @@ def _bootstrap_value(agent: ActorCritic, env: StateEnv, encode: Encoder, next_do
     with torch.no_grad():
         _, value = agent.head_forward(agent.base_hidden(ids, mask), mask)
     return float(value[0])
+
+
+@dataclass
+class FeedbackFit:
+    """What the market-feedback phase did: steps, and the first and last epochs' mean losses."""
+
+    steps: int = 0
+    first_loss: float = float("nan")
+    last_loss: float = float("nan")
+    stopped_by_budget: bool = False
+
+
+def fit_market_feedback(
+    agent: ActorCritic,
+    teacher: ActorCritic,
+    feedback: FeedbackSet,
+    args: PPOArgs,
+    epochs: int,
+    deadline: float | None = None,
+) -> FeedbackFit:
+    """RLMF addition: epochs of mf_coef * L_MF + kl_coef * KL(student || teacher) on D_MF alone,
+    before PPO. Inside PPO, L_MF gets one D_MF minibatch per PPO minibatch, a handful of steps
+    in a cycle's budget; here it gets as many as the epochs ask, on the frozen base's cached
+    hidden states (top layers only), so the market's verdict on the window's states is learnt
+    first and PPO refines it. Stops at `deadline` (a time.monotonic() value) between steps."""
+    fit = FeedbackFit()
+    if not len(feedback) or epochs <= 0 or not args.mf_coef:
+        return fit
+    params = _trainable(agent)
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5)
+    gen = torch.Generator().manual_seed(args.seed)
+    size = max(1, args.mf_minibatch_size)
+    agent.train(True)
+    for epoch in range(epochs):
+        losses = []
+        for inds in torch.randperm(len(feedback), generator=gen).split(size):
+            logits, labels = feedback_logits(agent, feedback, inds)
+            assert logits is not None and labels is not None
+            with torch.no_grad():
+                rows = inds.tolist()
+                mask = pad_left([feedback.attention_mask[i] for i in rows])
+                teacher_logits, _ = teacher.head_forward(
+                    pad_left([feedback.hidden[i] for i in rows]), mask
+                )
+            log_p, log_q = F.log_softmax(logits, -1), F.log_softmax(teacher_logits, -1)
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+            loss = args.mf_coef * F.cross_entropy(logits, labels) + args.kl_coef * kl
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            fit.steps += 1
+            losses.append(float(loss))
+            if deadline is not None and time.monotonic() >= deadline:
+                fit.stopped_by_budget = True
+                break
+        if epoch == 0:
+            fit.first_loss = sum(losses) / len(losses)
+        fit.last_loss = sum(losses) / len(losses)
+        log.info("market feedback epoch %d/%d: loss %.4f", epoch + 1, epochs, fit.last_loss)
+        if fit.stopped_by_budget:
+            break
+    agent.train(False)
+    return fit
 
 
 def update(

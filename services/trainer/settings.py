@@ -108,6 +108,9 @@ class TrainerSettings(BaseSettings):
     """Wall-clock budget of one cycle (RLMF_TRAINER_CYCLE_MINUTES): PPO trains until
     PPO_SHARE_OF_BUDGET of it is spent (then evaluation and the gate run); unset: the step
     budget ppo.total_timesteps alone decides."""
+    mf_epochs: int = Field(default=8, ge=0)
+    """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
+    (ppo.fit_market_feedback), within the cycle's budget; 0: L_MF only inside PPO."""
     mf_history: bool = True
     """RLMF's L_MF also learns from every training bar labelled by the move the market made
     next (known by the cut-off), not only from the decisions the loop served."""

@@ -365,3 +365,28 @@ def test_feedback_teaches_the_realised_move_on_states_the_rollout_never_sees() -
         sell_probability(with_feedback),
         sell_probability(without),
     )
+
+
+def test_the_market_feedback_phase_learns_the_labels_and_the_kl_holds_it_back() -> None:
+    feedback = _feedback(8)  # every move fell: the label is sell
+
+    def sell_probability(agent: TinyActorCritic) -> float:
+        hidden, mask = pad_left(feedback.hidden), pad_left(feedback.attention_mask)
+        with torch.no_grad():
+            logits, _ = agent.head_forward(hidden, mask)
+        return float(torch.softmax(logits, -1)[:, SELL].mean())
+
+    def fit(kl_coef: float) -> tuple[float, ppo.FeedbackFit]:
+        agent, teacher = _agents(0)
+        args = PPOArgs(learning_rate=3e-2, mf_minibatch_size=4, kl_coef=kl_coef, seed=1)
+        result = ppo.fit_market_feedback(agent, teacher, feedback, args, epochs=20)
+        return sell_probability(agent), result
+
+    before = sell_probability(_agents(0)[0])
+    free, result = fit(kl_coef=0.0)
+    held, _ = fit(kl_coef=50.0)
+    assert result.steps == 40 and result.last_loss < result.first_loss
+    assert free > 0.9 > before
+    assert before < held < free  # the KL to the teacher keeps the student nearer to it
+    budget = ppo.fit_market_feedback(*_agents(0), feedback, PPOArgs(), epochs=20, deadline=0.0)
+    assert budget.steps == 1 and budget.stopped_by_budget
