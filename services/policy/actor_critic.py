@@ -26,10 +26,10 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the conventional name
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from services.common.market_state import ACTIONS, MarketState
 from services.policy.day_cache import DEFAULT_MEMORY_CAP_BYTES, DayCache, DayEntry
+from services.policy.decoder_layers import apply_layers, last_position_layer, positions_of
 from services.policy.prompt import (
     build_prompt,
     decision_tails,
@@ -98,44 +98,6 @@ def action_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
             f"action words share a first token {dict(zip(ACTIONS, ids, strict=True))}"
         )
     return ids
-
-
-def _last_position_layer(
-    layer: Any,
-    hidden: torch.Tensor,
-    attention_mask: torch.Tensor,
-    rotary: tuple[torch.Tensor, torch.Tensor],
-) -> torch.Tensor:
-    """A Llama decoder layer's output [B, H] at the last position only, for left-padded rows.
-
-    Keys and values come from every position, but the query, attention output and MLP are
-    computed for the last one: layer(hidden)[:, -1] (tests/unit/test_policy_actor_critic.py
-    compares the two) at a fraction of the cost, which is the larger part of a PPO update once
-    the frozen base's hidden states are reused. transformers has no "queries for these
-    positions only" call, so the layer's own modules are applied here in its order.
-    """
-    attn = layer.self_attn
-    batch, length, _ = hidden.shape
-    head_dim = attn.head_dim
-    normed = layer.input_layernorm(hidden)
-    query = attn.q_proj(normed[:, -1:]).view(batch, 1, -1, head_dim).transpose(1, 2)
-    key = attn.k_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
-    value = attn.v_proj(normed).view(batch, length, -1, head_dim).transpose(1, 2)
-    cos, sin = rotary
-    query, _ = apply_rotary_pos_emb(query, query, cos[:, -1:], sin[:, -1:])
-    key, _ = apply_rotary_pos_emb(key, key, cos, sin)
-    visible = attention_mask[:, None, None, :].bool()  # left padding: pads are never attended
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=visible, scale=attn.scaling, enable_gqa=True
-    )
-    hidden_last = hidden[:, -1:] + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
-    hidden_last = hidden_last + layer.mlp(layer.post_attention_layernorm(hidden_last))
-    return hidden_last[:, 0]
-
-
-def _positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """Position ids that skip left padding, so a padded row sees the same positions as alone."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0) + offset
 
 
 class LLMActorCritic(nn.Module):
@@ -306,7 +268,7 @@ class LLMActorCritic(nn.Module):
         out = self._decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=_positions(attention_mask),
+            position_ids=positions_of(attention_mask),
             use_cache=False,
         )
         return self._heads(out.last_hidden_state[:, -1])
@@ -314,7 +276,7 @@ class LLMActorCritic(nn.Module):
     def _layer_inputs(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        positions = _positions(attention_mask)
+        positions = positions_of(attention_mask)
         mask = create_causal_mask(
             config=self.lm.config,
             inputs_embeds=hidden,
@@ -329,16 +291,7 @@ class LLMActorCritic(nn.Module):
         self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers: list[nn.Module]
     ) -> torch.Tensor:
         mask, positions, rotary = self._layer_inputs(hidden, attention_mask)
-        for layer in layers:
-            hidden = layer(
-                hidden,
-                attention_mask=mask,
-                position_ids=positions,
-                position_embeddings=rotary,
-                cache=None,
-                use_cache=False,
-            )
-        return hidden
+        return apply_layers(layers, hidden, mask, positions, rotary)
 
     @torch.no_grad()
     def base_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -443,16 +396,8 @@ class LLMActorCritic(nn.Module):
             position_ids=positions,
         )
         rotary = self._decoder.rotary_emb(hidden, position_ids=positions)
-        for layer in self._decoder.layers[: self.n_frozen]:
-            hidden = layer(
-                hidden,
-                attention_mask=mask,
-                position_ids=positions,
-                position_embeddings=rotary,
-                cache=cache,
-                use_cache=True,
-            )
-        return hidden
+        frozen = list(self._decoder.layers[: self.n_frozen])
+        return apply_layers(frozen, hidden, mask, positions, rotary, cache)
 
     @torch.no_grad()
     def _prefix_state(self) -> tuple[torch.Tensor, DynamicCache]:
@@ -490,22 +435,14 @@ class LLMActorCritic(nn.Module):
         """Trainable top layers + final norm + restricted LM head + value head, with grad.
 
         The heads read only the last position, so the last layer runs for that position alone
-        (`_last_position_layer`); the layers below it still run for every position because
+        (`last_position_layer`); the layers below it still run for every position because
         attention reads their keys and values."""
         top = list(self._decoder.layers[self.n_frozen :])
         if not top:
             return self._heads(self._decoder.norm(hidden[:, -1]))
         mask, positions, rotary = self._layer_inputs(hidden, attention_mask)
-        for layer in top[:-1]:
-            hidden = layer(
-                hidden,
-                attention_mask=mask,
-                position_ids=positions,
-                position_embeddings=rotary,
-                cache=None,
-                use_cache=False,
-            )
-        last = _last_position_layer(top[-1], hidden, attention_mask, rotary)
+        hidden = apply_layers(top[:-1], hidden, mask, positions, rotary)
+        last = last_position_layer(top[-1], hidden, attention_mask, rotary)
         return self._heads(self._decoder.norm(last))
 
     def evaluate_actions(
@@ -561,7 +498,7 @@ class LLMActorCritic(nn.Module):
         out = self._decoder(
             input_ids=suffix_ids,
             attention_mask=mask,
-            position_ids=_positions(suffix_mask, offset=n_prefix),
+            position_ids=positions_of(suffix_mask, offset=n_prefix),
             cache=cache,
             use_cache=True,
         )
