@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 
 from services.common.device import resolve_placement
-from services.common.market_state import ACTIONS, MarketState
 from services.common.metrics import PROMOTIONS
 from services.market.walk_forward import split as walk_forward_split
 from services.trainer import checkpoint, ppo
@@ -33,14 +32,13 @@ from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
     feedback_in_window,
-    market_feedback_set,
-    preference_pairs,
-    sft_set,
 )
 from services.trainer.evaluate import Evaluation, evaluate, held_out_returns
 from services.trainer.gate import GateDecision, decide
+from services.trainer.market_feedback import feedback_set, labelled_history
 from services.trainer.offline_features import BarFeatures, load_bar_features, state_inputs
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
+from services.trainer.sep_stages import run_sep_stages
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -147,26 +145,6 @@ def make_promoter(settings: TrainerSettings) -> Promoter | None:
 def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
     """A fresh copy of the settings' PPO hyperparameters: ppo.train derives fields in place."""
     return dataclasses.replace(settings.ppo)
-
-
-def feedback_set(
-    student: Any,
-    records: list[FeedbackRecord],
-    args: ppo.PPOArgs,
-    history: list[tuple[MarketState, int]] = (),  # type: ignore[assignment]
-) -> ppo.FeedbackSet:
-    """RLMF addition: D_MF for PPO's L_MF from the window's feedback records and, given
-    `history`, the training bars' states with the action their next move rewarded, encoded
-    once by the student's frozen base (the day cache makes that once per day). Empty when
-    L_MF has no weight or samples no D_MF."""
-    if not (args.mf_coef and args.mf_minibatch_size):
-        return ppo.encode_feedback(student, [], [])
-    examples = market_feedback_set(records, args.mf_flat_threshold)
-    inputs = [student.encode_texts(ex.prefix, [ex.suffix]) for ex in examples]
-    labels = [ACTIONS.index(ex.label) for ex in examples]
-    inputs += [student.encode([state]) for state, _ in history]
-    labels += [label for _, label in history]
-    return ppo.encode_feedback(student, inputs, labels)
 
 
 # What a cycle with a wall-clock budget gives PPO; the rest is for evaluation and the gate.
@@ -341,7 +319,7 @@ def _student(
     window_records = feedback_in_window(
         records, plan.times[plan.train_start], plan.times[plan.train_end]
     )
-    _supervised(settings, student, plan.teacher_dir, window_records, plan.work, training)
+    run_sep_stages(settings, student, plan.teacher_dir, window_records, plan.work, training)
     resumed_from = _train_ppo(
         settings, plan, student, window_records, training, stop_after_ppo_iterations, stop_requested
     )
@@ -359,42 +337,6 @@ def _copy_sharing_day_cache(teacher: Any) -> Any:
     if cache is not None:
         student.attach_day_cache(cache=cache)
     return student
-
-
-def labelled_history(
-    settings: TrainerSettings, plan: CyclePlan, args: ppo.PPOArgs
-) -> list[tuple[MarketState, int]]:
-    """Every training bar's state with the action its next move rewarded (RLMF's market
-    feedback, read off the market rather than off served decisions). The label of bar t is
-    the move t -> t+1, known by the cut-off for every bar but the window's last, which is left
-    out. The portfolio line is drawn at random per bar, so L_MF sees every tail the policy
-    can be served with."""
-    from services.market.envs import DiscreteTradingEnv
-
-    env = DiscreteTradingEnv(
-        plan.prices,
-        ticker=settings.ticker,
-        start=plan.train_start,
-        end=plan.train_end,
-        **state_inputs(plan.bar_features),
-    )
-    env.reset(seed=settings.seed)
-    closes = plan.prices["close"].to_numpy(dtype=float)
-    rng = torch.Generator().manual_seed(settings.seed)
-    out: list[tuple[MarketState, int]] = []
-    for t in range(plan.train_start, plan.train_end - 1):
-        state = _with_invested_share(env.current_state(), float(torch.rand(1, generator=rng)))
-        label = ppo.move_label(closes[t + 1] / closes[t] - 1.0, args.mf_flat_threshold)
-        out.append((state, label))
-        env.step(ACTIONS.index("hold"))
-    return out
-
-
-def _with_invested_share(state: MarketState, share: float) -> MarketState:
-    worth = state.net_worth if state.net_worth > 0 else 10_000.0
-    return state.model_copy(
-        update={"position": share * worth / state.price, "cash": (1.0 - share) * worth}
-    )
 
 
 def _train_ppo(
@@ -483,7 +425,7 @@ def _save_student(
 
     if plan.out.is_dir():
         return
-    reward_model = plan.work / REWARD_MODEL  # trained by _supervised when rm_steps > 0
+    reward_model = plan.work / REWARD_MODEL  # trained by run_sep_stages when rm_steps > 0
     save_artifact(
         student,
         plan.out,
@@ -589,72 +531,6 @@ def _sharpe_test(gate: GateDecision) -> dict[str, float]:
     fields = ("sharpe_diff", "sharpe_diff_low", "sharpe_diff_high", "p_value", "confidence")
     test = {name: getattr(gate, name) for name in fields if getattr(gate, name) is not None}
     return {**test, "holdout_bars": float(gate.holdout_bars)} if test else {}
-
-
-def _supervised(
-    settings: TrainerSettings,
-    student: Any,
-    teacher_dir: Path,
-    records: list[FeedbackRecord],
-    work: Path,
-    training: dict[str, float],
-) -> None:
-    """SFT on correct answers, then the reward model on reflection pairs; each stage once."""
-    from services.policy.artifacts import REWARD_MODEL
-    from services.policy.prompt import prompt_prefix
-    from services.trainer.reward_model import train_reward_model
-    from services.trainer.sft import run_sft
-
-    if not records:
-        return
-    done = work / "sft.pt"
-    if settings.sft_steps and done.is_file():
-        student.load_state_dict(torch.load(done, map_location="cpu"), strict=False)
-    elif settings.sft_steps:
-        rows = sft_set(
-            records, student, prompt_prefix(), settings.max_sft_examples, settings.explain_tokens
-        )
-        report = run_sft(
-            student,
-            rows,
-            max_steps=settings.sft_steps,
-            learning_rate=settings.sft_learning_rate,
-            batch_size=4,
-            seed=settings.seed,
-        )
-        training.update({"sft/steps": report.steps, "sft/examples": report.examples})
-        if report.steps:  # no correct answers in the window: no steps and no loss to report
-            training["sft/loss"] = report.loss
-        work.mkdir(parents=True, exist_ok=True)
-        trainable = {n: p.detach() for n, p in student.named_parameters() if p.requires_grad}
-        torch.save(trainable, work / ".sft.tmp")
-        os.replace(work / ".sft.tmp", done)
-    rm_dir = work / REWARD_MODEL
-    if settings.rm_steps and not rm_dir.is_dir():
-        pairs, stats = preference_pairs(
-            records,
-            student,
-            prompt_prefix(),
-            settings.max_pairs,
-            settings.explain_tokens,
-            settings.reflection_tries,
-            settings.seed,
-        )
-        training.update(
-            {"rm/wrong": stats.wrong, "rm/pairs": stats.pairs, "rm/unresolved": stats.unresolved}
-        )
-        report = train_reward_model(
-            teacher_dir,
-            pairs,
-            rm_dir,
-            max_steps=settings.rm_steps,
-            learning_rate=settings.rm_learning_rate,
-            batch_size=4,
-            seed=settings.seed,
-        )
-        training["rm/steps"] = report.steps
-        if report.steps:  # no resolved pair: no steps, and no NaN loss for the gate to refuse
-            training["rm/loss"] = report.loss
 
 
 def _outcome(gate_passed: bool, promotion: PromotionOutcome | None) -> str:

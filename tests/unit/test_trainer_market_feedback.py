@@ -18,8 +18,8 @@ from services.market.envs import DiscreteTradingEnv
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
 from services.policy.prompt import build_prompt
 from services.trainer import ppo
-from services.trainer.cycle import feedback_set
 from services.trainer.datasets import FeedbackRecord, feedback_in_window, market_feedback_set
+from services.trainer.market_feedback import feedback_set
 
 T0 = datetime(2024, 3, 1, 21, tzinfo=UTC)
 BUY = ACTIONS.index("buy")
