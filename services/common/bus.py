@@ -10,6 +10,10 @@ Delivery contract:
   unknown schema version or makes its handler raise goes to the topic's `.dlq` twin with the
   error text, the original bytes and the original headers; transient broker errors are retried
   with exponential backoff, and when retries run out the service stops *without committing*.
+
+One file on purpose (over the layout's 600 lines): the producer, the consumer loop and the
+commit bookkeeping share the delivery contract above, and splitting them would scatter the
+one invariant (commit only after outputs are flushed) over several modules.
 """
 
 from __future__ import annotations

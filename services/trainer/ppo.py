@@ -19,6 +19,11 @@ during an update: the rollout computes them once per sample (`agent.base_hidden`
 per record before training (`encode_feedback`), and the update runs only `agent.head_forward`
 on them, across every epoch and minibatch.
 
+One file on purpose (over the layout's 600 lines): like cleanrl/ppo.py, the algorithm is meant
+to be read top to bottom in one place, hyperparameters to update, with the RLMF additions
+(D_MF, the market-feedback phase `fit_market_feedback`, the budget and progress) beside the
+lines they change.
+
 There is no dropout setting (FLAG-Trader's default is 0.0): the rollout's log-probabilities come
 from the model in eval mode, so dropout in the update would make the PPO ratio differ from 1
 before any step, and the policy's last-position attention does not apply attention dropout.
