@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -30,9 +32,12 @@ def cycle(
     ),
 ) -> None:
     """Run one cycle on the newest window; print the CycleResult as one JSON line."""
+    from tqdm import tqdm
+
     from services.common import json_logging
     from services.common.settings import LogSettings
-    from services.trainer.cycle import CycleError, run_cycle
+    from services.trainer import ppo
+    from services.trainer.cycle import CycleError, CycleInterrupted, run_cycle
     from services.trainer.datasets import FeedbackLog
     from services.trainer.settings import TrainerSettings
 
@@ -55,14 +60,35 @@ def cycle(
         bus = BusSettings()
         ensure_topics(bus, [MODELS_PROMOTIONS, dlq(MODELS_PROMOTIONS)], "trainer")
         producer = Producer(bus, "trainer")
+    bar = tqdm(total=100, unit="%", desc="PPO", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(p: ppo.Progress) -> None:
+        ppo.log_progress(p)
+        bar.n = round(100 * p.fraction_done)
+        bar.set_postfix(
+            step=p.global_step, ret=f"{p.mean_episode_return:.3g}", eta=f"{p.eta_s:.0f}s"
+        )
+
+    # SIGTERM (a Job's pod stopping): PPO checkpoints after its iteration and the next run of
+    # this cycle resumes there; the process exits 0, it did what it was asked.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         result = run_cycle(
-            settings, feedback=FeedbackLog(feedback) if feedback else None, producer=producer
+            settings,
+            feedback=FeedbackLog(feedback) if feedback else None,
+            producer=producer,
+            progress=progress,
+            stop_requested=stop.is_set,
         )
+    except CycleInterrupted as exc:
+        typer.echo(f"cycle interrupted: {exc}", err=True)
+        raise typer.Exit(0) from exc
     except CycleError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     finally:
+        bar.close()
         if producer is not None:
             producer.close()
     sys.stdout.write(json.dumps(result.to_dict(), default=float) + "\n")

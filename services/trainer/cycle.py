@@ -196,20 +196,22 @@ def run_cycle(
     stop_after_ppo_iterations: int | None = None,
     bar_features: BarFeatures | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    progress: Callable[[ppo.Progress], None] = ppo.log_progress,
 ) -> CycleResult:
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
     models.promotions.v1 when given. `stop_after_ppo_iterations` simulates a kill (tests).
     `bar_features` gives the states' features and news directly (a benchmark's synthetic
     news) instead of reading them as settings.features_source says. `stop_requested` (the
-    service's SIGTERM) stops PPO after its iteration, checkpointed: CycleInterrupted."""
+    service's SIGTERM) stops PPO after its iteration, checkpointed: CycleInterrupted.
+    `progress` hears from PPO at least every 30 s (default: a log line; the CLI adds a bar)."""
     _seed_torch(settings)
     prices = load_prices(settings) if prices is None else prices
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
     plan = plan_cycle(settings, prices, bar_features)
     training = _feature_stats(plan.bar_features)
     student, resumed_from = _student(
-        settings, plan, records, training, stop_after_ppo_iterations, stop_requested
+        settings, plan, records, training, stop_after_ppo_iterations, stop_requested, progress
     )
     student_eval = _evaluate_held_out(settings, plan, student)
     teacher_eval = _evaluate_held_out(settings, plan, plan.teacher)
@@ -307,6 +309,7 @@ def _student(
     training: dict[str, float],
     stop_after_ppo_iterations: int | None,
     stop_requested: Callable[[], bool] | None = None,
+    progress: Callable[[ppo.Progress], None] = ppo.log_progress,
 ) -> tuple[Any, int]:
     """The student and the PPO iteration it resumed from: the saved one when a killed cycle
     got as far as saving it (the artifact is written atomically), else trained now."""
@@ -321,7 +324,14 @@ def _student(
     )
     run_sep_stages(settings, student, plan.teacher_dir, window_records, plan.work, training)
     resumed_from = _train_ppo(
-        settings, plan, student, window_records, training, stop_after_ppo_iterations, stop_requested
+        settings,
+        plan,
+        student,
+        window_records,
+        training,
+        stop_after_ppo_iterations,
+        stop_requested,
+        progress,
     )
     return student, resumed_from
 
@@ -347,6 +357,7 @@ def _train_ppo(
     training: dict[str, float],
     stop_after_ppo_iterations: int | None,
     stop_requested: Callable[[], bool] | None = None,
+    progress: Callable[[ppo.Progress], None] = ppo.log_progress,
 ) -> int:
     """PPO + RLMF on the training bars; returns the iteration it resumed from."""
     from services.market.envs import DiscreteTradingEnv
@@ -384,7 +395,7 @@ def _train_ppo(
         stop_after_iterations=stop_after_ppo_iterations,
         feedback=mf_set,
         deadline=plan.deadline,
-        progress=ppo.log_progress,
+        progress=progress,
         stop_requested=stop_requested,
     )
     student.mark_weights_changed()

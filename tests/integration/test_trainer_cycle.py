@@ -41,7 +41,7 @@ from services.trainer.datasets import FeedbackRecord
 from services.trainer.gate import GateConfig
 from services.trainer.promotion import EmbeddedPromoter
 from services.trainer.settings import TrainerSettings
-from tests.helpers import start_policy_server
+from tests.helpers import start_policy_server, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -402,3 +402,28 @@ def test_a_cycle_stopped_on_request_checkpoints_and_the_next_run_resumes_it(
     assert not [p for p in teacher_models.iterdir() if p.name.startswith("s")]
     result = run_cycle(settings, prices=prices)
     assert result.resumed_from == 1
+
+
+def test_sigterm_to_the_cycle_command_checkpoints_exits_0_and_the_rerun_resumes(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    """The CronJob's `rlmf train cycle` gets SIGTERM when its pod stops: it checkpoints PPO after
+    the running iteration and exits 0; the next run resumes from that checkpoint."""
+    work = tmp_path / "work"
+    env = _env(teacher_models, work)
+    cmd = [sys.executable, "-m", "services.cli", "train", "cycle"]
+    first = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_until(
+        lambda: bool(list(work.glob("cycles/*/ppo/ckpt-*.pt"))) or first.poll() is not None,
+        timeout_s=120,
+        what="a PPO checkpoint",
+    )
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err[-3000:]
+    assert "cycle interrupted" in err and "resumes" in err
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert json.loads(second.stdout.strip().splitlines()[-1])["resumed_from"] >= 1
