@@ -147,10 +147,6 @@ def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
     return dataclasses.replace(settings.ppo)
 
 
-# What a cycle with a wall-clock budget gives PPO; the rest is for evaluation and the gate.
-PPO_SHARE_OF_BUDGET = 0.7
-
-
 # ---------------------------------------------------------------------------------------------
 # The cycle
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +170,6 @@ class CyclePlan:
     """The live states' features, read once for the whole cycle (training and held-out bars)."""
     eval_start: int = 0
     """The first held-out decision bar: after the training cut-off, the purge and the embargo."""
-    deadline: float | None = None
-    """time.monotonic() by which PPO stops (RLMF_TRAINER_CYCLE_MINUTES), or None."""
 
     @property
     def times(self) -> pd.Index:
@@ -247,7 +241,6 @@ def plan_cycle(
     bars' features."""
     from services.policy.artifacts import load_artifact
 
-    started = time.monotonic()
     # Walk-forward over bars (López de Prado): PPO steps on bars train_start..train_end, whose
     # outcomes are known by train_end's close; then a purge and an embargo; the gate's held-out
     # decisions are on bars eval_start..last, all later than anything trained on.
@@ -287,11 +280,6 @@ def plan_cycle(
         bar_features=bar_features
         or load_bar_features(settings.features_source, prices, settings.ticker),
         eval_start=eval_start,
-        deadline=(
-            started + 60 * settings.cycle_minutes * PPO_SHARE_OF_BUDGET
-            if settings.cycle_minutes
-            else None
-        ),
     )
 
 
@@ -367,10 +355,15 @@ def _train_ppo(
     mf_set = feedback_set(student, window_records, args, history)
     training["mf/feedback_examples"] = len(mf_set)
     training["mf/history_examples"] = float(len(history))
+    # The budget covers the training itself (the market-feedback phase and PPO), counted from
+    # here: the frozen base's work on new days before it is a one-time cost per day (the day
+    # cache keeps it, and a policy server sharing the cache has usually done it already).
+    deadline = time.monotonic() + 60 * settings.cycle_minutes if settings.cycle_minutes else None
+    training["cycle/day_cache_hits"] = float(_cache_hits(student))
     if checkpoint.load_latest(plan.work / "ppo") is None:
         # A resumed cycle did this before its first PPO checkpoint, which holds its result.
         fit = ppo.fit_market_feedback(
-            student, plan.teacher, mf_set, args, settings.mf_epochs, plan.deadline
+            student, plan.teacher, mf_set, args, settings.mf_epochs, deadline
         )
         training["mf/fit_steps"] = float(fit.steps)
         if fit.steps:  # no step, no loss: a NaN here would read as a diverged run at the gate
@@ -394,7 +387,7 @@ def _train_ppo(
         checkpoint_dir=plan.work / "ppo",
         stop_after_iterations=stop_after_ppo_iterations,
         feedback=mf_set,
-        deadline=plan.deadline,
+        deadline=deadline,
         progress=progress,
         stop_requested=stop_requested,
     )
@@ -413,6 +406,11 @@ def _train_ppo(
     training.update({k: v for k, v in result.metrics.items()})
     training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
     return result.resumed_from
+
+
+def _cache_hits(model: Any) -> int:
+    cache = getattr(model, "day_cache", None)
+    return 0 if cache is None else cache.stats.hits + cache.stats.disk_hits
 
 
 def _evaluate_held_out(settings: TrainerSettings, plan: CyclePlan, model: Any) -> Evaluation:

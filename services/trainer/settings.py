@@ -105,9 +105,10 @@ class TrainerSettings(BaseSettings):
     embargo_days: int = Field(default=2, ge=0)
     """Bars skipped between the training cut-off and the held-out block."""
     cycle_minutes: float | None = Field(default=None, gt=0)
-    """Wall-clock budget of one cycle (RLMF_TRAINER_CYCLE_MINUTES): PPO trains until
-    PPO_SHARE_OF_BUDGET of it is spent (then evaluation and the gate run); unset: the step
-    budget ppo.total_timesteps alone decides."""
+    """Wall-clock budget of a cycle's training (RLMF_TRAINER_CYCLE_MINUTES): the market-feedback
+    phase and PPO stop once it is spent (PPO after the iteration it ran out in), then the
+    held-out evaluation and the gate run. It starts once D_MF is encoded: days new to the day
+    cache cost the frozen base once, before. Unset: ppo.total_timesteps alone decides."""
     mf_epochs: int = Field(default=8, ge=0)
     """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
     (ppo.fit_market_feedback), within the cycle's budget; 0: L_MF only inside PPO."""
