@@ -230,6 +230,24 @@ def services_table(state: RunState) -> list[dict[str, Any]]:
     return rows
 
 
+# What run.json keeps of each promotion decision: who, the verdict, the gate's statistics, and
+# what made the student (its inputs' hash and thread count), so two runs of one seed compare.
+PROMOTION_KEYS = (
+    "student",
+    "teacher",
+    "promoted",
+    "reason",
+    "artifact_path",
+    "sharpe_diff",
+    "sharpe_diff_low",
+    "sharpe_diff_high",
+    "p_value",
+    "holdout_bars",
+    "inputs_sha256",
+    "torch_threads",
+)
+
+
 def run_info(state: RunState, cfg: DemoConfig, t: RunTables) -> dict[str, Any]:
     from services.market.backtest import sha256_of
 
@@ -258,10 +276,7 @@ def run_info(state: RunState, cfg: DemoConfig, t: RunTables) -> dict[str, Any]:
         "model_versions": list(dict.fromkeys(t.decisions["model_version"].astype(str)))
         if not t.decisions.empty
         else [],
-        "promotions": [
-            {k: v for k, v in p.items() if k in ("student", "teacher", "promoted", "artifact_path")}
-            for p in t.promotions
-        ],
+        "promotions": [{k: v for k, v in p.items() if k in PROMOTION_KEYS} for p in t.promotions],
         "train_every_bars": cfg.train_every,
         "train_every_calendar_days": cfg.train_every_days,
         "settings": cfg.settings.model_dump(),

@@ -74,6 +74,9 @@ class CycleResult:
     resumed_from: int = 0
     training: dict[str, float] = field(default_factory=dict)
     promotion_detail: str = ""
+    inputs_sha256: str = ""
+    """sha256 of the bars and the states' features and news the cycle trained and evaluated on."""
+    torch_threads: int = 0
     sharpe_test: dict[str, float] = field(default_factory=dict)
     """The gate's paired bootstrap: sharpe_diff, its interval, p_value, confidence, holdout_bars."""
 
@@ -532,7 +535,23 @@ def _result(
         training=training,
         promotion_detail=detail,
         sharpe_test=_sharpe_test(gate),
+        inputs_sha256=inputs_sha256(plan),
+        torch_threads=torch.get_num_threads(),
     )
+
+
+def inputs_sha256(plan: CyclePlan) -> str:
+    """The cycle's data as one hash: the bars up to its last, and the features, sentiment and
+    news its states carry. Two runs of one seed that train different students either differ
+    here (the data did) or not (the arithmetic did: thread counts, kernels)."""
+    digest = hashlib.sha256()
+    frames = [plan.prices.iloc[: plan.last + 1]]
+    if plan.bar_features is not None:
+        f = plan.bar_features
+        frames += [f.numeric, f.sentiment.to_frame("sentiment"), f.summaries.to_frame("news")]
+    for frame in frames:
+        digest.update(pd.util.hash_pandas_object(frame.iloc[: plan.last + 1]).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _sharpe_test(gate: GateDecision) -> dict[str, float]:
@@ -572,6 +591,8 @@ def publish(producer: Any, cycle: CycleResult) -> None:
         (message.buy_and_hold_metrics, cycle.buy_and_hold_metrics),
     ):
         target.update({k: float(v) for k, v in values.items()})
+    message.inputs_sha256 = cycle.inputs_sha256
+    message.torch_threads = cycle.torch_threads
     for name, value in cycle.sharpe_test.items():
         setattr(message, name, int(value) if name == "holdout_bars" else float(value))
     set_time(message.window_start, cycle.window_start)

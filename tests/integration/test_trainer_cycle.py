@@ -348,6 +348,9 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         assert (teacher_models / "current").read_text().strip() == result.student_version
         (message,) = _promotions(broker, result.student_version)
         assert message.promoted and message.teacher_version == "v0"
+        # what made the student travels with the decision (run.json compares two runs by it)
+        assert message.inputs_sha256 == result.inputs_sha256 and len(result.inputs_sha256) == 64
+        assert message.torch_threads == result.torch_threads >= 1
         assert message.student_metrics["prediction_accuracy"] == pytest.approx(
             result.student_metrics["prediction_accuracy"]
         )
