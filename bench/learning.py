@@ -64,9 +64,14 @@ def news_features(prices: pd.DataFrame, informativeness: float, seed: int) -> Ba
     return BarFeatures(pd.DataFrame(index=prices.index), sentiment, summaries)
 
 
-def make_teacher(models: Path, base: Path, top_k: int) -> None:
+def make_teacher(models: Path, base: Path, args: argparse.Namespace) -> None:
     """v0: the untrained SmolLM2 as the actor-critic, and the `current` pointer at it."""
-    init_artifact(base, models / "v0", config=ActorCriticConfig(trainable_top_k=top_k))
+    config = ActorCriticConfig(
+        trainable_top_k=args.top_k,
+        state_head=args.state_head,
+        train_lm_layers=args.train_lm_layers,
+    )
+    init_artifact(base, models / "v0", config=config)
     set_current(models, models / "v0")
 
 
@@ -80,7 +85,7 @@ def cycle(
     """One trainer cycle on `prices` (its last bar is the cycle's day), then the sentiment rule
     and Buy & Hold on the same held-out bars."""
     models = work / "models"
-    make_teacher(models, args.model, args.top_k)
+    make_teacher(models, args.model, args)
     settings = TrainerSettings(
         models_dir=models,
         work_dir=work / "trainer",
@@ -192,6 +197,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--mf-coef", type=float, default=1.0)
     parser.add_argument("--mf-epochs", type=int, default=8)
+    parser.add_argument(
+        "--state-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a linear head on the frozen base's last state (ActorCriticConfig.state_head)",
+    )
+    parser.add_argument(
+        "--train-lm-layers",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also train the top k layers' weights",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--uninformative-cycles", type=int, default=0)
     parser.add_argument("--regime-seeds", type=int, default=0)
@@ -229,6 +246,8 @@ def main() -> None:
                 "data": f"{args.prices} last {args.bars} bars",
                 "settings": {
                     "top_k": args.top_k,
+                    "state_head": args.state_head,
+                    "train_lm_layers": args.train_lm_layers,
                     "lr": args.lr,
                     "mf_coef": args.mf_coef,
                     "mf_epochs": args.mf_epochs,

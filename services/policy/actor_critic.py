@@ -67,6 +67,13 @@ class ActorCriticConfig:
     lora_alpha: int = 16
     value_hidden: int = 128
     """Width of the value MLP's hidden layer."""
+    state_head: bool = False
+    """A linear head on the frozen base's state at the last position (the split, where the
+    trainable layers start), added to the action logits; zero at first, so an untrained
+    policy is the LM's own. A linear read of that state generalises from a few hundred market
+    days where retraining a transformer layer memorises them (docs/trainer.md, the sweep)."""
+    train_lm_layers: bool = True
+    """Train the top k layers' weights (False: they run, frozen, and only the heads train)."""
     dtype: str = "float32"
     """LM weights dtype: float32 or bfloat16 (CPU); value head stays float32."""
     seed: int = 0
@@ -135,6 +142,13 @@ class LLMActorCritic(nn.Module):
         with torch.no_grad():  # seeded init, independent of the global RNG
             for p in self.value_head.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+        self.state_head: nn.Linear | None = None
+        if self.config.state_head:
+            if self.config.trainable_top_k < 1:
+                raise ActorCriticError("state_head reads the split: trainable_top_k must be >= 1")
+            self.state_head = nn.Linear(hidden, len(ACTIONS))
+            nn.init.zeros_(self.state_head.weight)
+            nn.init.zeros_(self.state_head.bias)
         self._peft: list[Any] = []  # a list, so the wrapper is not a second submodule
         self._freeze()
         self._prefix: _PrefixCache | None = None
@@ -166,6 +180,8 @@ class LLMActorCritic(nn.Module):
         for p in self.lm.parameters():
             p.requires_grad_(False)
         top = list(range(self.n_frozen, len(self._decoder.layers)))
+        if not self.config.train_lm_layers:
+            return  # the top layers still run above the split; only the heads learn
         if self.config.use_lora and top:
             from peft import LoraConfig, get_peft_model
 
@@ -249,8 +265,11 @@ class LLMActorCritic(nn.Module):
 
     # --- forward passes -----------------------------------------------------------------------
 
-    def _heads(self, last_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Restricted LM head and value head on the (normed) last-position hidden state [B, H].
+    def _heads(
+        self, last_hidden: torch.Tensor, split_last: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Restricted LM head and value head on the (normed) last-position hidden state [B, H],
+        plus the state head on the split's last-position state `split_last` when there is one.
 
         Only the three action rows of the LM head are computed: identical to the full
         logits_to_keep=1 logits at those ids, without a 49k-wide matmul.
@@ -258,8 +277,21 @@ class LLMActorCritic(nn.Module):
         head = self.lm.get_output_embeddings()
         bias = head.bias[self.action_ids] if getattr(head, "bias", None) is not None else None
         logits = F.linear(last_hidden, head.weight[self.action_ids], bias).float()
+        if self.state_head is not None:
+            assert split_last is not None, "the state head needs the split's last state"
+            # A fixed layer norm first: LM states carry a few huge dimensions that would
+            # otherwise swamp a linear read.
+            normed = F.layer_norm(split_last.float(), (split_last.shape[-1],))
+            logits = logits + self.state_head(normed)
         values = self.value_head(last_hidden.float()).squeeze(-1)
         return logits, values
+
+    def _split_last(self, hidden_states: tuple[torch.Tensor, ...] | None) -> torch.Tensor | None:
+        """The state entering layer n_frozen at the last position, from a whole-decoder run's
+        hidden states (index i is the input to layer i), when the state head needs it."""
+        if self.state_head is None or hidden_states is None:
+            return None
+        return hidden_states[self.n_frozen][:, -1]
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -270,8 +302,9 @@ class LLMActorCritic(nn.Module):
             attention_mask=attention_mask,
             position_ids=positions_of(attention_mask),
             use_cache=False,
+            output_hidden_states=self.state_head is not None,
         )
-        return self._heads(out.last_hidden_state[:, -1])
+        return self._heads(out.last_hidden_state[:, -1], self._split_last(out.hidden_states))
 
     def _layer_inputs(
         self, hidden: torch.Tensor, attention_mask: torch.Tensor
@@ -438,12 +471,13 @@ class LLMActorCritic(nn.Module):
         (`last_position_layer`); the layers below it still run for every position because
         attention reads their keys and values."""
         top = list(self._decoder.layers[self.n_frozen :])
+        split_last = hidden[:, -1]
         if not top:
             return self._heads(self._decoder.norm(hidden[:, -1]))
         mask, positions, rotary = self._layer_inputs(hidden, attention_mask)
         hidden = apply_layers(top[:-1], hidden, mask, positions, rotary)
         last = last_position_layer(top[-1], hidden, attention_mask, rotary)
-        return self._heads(self._decoder.norm(last))
+        return self._heads(self._decoder.norm(last), split_last)
 
     def evaluate_actions(
         self,
@@ -501,8 +535,9 @@ class LLMActorCritic(nn.Module):
             position_ids=positions_of(suffix_mask, offset=n_prefix),
             cache=cache,
             use_cache=True,
+            output_hidden_states=self.state_head is not None,
         )
-        return self._heads(out.last_hidden_state[:, -1])
+        return self._heads(out.last_hidden_state[:, -1], self._split_last(out.hidden_states))
 
     # --- decisions ----------------------------------------------------------------------------
 

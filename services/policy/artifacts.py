@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 VALUE_HEAD = "value_head.safetensors"
+STATE_HEAD = "state_head.safetensors"
+"""Only in artifacts whose actor_critic settings have state_head on."""
 REWARD_MODEL = "reward-model"
 """Optional sub-folder: the reward model trained beside this policy (trl's RewardTrainer
 layout); the policy server ranks explanations with it (best-of-n) when it is there."""
@@ -97,6 +99,9 @@ def _write_model_files(model: LLMActorCritic, folder: Path) -> None:
     model.tokenizer.save_pretrained(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()}
     save_file(state, str(folder / VALUE_HEAD))
+    if model.state_head is not None:
+        head = {k: v.detach().cpu().contiguous() for k, v in model.state_head.state_dict().items()}
+        save_file(head, str(folder / STATE_HEAD))
 
 
 def save_artifact(
@@ -213,6 +218,10 @@ def load_artifact(folder: str | Path, dtype: str | None = None) -> LLMActorCriti
         raise ArtifactError(f"{folder}: manifest actor_critic settings are invalid: {exc}") from exc
     model = LLMActorCritic.from_pretrained(folder, config, model_version=manifest.version)
     model.value_head.load_state_dict(load_file(str(Path(folder) / VALUE_HEAD)))
+    if model.state_head is not None:
+        if not (Path(folder) / STATE_HEAD).is_file():
+            raise ArtifactError(f"{folder}: actor_critic has state_head on but no {STATE_HEAD}")
+        model.state_head.load_state_dict(load_file(str(Path(folder) / STATE_HEAD)))
     model.manifest = manifest
     return model
 

@@ -151,3 +151,30 @@ def test_a_shared_cache_is_the_same_one_even_while_empty(
     assert student.attach_day_cache(cache=teacher_cache) is teacher_cache
     student.base_hidden(*student.encode(_states()[:1]))
     assert len(teacher_cache) == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
+
+
+def test_the_state_head_is_the_same_on_every_path_and_travels_with_the_artifact(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    from services.policy.artifacts import load_artifact, save_artifact
+
+    config = ActorCriticConfig(trainable_top_k=1, state_head=True, train_lm_layers=False)
+    model = LLMActorCritic.from_pretrained(tiny_llama_dir, config)
+    trainable = model.trainable_parameters()
+    assert model.state_head is not None and len(trainable) == 4 + 2  # value MLP + state head
+    with torch.no_grad():
+        model.state_head.weight.normal_()  # a trained head: it must show on every path
+    states = _states()
+    ids, mask = model.encode(states)
+    with torch.no_grad():
+        full, _ = model(ids, mask)
+        split, _ = model.head_forward(model.base_hidden(ids, mask), mask)
+        prefixed, _ = model.cached_forward(*model.encode_suffixes(states))
+        model.attach_day_cache()
+        day, _ = model.head_forward(model.base_hidden(ids, mask), mask)
+    for other in (split, prefixed, day):
+        torch.testing.assert_close(other, full, atol=1e-4, rtol=1e-4)
+    save_artifact(model, tmp_path / "v1", {"version": "v1", "base_model": "tiny"})
+    loaded = load_artifact(tmp_path / "v1")
+    assert loaded.state_head is not None
+    torch.testing.assert_close(loaded.state_head.weight, model.state_head.weight)
