@@ -55,6 +55,32 @@ class PolicyDecision(BaseModel):
     model_version: str
 
 
+class StateHead(nn.Module):
+    """A linear read of the frozen base's last state, on standardised inputs: LM states carry a
+    few dimensions hundreds of times larger than the rest, which would swamp a linear read, so
+    each dimension is centred and scaled by statistics of the training states
+    (`standardise`, fitted once per cycle; buffers, saved with the artifact)."""
+
+    def __init__(self, hidden: int, outputs: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, outputs)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.mean: torch.Tensor
+        self.scale: torch.Tensor
+        self.register_buffer("mean", torch.zeros(hidden))
+        self.register_buffer("scale", torch.ones(hidden))
+
+    @torch.no_grad()
+    def standardise(self, states: torch.Tensor) -> None:
+        """Fit the inputs' per-dimension mean and spread on `states` [N, H] (N >= 2)."""
+        self.mean.copy_(states.float().mean(0))
+        self.scale.copy_(states.float().std(0).clamp(min=1e-4))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.linear((state.float() - self.mean) / self.scale))
+
+
 @dataclass
 class ActorCriticConfig:
     """How the LM is wrapped; saved in every artifact's manifest."""
@@ -142,13 +168,11 @@ class LLMActorCritic(nn.Module):
         with torch.no_grad():  # seeded init, independent of the global RNG
             for p in self.value_head.parameters():
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-        self.state_head: nn.Linear | None = None
+        self.state_head: StateHead | None = None
         if self.config.state_head:
             if self.config.trainable_top_k < 1:
                 raise ActorCriticError("state_head reads the split: trainable_top_k must be >= 1")
-            self.state_head = nn.Linear(hidden, len(ACTIONS))
-            nn.init.zeros_(self.state_head.weight)
-            nn.init.zeros_(self.state_head.bias)
+            self.state_head = StateHead(hidden, len(ACTIONS))
         self._peft: list[Any] = []  # a list, so the wrapper is not a second submodule
         self._freeze()
         self._prefix: _PrefixCache | None = None
@@ -279,10 +303,7 @@ class LLMActorCritic(nn.Module):
         logits = F.linear(last_hidden, head.weight[self.action_ids], bias).float()
         if self.state_head is not None:
             assert split_last is not None, "the state head needs the split's last state"
-            # A fixed layer norm first: LM states carry a few huge dimensions that would
-            # otherwise swamp a linear read.
-            normed = F.layer_norm(split_last.float(), (split_last.shape[-1],))
-            logits = logits + self.state_head(normed)
+            logits = logits + self.state_head(split_last)
         values = self.value_head(last_hidden.float()).squeeze(-1)
         return logits, values
 

@@ -362,6 +362,10 @@ def _train_ppo(
     # here: the frozen base's work on new days before it is a one-time cost per day (the day
     # cache keeps it, and a policy server sharing the cache has usually done it already).
     deadline = time.monotonic() + 60 * settings.cycle_minutes if settings.cycle_minutes else None
+    if getattr(student, "state_head", None) is not None and len(mf_set) >= 2:
+        # The state head reads standardised states: fitted on this window's training states
+        # (the same every run of the cycle, so a resumed one gets the same statistics).
+        student.state_head.standardise(torch.stack([h[-1] for h in mf_set.hidden]))
     training["cycle/day_cache_hits"] = float(_cache_hits(student))
     if checkpoint.load_latest(plan.work / "ppo") is None:
         # A resumed cycle did this before its first PPO checkpoint, which holds its result.

@@ -162,8 +162,9 @@ def test_the_state_head_is_the_same_on_every_path_and_travels_with_the_artifact(
     model = LLMActorCritic.from_pretrained(tiny_llama_dir, config)
     trainable = model.trainable_parameters()
     assert model.state_head is not None and len(trainable) == 4 + 2  # value MLP + state head
+    model.state_head.standardise(torch.randn(5, model.lm.config.hidden_size) * 3 + 1)
     with torch.no_grad():
-        model.state_head.weight.normal_()  # a trained head: it must show on every path
+        model.state_head.linear.weight.normal_()  # a trained head: it shows on every path
     states = _states()
     ids, mask = model.encode(states)
     with torch.no_grad():
@@ -177,4 +178,5 @@ def test_the_state_head_is_the_same_on_every_path_and_travels_with_the_artifact(
     save_artifact(model, tmp_path / "v1", {"version": "v1", "base_model": "tiny"})
     loaded = load_artifact(tmp_path / "v1")
     assert loaded.state_head is not None
-    torch.testing.assert_close(loaded.state_head.weight, model.state_head.weight)
+    torch.testing.assert_close(loaded.state_head.linear.weight, model.state_head.linear.weight)
+    torch.testing.assert_close(loaded.state_head.scale, model.state_head.scale)
