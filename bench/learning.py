@@ -100,6 +100,7 @@ def cycle(
         seed=seed,
         day_cache_dir=args.day_cache,
         mf_epochs=args.mf_epochs,
+        mf_learning_rate=args.mf_lr,
         ppo={
             "total_timesteps": 1_000_000,  # the wall-clock budget decides
             "learning_rate": args.lr,
@@ -194,9 +195,10 @@ def main() -> None:
     parser.add_argument("--embargo", type=int, default=2)
     parser.add_argument("--minutes", type=float, default=4.0, help="each cycle's budget")
     parser.add_argument("--top-k", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=5e-5, help="PPO's (FLAG-Trader's default)")
+    parser.add_argument("--mf-lr", type=float, default=3e-4, help="the market-feedback phase's")
     parser.add_argument("--mf-coef", type=float, default=1.0)
-    parser.add_argument("--mf-epochs", type=int, default=8)
+    parser.add_argument("--mf-epochs", type=int, default=10)
     parser.add_argument(
         "--state-head",
         action=argparse.BooleanOptionalAction,
@@ -251,6 +253,7 @@ def main() -> None:
                     "lr": args.lr,
                     "mf_coef": args.mf_coef,
                     "mf_epochs": args.mf_epochs,
+                    "mf_lr": args.mf_lr,
                     "cycle_minutes": args.minutes,
                     "min_train": args.min_train,
                     "holdout": args.holdout,

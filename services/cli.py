@@ -115,10 +115,11 @@ def _prepare_teacher(models_dir: Path, tiny: bool) -> Path:
         return root / pointer.read_text().strip()
     teacher = root / "v0"
     if not teacher.exists():
+        from services.policy.actor_critic import teacher_config
         from services.policy.artifacts import init_artifact
 
         typer.echo(f"creating the version-0 teacher {teacher} from {base}")
-        init_artifact(base, teacher, "v0")
+        init_artifact(base, teacher, "v0", teacher_config())
     pointer.write_text(f"{teacher.name}\n")
     return teacher
 

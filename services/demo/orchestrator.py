@@ -123,7 +123,7 @@ class Demo:
             status(f"models: SmolLM2-135M-Instruct at {smollm2}")
 
     def make_teacher(self) -> None:
-        from services.policy.actor_critic import ActorCriticConfig
+        from services.policy.actor_critic import teacher_config
         from services.policy.artifacts import init_artifact
 
         assert self.state.base_model is not None
@@ -132,7 +132,7 @@ class Demo:
             self.state.base_model,
             teacher,
             "v0",
-            ActorCriticConfig(seed=self.cfg.settings.seed),
+            teacher_config(self.cfg.settings.seed),
             overwrite=True,
         )
         # The trainer finds its teacher through the `current` pointer, which it moves on promotion.

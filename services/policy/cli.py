@@ -18,7 +18,9 @@ def init(
     base: Path = typer.Option(Path("models/SmolLM2-135M-Instruct"), help="Plain HF model folder."),
     out: Path = typer.Option(Path("models/policy/v0"), help="Artifact folder to write."),
     version: str = typer.Option("v0", help="Version recorded in the manifest."),
-    trainable_top_k: int = typer.Option(2, help="Top decoder layers the trainer may change."),
+    trainable_top_k: int = typer.Option(1, help="Top decoder layers above the split."),
+    state_head: bool = typer.Option(True, help="A linear head on the split's last state."),
+    train_lm_layers: bool = typer.Option(False, help="Also train those layers' weights."),
     use_lora: bool = typer.Option(False, help="Train LoRA adapters on those layers instead."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
@@ -26,7 +28,12 @@ def init(
     from services.policy.actor_critic import ActorCriticConfig
     from services.policy.artifacts import ArtifactError, init_artifact
 
-    config = ActorCriticConfig(trainable_top_k=trainable_top_k, use_lora=use_lora)
+    config = ActorCriticConfig(
+        trainable_top_k=trainable_top_k,
+        state_head=state_head,
+        train_lm_layers=train_lm_layers or use_lora,
+        use_lora=use_lora,
+    )
     try:
         manifest = init_artifact(base, out, version, config, overwrite=overwrite)
     except ArtifactError as exc:

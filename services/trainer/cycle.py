@@ -370,7 +370,13 @@ def _train_ppo(
     if checkpoint.load_latest(plan.work / "ppo") is None:
         # A resumed cycle did this before its first PPO checkpoint, which holds its result.
         fit = ppo.fit_market_feedback(
-            student, plan.teacher, mf_set, args, settings.mf_epochs, deadline
+            student,
+            plan.teacher,
+            mf_set,
+            args,
+            settings.mf_epochs,
+            deadline,
+            learning_rate=settings.mf_learning_rate,
         )
         training["mf/fit_steps"] = float(fit.steps)
         if fit.steps:  # no step, no loss: a NaN here would read as a diverged run at the gate

@@ -665,17 +665,19 @@ def fit_market_feedback(
     args: PPOArgs,
     epochs: int,
     deadline: float | None = None,
+    learning_rate: float | None = None,
 ) -> FeedbackFit:
     """RLMF addition: epochs of mf_coef * L_MF + kl_coef * KL(student || teacher) on D_MF alone,
     before PPO. Inside PPO, L_MF gets one D_MF minibatch per PPO minibatch, a handful of steps
     in a cycle's budget; here it gets as many as the epochs ask, on the frozen base's cached
     hidden states (top layers only), so the market's verdict on the window's states is learnt
-    first and PPO refines it. Stops at `deadline` (a time.monotonic() value) between steps."""
+    first and PPO refines it. Stops at `deadline` (a time.monotonic() value) between steps.
+    `learning_rate` defaults to PPO's."""
     fit = FeedbackFit()
     if not len(feedback) or epochs <= 0 or not args.mf_coef:
         return fit
     params = _trainable(agent)
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, eps=1e-5)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate or args.learning_rate, eps=1e-5)
     gen = torch.Generator().manual_seed(args.seed)
     size = max(1, args.mf_minibatch_size)
     agent.train(True)
@@ -698,7 +700,7 @@ def fit_market_feedback(
             nn.utils.clip_grad_norm_(params, args.max_grad_norm)
             optimizer.step()
             fit.steps += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if deadline is not None and time.monotonic() >= deadline:
                 fit.stopped_by_budget = True
                 break
