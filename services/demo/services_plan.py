@@ -136,7 +136,8 @@ def trainer_env(
         "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(windows.holdout),
         "RLMF_TRAINER_CYCLE_MINUTES": str(cfg.settings.cycle_minutes),
         "RLMF_TRAINER_DAY_CACHE_DIR": str(out / "day-cache"),
-        "RLMF_TRAINER_PPO_STEPS": "40" if cfg.quick else "160",
+        # The full demo's PPO runs until the cycle's wall-clock budget is spent.
+        "RLMF_TRAINER_PPO_STEPS": "40" if cfg.quick else "1000000",
         "RLMF_TRAINER_PPO_NUM_STEPS": "20" if cfg.quick else "40",
         "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "10" if cfg.quick else "32",
         "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "1" if cfg.quick else "8",

@@ -26,7 +26,7 @@ class DemoSettings(BaseSettings):
     """Mean synthetic headlines per trading day (Poisson)."""
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
-    cycle_minutes: float = Field(default=6.0, gt=0)
+    cycle_minutes: float = Field(default=3.0, gt=0)
     """The wall-clock budget of one trainer cycle (RLMF_TRAINER_CYCLE_MINUTES)."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
