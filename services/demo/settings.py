@@ -30,7 +30,7 @@ class DemoSettings(BaseSettings):
     """The wall-clock budget of one trainer cycle (RLMF_TRAINER_CYCLE_MINUTES)."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
-    regime_days: int = Field(default=330, ge=20)
+    regime_days: int = Field(default=450, ge=20)
     """Bars the regime-shift scenario generates (quick uses quick_bars)."""
     service_start_timeout_s: float = Field(default=240.0, gt=0)
     """Longest wait for every service to report ready."""

@@ -254,7 +254,7 @@ def test_demo_with_a_csv_too_short_for_two_cycles_names_the_minimum(tmp_path: Pa
         [sys.executable, "-m", "services.cli", *argv], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2, result.stderr
-    assert "gives 120 bars" in result.stderr and "at least 312" in result.stderr
+    assert "gives 120 bars" in result.stderr and "at least 432" in result.stderr
     assert not (tmp_path / "out").exists()  # refused before anything started
 
 
