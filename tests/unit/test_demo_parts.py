@@ -166,6 +166,13 @@ def _synthetic_run(tmp_path: Path) -> tuple[Any, Any, Any, Any]:
         "buy_and_hold_metrics": {"sharpe": 0.8},
         "failed_guards": [],
         "artifact_path": "",
+        "sharpe_diff": 0.8,
+        "sharpe_diff_low": 0.1,
+        "sharpe_diff_high": 1.6,
+        "p_value": 0.03,
+        "holdout_bars": 100,
+        "inputs_sha256": "ab" * 32,
+        "torch_threads": 2,
     }
     tables = RunTables(
         pd.DataFrame({"close": closes}, index=times),
@@ -199,7 +206,10 @@ def test_the_report_is_written_from_plain_data(tmp_path: Path) -> None:
         assert f"plots/{name}.png" in html
     assert "The accounting reconciles." in html and "PROMOTED" in html
     assert "sharpe: student 1.2000 / teacher 0.4000 / B&amp;H 0.8000" in html
+    assert "90% interval [0.1000, 1.6000], p = 0.0300 over 100 held-out bars" in html
     run = json.loads((tmp_path / "run.json").read_text())
+    (decision,) = run["promotions"]
+    assert decision["p_value"] == 0.03 and decision["inputs_sha256"] == "ab" * 32
     assert run["window"]["bars"] == 30 and run["accounting"]["reconciles"]
     live = run["metrics"]["live loop (teacher, then promoted students)"]
     assert live["cumulative_return"] == pytest.approx(
