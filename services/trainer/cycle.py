@@ -244,18 +244,23 @@ def plan_cycle(
     bars' features."""
     from services.policy.artifacts import load_artifact
 
+    features = bar_features or load_bar_features(settings.features_source, prices, settings.ticker)
+    # The expanding window starts at the first bar whose state carries features or news: bars
+    # before it (years of a CSV the features service never saw) would teach states that the
+    # policy is never served, at the frozen base's full cost per day.
+    first = first_bar_with_features(features)
     # Walk-forward over bars (López de Prado): PPO steps on bars train_start..train_end, whose
     # outcomes are known by train_end's close; then a purge and an embargo; the gate's held-out
     # decisions are on bars eval_start..last, all later than anything trained on.
     split = walk_forward_split(
-        len(prices),
+        len(prices) - first,
         settings.eval_days,
         settings.embargo_days,
         settings.train_days,
         max_train=None if settings.expanding_window else settings.train_days,
     )
-    train_start, train_end = split.train.start, split.train.stop
-    eval_start, last = split.holdout.start, split.holdout.stop
+    train_start, train_end = first + split.train.start, first + split.train.stop
+    eval_start, last = first + split.holdout.start, first + split.holdout.stop
     teacher_dir = current_teacher(settings)
     placement = resolve_placement(settings.device)
     teacher = load_artifact(teacher_dir, dtype=placement.dtype)
@@ -280,10 +285,19 @@ def plan_cycle(
         version=version,
         out=settings.models_dir / version,
         work=settings.work_dir / "cycles" / version,
-        bar_features=bar_features
-        or load_bar_features(settings.features_source, prices, settings.ticker),
+        bar_features=features,
         eval_start=eval_start,
     )
+
+
+def first_bar_with_features(features: BarFeatures | None) -> int:
+    """The index of the first bar with a finite feature or a news sentiment; 0 without any."""
+    if features is None:
+        return 0
+    known = features.sentiment.notna().to_numpy()
+    if features.numeric.shape[1]:
+        known = known | features.numeric.notna().any(axis=1).to_numpy()
+    return int(known.argmax()) if known.any() else 0
 
 
 def _feature_stats(bar_features: BarFeatures | None) -> dict[str, float]:

@@ -151,3 +151,18 @@ def test_market_feedback_records_teach_the_student_their_realised_moves(
     # Measured: before 0.32, without D_MF 0.16, with D_MF 0.70.
     assert with_feedback > before + 0.2, (before, without_feedback, with_feedback)
     assert with_feedback > without_feedback + 0.2, (before, without_feedback, with_feedback)
+
+
+def test_the_window_starts_at_the_first_bar_whose_state_carries_features() -> None:
+    from services.trainer.cycle import first_bar_with_features
+    from services.trainer.offline_features import BarFeatures
+
+    index = pd.date_range("2024-01-01", periods=6, tz="UTC")
+    numeric = pd.DataFrame({"rsi_14": [None, None, None, 50.0, 51.0, 52.0]}, index=index)
+    sentiment = pd.Series([None, None, 0.3, None, 0.1, None], index=index, dtype=float)
+    news = BarFeatures(numeric, sentiment, pd.Series("", index=index))
+    assert first_bar_with_features(news) == 2  # the news came before the features
+    empty = BarFeatures(
+        pd.DataFrame(index=index), pd.Series(float("nan"), index=index), news.summaries
+    )
+    assert first_bar_with_features(empty) == 0 and first_bar_with_features(None) == 0
