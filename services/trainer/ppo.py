@@ -226,6 +226,13 @@ class LossParts:
     clipfrac: Tensor
 
 
+def kl_to_teacher(logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """KL(student || frozen teacher) over the actions, the mean over rows."""
+    log_p = F.log_softmax(logits, dim=-1)
+    log_q = F.log_softmax(teacher_logits, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
 def rlmf_loss(
     logits: Tensor,
     newvalue: Tensor,
@@ -276,9 +283,7 @@ def rlmf_loss(
         mf_logits = torch.cat([logits, feedback_logits])
         mf_labels = torch.cat([move_labels, feedback_labels])
     mf_loss = F.cross_entropy(mf_logits, mf_labels)
-    log_p = F.log_softmax(logits, dim=-1)
-    log_q = F.log_softmax(teacher_logits, dim=-1)
-    kl_teacher = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    kl_teacher = kl_to_teacher(logits, teacher_logits)
 
     neg_l_rl = pg_loss - args.ent_coef * entropy + args.vf_coef * v_loss
     loss = neg_l_rl + args.mf_coef * mf_loss + args.kl_coef * kl_teacher
@@ -692,8 +697,7 @@ def fit_market_feedback(
                 teacher_logits, _ = teacher.head_forward(
                     pad_left([feedback.hidden[i] for i in rows]), mask
                 )
-            log_p, log_q = F.log_softmax(logits, -1), F.log_softmax(teacher_logits, -1)
-            kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+            kl = kl_to_teacher(logits, teacher_logits)
             loss = args.mf_coef * F.cross_entropy(logits, labels) + args.kl_coef * kl
             optimizer.zero_grad()
             loss.backward()

@@ -126,33 +126,39 @@ class _LoopStoppedMidCycle:
         assert self.stop_requested.wait(10), "SIGTERM did not reach the loop"
 
 
-def test_sigterm_during_a_cycle_waits_for_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def _service_sigterm_mid_cycle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, run: Any) -> int:
+    """The trainer service's main() with a cycle due at once, run by `run`, and a SIGTERM
+    that arrives while that cycle runs; returns main's exit code."""
     from services.common.broker import free_port
     from services.trainer import service
 
+    days = [START.date(), (START + timedelta(days=40)).date()]
+    prices = pd.DataFrame({"close": [1.0, 1.0]}, index=pd.DatetimeIndex([START, START]))
+    feedback = SimpleNamespace(days=lambda: days)
+    settings = TrainerSettings(work_dir=tmp_path, cycle_every_days=5, publish=False)
+    scheduler = Scheduler(settings, feedback, prices, None, run=run)  # type: ignore[arg-type]
+    monkeypatch.setattr(service, "build", lambda _s: (_LoopStoppedMidCycle(scheduler), scheduler))
+    monkeypatch.setenv("RLMF_HTTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("RLMF_HTTP_PORT", str(free_port()))
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return service.main()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def test_sigterm_during_a_cycle_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cycle past PPO (evaluating, promoting) ignores the stop request: main waits for it."""
     finished: list[str] = []
 
     def slow_cycle(_settings: TrainerSettings, **_kwargs: Any) -> Any:
         time.sleep(0.5)  # still running when SIGTERM arrives
         finished.append("cycle")
 
-    days = [START.date(), (START + timedelta(days=40)).date()]
-    prices = pd.DataFrame({"close": [1.0, 1.0]}, index=pd.DatetimeIndex([START, START]))
-    feedback = SimpleNamespace(days=lambda: days)
-    settings = TrainerSettings(work_dir=tmp_path, cycle_every_days=5, publish=False)
-    scheduler = Scheduler(settings, feedback, prices, None, run=slow_cycle)  # type: ignore[arg-type]
-    monkeypatch.setattr(service, "build", lambda _s: (_LoopStoppedMidCycle(scheduler), scheduler))
-    monkeypatch.setenv("RLMF_HTTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("RLMF_HTTP_PORT", str(free_port()))
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = service.main()
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    assert code == 0
+    assert _service_sigterm_mid_cycle(monkeypatch, tmp_path, slow_cycle) == 0
     assert finished == ["cycle"], "main returned before the running cycle finished"
 
 
@@ -162,8 +168,6 @@ def test_sigterm_during_ppo_checkpoints_the_cycle_and_exits_0(
     """A cycle still in PPO is asked to stop: it checkpoints after its iteration and raises
     CycleInterrupted (run_cycle's contract, tested with the real cycle in
     test_trainer_cycle.py); the service logs it and exits 0 without waiting the cycle out."""
-    from services.common.broker import free_port
-    from services.trainer import service
     from services.trainer.cycle import CycleInterrupted
 
     seen: list[str] = []
@@ -178,20 +182,7 @@ def test_sigterm_during_ppo_checkpoints_the_cycle_and_exits_0(
             time.sleep(0.05)
         seen.append("finished")
 
-    days = [START.date(), (START + timedelta(days=40)).date()]
-    prices = pd.DataFrame({"close": [1.0, 1.0]}, index=pd.DatetimeIndex([START, START]))
-    feedback = SimpleNamespace(days=lambda: days)
-    settings = TrainerSettings(work_dir=tmp_path, cycle_every_days=5, publish=False)
-    scheduler = Scheduler(settings, feedback, prices, None, run=ppo_cycle)  # type: ignore[arg-type]
-    monkeypatch.setattr(service, "build", lambda _s: (_LoopStoppedMidCycle(scheduler), scheduler))
-    monkeypatch.setenv("RLMF_HTTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("RLMF_HTTP_PORT", str(free_port()))
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
-    try:
-        code = service.main()
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    assert code == 0 and seen == ["stop"]
+    assert _service_sigterm_mid_cycle(monkeypatch, tmp_path, ppo_cycle) == 0
+    assert seen == ["stop"]
     assert time.monotonic() - started < 20, "the service waited the cycle out"
