@@ -19,7 +19,11 @@ from services.features.settings import FeaturesSettings
 from services.market.envs import DiscreteTradingEnv
 from services.trainer.offline_features import offline_bar_features, state_inputs
 
-pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental")
+# A Feast repo applied and joined point in time per test, and a trainer cycle: slow.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:On demand feature view is an experimental"),
+    pytest.mark.slow,
+]
 
 MARKET = ("close", "ret_1d", "ret_5d", "ret_20d", "realised_vol_20d", "ma_gap_5d", "ma_gap_20d",
           "volume_z_20d", "rsi_14", "bars_seen")  # fmt: skip

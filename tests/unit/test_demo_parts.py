@@ -256,6 +256,7 @@ def test_the_backtest_report_escapes_its_title_and_run_info(tmp_path: Path) -> N
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and f'src="{name}"' in html
 
 
+@pytest.mark.slow  # a subprocess importing the whole CLI
 def test_demo_with_a_csv_too_short_for_two_cycles_names_the_minimum(tmp_path: Path) -> None:
     short = tmp_path / "ACME.csv"
     _frame(120).rename_axis("date").to_csv(short)
