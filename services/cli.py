@@ -115,8 +115,7 @@ def _prepare_teacher(models_dir: Path, tiny: bool) -> Path:
         return root / pointer.read_text().strip()
     teacher = root / "v0"
     if not teacher.exists():
-        from services.policy.actor_critic import teacher_config
-        from services.policy.artifacts import init_artifact
+        from services.policy.artifacts import init_artifact, teacher_config
 
         typer.echo(f"creating the version-0 teacher {teacher} from {base}")
         init_artifact(base, teacher, "v0", teacher_config())

@@ -123,8 +123,7 @@ class Demo:
             status(f"models: SmolLM2-135M-Instruct at {smollm2}")
 
     def make_teacher(self) -> None:
-        from services.policy.actor_critic import teacher_config
-        from services.policy.artifacts import init_artifact
+        from services.policy.artifacts import init_artifact, teacher_config
 
         assert self.state.base_model is not None
         teacher = self.out / "models" / "policy" / "v0"

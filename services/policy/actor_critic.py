@@ -37,6 +37,7 @@ from services.policy.prompt import (
     prompt_suffix,
     split_suffix,
 )
+from services.policy.state_head import StateHead
 
 Action = Literal["sell", "hold", "buy"]
 
@@ -53,32 +54,6 @@ class PolicyDecision(BaseModel):
     value: float = Field(description="Critic's estimate of the state's value")
     explanation: str | None = None
     model_version: str
-
-
-class StateHead(nn.Module):
-    """A linear read of the frozen base's last state, on standardised inputs: LM states carry a
-    few dimensions hundreds of times larger than the rest, which would swamp a linear read, so
-    each dimension is centred and scaled by statistics of the training states
-    (`standardise`, fitted once per cycle; buffers, saved with the artifact)."""
-
-    def __init__(self, hidden: int, outputs: int) -> None:
-        super().__init__()
-        self.linear = nn.Linear(hidden, outputs)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-        self.mean: torch.Tensor
-        self.scale: torch.Tensor
-        self.register_buffer("mean", torch.zeros(hidden))
-        self.register_buffer("scale", torch.ones(hidden))
-
-    @torch.no_grad()
-    def standardise(self, states: torch.Tensor) -> None:
-        """Fit the inputs' per-dimension mean and spread on `states` [N, H] (N >= 2)."""
-        self.mean.copy_(states.float().mean(0))
-        self.scale.copy_(states.float().std(0).clamp(min=1e-4))
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, self.linear((state.float() - self.mean) / self.scale))
 
 
 @dataclass
@@ -104,14 +79,6 @@ class ActorCriticConfig:
     """LM weights dtype: float32 or bfloat16 (CPU); value head stays float32."""
     seed: int = 0
     """Seeds the value head's initialisation."""
-
-
-def teacher_config(seed: int = 0) -> ActorCriticConfig:
-    """What a new teacher is built with (`rlmf policy init`, `rlmf up`, the demo): the recipe
-    docs/trainer.md's sweep chose. The split sits below the last layer, which runs frozen, and
-    a standardised linear state head on the split's last state learns the market's feedback;
-    retraining the top layer instead memorised the training days (held-out accuracy 0.37)."""
-    return ActorCriticConfig(trainable_top_k=1, state_head=True, train_lm_layers=False, seed=seed)
 
 
 @dataclass

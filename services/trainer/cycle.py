@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,14 @@ from services.trainer.datasets import (
 from services.trainer.evaluate import Evaluation, evaluate, held_out_returns
 from services.trainer.gate import GateDecision, decide
 from services.trainer.market_feedback import feedback_set, labelled_history
-from services.trainer.offline_features import BarFeatures, load_bar_features, state_inputs
+from services.trainer.offline_features import (
+    BarFeatures,
+    first_bar_with_features,
+    load_bar_features,
+    state_inputs,
+)
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
+from services.trainer.promotions_topic import publish_decision
 from services.trainer.sep_stages import run_sep_stages
 from services.trainer.settings import TrainerSettings
 
@@ -225,7 +231,7 @@ def run_cycle(
         training=training,
     )
     if producer is not None:
-        publish(producer, cycle)
+        publish_decision(producer, cycle)
     checkpoint.clear(plan.work / "ppo")
     log.info("cycle done: %s", detail, extra={"fields": cycle.to_dict()})
     return cycle
@@ -288,16 +294,6 @@ def plan_cycle(
         bar_features=features,
         eval_start=eval_start,
     )
-
-
-def first_bar_with_features(features: BarFeatures | None) -> int:
-    """The index of the first bar with a finite feature or a news sentiment; 0 without any."""
-    if features is None:
-        return 0
-    known = features.sentiment.notna().to_numpy()
-    if features.numeric.shape[1]:
-        known = known | features.numeric.notna().any(axis=1).to_numpy()
-    return int(known.argmax()) if known.any() else 0
 
 
 def _feature_stats(bar_features: BarFeatures | None) -> dict[str, float]:
@@ -593,38 +589,3 @@ def _outcome(gate_passed: bool, promotion: PromotionOutcome | None) -> str:
     if promotion is None or promotion.promoted:
         return "promoted"  # promotion "none": the gate's word is the promotion
     return "rolled_back" if promotion.rolled_back else "failed"
-
-
-def publish(producer: Any, cycle: CycleResult) -> None:
-    """models.promotions.v1 with the decision and every number, promoted or not."""
-    from services.common.envelope import set_time
-    from services.common.pb.rlmf.v1 import payloads_pb2 as pb
-    from services.common.topics import MODELS_PROMOTIONS
-
-    message = pb.ModelPromotion(
-        student_version=cycle.student_version,
-        teacher_version=cycle.teacher_version,
-        promoted=cycle.promoted,
-        reason=cycle.reason,
-        failed_guards=cycle.failed_guards,
-        artifact_path=cycle.artifact_path,
-    )
-    for target, values in (
-        (message.student_metrics, cycle.student_metrics),
-        (message.teacher_metrics, cycle.teacher_metrics),
-        (message.buy_and_hold_metrics, cycle.buy_and_hold_metrics),
-    ):
-        target.update({k: float(v) for k, v in values.items()})
-    message.inputs_sha256 = cycle.inputs_sha256
-    message.torch_threads = cycle.torch_threads
-    for name, value in cycle.sharpe_test.items():
-        setattr(message, name, int(value) if name == "holdout_bars" else float(value))
-    set_time(message.window_start, cycle.window_start)
-    set_time(message.window_end, cycle.window_end)
-    producer.publish(
-        MODELS_PROMOTIONS,
-        message,
-        key=cycle.student_version,
-        event_time=cycle.eval_end if cycle.eval_end.tzinfo else cycle.eval_end.replace(tzinfo=UTC),
-    )
-    producer.flush()

@@ -87,3 +87,13 @@ def load_bar_features(source: str, prices: pd.DataFrame, ticker: str) -> BarFeat
         ", ".join(features.numeric.columns),
     )
     return features
+
+
+def first_bar_with_features(features: BarFeatures | None) -> int:
+    """The index of the first bar with a finite feature or a news sentiment; 0 without any."""
+    if features is None:
+        return 0
+    known = features.sentiment.notna().to_numpy()
+    if features.numeric.shape[1]:
+        known = known | features.numeric.notna().any(axis=1).to_numpy()
+    return int(known.argmax()) if known.any() else 0

@@ -154,8 +154,7 @@ def test_market_feedback_records_teach_the_student_their_realised_moves(
 
 
 def test_the_window_starts_at_the_first_bar_whose_state_carries_features() -> None:
-    from services.trainer.cycle import first_bar_with_features
-    from services.trainer.offline_features import BarFeatures
+    from services.trainer.offline_features import BarFeatures, first_bar_with_features
 
     index = pd.date_range("2024-01-01", periods=6, tz="UTC")
     numeric = pd.DataFrame({"rsi_14": [None, None, None, 50.0, 51.0, 52.0]}, index=index)
