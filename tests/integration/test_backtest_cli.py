@@ -39,6 +39,7 @@ def backtest(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_backtest_writes_metrics_and_a_report_with_plots(tmp_path: Path) -> None:
     # 800 real bars keep the two subprocess runs short; the CLI reads them like any file.
     prices = tmp_path / "GOOGL.csv"
@@ -123,6 +124,7 @@ def test_news_drives_the_sentiment_rule(tmp_path: Path) -> None:
     )  # a buy after each positive day, a sell after each negative
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_bad_prices_file_exits_with_the_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("date,close\n2024-01-02,10\n2024-01-01,11\n2024-01-03,12\n")

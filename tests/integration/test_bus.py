@@ -183,6 +183,7 @@ def test_redelivered_envelope_ids_are_dropped(bus_settings: BusSettings, unique:
     assert len(read_topic(bus_settings.bootstrap, out_topic)) == 1
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_sigkill_mid_batch_then_restart_loses_nothing(
     bus_settings: BusSettings, unique: str
 ) -> None:
@@ -215,6 +216,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(
     )
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_sigterm_finishes_batch_commits_and_exits_zero(
     bus_settings: BusSettings, unique: str
 ) -> None:

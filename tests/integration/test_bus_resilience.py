@@ -10,6 +10,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import pytest
+
 from services.common import envelope as envelopes
 from services.common import json_logging
 from services.common.broker import EmbeddedBroker, free_port
@@ -21,6 +23,7 @@ from tests.helpers import read_topic
 NOW = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_producer_waits_out_a_broker_that_is_not_up_yet() -> None:
     port = free_port()
     late = EmbeddedBroker(port=port)
@@ -44,6 +47,7 @@ def test_producer_waits_out_a_broker_that_is_not_up_yet() -> None:
         late.stop()
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_consumer_group_protocol_joins_and_commits(bus_settings: BusSettings, unique: str) -> None:
     # Group mode (the cluster default): the embedded broker completes a join only when the
     # rebalance timeout (max_poll_interval_ms) runs out, so it is kept short here.

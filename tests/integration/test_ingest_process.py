@@ -84,6 +84,7 @@ def test_service_stops_with_code_2_when_the_broker_is_missing() -> None:
     assert b"broker is unavailable" in done.stderr + done.stdout
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_cli_generates_synthetic_news_and_publishes_it(
     bus_settings: BusSettings, tmp_path: Path
 ) -> None:

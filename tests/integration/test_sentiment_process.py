@@ -76,6 +76,7 @@ def test_cli_scores_a_csv_keeping_its_columns(tmp_path: Path, tiny_llama_dir: Pa
     assert lexicon["sentiment"][0] > 0 > lexicon["sentiment"][1]
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_cli_names_the_problem_with_a_bad_csv(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("headline\nAcme up\n")

@@ -86,6 +86,7 @@ def test_enriches_in_micro_batches_and_dead_letters_bad_items(
     )
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_lexicon_backend_needs_no_model(bus_settings: BusSettings, unique: str) -> None:
     settings = SentimentSettings(backend="lexicon", max_wait_ms=100)
     group = group_at_end(bus_settings, unique)

@@ -186,6 +186,7 @@ def _features_service(bus: BusSettings, ticker: str, stop: threading.Event, dela
         bars.close()
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_replay_waits_for_each_watermark_and_publishes_everything(
     bus_settings: BusSettings, unique: str, tmp_path: Path
 ) -> None:

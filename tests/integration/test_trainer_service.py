@@ -43,6 +43,7 @@ def _feedback(ticker: str, day: int, action: str = "buy") -> pb.MarketFeedback:
     return msg
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_feedback_is_consumed_bad_feedback_dead_lettered_and_cycles_scheduled(
     bus_settings: BusSettings, unique: str, tmp_path: Path, broker: str
 ) -> None:

@@ -48,6 +48,7 @@ def completion_loss(student: LLMActorCritic, rows: list[dict[str, str]]) -> floa
     return total / count
 
 
+@pytest.mark.slow  # over 2.5 s of processes and broker round trips
 def test_sft_learns_the_completions_and_moves_only_the_trainable_layers(
     tiny_llama_dir: Path,
 ) -> None:
