@@ -11,8 +11,8 @@ SmolLM2, with synthetic news of a known informativeness. Prints one JSON line.
     with the sentiment rule and Buy & Hold on the same bars.
 (b) uninformative news (informativeness 0.0), one cycle per news seed: how often the gate
     promotes (it should not, beyond its error rate).
-(c) regime shift: not run unless --regime-seeds > 0 (it costs a cycle per seed); the keys say
-    how many seeds ran.
+(c) regime shift: not built yet. --regime-seeds is only recorded in the output, and
+    regime_seeds_realigned_better stays null.
 (d) cost: decisions per second on the same states with and without the day cache, same run,
     and the wall time of each cycle.
 
