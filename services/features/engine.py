@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import pickle
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -177,19 +175,23 @@ class FeatureEngine:
         return state is not None and state.recent_bars.get(bar.end) == bar
 
     def save(self, path: Path) -> None:
-        """Write every ticker's state to `path` atomically (write, then rename)."""
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(self.states, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(tmp, path)
+        """Write every ticker's state to `path` as JSON, atomically (engine_state.py)."""
+        # Imported here: engine_state builds on this module's types.
+        from services.features.engine_state import write_state
+
+        write_state(path, self.states)
 
     def load(self, path: Path) -> int:
-        """Restore the states `save` wrote; returns how many tickers were restored."""
-        # pickle: the file is written by this service into its own data folder, never received.
-        states = pickle.loads(path.read_bytes())  # noqa: S301
-        if not isinstance(states, dict):
-            raise ValueError(f"{path} does not hold feature engine state")
-        self.states = states
-        return len(states)
+        """Restore the states `save` wrote; returns how many tickers were restored.
+
+        Raises:
+            EngineStateError: the file is not the engine's JSON state (a pickle included:
+                the file lies on a volume others can write, so it is data, never code).
+        """
+        from services.features.engine_state import read_state
+
+        self.states = read_state(path)
+        return len(self.states)
 
     def snapshot(self, tickers: set[str]) -> dict[str, TickerState | None]:
         return {t: copy.deepcopy(self.states.get(t)) for t in tickers}

@@ -51,6 +51,29 @@ class RollingMoments:
         self._s2 = math.fsum(d * d for d in deltas)
         self._since_anchor = 0
 
+    def to_state(self) -> dict[str, float | int | list[float]]:
+        """Everything that resumes this window exactly (the engine's saved state)."""
+        return {
+            "window": self.window,
+            "values": list(self.values),
+            "shift": self._shift,
+            "s1": self._s1,
+            "s2": self._s2,
+            "since_anchor": self._since_anchor,
+        }
+
+    @classmethod
+    def from_state(
+        cls, window: int, values: list[float], shift: float, s1: float, s2: float,
+        since_anchor: int,
+    ) -> RollingMoments:  # fmt: skip
+        """The window `to_state` described, sums and all (no re-anchor, so no drift)."""
+        moments = cls(window)
+        moments.values.extend(values)
+        moments._shift, moments._s1, moments._s2 = shift, s1, s2
+        moments._since_anchor = since_anchor
+        return moments
+
     @property
     def full(self) -> bool:
         return len(self.values) == self.window

@@ -81,7 +81,7 @@ class FeaturesSettings(BaseSettings):
     @property
     def state_path(self) -> Path:
         """The engine's rolling state, saved after each micro-batch so a restart resumes it."""
-        return self.data_dir / "engine_state.pkl"
+        return self.data_dir / "engine_state.json"
 
     @property
     def offline_dir(self) -> Path:

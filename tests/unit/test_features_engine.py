@@ -301,9 +301,9 @@ def test_saved_state_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
         day = first.on_bar(event) if isinstance(event, BarIn) else first.on_news(event)
         if day is not None:
             rows.append(as_row(day))
-    first.save(tmp_path / "state.pkl")
+    first.save(tmp_path / "state.json")
     second = FeatureEngine(s)
-    assert second.load(tmp_path / "state.pkl") == 2
+    assert second.load(tmp_path / "state.json") == 2
     for event in events[len(events) // 2 :]:
         day = second.on_bar(event) if isinstance(event, BarIn) else second.on_news(event)
         if day is not None:
@@ -312,3 +312,44 @@ def test_saved_state_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
     served = next(e for e in events if isinstance(e, BarIn))
     assert second.is_served(served)
     assert not second.is_served(replace(served, close=served.close * 1.001))
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that touches a file when loaded: what a writer of the volume could plant."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_state_file_is_data_a_planted_pickle_is_refused_unrun(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "engine_state.json"
+    planted.write_bytes(pickle.dumps({"MSFT": _RunsCodeWhenUnpickled(marker)}))
+    engine = FeatureEngine(FeaturesSettings())
+    with pytest.raises(ValueError, match="not the feature engine's JSON state"):
+        engine.load(planted)
+    assert not marker.exists(), "loading the state ran code from the file"
+    assert engine.states == {}
+
+
+def test_state_file_is_json_and_names_a_bad_field(tmp_path: Path) -> None:
+    import json
+
+    s = FeaturesSettings()
+    engine = FeatureEngine(s)
+    engine.on_bar(bar(0, 100.0))
+    path = tmp_path / "engine_state.json"
+    engine.save(path)
+    document = json.loads(path.read_text())
+    assert document["format"] == 1 and set(document["tickers"]) == set(engine.states)
+    ticker = next(iter(document["tickers"]))
+    document["tickers"][ticker]["bars_seen"] = "many"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="bars_seen"):
+        FeatureEngine(s).load(path)
+    assert FeaturesSettings(data_dir=tmp_path).state_path.suffix == ".json"
