@@ -27,7 +27,7 @@ import torch
 from services.common.device import resolve_placement
 from services.common.metrics import PROMOTIONS
 from services.market.walk_forward import split as walk_forward_split
-from services.trainer import checkpoint, ppo
+from services.trainer import checkpoint, market_source, ppo
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
@@ -98,16 +98,7 @@ class CycleResult:
 
 
 def load_prices(settings: TrainerSettings) -> pd.DataFrame:
-    if settings.prices_csv is not None:
-        from services.market.market_data import load_prices_csv
-
-        return load_prices_csv(settings.prices_csv)
-    from services.market.regime_market import generate_market, load_params
-
-    frame, _ = generate_market(
-        load_params(settings.market_scenario), settings.market_days, settings.market_seed
-    )
-    return frame
+    return market_source.load_prices(settings)  # csv, kafka history or synthetic (asked for)
 
 
 def current_teacher(settings: TrainerSettings) -> Path:
@@ -141,13 +132,7 @@ def make_promoter(settings: TrainerSettings) -> Promoter | None:
     if settings.promotion == "embedded":
         return EmbeddedPromoter(settings.policy_url)
     if settings.promotion == "cluster":
-        return ClusterPromoter(
-            release=settings.helm_release,
-            chart=settings.helm_chart,
-            namespace=settings.namespace,
-            storage_uri=lambda folder: f"pvc://{settings.models_claim}/{folder.name}",
-            ready_timeout_s=settings.ready_timeout_s,
-        )
+        return ClusterPromoter.from_settings(settings)  # canary, live check, then promote
     return None
 
 

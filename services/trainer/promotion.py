@@ -1,5 +1,6 @@
 """Promotion, one interface and two ways: embedded (the policy server reloads a folder) and cluster
-(a Helm upgrade moves the student from canary to teacher; rolled back if it does not get Ready)."""
+(KServe's canary rollout through Helm: the student serves a share of requests as canary, its live
+figures are judged against the teacher's, then it becomes the teacher or is rolled back)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from services.trainer.canary import CanaryConfig, Verdict
+from services.trainer.isvc_status import (
+    Readiness,
+    Revisions,
+    canary_revisions,
+    generation,
+    predictor_status,
+    readiness,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +33,8 @@ class PromotionOutcome:
     served_version: str = ""
     rolled_back: bool = False
     """The new model was rolled out, then the previous one restored (cluster: `helm rollback`)."""
+    stage: str = ""
+    """Cluster: the step that decided it (canary, ready, live_check, promote, helm_busy, helm)."""
 
 
 class Promoter(Protocol):
@@ -54,6 +67,7 @@ class EmbeddedPromoter:
         )
 
 
+
 class HelmClient(Protocol):
     """The two helm-python-sdk calls the cluster promoter makes (helm_python.Config)."""
 
@@ -72,20 +86,46 @@ class InferenceServiceReader(Protocol):
     ) -> Any: ...
 
 
-def inference_service_ready(obj: dict[str, Any]) -> bool:
-    """KServe's Ready condition is True for the generation the upgrade produced."""
-    status = obj.get("status", {})
-    if status.get("observedGeneration", 0) < obj.get("metadata", {}).get("generation", 0):
-        return False
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", [])
-    )
+LiveCheck = Callable[[Revisions, str], Verdict]
+"""Judges the canary (its Knative revisions and model version) against the teacher."""
+
+HELM_BUSY = "another operation (install/upgrade/rollback) is in progress"
+"""Helm's whole answer when a release is pending another operation. Helm reports it as text
+only (its Go errPending), so the promoter recognises it by these words."""
+
+
+class HelmBusy(RuntimeError):
+    """The release is in the middle of another install, upgrade or rollback."""
+
+
+class PromotionAborted(RuntimeError):
+    """A step failed; `outcome` is what the promotion ends with (rollback already done)."""
+
+    def __init__(self, outcome: PromotionOutcome) -> None:
+        super().__init__(outcome.detail)
+        self.outcome = outcome
+
+
+def _revision(release: Any) -> int | None:
+    """The release revision helm-python-sdk's upgrade answered with, where it says."""
+    version = release.get("version") if isinstance(release, dict) else None
+    version = version if version is not None else getattr(release, "version", None)
+    return int(version) if isinstance(version, int | str) and str(version).isdigit() else None
 
 
 class ClusterPromoter:
-    """Helm upgrade of `release` making the student's storageUri the teacher's (canary cleared),
-    then wait for the InferenceService to be Ready; `helm rollback` to the previous revision if
-    it is not Ready in time or `live_check` says its live metrics are below the teacher's."""
+    """KServe's canary rollout of the student, through Helm upgrades of `release`:
+
+    1. upgrade: the student serves `canary.traffic_percent` of the requests as canary; wait
+       until the InferenceService is Ready with a new ready revision for the new generation;
+    2. watch for `canary.window_s`, then judge its live figures against the teacher's
+       (`live_check`: error rate, p99 latency, realised edge);
+    3. upgrade again: the student becomes the teacher and the canary is cleared; wait Ready.
+
+    Any failed step rolls the release back to the revision before step 1 and waits until the
+    InferenceService is Ready again. Helm busy with another operation changes nothing and says
+    so. Every way out is a PromotionOutcome, so the cycle publishes it on models.promotions.v1.
+    """
 
     def __init__(
         self,
@@ -94,15 +134,17 @@ class ClusterPromoter:
         chart: str | Path,
         namespace: str,
         storage_uri: Callable[[Path], str],
+        canary: CanaryConfig | None = None,
         helm: HelmClient | None = None,
         k8s: InferenceServiceReader | None = None,
         ready_timeout_s: float = 600.0,
         poll_s: float = 5.0,
-        live_check: Callable[[], bool] | None = None,
+        live_check: LiveCheck | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.release, self.chart, self.namespace = release, chart, namespace
         self.storage_uri = storage_uri
+        self.canary = canary or CanaryConfig()
         self._helm, self._k8s = helm, k8s
         self.ready_timeout_s, self.poll_s = ready_timeout_s, poll_s
         self.live_check = live_check
@@ -135,7 +177,19 @@ class ClusterPromoter:
         base = self.release if "rlmf" in self.release else f"{self.release}-rlmf"
         return f"{base[:63].rstrip('-')}-policy"
 
+    def canary_values(self, folder: Path) -> dict[str, Any]:
+        """Step 1: the student as canary beside the teacher."""
+        return {
+            "policy": {
+                "student": {
+                    "storageUri": self.storage_uri(folder),
+                    "canaryTrafficPercent": self.canary.traffic_percent,
+                }
+            }
+        }
+
     def values(self, folder: Path) -> dict[str, Any]:
+        """Step 3: the student is the teacher, the canary cleared."""
         return {
             "policy": {
                 "teacher": {"storageUri": self.storage_uri(folder)},
@@ -144,36 +198,129 @@ class ClusterPromoter:
         }
 
     def promote(self, folder: Path, version: str) -> PromotionOutcome:
-        self.helm.upgrade(
-            self.chart,
-            self.release,
-            self.values(folder),
-            namespace=self.namespace,
-            reuse_values=True,
-            description=f"rlmf trainer: promote {version}",
-        )
-        ready = self._wait_ready()
-        healthy = ready and (self.live_check is None or self.live_check())
-        if healthy:
-            return PromotionOutcome(
-                True, f"release {self.release} serves {version}; {self.isvc_name} Ready", version
-            )
-        why = "not Ready in time" if not ready else "live metrics below the teacher's"
-        log.warning("rolling back %s: %s", self.release, why)
-        self.helm.rollback(self.release)  # None: the previous revision
+        try:
+            return self._rollout(folder, version)
+        except PromotionAborted as exc:
+            log.warning("promotion of %s ended: %s", version, exc.outcome.detail)
+            return exc.outcome
+
+    def _rollout(self, folder: Path, version: str) -> PromotionOutcome:
+        before = self._read()
+        serving_revision = str(predictor_status(before).get("latestCreatedRevision") or "")
+        revision = self._upgrade(self.canary_values(folder), f"canary {version}", None)
+        canary = self._wait_ready(generation(before), serving_revision, "canary", revision)
+        if self.live_check is None:
+            self._roll_back(revision, "live_check", "no live check configured to judge it")
+        assert self.live_check is not None
+        log.info("canary %s Ready; watching it for %.0f s", version, self.canary.window_s)
+        self.sleep(self.canary.window_s)
+        verdict = self.live_check(canary_revisions(self._read()), version)
+        if not verdict.healthy:
+            self._roll_back(revision, "live_check", verdict.detail)
+        self._upgrade(self.values(folder), f"promote {version}", revision)
+        self._wait_ready(canary.generation, None, "promote", revision)
         return PromotionOutcome(
-            False, f"{self.isvc_name} {why}; rolled back to the previous revision", rolled_back=True
+            True,
+            f"release {self.release} serves {version} as teacher after its canary at "
+            f"{self.canary.traffic_percent}%: {verdict.detail}",
+            version,
+            stage="promote",
         )
 
-    def _wait_ready(self) -> bool:
+    # -- steps ------------------------------------------------------------------------------
+
+    def _read(self) -> dict[str, Any]:
+        obj = self.k8s.get_namespaced_custom_object(
+            "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices", self.isvc_name
+        )
+        return dict(obj)
+
+    def _upgrade(self, values: dict[str, Any], what: str, canary_revision: int | None) -> Any:
+        """One `helm upgrade --reuse-values`; returns the new release revision. A failure
+        before the canary exists changes nothing to undo; after it, the release goes back."""
+        try:
+            answer = self.helm.upgrade(
+                self.chart,
+                self.release,
+                values,
+                namespace=self.namespace,
+                reuse_values=True,
+                description=f"rlmf trainer: {what}",
+            )
+        except Exception as exc:  # helm-python-sdk raises its own and subprocess errors
+            busy = HELM_BUSY in str(exc)
+            stage = "helm_busy" if busy else "helm"
+            why = (
+                f"helm: {HELM_BUSY} on release {self.release}; try the next cycle"
+                if busy
+                else f"helm upgrade ({what}) failed: {exc}"
+            )
+            if canary_revision is None:
+                raise PromotionAborted(
+                    PromotionOutcome(False, f"{why}; nothing changed", stage=stage)
+                ) from exc
+            self._roll_back(canary_revision, stage, why)
+        return _revision(answer)
+
+    def _wait_ready(
+        self, after_generation: int, serving_revision: str | None, stage: str, revision: int | None
+    ) -> Readiness:
+        state = self._poll_ready(after_generation, serving_revision)
+        if not state.ready:
+            self._roll_back(revision, stage, f"{self.isvc_name} not Ready in time: {state.why}")
+        return state
+
+    def _poll_ready(self, after_generation: int, serving_revision: str | None) -> Readiness:
         waited = 0.0
         while True:
-            obj = self.k8s.get_namespaced_custom_object(
-                "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices", self.isvc_name
+            state = readiness(
+                self._read(), after_generation=after_generation, new_revision_after=serving_revision
             )
-            if inference_service_ready(obj):
-                return True
-            if waited >= self.ready_timeout_s:
-                return False
+            if state.ready or waited >= self.ready_timeout_s:
+                return state
             self.sleep(self.poll_s)
             waited += self.poll_s
+
+    def _roll_back(self, canary_revision: int | None, stage: str, why: str) -> None:
+        """Back to the revision before the canary; wait until it serves; then abort."""
+        log.warning("rolling back %s: %s", self.release, why)
+        generation_before = generation(self._read())
+        target = {"revision": canary_revision - 1} if canary_revision else {}
+        try:
+            self.helm.rollback(self.release, **target)  # no revision: the previous one
+        except Exception as exc:  # the rollback itself failed: people must step in
+            raise PromotionAborted(
+                PromotionOutcome(False, f"{why}; helm rollback failed too: {exc}", stage=stage)
+            ) from exc
+        back = self._poll_ready(generation_before, None)
+        waited = "the previous teacher is Ready" if back.ready else f"not Ready yet: {back.why}"
+        raise PromotionAborted(
+            PromotionOutcome(
+                False, f"{why}; rolled back to the previous revision ({waited})", rolled_back=True,
+                stage=stage,
+            )
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ClusterPromoter:
+        """From TrainerSettings: the canary's live figures come from Prometheus."""
+        from services.trainer.live_checks import LiveCheck as PrometheusLiveCheck
+        from services.trainer.live_checks import prometheus_query
+
+        canary: CanaryConfig = settings.canary
+        if not canary.prometheus_url:
+            raise ValueError(
+                "cluster promotion needs RLMF_TRAINER_CANARY__PROMETHEUS_URL: a canary that "
+                "is never judged would be promoted blind"
+            )
+        return cls(
+            release=settings.helm_release,
+            chart=settings.helm_chart,
+            namespace=settings.namespace,
+            storage_uri=lambda folder: f"pvc://{settings.models_claim}/{folder.name}",
+            canary=canary,
+            ready_timeout_s=settings.ready_timeout_s,
+            live_check=PrometheusLiveCheck(
+                canary, settings.namespace, prometheus_query(canary.prometheus_url)
+            ),
+        )

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.trainer.canary import CanaryConfig
 from services.trainer.gate import GateConfig
 from services.trainer.ppo import PPOArgs
 
@@ -82,7 +83,15 @@ class TrainerSettings(BaseSettings):
     work_dir: Path = Path("rlmf-trainer")
     """Checkpoints of the running cycle and the consumed feedback log."""
     prices_csv: Path | None = None
-    """Bars to train and evaluate on (else the regime generator: market_scenario/market_days)."""
+    """Bars to train and evaluate on (data_source csv)."""
+    data_source: str = Field(default="auto", pattern="^(auto|csv|kafka|synthetic)$")
+    """csv: prices_csv; kafka: market.bars.v1 and market.feedback.v1 read under
+    history_group into work_dir/history (the cluster's CronJob); synthetic: the regime
+    generator (market_scenario, market_days, market_seed); auto: csv when prices_csv is set,
+    synthetic when a market_* setting is given, else the cycle refuses to run
+    (services/trainer/market_source.py)."""
+    history_group: str = "rlmf-trainer-history"
+    """data_source kafka: the trainer's own consumer group on the two topics."""
     market_scenario: str = "regime-shift"
     market_days: int = 400
     market_seed: int = 0
@@ -164,6 +173,8 @@ class TrainerSettings(BaseSettings):
     models_claim: str = "rlmf-models"
     """Cluster: the PVC holding models_dir; storageUri = pvc://<claim>/<folder name>."""
     ready_timeout_s: float = 600.0
+    canary: CanaryConfig = CanaryConfig()
+    """Cluster: the canary stage (services/trainer/canary.py), env RLMF_TRAINER_CANARY__<FIELD>."""
     publish: bool = True
     """Publish models.promotions.v1 (needs the bus)."""
 

@@ -1,0 +1,191 @@
+"""The trainer's own copy of the market: market.bars.v1 and market.feedback.v1 read from Kafka
+under the trainer's consumer group into a store on its volume (cluster mode).
+
+Each run reads what arrived since the last one (the group's committed offsets), so the store
+grows across CronJob runs; a Job retried after a crash re-reads from the last commit and the
+store drops what it already holds. Bad messages go to the topics' .dlq twins with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from services.common.bus import ConsumerLoop, Incoming, Outgoing, ValidationFailed
+from services.common.envelope import to_datetime
+from services.common.settings import BusSettings
+from services.common.topics import MARKET_BARS, MARKET_FEEDBACK
+from services.trainer.datasets import FeedbackLog, record_from_incoming
+
+log = logging.getLogger(__name__)
+
+SERVICE = "trainer"
+COLUMNS = ("time", "open", "high", "low", "close", "volume")
+
+
+class NoMarketData(ValueError):
+    """The trainer has no bars to train on; the message says where it looked."""
+
+
+@dataclass
+class BarStore:
+    """One ticker's bars by end time, kept as a CSV the market library reads
+    (services.market.market_data.load_prices_csv checks it like any price file)."""
+
+    path: Path
+    rows: dict[datetime, tuple[float, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path) -> BarStore:
+        store = cls(path)
+        if path.is_file():
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    store.rows[datetime.fromisoformat(row["time"])] = tuple(
+                        float(row[name]) for name in COLUMNS[1:]
+                    )
+        return store
+
+    def add(self, end: datetime, values: tuple[float, ...]) -> bool:
+        """Keep one bar; a re-delivered bar (same end time) is dropped. True when new."""
+        if end in self.rows:
+            return False
+        self.rows[end] = values
+        return True
+
+    def save(self) -> None:
+        """Write atomically (temp file + rename): a killed run leaves the previous file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".bars-", dir=self.path.parent)
+        with os.fdopen(fd, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            for end in sorted(self.rows):
+                writer.writerow([end.isoformat(), *self.rows[end]])
+        os.replace(tmp, self.path)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def bar_values(incoming: Incoming) -> tuple[datetime, tuple[float, ...]]:
+    """Validate one market.bars.v1 message: (end time, OHLCV); ValidationFailed says what is
+    wrong (the loop sends it to market.bars.v1.dlq)."""
+    bar = incoming.payload
+    if not bar.HasField("end"):
+        raise ValidationFailed(f"bar of {bar.ticker!r} has no end time")
+    prices = {name: getattr(bar, name) for name in ("open", "high", "low", "close")}
+    for name, value in prices.items():
+        if not math.isfinite(value) or value <= 0:
+            raise ValidationFailed(f"bar of {bar.ticker!r}: {name} = {value} is not a price")
+    if bar.high < bar.low:
+        raise ValidationFailed(f"bar of {bar.ticker!r}: high {bar.high} < low {bar.low}")
+    if not math.isfinite(bar.volume) or bar.volume < 0:
+        raise ValidationFailed(f"bar of {bar.ticker!r}: volume {bar.volume} is not a count")
+    return to_datetime(bar.end), (bar.open, bar.high, bar.low, bar.close, bar.volume)
+
+
+@dataclass
+class SyncCounts:
+    """What one sync read: consumed = bars + feedback + other tickers + duplicates +
+    dead-lettered (the loop's own counts hold the last two)."""
+
+    bars: int = 0
+    feedback: int = 0
+    other_tickers: int = 0
+    duplicates_in_store: int = 0
+
+
+@dataclass(frozen=True)
+class History:
+    """Where the store lies under the trainer's work dir (on its volume in the cluster)."""
+
+    root: Path
+    ticker: str
+
+    @property
+    def bars_path(self) -> Path:
+        return self.root / "history" / f"{self.ticker}.csv"
+
+    @property
+    def feedback_path(self) -> Path:
+        return self.root / "history" / f"{self.ticker}-feedback.jsonl"
+
+    def feedback(self) -> FeedbackLog:
+        return FeedbackLog(self.feedback_path)
+
+    def sync(
+        self, bus: BusSettings, group_id: str, idle_timeout_s: float = 5.0
+    ) -> tuple[SyncCounts, ConsumerLoop]:
+        """Read both topics from the group's committed offsets until `idle_timeout_s` passes
+        with nothing new; the store is written before each batch's offsets are committed."""
+        bars, feedback, counts = BarStore.open(self.bars_path), self.feedback(), SyncCounts()
+
+        def one(incoming: Incoming) -> bool:
+            """Keep one message; True when it added a bar (the CSV needs writing)."""
+            if incoming.topic == MARKET_FEEDBACK:
+                record = record_from_incoming(incoming)  # ValidationFailed -> .dlq
+                if record.ticker != self.ticker:
+                    counts.other_tickers += 1
+                elif feedback.add(record):  # appended to its JSONL file at once
+                    counts.feedback += 1
+                else:
+                    counts.duplicates_in_store += 1
+                return False
+            end, values = bar_values(incoming)
+            if incoming.payload.ticker != self.ticker:
+                counts.other_tickers += 1
+            elif bars.add(end, values):
+                counts.bars += 1
+                return True
+            else:
+                counts.duplicates_in_store += 1
+            return False
+
+        def handle_batch(batch: Sequence[Incoming]) -> list[list[Outgoing] | Exception]:
+            answers: list[list[Outgoing] | Exception] = []
+            added = False
+            for incoming in batch:
+                try:
+                    added = one(incoming) or added
+                    answers.append([])
+                except ValidationFailed as exc:  # the loop dead-letters it with this reason
+                    answers.append(exc)
+            if added:
+                bars.save()  # on disk before the loop commits this batch's offsets
+            return answers
+
+        loop = ConsumerLoop(
+            service=SERVICE,
+            topics=[MARKET_BARS, MARKET_FEEDBACK],
+            settings=bus,
+            handle_batch=handle_batch,
+            group_id=group_id,
+        )
+        loop.run(idle_timeout_s=idle_timeout_s)
+        log.info(
+            "read %d new bars and %d feedback records of %s (store: %d bars)",
+            counts.bars, counts.feedback, self.ticker, len(bars),
+        )  # fmt: skip
+        return counts, loop
+
+    def prices(self) -> pd.DataFrame:
+        """The stored bars as the market library's price frame; NoMarketData when empty."""
+        from services.market.market_data import load_prices_csv
+
+        if not self.bars_path.is_file() or not BarStore.open(self.bars_path).rows:
+            raise NoMarketData(
+                f"no bars of {self.ticker} in {self.bars_path}: nothing has been read from "
+                f"{MARKET_BARS} yet (is the market source publishing, and is "
+                "RLMF_TRAINER_TICKER a ticker it publishes?)"
+            )
+        return load_prices_csv(self.bars_path)
