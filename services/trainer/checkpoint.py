@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "ckpt-"
 KEEP = 2
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read as plain training state."""
 
 
 def _path(folder: Path, iteration: int) -> Path:
@@ -54,8 +59,16 @@ def load_latest(folder: Path) -> dict[str, Any] | None:
     if path is None:
         return None
     log.info("loading checkpoint %s", path)
-    # weights_only=False: the checkpoint holds optimizer and RNG state we wrote ourselves.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only=True: the work folder is a volume others can write, and a full unpickle would
+    # run whatever a writer planted. Optimizer and RNG state are tensors, dicts and numbers,
+    # which the restricted unpickler reads.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} holds more than tensors and plain data, so it is refused unread; "
+            f"delete it to start the run afresh ({str(exc).splitlines()[0]})"
+        ) from exc
 
 
 def clear(folder: Path) -> None:
