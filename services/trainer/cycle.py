@@ -80,6 +80,8 @@ class CycleResult:
     resumed_from: int = 0
     training: dict[str, float] = field(default_factory=dict)
     promotion_detail: str = ""
+    outcome: str = ""
+    """promoted, rejected (by the gate), rolled_back or failed: rlmf_promotions_total's label."""
     inputs_sha256: str = ""
     """sha256 of the bars and the states' features and news the cycle trained and evaluated on."""
     torch_threads: int = 0
@@ -205,7 +207,7 @@ def run_cycle(
     teacher_eval = _evaluate_held_out(settings, plan, plan.teacher)
     _save_student(settings, plan, student, student_eval)
     gate = _gate(settings, plan, student_eval, teacher_eval, training)
-    promoted, detail = _promote(settings, plan, gate, promoter)
+    promoted, detail, outcome = _promote(settings, plan, gate, promoter)
     cycle = _result(
         plan,
         gate,
@@ -215,6 +217,7 @@ def run_cycle(
         resumed_from=resumed_from,
         training=training,
     )
+    cycle.outcome = outcome
     if producer is not None:
         publish_decision(producer, cycle)
     checkpoint.clear(plan.work / "ppo")
@@ -495,9 +498,10 @@ def _gate(
 
 def _promote(
     settings: TrainerSettings, plan: CyclePlan, gate: GateDecision, promoter: Promoter | None
-) -> tuple[bool, str]:
+) -> tuple[bool, str, str]:
     """Promote a student the gate passed and point `current` at it; count the outcome.
-    Returns whether the student now serves (is the teacher) and the reason in words."""
+    Returns whether the student now serves (is the teacher), the reason in words and the
+    outcome's label."""
     promoter = promoter if promoter is not None else make_promoter(settings)
     promotion: PromotionOutcome | None = None
     if gate.promoted and promoter is not None:
@@ -506,8 +510,9 @@ def _promote(
     detail = f"{gate.reason}; {promotion.detail}" if promotion is not None else gate.reason
     if promoted:
         set_current(settings.models_dir, plan.out)
-    PROMOTIONS.labels(_outcome(gate.promoted, promotion)).inc()
-    return promoted, detail
+    outcome = _outcome(gate.promoted, promotion)
+    PROMOTIONS.labels(outcome).inc()
+    return promoted, detail, outcome
 
 
 def _result(

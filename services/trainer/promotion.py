@@ -285,7 +285,7 @@ class ClusterPromoter:
         """Back to the revision before the canary; wait until it serves; then abort."""
         log.warning("rolling back %s: %s", self.release, why)
         generation_before = generation(self._read())
-        target = {"revision": canary_revision - 1} if canary_revision else {}
+        target = {"version": canary_revision - 1} if canary_revision else {}
         try:
             self.helm.rollback(self.release, **target)  # no revision: the previous one
         except Exception as exc:  # the rollback itself failed: people must step in

@@ -23,6 +23,7 @@ def publish_decision(producer: Any, cycle: CycleResult) -> None:
         reason=cycle.reason,
         failed_guards=cycle.failed_guards,
         artifact_path=cycle.artifact_path,
+        outcome=cycle.outcome,
     )
     for target, values in (
         (message.student_metrics, cycle.student_metrics),
