@@ -64,5 +64,5 @@ def publish(
         for source in feed:
             poll_feed(pipeline, FeedPoller(source))
     finally:
-        pipeline.producer.close()
-    typer.echo(json.dumps(pipeline.stats.__dict__))
+        pipeline.close()
+    typer.echo(json.dumps(pipeline.snapshot().__dict__))

@@ -36,6 +36,11 @@ class FeedPoller:
         self._mtime: float | None = None
         self.polls = 0
 
+    def forget(self) -> None:
+        """Drop the validators, so the next poll reads the whole feed again."""
+        self.etag = self.modified = None
+        self._mtime = None
+
     @property
     def is_url(self) -> bool:
         return self.source.startswith(("http://", "https://"))

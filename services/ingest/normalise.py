@@ -7,10 +7,11 @@ import csv
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,8 +71,27 @@ def parse_raw(record: Any) -> RawNews:
 # ---------------------------------------------------------------------------------------------
 
 
+_MAX_HTML_PASSES = 4
+"""Entity-encoded markup (`&lt;script&gt;`) decodes into markup, so text is stripped again until
+it stops changing; text still changing after this many passes is rejected."""
+
+
 def strip_html(text: str) -> str:
-    """Visible text of an HTML fragment (BeautifulSoup also decodes entities), one-spaced."""
+    """Visible text of an HTML fragment, one-spaced. BeautifulSoup decodes entities, and markup
+    that decoding revealed (`&lt;script&gt;` -> `<script>`) is stripped too: the text that
+    leaves ingest holds no live tag, however many times it was entity-encoded."""
+    for _ in range(_MAX_HTML_PASSES):
+        stripped = _strip_once(text)
+        if stripped == text:
+            return stripped
+        text = stripped
+    raise RejectedInput(
+        f"text still holds HTML after {_MAX_HTML_PASSES} rounds of decoding entities and "
+        "stripping tags (nested entity-encoded markup)"
+    )
+
+
+def _strip_once(text: str) -> str:
     if "<" not in text and "&" not in text:
         return " ".join(text.split())
     with warnings.catch_warnings():
@@ -81,6 +101,43 @@ def strip_html(text: str) -> str:
     for tag in soup(["script", "style"]):
         tag.decompose()
     return " ".join(soup.get_text(" ").split())
+
+
+def check_text(name: str, value: str) -> None:
+    """Reject text that cannot travel: NUL and other control characters (tab and newlines
+    aside), and lone surrogates, which JSON can carry (`\\ud800`) but UTF-8 and protobuf
+    cannot."""
+    for index, char in enumerate(value):
+        if char in "\t\n\r":
+            continue
+        category = unicodedata.category(char)
+        if category == "Cs":
+            raise RejectedInput(
+                f"{name} holds a lone surrogate (U+{ord(char):04X}) at character {index}: "
+                "not valid Unicode text"
+            )
+        if category == "Cc":
+            what = "a NUL byte" if char == "\x00" else f"control character U+{ord(char):04X}"
+            raise RejectedInput(f"{name} contains {what} at character {index}")
+
+
+_URL_SCHEMES = ("http", "https")
+
+
+def check_url(url: str) -> str:
+    """An item's link: empty, or an absolute http(s) URL. Other schemes (`javascript:`,
+    `data:`) would be live in any page that shows the link."""
+    url = url.strip()
+    if not url:
+        return url
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    # WHATWG URL parsing drops tabs and newlines inside a scheme ("java\tscript:").
+    scheme = "".join(scheme.split())
+    if scheme not in _URL_SCHEMES:
+        raise RejectedInput(
+            f"url {url[:80]!r} has scheme {scheme or 'none'!r}; only http and https links are kept"
+        )
+    return url
 
 
 def content_key(text: str) -> str:
@@ -119,6 +176,19 @@ class TickerResolver:
                         names[alias.strip().lower()] = ticker
         return cls(names, frozenset(names.values()))
 
+    @classmethod
+    def from_settings(cls, settings: IngestSettings) -> TickerResolver:
+        """The tickers file's names, limited to RLMF_INGEST_TICKER_UNIVERSE when that is set."""
+        resolver = cls.from_file(settings.tickers_file)
+        if not settings.ticker_universe:
+            return resolver
+        bad = [t for t in settings.ticker_universe if not TICKER_RE.match(t)]
+        if bad:
+            raise ValueError(f"RLMF_INGEST_TICKER_UNIVERSE: {bad} are not tickers")
+        universe = frozenset(settings.ticker_universe)
+        names = {name: t for name, t in resolver.names.items() if t in universe}
+        return cls(names, universe)
+
     def __post_init__(self) -> None:
         # Longest names first so "Alphabet Inc" wins over "Alphabet".
         ordered = sorted(self.names, key=len, reverse=True)
@@ -133,21 +203,34 @@ class TickerResolver:
         if not TICKER_RE.match(symbol):
             raise RejectedInput(f"{ticker!r} is not a ticker (1-5 letters, optional .class)")
         if self.universe is not None and symbol not in self.universe:
-            raise RejectedInput(f"unknown ticker {symbol!r}: not in the tickers file")
+            raise RejectedInput(f"unknown ticker {symbol!r}: not in the ticker universe")
         return symbol
 
-    def resolve(self, explicit: list[str], text: str) -> tuple[str, ...]:
-        found = [self.check(t) for t in explicit]
-        for tag in CASHTAG_RE.findall(text):
-            symbol = tag.upper()
+    def resolve(self, explicit: list[str], text: str, cap: int) -> tuple[str, ...]:
+        """Explicit tickers, then cashtags, then company names in `text`; more than `cap`
+        distinct tickers is an error (each is one event), found without scanning past it."""
+        found: dict[str, None] = {}
+
+        def add(symbol: str) -> None:
+            found[symbol] = None
+            if len(found) > cap:
+                raise RejectedInput(
+                    f"names more than {cap} tickers (the per-item limit); "
+                    "split it or give `tickers` explicitly"
+                )
+
+        for ticker in explicit:
+            add(self.check(ticker))
+        for match in CASHTAG_RE.finditer(text):
+            symbol = match.group(1).upper()
             if self.universe is None or symbol in self.universe:
-                found.append(symbol)
+                add(symbol)
         if self._name_re is not None:
-            found += [self.names[m.lower()] for m in self._name_re.findall(text)]
-        unique = tuple(dict.fromkeys(found))
-        if not unique:
+            for match in self._name_re.finditer(text):
+                add(self.names[match.group(1).lower()])
+        if not found:
             raise RejectedInput("no ticker: give `tickers`, a $CASHTAG or a known company name")
-        return unique
+        return tuple(found)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,9 +254,8 @@ class Normaliser:
     def normalise(self, raw: RawNews) -> NormalisedNews:
         s = self.settings
         fields = {"headline": raw.headline, "body": raw.body, "url": raw.url, "source": raw.source}
-        for name, value in fields.items():
-            if "\x00" in value:
-                raise RejectedInput(f"{name} contains NUL bytes")
+        for name, value in {**fields, "id": raw.id or ""}.items():
+            check_text(name, value)
         if len(raw.headline) > s.max_headline_chars * 4:  # before stripping: bound the work
             raise RejectedInput(f"headline is {len(raw.headline)} characters, over the limit")
         if len(raw.body) > s.max_item_bytes:
@@ -181,21 +263,24 @@ class Normaliser:
                 f"body is {len(raw.body)} characters, over the limit of {s.max_item_bytes}"
             )
         headline = strip_html(raw.headline)
-        body = strip_html(raw.body)
+        body = strip_html(raw.body)[: s.max_body_chars]
         if not headline and not body:
             raise RejectedInput("empty text: headline and body are empty or whitespace")
         if len(headline) > s.max_headline_chars:
             raise RejectedInput(
                 f"headline is {len(headline)} characters, over the limit of {s.max_headline_chars}"
             )
+        url = check_url(raw.url)
         published = self._time(raw.published_at)
-        tickers = self.resolver.resolve(raw.tickers, f"{headline} {body}")
+        # Resolved from the text that is kept (the body already cut), so text that no event
+        # carries names no ticker.
+        tickers = self.resolver.resolve(raw.tickers, f"{headline} {body}", s.max_tickers_per_item)
         return NormalisedNews(
             item_id=raw.id or _derived_item_id(raw, headline, published),
             tickers=tickers,
             headline=headline,
-            body=body[: s.max_body_chars],
-            url=raw.url.strip(),
+            body=body,
+            url=url,
             source_name=raw.source.strip(),
             published_at=published,
             synthetic=raw.synthetic,
@@ -205,11 +290,18 @@ class Normaliser:
         if when is None:
             raise RejectedInput("missing published_at")
         when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-        limit = self.clock() + timedelta(seconds=self.settings.max_future_skew_s)
+        now = self.clock()
+        limit = now + timedelta(seconds=self.settings.max_future_skew_s)
         if when > limit:
             raise RejectedInput(
                 f"published_at {when.isoformat()} is in the future (more than "
                 f"{self.settings.max_future_skew_s:g}s ahead of now)"
+            )
+        max_age = self.settings.max_age_s
+        if max_age is not None and when < now - timedelta(seconds=max_age):
+            raise RejectedInput(
+                f"published_at {when.isoformat()} is too old: more than {max_age:g}s before "
+                f"now ({now.isoformat()}), the max age (RLMF_INGEST_MAX_AGE_S)"
             )
         return when
 
@@ -239,10 +331,22 @@ class Deduplicator:
 
     def first_time(self, key: str) -> bool:
         """True the first time `key` is seen (and remembers it)."""
+        if self.seen(key):
+            return False
+        self.remember([key])
+        return True
+
+    def seen(self, key: str) -> bool:
+        """Whether `key` is remembered (a hit counts as recent use); remembers nothing."""
         if key in self._keys:
             self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
+            return True
+        return False
+
+    def remember(self, keys: Iterable[str]) -> None:
+        """Remember `keys`; the publisher calls this only once their events are acknowledged."""
+        for key in keys:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
         while len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
-        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,9 +27,11 @@ class RawNews(BaseModel):
     @field_validator("tickers", mode="before")
     @classmethod
     def split_tickers(cls, value: object) -> object:
-        """CSV cells and forms give tickers as one string: "MSFT, GOOGL" or "MSFT;GOOGL"."""
+        """CSV cells and forms give tickers as one string: "MSFT, GOOGL" or "MSFT;GOOGL".
+        Only commas and semicolons separate: "MSFT; DROP TABLE" is MSFT and "DROP TABLE", which
+        is then rejected as not a ticker, not three tickers."""
         if isinstance(value, str):
-            return [t for t in value.replace(";", " ").replace(",", " ").split() if t]
+            return [t.strip() for t in re.split(r"[,;]", value) if t.strip()]
         return value
 
 

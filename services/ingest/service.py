@@ -16,6 +16,7 @@ from services.ingest.feeds import FeedPoller
 from services.ingest.files import read_entries
 from services.ingest.http_api import add_news_routes
 from services.ingest.pipeline import IngestPipeline, IngestStats
+from services.ingest.publisher import PublisherUnavailable
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,35 @@ def build_pipeline(settings: IngestSettings, bus: BusSettings | None = None) -> 
     return IngestPipeline(settings, Producer(bus, SERVICE))
 
 
-def replay_file(pipeline: IngestPipeline, path: Path) -> IngestStats:
-    """One file, bad lines dead-lettered, good ones published in event-time order."""
-    stats = pipeline.ingest_entries(read_entries(path), source="file")
+def replay_file(pipeline: IngestPipeline, path: Path) -> IngestStats | None:
+    """One file, bad lines dead-lettered, good ones published in event-time order; None when
+    the broker never acknowledged it before a stop (logged; its lines count as rejected)."""
+    try:
+        stats = pipeline.ingest_entries(read_entries(path), source="file")
+    except PublisherUnavailable as exc:
+        log.error("replaying %s was not acknowledged: %s", path, exc)
+        return None
     log.info("replayed %s", path, extra={"fields": stats.__dict__})
     return stats
 
 
 def poll_feed(pipeline: IngestPipeline, poller: FeedPoller) -> IngestStats | None:
-    """One poll; None when the feed is unchanged or failed (a failure is logged, not fatal)."""
+    """One poll; None when the feed is unchanged or failed (a failure is logged, not fatal).
+    A poll the broker did not acknowledge is forgotten, so the next poll reads the feed again."""
     result = poller.poll()
     if result.error:
         log.error("feed poll failed: %s", result.error)
         return None
     if result.not_modified:
         return None
-    return pipeline.ingest_entries(result.entries, source="feed")
+    try:
+        return pipeline.ingest_entries(result.entries, source="feed")
+    except PublisherUnavailable as exc:
+        log.error(
+            "feed %s was not acknowledged (%s); it is read again next poll", poller.source, exc
+        )
+        poller.forget()
+        return None
 
 
 class IngestService:
@@ -70,7 +84,11 @@ class IngestService:
                 poll_feed(self.pipeline, poller)
             self.sources_read = True
             self.stop_event.wait(self.settings.feed_poll_s)
-        self.pipeline.flush()
+
+    def request_stop(self) -> None:
+        """SIGTERM: the loop ends, and a file or feed batch in hand stops waiting."""
+        self.stop_event.set()
+        self.pipeline.request_stop()
 
 
 def main() -> int:
@@ -85,9 +103,10 @@ def main() -> int:
         log.exception("could not start: bad settings, or the broker is unavailable")
         return 2
     service = IngestService(settings, pipeline, health)
-    health.add_readiness_check("broker", lambda: not service.stop_event.is_set())
+    # Ready while the producer reaches a broker and no batch waits past the ack timeout.
+    health.add_readiness_check("broker", pipeline.ready)
     server = start_http(SERVICE, health)
-    on_sigterm(service.stop_event.set)
+    on_sigterm(service.request_stop)
     metrics.READY.labels(SERVICE).set(1)
     try:
         service.run()
@@ -96,6 +115,9 @@ def main() -> int:
         return 1
     finally:
         server.stop()
-        pipeline.producer.close()
-    log.info("stopped cleanly", extra={"fields": pipeline.stats.__dict__})
+        # Bounded by RLMF_INGEST_SHUTDOWN_GRACE_S, so SIGTERM ends the process in time even
+        # with the broker gone; what was not acknowledged was answered 503 or logged.
+        if not pipeline.close():
+            log.error("stopped before the broker acknowledged everything in hand")
+    log.info("stopped", extra={"fields": pipeline.snapshot().__dict__})
     return 0

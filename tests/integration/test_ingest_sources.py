@@ -85,7 +85,7 @@ def pipeline(bus_settings: BusSettings, settings: IngestSettings) -> Iterator[In
     ensure_topics(bus_settings, [NEWS_RAW, dlq(NEWS_RAW)], "test")
     pipe = IngestPipeline(settings, Producer(bus_settings, "ingest-test"))
     yield pipe
-    pipe.producer.close()
+    pipe.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,10 +119,10 @@ def test_body_is_bounded_and_html_stripped(normaliser: Normaliser) -> None:
 
 
 def test_tickers_from_cashtags_fields_and_names(resolver: TickerResolver) -> None:
-    assert resolver.resolve([], "Google and $msft both up") == ("MSFT", "GOOGL")
-    assert resolver.resolve(["googl"], "MS Corp") == ("GOOGL", "MSFT")
+    assert resolver.resolve([], "Google and $msft both up", cap=10) == ("MSFT", "GOOGL")
+    assert resolver.resolve(["googl"], "MS Corp", cap=10) == ("GOOGL", "MSFT")
     open_universe = TickerResolver({}, None)
-    assert open_universe.resolve([], "$BRK.B rises, $5 is a price") == ("BRK.B",)
+    assert open_universe.resolve([], "$BRK.B rises, $5 is a price", cap=10) == ("BRK.B",)
 
 
 def test_strip_html_keeps_plain_text() -> None:
