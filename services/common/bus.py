@@ -150,7 +150,11 @@ def ensure_topics(settings: BusSettings, topics: Iterable[str], service: str = "
     wanted = sorted(set(topics))
     for attempt in retrying(settings, service, "create_topics"):
         with attempt:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=service)
+            admin = KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap,
+                client_id=service,
+                **settings.client_security(),
+            )
             try:
                 existing = set(admin.list_topics())
                 missing = [t for t in wanted if t not in existing]
@@ -200,6 +204,7 @@ class Producer:
                     linger_ms=self.settings.producer_linger_ms,
                     batch_size=self.settings.producer_batch_bytes,
                     retries=5,
+                    **self.settings.client_security(),
                 )
         raise AssertionError("unreachable")
 
@@ -402,6 +407,7 @@ class ConsumerLoop:
                     session_timeout_ms=s.session_timeout_ms,
                     heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
                     max_poll_records=s.max_records,
+                    **s.client_security(),
                 )
                 if s.group_protocol == "manual":
                     consumer.assign(self._all_partitions(consumer))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +44,49 @@ class BusSettings(BaseSettings):
     bench/bus.py, 256 KiB nearly doubles producer throughput. linger_ms bounds the latency."""
     producer_linger_ms: int = 5
     """How long the producer waits to fill a batch before sending it."""
+    # -- TLS and SASL (a cluster's Kafka); the defaults speak plaintext to the embedded broker
+    security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    """kafka-python's security_protocol: SSL for TLS, SASL_SSL for SCRAM over TLS."""
+    sasl_mechanism: str | None = Field(
+        default=None, pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
+    """With a SASL_* protocol: PLAIN or SCRAM-SHA-256/512 (Strimzi's `scram-sha-512`)."""
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    """CA bundle that signed the brokers' certificates (Strimzi's <cluster>-cluster-ca-cert);
+    unset: the system's trust store."""
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> BusSettings:
+        if not self.security_protocol.startswith("SASL_"):
+            return self
+        missing = [
+            f"RLMF_BUS_{name.upper()}"
+            for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+            )
+        return self
+
+    def client_security(self) -> dict[str, Any]:
+        """The TLS/SASL keyword arguments of kafka-python's producer, consumer and admin."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_password is not None  # _sasl_complete
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password.get_secret_value(),
+            }
+        if self.security_protocol.endswith("SSL") and self.ssl_cafile is not None:
+            kwargs["ssl_cafile"] = str(self.ssl_cafile)
+        return kwargs
 
 
 class HttpSettings(BaseSettings):
