@@ -67,7 +67,6 @@ class EmbeddedPromoter:
         )
 
 
-
 class HelmClient(Protocol):
     """The two helm-python-sdk calls the cluster promoter makes (helm_python.Config)."""
 
@@ -203,6 +202,13 @@ class ClusterPromoter:
         except PromotionAborted as exc:
             log.warning("promotion of %s ended: %s", version, exc.outcome.detail)
             return exc.outcome
+        except Exception as exc:  # an API error no step expected: still an outcome to publish
+            log.exception("promotion of %s failed", version)
+            return PromotionOutcome(
+                False,
+                f"promotion failed: {exc!r}; see `helm history {self.release}` for what serves",
+                stage="error",
+            )
 
     def _rollout(self, folder: Path, version: str) -> PromotionOutcome:
         before = self._read()
@@ -296,7 +302,9 @@ class ClusterPromoter:
         waited = "the previous teacher is Ready" if back.ready else f"not Ready yet: {back.why}"
         raise PromotionAborted(
             PromotionOutcome(
-                False, f"{why}; rolled back to the previous revision ({waited})", rolled_back=True,
+                False,
+                f"{why}; rolled back to the previous revision ({waited})",
+                rolled_back=True,
                 stage=stage,
             )
         )

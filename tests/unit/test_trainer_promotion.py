@@ -1,59 +1,88 @@
-"""Cluster promotion against a recorded fake of its two calls.
+"""Cluster promotion (KServe's canary rollout through Helm) against recorded fakes of its calls.
 
 There is no Kubernetes API server on these machines (no cluster, no Docker), so the cluster
 promoter is tested against fakes that record what it sends to Helm (helm-python-sdk's
-Config.upgrade / rollback) and answer the kubernetes client's InferenceService read with
-recorded KServe status objects. The embedded promoter runs against a real policy server in
-tests/integration/test_trainer_cycle.py.
+Config.upgrade / rollback) and answer the kubernetes client's InferenceService reads with
+recorded KServe status objects, one per read, in order. The live check is a function here;
+its Prometheus queries are tested in tests/unit/test_trainer_live_checks.py. The embedded
+promoter runs against a real policy server in tests/integration/test_trainer_cycle.py.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.trainer.promotion import ClusterPromoter, PromotionOutcome, inference_service_ready
+from services.trainer.canary import CanaryConfig, Verdict
+from services.trainer.isvc_status import Revisions, inference_service_ready, readiness
+from services.trainer.promotion import HELM_BUSY, ClusterPromoter, PromotionOutcome
 
-NOT_READY = {
-    "metadata": {"generation": 4},
-    "status": {"observedGeneration": 3, "conditions": [{"type": "Ready", "status": "True"}]},
-}  # still the old generation's Ready
-PREDICTOR_FAILED = {
-    "metadata": {"generation": 4},
-    "status": {
-        "observedGeneration": 4,
-        "conditions": [
-            {"type": "PredictorReady", "status": "False", "reason": "RevisionMissing"},
-            {"type": "Ready", "status": "False", "reason": "RevisionMissing"},
-        ],
-    },
-}
-READY = {
-    "metadata": {"generation": 4},
-    "status": {
-        "observedGeneration": 4,
-        "conditions": [
-            {"type": "PredictorReady", "status": "True"},
-            {"type": "Ready", "status": "True"},
-        ],
-    },
-}
+STUDENT = Path("/models/s20240301-abc123")
+VERSION = "s20240301-abc123"
+
+
+def isvc(
+    gen: int,
+    observed: int,
+    ready: bool = True,
+    *,
+    created: str = "policy-predictor-00001",
+    ready_rev: str | None = None,
+    prev: str = "",
+) -> dict[str, Any]:
+    """A recorded KServe InferenceService (serverless) with its own generation and status."""
+    state = "True" if ready else "False"
+    return {
+        "metadata": {"generation": gen},
+        "status": {
+            "observedGeneration": observed,
+            "conditions": [
+                {"type": "PredictorReady", "status": state, "reason": "" if ready else "Failed"},
+                {"type": "Ready", "status": state},
+            ],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": created,
+                    "latestReadyRevision": ready_rev if ready_rev is not None else created,
+                    "previousRolledoutRevision": prev,
+                }
+            },
+        },
+    }
+
+
+TEACHER = isvc(4, 4)  # before the upgrade: revision 00001 serves, Ready
+CANARY = isvc(5, 5, created="policy-predictor-00002", prev="policy-predictor-00001")
+PROMOTED = isvc(6, 6, created="policy-predictor-00002", prev="policy-predictor-00001")
+ROLLED_BACK = isvc(6, 6, created="policy-predictor-00003", prev="policy-predictor-00002")
 
 
 class RecordingHelm:
-    def __init__(self) -> None:
+    """helm-python-sdk's Config: records every call; `fail` maps a call number to an error."""
+
+    def __init__(self, fail: dict[int, Exception] | None = None, first_revision: int = 7) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.fail = fail or {}
+        self.revision = first_revision
+
+    def _record(self, call: tuple[str, tuple[Any, ...], dict[str, Any]]) -> None:
+        self.calls.append(call)
+        error = self.fail.get(len(self.calls))
+        if error is not None:
+            raise error
 
     def upgrade(
         self, chart: Any, name: str, values: dict[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        self.calls.append(("upgrade", (chart, name, values), kwargs))
-        return {"name": name, "version": 5, "info": {"status": "deployed"}}
+        self._record(("upgrade", (chart, name, copy.deepcopy(values)), kwargs))
+        self.revision += 1
+        return {"name": name, "version": self.revision, "info": {"status": "deployed"}}
 
     def rollback(self, name: str, **kwargs: Any) -> None:
-        self.calls.append(("rollback", (name,), kwargs))
+        self._record(("rollback", (name,), kwargs))
 
 
 class RecordedInferenceServices:
@@ -68,68 +97,176 @@ class RecordedInferenceServices:
         return self.answers[min(len(self.reads) - 1, len(self.answers) - 1)]
 
 
+class LiveFigures:
+    """The live check the promoter calls after the canary window; records what it was asked."""
+
+    def __init__(self, healthy: bool) -> None:
+        self.healthy = healthy
+        self.asked: list[tuple[Revisions, str]] = []
+
+    def __call__(self, revisions: Revisions, version: str) -> Verdict:
+        self.asked.append((revisions, version))
+        word = "passed" if self.healthy else "failed (realised edge below the teacher's)"
+        return Verdict(self.healthy, f"live check {word}")
+
+
 def _promoter(
-    answers: list[dict[str, Any]], **kwargs: Any
-) -> tuple[ClusterPromoter, RecordingHelm, RecordedInferenceServices]:
-    helm, k8s = RecordingHelm(), RecordedInferenceServices(answers)
+    answers: list[dict[str, Any]], helm: RecordingHelm | None = None, healthy: bool = True
+) -> tuple[ClusterPromoter, RecordingHelm, RecordedInferenceServices, LiveFigures, list[float]]:
+    helm = helm or RecordingHelm()
+    k8s, live = RecordedInferenceServices(answers), LiveFigures(healthy)
+    slept: list[float] = []
     promoter = ClusterPromoter(
         release="prod",
         chart="charts/rlmf",
         namespace="trading",
         storage_uri=lambda folder: f"pvc://prod-rlmf-models/{folder.name}",
+        canary=CanaryConfig(traffic_percent=20, window_s=900, prometheus_url="http://prom:9090"),
         helm=helm,
         k8s=k8s,
         ready_timeout_s=10,
         poll_s=5,
-        sleep=lambda _s: None,
-        **kwargs,
+        live_check=live,
+        sleep=slept.append,
     )
-    return promoter, helm, k8s
+    return promoter, helm, k8s, live, slept
 
 
-def test_upgrade_moves_student_to_teacher_and_waits_for_ready() -> None:
-    promoter, helm, k8s = _promoter([NOT_READY, READY])
-    outcome = promoter.promote(Path("/models/s20240301-abc123"), "s20240301-abc123")
-    assert outcome.promoted, outcome.detail
-    ((name, args, kwargs),) = helm.calls
-    assert name == "upgrade" and args[1] == "prod"
-    assert args[2] == {
+def test_canary_first_then_promote() -> None:
+    promoter, helm, k8s, live, slept = _promoter([TEACHER, CANARY, CANARY, PROMOTED])
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.promoted and not outcome.rolled_back, outcome.detail
+    assert outcome.stage == "promote" and "20%" in outcome.detail
+    canary, promote = helm.calls
+    assert canary[0] == "upgrade" and canary[1][1] == "prod"
+    assert canary[1][2] == {
         "policy": {
-            "teacher": {"storageUri": "pvc://prod-rlmf-models/s20240301-abc123"},
+            "student": {
+                "storageUri": f"pvc://prod-rlmf-models/{VERSION}",
+                "canaryTrafficPercent": 20,
+            }
+        }
+    }
+    assert promote[1][2] == {
+        "policy": {
+            "teacher": {"storageUri": f"pvc://prod-rlmf-models/{VERSION}"},
             "student": {"storageUri": "", "canaryTrafficPercent": 0},
         }
     }
-    assert kwargs["reuse_values"] is True and kwargs["namespace"] == "trading"
-    assert k8s.reads[-1] == (
-        "serving.kserve.io",
-        "v1beta1",
-        "trading",
-        "inferenceservices",
-        "prod-rlmf-policy",
+    for _, _, kwargs in helm.calls:
+        assert kwargs["reuse_values"] is True and kwargs["namespace"] == "trading"
+    assert k8s.reads[0] == (
+        "serving.kserve.io", "v1beta1", "trading", "inferenceservices", "prod-rlmf-policy",
+    )  # fmt: skip
+    # The live check came after the watch window, about the canary's and the teacher's revisions.
+    assert 900 in slept
+    assert live.asked == [(Revisions("policy-predictor-00002", "policy-predictor-00001"), VERSION)]
+
+
+def test_canary_then_a_bad_live_check_rolls_back_to_before_the_canary() -> None:
+    promoter, helm, _, live, _ = _promoter(
+        [TEACHER, CANARY, CANARY, CANARY, ROLLED_BACK], healthy=False
     )
-    assert len(k8s.reads) == 2
-
-
-def test_rolls_back_when_never_ready() -> None:
-    promoter, helm, k8s = _promoter([PREDICTOR_FAILED])
-    outcome = promoter.promote(Path("/models/s1"), "s1")
-    assert not outcome.promoted and outcome.rolled_back and "rolled back" in outcome.detail
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert not outcome.promoted and outcome.rolled_back and outcome.stage == "live_check"
+    assert "realised edge below the teacher's" in outcome.detail
+    assert "previous teacher is Ready" in outcome.detail  # the rollback was waited on
     assert [c[0] for c in helm.calls] == ["upgrade", "rollback"]
-    assert helm.calls[1][1] == ("prod",) and helm.calls[1][2] == {}  # previous revision
-    assert len(k8s.reads) == 3  # t=0, 5, 10 s, then the timeout
+    # The canary upgrade made revision 8: back to 7, the release before the canary.
+    assert helm.calls[1][1] == ("prod",) and helm.calls[1][2] == {"version": 7}
+    assert len(live.asked) == 1
 
 
-def test_rolls_back_when_live_metrics_lag_the_teacher() -> None:
-    promoter, helm, _ = _promoter([READY], live_check=lambda: False)
-    outcome = promoter.promote(Path("/models/s1"), "s1")
-    assert not outcome.promoted and outcome.rolled_back and "live metrics" in outcome.detail
-    assert [c[0] for c in helm.calls] == ["upgrade", "rollback"]
+def test_canary_never_ready_rolls_back_without_judging_it() -> None:
+    broken = isvc(5, 5, ready=False, created="policy-predictor-00002", ready_rev="")
+    promoter, helm, k8s, live, _ = _promoter([TEACHER, broken, broken, broken, broken, ROLLED_BACK])
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert not outcome.promoted and outcome.rolled_back and outcome.stage == "canary"
+    assert "not Ready in time" in outcome.detail and "PredictorReady" in outcome.detail
+    assert [c[0] for c in helm.calls] == ["upgrade", "rollback"] and not live.asked
+    assert len(k8s.reads) == 1 + 3 + 1 + 1  # before, t=0/5/10 s, rollback start, rollback Ready
+
+
+def test_rollback_that_does_not_get_ready_is_said() -> None:
+    broken = isvc(5, 5, ready=False, created="policy-predictor-00002", ready_rev="")
+    promoter, _, _, _, _ = _promoter([TEACHER, broken])
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.rolled_back and "not Ready yet" in outcome.detail
+
+
+def test_helm_busy_changes_nothing_and_says_so() -> None:
+    busy = RuntimeError(f"UPGRADE FAILED: {HELM_BUSY}")
+    promoter, helm, _, live, _ = _promoter([TEACHER], RecordingHelm(fail={1: busy}))
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert not outcome.promoted and not outcome.rolled_back and outcome.stage == "helm_busy"
+    assert "in progress on release prod" in outcome.detail and "nothing changed" in outcome.detail
+    assert [c[0] for c in helm.calls] == ["upgrade"] and not live.asked
+
+
+def test_helm_failing_at_the_promote_step_rolls_back() -> None:
+    broken = RuntimeError("template: rlmf/templates/policy.yaml: nil pointer")
+    promoter, helm, _, _, _ = _promoter(
+        [TEACHER, CANARY, CANARY, CANARY, ROLLED_BACK], RecordingHelm(fail={2: broken})
+    )
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.rolled_back and outcome.stage == "helm" and "nil pointer" in outcome.detail
+    assert [c[0] for c in helm.calls] == ["upgrade", "upgrade", "rollback"]
+    assert helm.calls[2][2] == {"version": 7}
+
+
+def test_failing_rollback_is_an_outcome_not_a_crash() -> None:
+    helm = RecordingHelm(fail={2: RuntimeError("rollback: connection refused")})
+    promoter, _, _, _, _ = _promoter([TEACHER, CANARY], helm, healthy=False)
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert not outcome.promoted and not outcome.rolled_back
+    assert "helm rollback failed too" in outcome.detail
+
+
+def test_an_api_error_is_an_outcome_not_a_crash() -> None:
+    class Unreachable(RecordedInferenceServices):
+        def get_namespaced_custom_object(self, *args: str) -> Any:
+            raise ConnectionError("api server unreachable")
+
+    promoter, _, _, _, _ = _promoter([])
+    promoter._k8s = Unreachable([])
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert not outcome.promoted and outcome.stage == "error" and "unreachable" in outcome.detail
+
+
+# -- readiness of the right generation ---------------------------------------------------------
+
+
+def test_ready_of_the_old_generation_is_not_ready() -> None:
+    """KServe reports the previous generation's Ready until it has reconciled the upgrade."""
+    stale = isvc(5, 4)
+    assert not readiness(stale, after_generation=4).ready
+    assert "observes generation 4 of 5" in readiness(stale, after_generation=4).why
+    # The upgrade has not reached the InferenceService yet: same generation as before.
+    assert not readiness(TEACHER, after_generation=4).ready
+    assert readiness(CANARY, after_generation=4).ready
+
+
+def test_canary_needs_a_new_ready_revision() -> None:
+    same = isvc(5, 5, created="policy-predictor-00001")
+    assert "no new revision" in readiness(same, new_revision_after="policy-predictor-00001").why
+    pending = isvc(5, 5, created="policy-predictor-00002", ready_rev="policy-predictor-00001")
+    assert "not ready" in readiness(pending, new_revision_after="policy-predictor-00001").why
+    assert readiness(CANARY, new_revision_after="policy-predictor-00001").ready
+
+
+def test_hpa_scaling_does_not_change_the_verdict() -> None:
+    """An HPA moves the Deployment's generation, which KServe copies into the predictor
+    component; the InferenceService's own generation and conditions decide."""
+    scaled = copy.deepcopy(CANARY)
+    scaled["status"]["components"]["predictor"]["observedGeneration"] = 2
+    scaled["status"]["components"]["predictor"]["generation"] = 9
+    assert readiness(scaled, after_generation=4).ready
 
 
 def test_ready_reads_kserve_conditions() -> None:
-    assert inference_service_ready(READY)
-    assert not inference_service_ready(NOT_READY)
-    assert not inference_service_ready(PREDICTOR_FAILED)
+    assert inference_service_ready(CANARY)
+    assert not inference_service_ready(isvc(5, 4))
+    assert not inference_service_ready(isvc(5, 5, ready=False))
     assert not inference_service_ready({})
 
 
@@ -150,3 +287,14 @@ def test_promotion_metric_label_reads_the_outcome_fields(
     from services.trainer.cycle import _outcome
 
     assert _outcome(gate_passed, outcome) == label
+
+
+def test_cluster_promotion_without_prometheus_is_refused() -> None:
+    from services.trainer.settings import TrainerSettings
+
+    with pytest.raises(ValueError, match="RLMF_TRAINER_CANARY__PROMETHEUS_URL"):
+        ClusterPromoter.from_settings(TrainerSettings(promotion="cluster"))
+    promoter = ClusterPromoter.from_settings(
+        TrainerSettings(promotion="cluster", canary={"prometheus_url": "http://prom:9090"})
+    )
+    assert promoter.live_check is not None
