@@ -18,7 +18,7 @@ from services.trainer.isvc_status import Revisions
 # and the answer's status class; latencies are in milliseconds.
 REQUESTS = "revision_app_request_count"
 LATENCY_BUCKETS = "revision_app_request_latencies_bucket"
-# services/promotion_watcher/metrics.py
+# services/promotion_watcher/metrics.py: edge summed per model version, decisions counted
 EDGE_SUM = "rlmf_feedback_edge_sum"
 DECISIONS = "rlmf_feedback_decisions_total"
 
@@ -84,8 +84,9 @@ class LiveCheck:
         decisions = self.query(f"sum({DECISIONS}{{{mine}}})") or 0.0
         edge = self.query(f"sum({EDGE_SUM}{{{mine}}}) / sum({DECISIONS}{{{mine}}})")
         others = f'model_version!="{version}"'
+        # The edge sum is a gauge (edge can be negative): delta, not increase.
         teacher = self.query(
-            f"sum(increase({EDGE_SUM}{{{others}}}[{window}])) / "
+            f"sum(delta({EDGE_SUM}{{{others}}}[{window}])) / "
             f"sum(increase({DECISIONS}{{{others}}}[{window}]))"
         )
         return (edge, decisions), teacher
