@@ -1,6 +1,8 @@
 """Versioned policy artifacts: a folder of weights, tokenizer, config, value head and a manifest
-holding every file's sha256. Saving is atomic (staged beside, then renamed); loading verifies
-every hash before anything is read and names the file that does not match.
+holding every file's sha256, optionally signed (artifact_signing.py). Saving is atomic (staged
+beside, then renamed); loading copies each file into a private folder while hashing it, checks
+the hash (and the manifest's signature), and loads that copy: the bytes loaded are the bytes
+checked, whatever happens to the original folder meanwhile.
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file, save_model
 
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+from services.policy.artifact_signing import SIGNATURE, SigningError
 from services.policy.prompt import PROMPT_VERSION
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,11 @@ ARTIFACT_FORMAT = 1
 
 class ArtifactError(RuntimeError):
     """An artifact folder is missing, incomplete, tampered with, or otherwise unusable."""
+
+
+class UnverifiedArtifact(ArtifactError):
+    """The folder could not be shown to be an artifact at all: missing, no readable manifest,
+    or (with a public key) no valid signature. A server tells a caller no more than that."""
 
 
 class TrainingWindow(BaseModel):
@@ -80,7 +93,7 @@ def _listed_files(folder: Path) -> dict[str, Path]:
     return {
         p.relative_to(folder).as_posix(): p
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and p.relative_to(folder).as_posix() not in (MANIFEST, SIGNATURE)
     }
 
 
@@ -110,9 +123,12 @@ def save_artifact(
     manifest_fields: dict[str, Any],
     overwrite: bool = False,
     reward_model: Path | None = None,
+    signing_key: Path | None = None,
 ) -> Manifest:
     """Write `model` as an artifact at `folder`; returns its manifest.
 
+    `signing_key`, an Ed25519 private key PEM file, signs the manifest (`sign_artifact`) before
+    the folder appears, so a signed artifact is never seen unsigned.
     `manifest_fields` holds version, base_model and optionally parent_version, training_window,
     eval_metrics, notes, name. `reward_model`, a folder, is copied in as REWARD_MODEL; its files
     are hashed like every other. The folder appears complete or not at all: everything is
@@ -140,6 +156,8 @@ def save_artifact(
         files = {rel: sha256_file(p) for rel, p in _listed_files(staging).items()}
         manifest = Manifest(**fields, files=files)
         (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        if signing_key is not None:
+            sign_artifact(staging, signing_key)
         _move_into_place(staging, folder)
     finally:
         if staging.exists():
@@ -159,27 +177,83 @@ def _move_into_place(staging: Path, folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def read_manifest(folder: str | Path) -> Manifest:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: {folder} is not a policy artifact")
-    try:
-        return Manifest.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+def sign_artifact(folder: str | Path, private_key_path: Path) -> None:
+    """Sign `folder`'s manifest.json with the Ed25519 private key in `private_key_path` (PEM):
+    the policy server given the public key serves only folders signed so.
 
+    Raises:
+        ArtifactError: no manifest, or the key file is missing or not an Ed25519 key.
+    """
+    from services.policy.artifact_signing import load_private_key, sign_bytes
 
-def verify_artifact(folder: str | Path) -> Manifest:
-    """Check every file against the manifest's sha256; raise naming the first problem."""
     folder = Path(folder)
+    try:
+        key = load_private_key(private_key_path)
+    except SigningError as exc:
+        raise ArtifactError(f"cannot sign {folder}: {exc}") from exc
+    signature = sign_bytes(key, _manifest_bytes(folder))
+    tmp = folder / f".{SIGNATURE}.tmp"
+    tmp.write_bytes(signature)
+    tmp.replace(folder / SIGNATURE)
+
+
+def _manifest_bytes(folder: Path) -> bytes:
+    path = folder / MANIFEST
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UnverifiedArtifact(f"{path} is missing: {folder} is not a policy artifact") from exc
+
+
+def _parse_manifest(folder: Path, data: bytes) -> Manifest:
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise UnverifiedArtifact(f"{folder / MANIFEST} is not a valid manifest: {exc}") from exc
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    return _parse_manifest(Path(folder), _manifest_bytes(Path(folder)))
+
+
+def _check_signature(folder: Path, manifest: bytes, public_key: Ed25519PublicKey) -> None:
+    from services.policy.artifact_signing import verify_bytes
+
+    try:
+        signature = (folder / SIGNATURE).read_bytes()
+    except OSError as exc:
+        raise UnverifiedArtifact(f"{folder}: no {SIGNATURE}: not a signed artifact") from exc
+    try:
+        verify_bytes(public_key, manifest, signature)
+    except SigningError as exc:
+        raise UnverifiedArtifact(f"{folder}: {exc}") from exc
+
+
+def _hash_and_copy(src: Path, dst: Path | None) -> str:
+    """sha256 of `src`, read once; with `dst`, those same bytes are written there."""
+    if dst is None:
+        return sha256_file(src)
+    digest = hashlib.sha256()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as f, dst.open("wb") as out:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def _verify(folder: Path, public_key: Ed25519PublicKey | None, copy_to: Path | None) -> Manifest:
     if not folder.is_dir():
-        raise ArtifactError(f"artifact folder {folder} does not exist")
-    manifest = read_manifest(folder)
+        raise UnverifiedArtifact(f"artifact folder {folder} does not exist")
+    data = _manifest_bytes(folder)  # read once: the bytes signed are the bytes parsed
+    if public_key is not None:
+        _check_signature(folder, data, public_key)
+    manifest = _parse_manifest(folder, data)
     present = _listed_files(folder)
     for rel, expected in manifest.files.items():
         if rel not in present:
             raise ArtifactError(f"{folder}: file {rel} listed in the manifest is missing")
-        actual = sha256_file(present[rel])
+        actual = _hash_and_copy(present[rel], None if copy_to is None else copy_to / rel)
         if actual != expected:
             raise ArtifactError(
                 f"{folder}: file {rel} does not match its manifest hash "
@@ -191,7 +265,31 @@ def verify_artifact(folder: str | Path) -> Manifest:
     for required in ("config.json", VALUE_HEAD):
         if required not in manifest.files:
             raise ArtifactError(f"{folder}: the manifest lists no {required}")
+    if copy_to is not None:
+        (copy_to / MANIFEST).write_bytes(data)
     return manifest
+
+
+def verify_artifact(folder: str | Path, public_key: Ed25519PublicKey | None = None) -> Manifest:
+    """Check every file against the manifest's sha256 (and, given `public_key`, the manifest's
+    signature); raise naming the first problem."""
+    return _verify(Path(folder), public_key, None)
+
+
+@contextmanager
+def verified_copy(
+    folder: str | Path,
+    public_key: Ed25519PublicKey | None = None,
+    staging_dir: Path | None = None,
+) -> Iterator[tuple[Manifest, Path]]:
+    """Verify `folder` into a private copy (owner-only, under `staging_dir` or the temp dir)
+    and yield (manifest, copy); the copy is removed on exit. Load from the copy: a file
+    swapped in the original after its hash was checked is never read."""
+    copy = Path(tempfile.mkdtemp(prefix=".verified-", dir=staging_dir))
+    try:
+        yield _verify(Path(folder), public_key, copy), copy
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def check_prompt_version(folder: str | Path, manifest: Manifest) -> None:
@@ -204,24 +302,38 @@ def check_prompt_version(folder: str | Path, manifest: Manifest) -> None:
         )
 
 
-def load_artifact(folder: str | Path, dtype: str | None = None) -> LLMActorCritic:
-    """Verify, then load the actor-critic; its model_version is the manifest's version.
-    An artifact built for another prompt version is refused (`check_prompt_version`)."""
-    manifest = verify_artifact(folder)
-    check_prompt_version(folder, manifest)
+def load_artifact(
+    folder: str | Path,
+    dtype: str | None = None,
+    public_key: Ed25519PublicKey | None = None,
+    staging_dir: Path | None = None,
+) -> LLMActorCritic:
+    """Verify, then load the actor-critic from the verified copy (`verified_copy`); its
+    model_version is the manifest's version. An artifact built for another prompt version is
+    refused (`check_prompt_version`)."""
+    with verified_copy(folder, public_key, staging_dir) as (manifest, copy):
+        return load_verified(copy, manifest, dtype, shown=Path(folder))
+
+
+def load_verified(
+    copy: Path, manifest: Manifest, dtype: str | None = None, shown: Path | None = None
+) -> LLMActorCritic:
+    """Load the actor-critic from a folder `verified_copy` made; errors name `shown`."""
+    shown = shown or copy
+    check_prompt_version(shown, manifest)
     fields = dict(manifest.actor_critic)
     if dtype:
         fields["dtype"] = dtype
     try:
         config = ActorCriticConfig(**fields)
     except TypeError as exc:
-        raise ArtifactError(f"{folder}: manifest actor_critic settings are invalid: {exc}") from exc
-    model = LLMActorCritic.from_pretrained(folder, config, model_version=manifest.version)
-    model.value_head.load_state_dict(load_file(str(Path(folder) / VALUE_HEAD)))
+        raise ArtifactError(f"{shown}: manifest actor_critic settings are invalid: {exc}") from exc
+    model = LLMActorCritic.from_pretrained(copy, config, model_version=manifest.version)
+    model.value_head.load_state_dict(load_file(str(copy / VALUE_HEAD)))
     if model.state_head is not None:
-        if not (Path(folder) / STATE_HEAD).is_file():
-            raise ArtifactError(f"{folder}: actor_critic has state_head on but no {STATE_HEAD}")
-        model.state_head.load_state_dict(load_file(str(Path(folder) / STATE_HEAD)))
+        if not (copy / STATE_HEAD).is_file():
+            raise ArtifactError(f"{shown}: actor_critic has state_head on but no {STATE_HEAD}")
+        model.state_head.load_state_dict(load_file(str(copy / STATE_HEAD)))
     model.manifest = manifest
     return model
 

@@ -6,12 +6,18 @@ the answer. Two routes are added beside KServe's own:
 
   POST /v1/models/<name>:reload  {"model_dir": "..."}  load + verify beside the old, then swap
   GET  /v1/models/<name>:status                        version, manifest, explain mode
+
+Reload is guarded three ways: a bearer token (or, without one, loopback clients only), the
+reload root, and the artifact's signature (with a public key). A caller learns nothing about a
+folder that is not a verified artifact: missing, unreadable and unsigned all read the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +31,22 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from services.common import metrics as common_metrics
+from services.common.body_limit import BodyLimitMiddleware
 from services.common.device import resolve_placement
 from services.common.market_state import MarketState
 from services.policy import metrics
 from services.policy.actor_critic import LLMActorCritic, PolicyDecision
-from services.policy.artifacts import REWARD_MODEL, ArtifactError, load_artifact
+from services.policy.artifact_signing import load_public_key
+from services.policy.artifacts import (
+    REWARD_MODEL,
+    ArtifactError,
+    UnverifiedArtifact,
+    load_verified,
+    verified_copy,
+)
 from services.policy.batcher import MicroBatcher
 from services.policy.explain import ExplainConfig, Explainer, RewardScorer, SequenceClassifierScorer
+from services.policy.openapi import RELOAD_DOC, STATUS_DOC, document_api
 from services.policy.protocol import (
     Limits,
     ParsedRequest,
@@ -40,13 +55,20 @@ from services.policy.protocol import (
     v1_response,
     v2_response,
 )
-from services.policy.settings import PolicySettings
+from services.policy.settings import PolicySettings, is_loopback
 
 log = logging.getLogger(__name__)
 
 
 class ReloadRefused(RuntimeError):
-    """A reload's folder failed to load or verify; the old model is still serving."""
+    """A reload's folder failed to load or verify; the old model is still serving.
+
+    `public` is what the caller is told: the reason, unless the folder was never shown to be
+    an artifact (then only that, so the route does not tell which paths exist)."""
+
+    def __init__(self, detail: str, public: str) -> None:
+        super().__init__(detail)
+        self.public = public
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,11 @@ class PolicyModel(Model):
         )
         self._current: ServedModel | None = None
         self._scorer: RewardScorer | None = None
+        self._public_key = (
+            load_public_key(settings.artifact_public_key_file)
+            if settings.artifact_public_key_file is not None
+            else None
+        )
         self._reload_lock = asyncio.Lock()
         self._batcher: MicroBatcher[MarketState, PolicyDecision] = MicroBatcher(
             self._run_batch, settings.max_batch, settings.max_wait_ms / 1000
@@ -102,20 +129,22 @@ class PolicyModel(Model):
         return SequenceClassifierScorer(folder)
 
     def _load_verified(self, folder: Path) -> ServedModel:
-        """Verify hashes, load, attach the explainer, and warm up (prefix cache + one decision),
-        so the model is complete before anyone can see it. An artifact that carries its own
-        reward model (a cycle trained one beside it) ranks explanations with that one."""
+        """Verify hashes (and the signature, with a public key) into a private copy, load that
+        copy, attach the explainer, and warm up (prefix cache + one decision), so the model is
+        complete before anyone can see it. An artifact that carries its own reward model (a
+        cycle trained one beside it) ranks explanations with that one."""
         placement = resolve_placement(self.settings.device, self.settings.dtype)
-        model = load_artifact(folder, dtype=placement.dtype)
+        with verified_copy(folder, self._public_key, self.settings.staging_dir) as (manifest, copy):
+            model = load_verified(copy, manifest, dtype=placement.dtype, shown=folder)
+            scorer = self._scorer
+            if (copy / REWARD_MODEL).is_dir():
+                scorer = SequenceClassifierScorer(copy / REWARD_MODEL)
+                log.info("best-of-n ranks with the reward model inside %s", folder)
         model.to(placement.device)
         if self.settings.day_cache_dir is not None:
             model.attach_day_cache(
                 self.settings.day_cache_memory_mb << 20, self.settings.day_cache_dir
             )
-        scorer = self._scorer
-        if (folder / REWARD_MODEL).is_dir():
-            scorer = SequenceClassifierScorer(folder / REWARD_MODEL)
-            log.info("best-of-n ranks with the reward model inside %s", folder)
         explainer = Explainer(
             ExplainConfig(
                 self.settings.explain_max_tokens, self.settings.best_of_n, seed=self.settings.seed
@@ -169,7 +198,11 @@ class PolicyModel(Model):
                 if isinstance(exc, ArtifactError):
                     common_metrics.ARTIFACT_HASH_MISMATCH.labels("policy").inc()
                 log.error("reload of %s refused, still serving %s: %s", folder, previous, exc)
-                raise ReloadRefused(str(exc)) from exc
+                public = str(exc)
+                if isinstance(exc, UnverifiedArtifact):
+                    signed = "signed " if self._public_key is not None else ""
+                    public = f"{folder} is not a {signed}policy artifact"
+                raise ReloadRefused(str(exc), public) from exc
             self._swap(served)
             metrics.RELOADS.labels("ok").inc()
             metrics.RELOAD_FAILED.set(0)
@@ -267,33 +300,108 @@ class PolicyModel(Model):
         }
 
 
+def read_reload_token(settings: PolicySettings) -> str | None:
+    """The reload route's bearer token from RLMF_POLICY_RELOAD_TOKEN_FILE (None when unset).
+
+    Raises:
+        ValueError: the file is unreadable or empty (a guard that silently fell open is worse
+            than a server that does not start).
+    """
+    path = settings.reload_token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read RLMF_POLICY_RELOAD_TOKEN_FILE {path}: {exc}") from exc
+    if not token:
+        raise ValueError(f"RLMF_POLICY_RELOAD_TOKEN_FILE {path} is empty")
+    return token
+
+
+def _error(text: str, status: int, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": text}, status_code=status, headers=headers or None)
+
+
+def _is_loopback_client(request: Request) -> bool:
+    return request.client is not None and is_loopback(request.client.host)
+
+
+def _reload_gate(request: Request, token: str | None) -> JSONResponse | None:
+    """401/403 unless the caller may reload: the bearer token when one is set, else loopback."""
+    if token is None:
+        if _is_loopback_client(request):
+            return None
+        return _error(
+            "reload is open to loopback clients only: this server has no "
+            "RLMF_POLICY_RELOAD_TOKEN_FILE",
+            403,
+        )
+    scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(supplied.encode(), token.encode()):
+        return None
+    return _error(
+        "reload needs the bearer token (Authorization: Bearer <token>)",
+        401,
+        **{"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _reload_folder(raw: str, root: Path) -> Path | None:
+    """`raw` as an absolute folder inside `root`, or None. Checked on the path as written and
+    again with links followed, without telling the two apart (or what exists)."""
+    if "\x00" in raw:
+        return None
+    try:
+        written = Path(os.path.normpath(root / raw))
+        resolved = written.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if written.is_relative_to(root) and resolved.is_relative_to(root):
+        return resolved
+    return None
+
+
+async def _reload_body(request: Request) -> str | JSONResponse:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error('body must be JSON: {"model_dir": "..."}', 400)
+    if not isinstance(body, dict) or not isinstance(body.get("model_dir"), str):
+        return _error('missing string field "model_dir"', 400)
+    return str(body["model_dir"])
+
+
 def install_routes(app: FastAPI, model: PolicyModel) -> None:
-    """Add the reload and status routes, and turn FastAPI's 422 body errors into 400s."""
+    """Add the reload (when enabled) and status routes, the streaming body limit, the OpenAPI
+    document of what the routes answer, and turn FastAPI's 422 body errors into 400s."""
+    token = read_reload_token(model.settings)
+    root = model.settings.reload_folder_root
+    if model.settings.loopback_only:
+        log.warning(
+            "artifact signatures are not checked (no RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE): "
+            "serving on %s only; reloads only from inside %s",
+            model.settings.bind_host,
+            root,
+        )
 
     async def reload_route(name: str, request: Request) -> JSONResponse:
         if name != model.name:
-            return JSONResponse({"error": f"no model named {name}"}, status_code=404)
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse(
-                {"error": 'body must be JSON: {"model_dir": "..."}'}, status_code=400
-            )
-        if not isinstance(body, dict) or not isinstance(body.get("model_dir"), str):
-            return JSONResponse({"error": 'missing string field "model_dir"'}, status_code=400)
-        folder = Path(body["model_dir"]).resolve()
-        root = model.settings.reload_root
-        if root is not None and not folder.is_relative_to(root.resolve()):
-            return JSONResponse(
-                {"error": f"{folder} is outside the reload root {root}"}, status_code=403
-            )
+            return _error(f"no model named {name}", 404)
+        refused = _reload_gate(request, token)
+        if refused is not None:
+            return refused
+        raw = await _reload_body(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        folder = _reload_folder(raw, root)
+        if folder is None:
+            return _error(f"{raw} is outside the reload root {root}", 403)
         try:
             result = await model.reload(folder)
         except ReloadRefused as exc:
-            return JSONResponse(
-                {"error": f"reload refused, still serving {model.current.model_version}: {exc}"},
-                status_code=422,
-            )
+            served = model.current.model_version
+            return _error(f"reload refused, still serving {served}: {exc.public}", 422)
         return JSONResponse(result)
 
     async def status_route(name: str) -> JSONResponse:
@@ -311,6 +419,23 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
         ]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems)}, status_code=400)
 
-    app.add_api_route("/v1/models/{name}:reload", reload_route, methods=["POST"])
-    app.add_api_route("/v1/models/{name}:status", status_route, methods=["GET"])
+    async def repository_route(model_name: str) -> JSONResponse:
+        # KServe's model repository API would load or unload any model unauthenticated.
+        return _error(
+            f"the model repository API is off; POST /v1/models/{model.name}:reload swaps models",
+            403,
+        )
+
+    for action in ("load", "unload"):
+        # Added before KServe adds its own at start, so these are the ones that match.
+        app.add_api_route(
+            f"/v2/repository/models/{{model_name}}/{action}", repository_route, methods=["POST"]
+        )
+    if model.settings.reload_enabled:
+        app.add_api_route("/v1/models/{name}:reload", reload_route, methods=["POST"], **RELOAD_DOC)
+    app.add_api_route("/v1/models/{name}:status", status_route, methods=["GET"], **STATUS_DOC)
     app.add_exception_handler(RequestValidationError, bad_body)  # type: ignore[arg-type]
+    # Counted while the body streams in: KServe's v1 route and FastAPI's v2 body parsing both
+    # read the whole body before our own checks would see it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=model.settings.max_request_bytes)
+    document_api(app)

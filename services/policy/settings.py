@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 -- only with signed artifacts (see bind_host)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class PolicySettings(BaseSettings):
@@ -34,7 +48,7 @@ class PolicySettings(BaseSettings):
     max_instances: int = Field(default=64, ge=1)
     """Most states in one request; more is a 400."""
     max_request_bytes: int = Field(default=1_000_000, ge=1)
-    """Largest request body; larger is a 400."""
+    """Largest request body, counted while it streams in; larger is a 413 without reading on."""
     max_features: int = Field(default=64, ge=0)
     """Most feature values in one state; more is a 400."""
     max_state_tokens: int = Field(default=1024, ge=16)
@@ -45,9 +59,53 @@ class PolicySettings(BaseSettings):
     """Candidates per explained decision, ranked by the reward model (needs reward_model_dir)."""
     reward_model_dir: Path | None = None
     """A trl reward-model folder; without it best-of-n is off and says so."""
+    reload_enabled: bool = True
+    """Serve POST /v1/models/<name>:reload (the embedded trainer's promotion); off: 404."""
     reload_root: Path | None = None
-    """When set, the reload route only loads folders inside it (403 otherwise); set it in any
-    deployment where the HTTP port is reachable by more than the trainer."""
+    """The reload route only loads folders inside it (403 otherwise). Required with reload on,
+    except on a loopback-only server, where it defaults to model_dir's parent folder (where
+    `rlmf up` and the demo's trainer write the versions beside the teacher)."""
+    reload_token_file: Path | None = None
+    """A file holding the bearer token the reload route requires (`Authorization: Bearer ...`).
+    Without it, only loopback clients may reload; with it, every caller needs it."""
+    artifact_public_key_file: Path | None = None
+    """Ed25519 public key (PEM) every served artifact's manifest must be signed with (the
+    trainer signs with RLMF_TRAINER_ARTIFACT_SIGNING_KEY_FILE). Unset: signatures are not
+    checked, and the server then binds loopback only (and says so in its log)."""
+    http_host: str | None = None
+    """Address the HTTP server binds. Unset: 0.0.0.0 with a public key, else 127.0.0.1. A
+    non-loopback address without a public key is refused at start."""
+    staging_dir: Path | None = None
+    """Where a model's verified private copy is made while it loads (the temp dir if unset)."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads for torch; 0 keeps torch's default."""
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _signed_off_loopback(self) -> PolicySettings:
+        if self.artifact_public_key_file is None and not is_loopback(self.bind_host):
+            raise ValueError(
+                f"RLMF_POLICY_HTTP_HOST={self.http_host} is reachable beyond this machine, so "
+                "artifacts must be signed: set RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE"
+            )
+        if self.reload_enabled and self.reload_root is None and not self.loopback_only:
+            raise ValueError(
+                "RLMF_POLICY_RELOAD_ROOT is required while the reload route is on "
+                "(RLMF_POLICY_RELOAD_ENABLED=false turns it off)"
+            )
+        return self
+
+    @property
+    def bind_host(self) -> str:
+        if self.http_host:
+            return self.http_host
+        return LOOPBACK if self.artifact_public_key_file is None else ALL_INTERFACES
+
+    @property
+    def loopback_only(self) -> bool:
+        return is_loopback(self.bind_host)
+
+    @property
+    def reload_folder_root(self) -> Path:
+        """reload_root, or model_dir's parent on a loopback-only server."""
+        return (self.reload_root or self.model_dir.parent).resolve()

@@ -466,6 +466,7 @@ def _save_student(
         # A reward model the cycle trained travels with the student: the policy server
         # ranks the student's explanations with it (best-of-n).
         reward_model=reward_model if reward_model.is_dir() else None,
+        signing_key=settings.artifact_signing_key_file,
     )
 
 

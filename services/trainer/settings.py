@@ -82,6 +82,9 @@ class TrainerSettings(BaseSettings):
     """The teacher artifact; default: the folder the `current` pointer file in models_dir names."""
     work_dir: Path = Path("rlmf-trainer")
     """Checkpoints of the running cycle and the consumed feedback log."""
+    artifact_signing_key_file: Path | None = None
+    """Ed25519 private key (PEM) that signs each student's manifest; a policy server given the
+    public key (RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE) serves only artifacts signed with it."""
     prices_csv: Path | None = None
     """Bars to train and evaluate on (data_source csv)."""
     data_source: str = Field(default="auto", pattern="^(auto|csv|kafka|synthetic)$")
