@@ -44,17 +44,18 @@ from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.service import on_sigterm, run_consumer_service, start_http
 from services.common.settings import BusSettings, LogSettings
 from services.common.state_block import state_block
-from services.market.baseline_policies import (
-    Decision,
-    HttpPolicy,
-    Policy,
-    hold_decision,
-    make_policy,
-)
+from services.market.baseline_policies import Decision, HttpPolicy, Policy, make_policy
 from services.market.market_data import load_prices_csv
 from services.market.regime_market import generate_market, load_params
+from services.simulator.policy_caller import PolicyCaller
 from services.simulator.session import BarData, StepOutput, TradingSession
 from services.simulator.settings import SimulatorSettings
+from services.simulator.state_store import (
+    SimulatorState,
+    StateFile,
+    restore_session,
+    session_to_dict,
+)
 
 log = logging.getLogger(__name__)
 SERVICE = "simulator"
@@ -74,6 +75,10 @@ FEATURES_READ_ERRORS = Counter(
     "rlmf_simulator_feature_read_errors_total", "Feature-store reads that failed", ["ticker"]
 )
 BARS_TRADED = Counter("rlmf_simulator_bars_total", "Bars the simulator traded", ["ticker", "mode"])
+BARS_ALREADY_TRADED = Counter(
+    "rlmf_simulator_bars_already_traded_total",
+    "Re-delivered bars skipped because the saved state already holds them",
+)
 PORTFOLIO_VALUE = Gauge("rlmf_portfolio_value", "Net worth of the traded account", ["ticker"])
 BUY_AND_HOLD_VALUE = Gauge(
     "rlmf_portfolio_buy_and_hold_value",
@@ -90,7 +95,9 @@ BUY_AND_HOLD_VALUE = Gauge(
 class WatermarkTracker:
     """Follows features.ready.v1 from its end and remembers each ticker's highest watermark."""
 
-    def __init__(self, bus: BusSettings) -> None:
+    def __init__(self, bus: BusSettings, start: dict[int, int] | None = None) -> None:
+        """Follow from `start` (partition -> offset: a resumed replay re-reads its own run's
+        watermarks) or from the end (a new run must not take an older run's watermarks)."""
         ensure_topics(bus, [topics.FEATURES_READY], SERVICE)
         self._consumer = KafkaConsumer(
             bootstrap_servers=bus.bootstrap,
@@ -100,9 +107,13 @@ class WatermarkTracker:
         parts = self._consumer.partitions_for_topic(topics.FEATURES_READY) or set()
         tps = [TopicPartition(topics.FEATURES_READY, p) for p in sorted(parts)]
         self._consumer.assign(tps)
-        self._consumer.seek_to_end(*tps)
-        for tp in tps:  # resolve the end offsets now, before any bar of this run is published
-            self._consumer.position(tp)
+        if start:
+            for tp in tps:
+                self._consumer.seek(tp, start.get(tp.partition, 0))
+        else:
+            self._consumer.seek_to_end(*tps)
+        # Resolve the positions now, before any bar of this run is published.
+        self.start = {tp.partition: self._consumer.position(tp) for tp in tps}
         self._marks: dict[str, datetime] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -281,7 +292,7 @@ class Trader:
         self, settings: SimulatorSettings, policy: Policy, watermarks: WatermarkTracker | None
     ) -> None:
         self.settings = settings
-        self.policy = policy
+        self.policy = PolicyCaller(policy, settings.policy_unavailable_wait_s)
         self.watermarks = watermarks
         self.sessions: dict[str, TradingSession] = {}
         self.reader = _load_reader(settings.features_reader)
@@ -293,19 +304,24 @@ class Trader:
 
     def decide(self, state: MarketState) -> Decision:
         """The policy's decision; any failure becomes hold, a metric and a log line."""
-        try:
-            return self.policy.decide([state])[0]
-        except Exception as exc:  # noqa: BLE001 - a policy bug must not stop trading; it is logged and counted
-            from services.market.baseline_policies import POLICY_FALLBACKS
+        return self.policy.decide(state)
 
-            POLICY_FALLBACKS.labels("policy_error").inc()
-            log.warning(
-                "policy %s raised %s: %s; holding",
-                getattr(self.policy, "name", "?"),
-                type(exc).__name__,
-                exc,
-            )
-            return hold_decision(f"policy_error: {exc}"[:500])
+    def session(self, ticker: str) -> TradingSession:
+        if ticker not in self.sessions:
+            self.sessions[ticker] = TradingSession(ticker, self.settings.execution())
+        return self.sessions[ticker]
+
+    def export_state(self) -> SimulatorState:
+        """Every session and the policy's progress (the caller adds its input positions)."""
+        return SimulatorState(
+            sessions={t: session_to_dict(s) for t, s in self.sessions.items()},
+            policy=self.policy.get_state(),
+        )
+
+    def restore(self, state: SimulatorState) -> None:
+        for ticker, saved in state.sessions.items():
+            restore_session(self.session(ticker), saved)
+        self.policy.set_state(state.policy)
 
     def _features(self, bar: BarData) -> tuple[dict[str, float], float | None, str]:
         # The features service stamps a bar's watermark with the bar's end; waiting for its
@@ -337,11 +353,7 @@ class Trader:
         return clean_features(values)
 
     def on_bar(self, bar: BarData) -> list[Outgoing]:
-        session = self.sessions.get(bar.ticker)
-        if session is None:
-            session = self.sessions[bar.ticker] = TradingSession(
-                bar.ticker, self.settings.execution()
-            )
+        session = self.session(bar.ticker)
         features, sentiment, summary = self._features(bar)
         step = session.on_bar(bar, self.decide, features, sentiment, summary)
         BARS_TRADED.labels(bar.ticker, self.settings.mode).inc()
@@ -407,10 +419,37 @@ class Replay:
         self.settings = settings
         ensure_topics(bus, [topics.MARKET_BARS, *OUTPUT_TOPICS], SERVICE)
         self.producer = Producer(bus, SERVICE)
-        watermarks = WatermarkTracker(bus) if settings.wait_for_features else None
+        self.store = StateFile(settings.state_file) if settings.state_file else None
+        saved = self.store.load() if self.store else None
+        marks = (saved.extra if saved else {}).get("features_ready", {})
+        watermarks = (
+            WatermarkTracker(bus, {int(p): o for p, o in marks.items()})
+            if settings.wait_for_features
+            else None
+        )
         self.trader = Trader(settings, build_policy(settings), watermarks)
+        if saved is not None:
+            self.trader.restore(saved)
+            log.info("resuming the replay from %s", settings.state_file)
         self._stop = threading.Event()
         self.bars_done = 0
+
+    def _traded(self, bar: BarData) -> bool:
+        """Whether a run before a restart already traded (and flushed) this bar."""
+        session = self.trader.sessions.get(bar.ticker)
+        last = None if session is None else session.last_time
+        return last is not None and bar.time <= last
+
+    def _save(self) -> None:
+        """After a bar's outputs are flushed: the state, and where its watermarks started."""
+        if self.store is None:
+            return
+        state = self.trader.export_state()
+        if self.trader.watermarks is not None:
+            state.extra["features_ready"] = {
+                str(p): o for p, o in self.trader.watermarks.start.items()
+            }
+        self.store.save(state)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -422,6 +461,8 @@ class Replay:
             for bar in bars:
                 if self._stop.is_set():
                     break
+                if self._traded(bar):
+                    continue
                 started = time.monotonic()
                 self.producer.publish(
                     topics.MARKET_BARS,
@@ -438,6 +479,7 @@ class Replay:
                         out.topic, out.payload, key=out.key, event_time=out.event_time, id=out.id
                     )
                 self.producer.flush()
+                self._save()
                 self.bars_done += 1
                 if self.settings.speed > 0:
                     self._stop.wait(
@@ -453,13 +495,41 @@ class Replay:
         self.producer.close()
 
 
+class _SavingProducer(Producer):
+    """A Producer that saves the simulator's state after every flush. The state then reflects
+    exactly the bars whose outputs are on the broker, and ConsumerLoop commits their offsets
+    only after this flush returns: a SIGKILL anywhere leaves state and outputs in agreement."""
+
+    def __init__(self, bus: BusSettings, save: Callable[[], None]) -> None:
+        super().__init__(bus, SERVICE)
+        self._save = save
+
+    def flush(self) -> None:
+        super().flush()
+        self._save()
+
+
 def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
-    """A ConsumerLoop over market.bars.v1 trading each wanted ticker's bars."""
+    """A ConsumerLoop over market.bars.v1 trading each wanted ticker's bars; with
+    `state_file`, the account survives a restart (state_store.py)."""
     watermarks = WatermarkTracker(bus) if settings.wait_for_features else None
     trader = Trader(settings, build_policy(settings), watermarks)
     wanted = set(settings.tickers)
+    store = StateFile(settings.state_file) if settings.state_file else None
+    saved = store.load() if store else None
+    if saved is not None:
+        trader.restore(saved)
+        log.info("resuming %d sessions from %s", len(saved.sessions), settings.state_file)
+    done = dict(saved.offsets) if saved else {}
+    """"topic:partition" -> the next offset not yet reflected in the sessions."""
 
     def handle(incoming: Incoming) -> list[Outgoing]:
+        where = f"{incoming.topic}:{incoming.partition}"
+        if incoming.offset < done.get(where, 0):
+            # Traded, flushed and saved before a restart; only its commit was lost.
+            BARS_ALREADY_TRADED.inc()
+            return []
+        done[where] = incoming.offset + 1
         bar = bar_from_pb(incoming.payload)
         if wanted and bar.ticker not in wanted:
             return []
@@ -468,6 +538,12 @@ def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
         except ValueError as exc:  # a bad or out-of-order bar: dead-lettered with this text
             raise ValidationFailed(str(exc)) from exc
 
+    def save() -> None:
+        assert store is not None
+        state = trader.export_state()
+        state.offsets = dict(done)
+        store.save(state)
+
     return ConsumerLoop(
         service=SERVICE,
         topics=[topics.MARKET_BARS],
@@ -475,6 +551,7 @@ def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
         handle=handle,
         group_id=settings.group_id,
         create_topics=OUTPUT_TOPICS,
+        producer=_SavingProducer(bus, save) if store else None,
     )
 
 

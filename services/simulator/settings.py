@@ -56,6 +56,13 @@ class SimulatorSettings(BaseSettings):
     """Optional "module:function" called as f(ticker, as_of) -> dict of features (may include
     "sentiment" and "news_summary"); e.g. the features service's online-store reader."""
     group_id: str = "rlmf-simulator"
+    state_file: Path | None = None
+    """Keep the account (cash, positions, price history, the decision whose feedback is
+    pending, the policy's progress) in this file, replaced atomically after every flush, so
+    a restart, even after SIGKILL, continues exactly (state_store.py); unset: memory only."""
+    policy_unavailable_wait_s: float = Field(default=0.0, ge=0)
+    """Ask a policy server that does not answer (down, restarting) again for up to this long
+    before holding; 0 holds at once. A restarted server then decides what it would have."""
     cost_bps: float = Field(default=10.0, ge=0)
     fixed_fee: float = Field(default=0.0, ge=0)
     fill_at: Literal["next_open", "close"] = "next_open"
