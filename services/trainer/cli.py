@@ -8,8 +8,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from services.trainer.datasets import FeedbackLog
+    from services.trainer.settings import TrainerSettings
 
 GROUP_NAME = "train"
 
@@ -38,7 +43,6 @@ def cycle(
     from services.common.settings import LogSettings
     from services.trainer import ppo
     from services.trainer.cycle import CycleError, CycleInterrupted, run_cycle
-    from services.trainer.datasets import FeedbackLog
     from services.trainer.settings import TrainerSettings
 
     log_settings = LogSettings()
@@ -51,6 +55,11 @@ def cycle(
     if publish is not None:
         overrides["publish"] = publish
     settings = TrainerSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        prices, feedback_log = _inputs(settings, feedback)
+    except ValueError as exc:  # NoMarketData, a bad CSV, cluster promotion without Prometheus
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     producer = None
     if settings.publish:
         from services.common.bus import Producer, ensure_topics
@@ -76,7 +85,8 @@ def cycle(
     try:
         result = run_cycle(
             settings,
-            feedback=FeedbackLog(feedback) if feedback else None,
+            prices=prices,
+            feedback=feedback_log,
             producer=producer,
             progress=progress,
             stop_requested=stop.is_set,
@@ -92,6 +102,33 @@ def cycle(
         if producer is not None:
             producer.close()
     sys.stdout.write(json.dumps(result.to_dict(), default=float) + "\n")
+
+
+def _inputs(settings: TrainerSettings, feedback: Path | None) -> tuple[Any, FeedbackLog | None]:
+    """The cycle's bars and feedback, checked before any model loads. data_source kafka: first
+    read what market.bars.v1 and market.feedback.v1 got since the last run into the store on
+    the work volume; a store with no bars is NoMarketData (exit 2), never a synthetic market."""
+    from services.trainer import market_source
+    from services.trainer.datasets import FeedbackLog
+    from services.trainer.kafka_history import History
+
+    if settings.promotion == "cluster" and not settings.canary.prometheus_url:
+        raise ValueError(
+            "cluster promotion needs RLMF_TRAINER_CANARY__PROMETHEUS_URL to judge the canary"
+        )
+    given = FeedbackLog(feedback) if feedback else None
+    if market_source.resolve(settings) != "kafka":
+        return market_source.load_prices(settings), given
+    from services.common.settings import BusSettings
+
+    history = History(settings.work_dir, settings.ticker)
+    counts, loop = history.sync(BusSettings(), settings.history_group)
+    typer.echo(
+        f"read {counts.bars} bars and {counts.feedback} feedback records of {settings.ticker} "
+        f"({loop.stats.dead_lettered} dead-lettered)",
+        err=True,
+    )
+    return history.prices(), given or history.feedback()
 
 
 @app.command()
