@@ -121,8 +121,12 @@ def _inputs(settings: TrainerSettings, feedback: Path | None) -> tuple[Any, Feed
         return market_source.load_prices(settings), given
     from services.common.settings import BusSettings
 
+    bus = BusSettings()
+    # Quiet this long means caught up. Joining a group (cluster) takes up to a session timeout
+    # plus the broker's initial rebalance delay before any partition is ours, so wait longer.
+    idle_s = 5.0 if bus.group_protocol == "manual" else max(10.0, 2 * bus.session_timeout_ms / 1000)
     history = History(settings.work_dir, settings.ticker)
-    counts, loop = history.sync(BusSettings(), settings.history_group)
+    counts, loop = history.sync(bus, settings.history_group, idle_timeout_s=idle_s)
     typer.echo(
         f"read {counts.bars} bars and {counts.feedback} feedback records of {settings.ticker} "
         f"({loop.stats.dead_lettered} dead-lettered)",
