@@ -100,7 +100,6 @@ class IngestPipeline:
         topic: str = NEWS_RAW,
     ) -> None:
         self.settings = settings
-        self.producer = producer
         self.topic = topic
         resolver = resolver or TickerResolver.from_settings(settings)
         self.normaliser = Normaliser(settings, resolver, clock)
@@ -113,6 +112,11 @@ class IngestPipeline:
         self.stats = IngestStats()
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()
+
+    @property
+    def producer(self) -> Producer:
+        """The publisher's producer (it starts a new one after a failed batch)."""
+        return self.publisher.producer
 
     # -- counting --------------------------------------------------------------------------
 

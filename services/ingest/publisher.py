@@ -166,6 +166,19 @@ class Publisher:
 
     # -- the publisher thread ------------------------------------------------------------------
 
+    def _replace_producer(self) -> None:
+        """After a failed batch, start again with a new producer. kafka-python's idempotent
+        producer can be left in a fatal state for good (a broker that restarted without its
+        state refuses its producer id), and only a new one recovers without a process restart."""
+        old = self.producer
+        try:
+            self.producer = Producer(old.settings, old.service)
+        except Exception as exc:  # noqa: BLE001 - the broker is still away; the next failure retries
+            log.warning("could not connect a new producer yet: %s", exc)
+            return
+        # The old one's sends have all failed; closing it is quick, but never worth a wait here.
+        threading.Thread(target=old.close, name="ingest-close-old", daemon=True).start()
+
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
             if job.abandoned:  # its caller gave up while it waited in the queue
@@ -196,6 +209,7 @@ class Publisher:
         except Exception as exc:  # noqa: BLE001 - handed to the waiting caller, who answers it
             log.error("publishing a batch of %d events failed: %s", len(fresh), exc)
             job.finish(None, exc)
+            self._replace_producer()
             return
         result = BatchResult()
         for event in fresh:
