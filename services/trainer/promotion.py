@@ -220,7 +220,15 @@ class ClusterPromoter:
         assert self.live_check is not None
         log.info("canary %s Ready; watching it for %.0f s", version, self.canary.window_s)
         self.sleep(self.canary.window_s)
-        verdict = self.live_check(canary_revisions(self._read()), version)
+        revisions = canary_revisions(self._read())
+        if not revisions.canary or not revisions.teacher:
+            self._roll_back(
+                revision,
+                "live_check",
+                "the InferenceService reports no canary and teacher revisions to compare "
+                "(a canary needs policy.deploymentMode=Serverless)",
+            )
+        verdict = self.live_check(revisions, version)
         if not verdict.healthy:
             self._roll_back(revision, "live_check", verdict.detail)
         self._upgrade(self.values(folder), f"promote {version}", revision)
