@@ -315,12 +315,39 @@ def require_redis() -> None:
 
 CHART = REPO / "charts" / "rlmf"
 RELEASE, NAMESPACE = "rlmf", "trading"
-EXTERNAL = {"kafka": {"bootstrap": "kafka.data.svc:9092"}}
+# The trainer's NetworkPolicy needs the API server's address (there is no default).
+API_CIDR = {"networkPolicies": {"apiServerCidr": "10.96.0.1/32"}}
+EXTERNAL = {"kafka": {"bootstrap": "kafka.data.svc:9092"}} | API_CIDR
 
 # The value sets the chart is checked with; each renders and every manifest is validated.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "external-kafka": EXTERNAL,
-    "strimzi": {"kafka": {"strimzi": {"enabled": True}, "replicationFactor": 3}},
+    "strimzi": {"kafka": {"strimzi": {"enabled": True}, "replicationFactor": 3}} | API_CIDR,
+    # Strimzi without a login (a test cluster), and KEDA scaling the consumers on lag.
+    "strimzi-plain-keda": {
+        "kafka": {"strimzi": {"enabled": True, "authentication": "none"}},
+        "keda": {"enabled": True},
+    }
+    | API_CIDR,
+    # An existing Kafka that wants SCRAM over TLS, with KEDA.
+    "external-sasl-keda": API_CIDR
+    | {
+        "kafka": {
+            "bootstrap": "kafka.data.svc:9093",
+            "client": {
+                "securityProtocol": "SASL_SSL",
+                "saslMechanism": "SCRAM-SHA-512",
+                "username": "rlmf",
+                "passwordSecret": {"name": "kafka-rlmf", "key": "password"},
+                "caSecret": {"name": "kafka-ca", "key": "ca.crt"},
+                "port": 9093,
+            },
+        },
+        "keda": {"enabled": True},
+    },
+    # KServe without Knative: a plain Deployment scaled by an HPA on CPU.
+    "raw-deployment": EXTERNAL
+    | {"policy": {"deploymentMode": "RawDeployment", "autoscaling": {"metric": "cpu", "target": 75}}},
     "gpu": EXTERNAL
     | {
         "sentiment": {"gpu": {"enabled": True, "count": 1}, "replicas": 2},

@@ -52,7 +52,7 @@ def template_values(settings: FeaturesSettings) -> dict[str, str]:
         "RLMF_FEATURES_PROJECT": settings.project,
         "RLMF_FEATURES_REGISTRY_PATH": str(settings.registry),
         "RLMF_FEATURES_ONLINE_PATH": str(settings.online),
-        "RLMF_FEATURES_REDIS_ADDRESS": settings.redis_address,
+        "RLMF_FEATURES_REDIS_ADDRESS": settings.redis_connection_string,
     }
 
 

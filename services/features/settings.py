@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.common import topics
@@ -36,7 +36,9 @@ class FeaturesSettings(BaseSettings):
     online_path: Path | None = None
     """SQLite online store file (local store); default data_dir/online.db."""
     redis_address: str = "127.0.0.1:6379"
-    """Redis connection string for the cluster store, e.g. `redis:6379,password=...`."""
+    """Redis connection string for the cluster store, e.g. `redis:6379,db=2`."""
+    redis_password: SecretStr | None = None
+    """Redis' password (the chart sets it from a Secret); added to the connection string."""
     apply_on_start: bool = True
     """The service applies the repo when it starts (idempotent), so `rlmf up` needs no step."""
     feature_service: str = "policy_v1"
@@ -69,6 +71,13 @@ class FeaturesSettings(BaseSettings):
                 return json.loads(text)
             return [t.strip() for t in text.split(",") if t.strip()]
         return value
+
+    @property
+    def redis_connection_string(self) -> str:
+        """Feast's Redis connection string: the address, with the password when one is set."""
+        if self.redis_password is None:
+            return self.redis_address
+        return f"{self.redis_address},password={self.redis_password.get_secret_value()}"
 
     @property
     def registry(self) -> Path:

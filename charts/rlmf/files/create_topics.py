@@ -15,6 +15,22 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 
+def security_kwargs() -> dict[str, str]:
+    """kafka-python's TLS/SASL arguments from the RLMF_BUS_* variables the chart sets when the
+    brokers need a login (this script runs alone in a Job, so it reads them itself)."""
+    env = os.environ
+    protocol = env.get("RLMF_BUS_SECURITY_PROTOCOL", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return {}
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": env["RLMF_BUS_SASL_MECHANISM"],
+        "sasl_plain_username": env["RLMF_BUS_SASL_USERNAME"],
+        "sasl_plain_password": env["RLMF_BUS_SASL_PASSWORD"],
+        "ssl_cafile": env["RLMF_BUS_SSL_CAFILE"],
+    }
+
+
 def main(topics_file: str) -> int:
     bootstrap = os.environ.get("RLMF_BUS_BOOTSTRAP", "")
     if not bootstrap:
@@ -23,7 +39,9 @@ def main(topics_file: str) -> int:
     partitions = int(os.environ.get("RLMF_TOPICS_PARTITIONS", "3"))
     replication = int(os.environ.get("RLMF_TOPICS_REPLICATION_FACTOR", "1"))
     wanted = [t.strip() for t in Path(topics_file).read_text().splitlines() if t.strip()]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rlmf-topics-job")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="rlmf-topics-job", **security_kwargs()
+    )
     try:
         missing = sorted(set(wanted) - set(admin.list_topics()))
         for topic in missing:

@@ -25,10 +25,28 @@ from services.common.topics import (
 )
 
 
+def security_kwargs() -> dict[str, str]:
+    """kafka-python's TLS/SASL arguments from the RLMF_BUS_* variables the chart sets when the
+    brokers need a login (the consumer below is kafka-python's own)."""
+    env = os.environ
+    protocol = env.get("RLMF_BUS_SECURITY_PROTOCOL", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return {}
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": env["RLMF_BUS_SASL_MECHANISM"],
+        "sasl_plain_username": env["RLMF_BUS_SASL_USERNAME"],
+        "sasl_plain_password": env["RLMF_BUS_SASL_PASSWORD"],
+        "ssl_cafile": env["RLMF_BUS_SSL_CAFILE"],
+    }
+
+
 def _consumer_at_end(settings: BusSettings) -> KafkaConsumer:
     """Assigned to every partition of the output topics, positioned at their ends, so only
     events produced after this point are read."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap, group_id=None, **security_kwargs()
+    )
     parts = [
         TopicPartition(topic, p)
         for topic in (NEWS_ENRICHED, FEATURES_READY)

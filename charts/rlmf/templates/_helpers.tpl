@@ -41,17 +41,140 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* Kafka bootstrap: Strimzi's bootstrap Service, or the given address; stops when neither. */}}
+{{/*
+The Strimzi Kafka cluster's name. Strimzi derives Service and pod names from it
+(<cluster>-kafka-bootstrap, <cluster>-<pool>-<id>), which must stay within 63 characters, so a
+long release name is cut to 15 characters plus 8 of its sha256: still one name per release.
+*/}}
+{{- define "rlmf.kafkaCluster" -}}
+{{- $full := include "rlmf.fullname" . -}}
+{{- if le (len $full) 18 -}}
+{{- printf "%s-kafka" $full -}}
+{{- else -}}
+{{- printf "%s-%s" ($full | trunc 15 | trimSuffix "-") ($full | sha256sum | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* SCRAM-SHA-512 over TLS for the Kafka clients: Strimzi's (kafka.strimzi.authentication) or
+an existing Kafka's (kafka.client.securityProtocol). */}}
+{{- define "rlmf.kafkaSecure" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+{{- ternary "true" "" (eq .Values.kafka.strimzi.authentication "scram-sha-512") -}}
+{{- else -}}
+{{- ternary "true" "" (ne .Values.kafka.client.securityProtocol "PLAINTEXT") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kafka bootstrap: Strimzi's bootstrap Service (the TLS listener on 9093 when clients
+authenticate), or the given address; stops when neither. */}}
 {{- define "rlmf.kafkaBootstrap" -}}
 {{- if .Values.kafka.strimzi.enabled -}}
-{{- printf "%s-kafka-kafka-bootstrap:9092" (include "rlmf.fullname" .) -}}
+{{- printf "%s-kafka-bootstrap:%s" (include "rlmf.kafkaCluster" .) (ternary "9093" "9092" (eq (include "rlmf.kafkaSecure" .) "true")) -}}
 {{- else -}}
 {{- required "kafka.bootstrap is required (the address of an existing Kafka) unless kafka.strimzi.enabled=true" .Values.kafka.bootstrap -}}
 {{- end -}}
 {{- end -}}
 
+{{/* The KafkaUser every RLMF client authenticates as; its Secret (same name) holds the password. */}}
+{{- define "rlmf.kafkaUser" -}}
+{{- printf "%s-client" (include "rlmf.kafkaCluster" .) -}}
+{{- end -}}
+
+{{/* Kafka client security settings (services/common/settings.py BusSettings), set on every Kafka
+client when TLS/SCRAM is on; the CA and password come from Secrets, never from values. */}}
+{{- define "rlmf.kafkaSecurityEnv" -}}
+{{- if eq (include "rlmf.kafkaSecure" .) "true" -}}
+{{- $login := include "rlmf.kafkaLogin" . | fromYaml -}}
+- name: RLMF_BUS_SECURITY_PROTOCOL
+  value: {{ $login.protocol | quote }}
+- name: RLMF_BUS_SASL_MECHANISM
+  value: {{ $login.mechanism | quote }}
+- name: RLMF_BUS_SASL_USERNAME
+  value: {{ $login.username | quote }}
+- name: RLMF_BUS_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $login.passwordSecret }}
+      key: {{ $login.passwordKey }}
+- name: RLMF_BUS_SSL_CAFILE
+  value: /etc/rlmf/kafka-ca/ca.crt
+{{- end -}}
+{{- end -}}
+
+{{/* Who the clients log in as and where the secrets lie, as YAML: Strimzi's KafkaUser and
+cluster CA, or kafka.client's settings for an existing Kafka (each required there). */}}
+{{- define "rlmf.kafkaLogin" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+protocol: SASL_SSL
+mechanism: SCRAM-SHA-512
+username: {{ include "rlmf.kafkaUser" . }}
+passwordSecret: {{ include "rlmf.kafkaUser" . }}
+passwordKey: password
+caSecret: {{ include "rlmf.kafkaCluster" . }}-cluster-ca-cert
+caKey: ca.crt
+{{- else -}}
+{{- $c := .Values.kafka.client -}}
+{{- $why := "is required when kafka.client.securityProtocol is not PLAINTEXT" -}}
+protocol: {{ $c.securityProtocol }}
+mechanism: {{ $c.saslMechanism }}
+username: {{ required (printf "kafka.client.username %s" $why) $c.username | quote }}
+passwordSecret: {{ required (printf "kafka.client.passwordSecret.name %s" $why) $c.passwordSecret.name }}
+passwordKey: {{ $c.passwordSecret.key | quote }}
+caSecret: {{ required (printf "kafka.client.caSecret.name %s" $why) $c.caSecret.name }}
+caKey: {{ $c.caSecret.key | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* The cluster CA's Secret (Strimzi's <cluster>-cluster-ca-cert, or kafka.client.caSecret). */}}
+{{- define "rlmf.kafkaCaVolume" -}}
+{{- if eq (include "rlmf.kafkaSecure" .) "true" -}}
+{{- $login := include "rlmf.kafkaLogin" . | fromYaml -}}
+- name: kafka-ca
+  secret:
+    secretName: {{ $login.caSecret }}
+    items:
+      - {key: {{ $login.caKey | quote }}, path: ca.crt}
+{{- end -}}
+{{- end -}}
+
+{{- define "rlmf.kafkaCaMount" -}}
+{{- if eq (include "rlmf.kafkaSecure" .) "true" -}}
+- {name: kafka-ca, mountPath: /etc/rlmf/kafka-ca, readOnly: true}
+{{- end -}}
+{{- end -}}
+
+{{/* The port every Kafka client's NetworkPolicy opens towards the brokers. */}}
+{{- define "rlmf.kafkaPort" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+{{- ternary "9093" "9092" (eq (include "rlmf.kafkaSecure" .) "true") -}}
+{{- else -}}
+{{- .Values.kafka.client.port -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Where the simulator and the trainer reach the policy: KServe's predictor Service,
+<isvc>-predictor, which exists in both deployment modes (RawDeployment: a plain Service on port
+80; Serverless: the Knative route that carries the canary split). <isvc> alone exists only
+under Serverless.
+*/}}
+{{- define "rlmf.policyUrl" -}}
+{{- printf "http://%s-policy-predictor.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
 {{- define "rlmf.redisAddress" -}}
 {{- default (printf "%s-redis:6379" (include "rlmf.fullname" .)) .Values.feast.redis.external -}}
+{{- end -}}
+
+{{/* The Secret holding Redis' password: feast.redis.passwordSecret.name, else, for the chart's
+own Redis, <fullname>-redis (created before install, see docs/cluster.md); an external Redis
+without one has no password. */}}
+{{- define "rlmf.redisPasswordSecret" -}}
+{{- if .Values.feast.redis.passwordSecret.name -}}
+{{- .Values.feast.redis.passwordSecret.name -}}
+{{- else if not .Values.feast.redis.external -}}
+{{- printf "%s-redis" (include "rlmf.fullname" .) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "rlmf.modelsClaim" -}}
@@ -80,10 +203,15 @@ app.kubernetes.io/component: {{ .component }}
   value: "true"
 - name: RLMF_MODELS_DIR
   value: /models
+{{- if not .noFieldRef }}
 - name: POD_NAME
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- end }}
+{{- if not .noKafka }}
+{{- include "rlmf.kafkaSecurityEnv" .root | nindent 0 }}
+{{- end }}
 {{- range $name, $value := (index .root.Values .service).env }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -99,6 +227,13 @@ the cluster store (Redis online, Parquet offline on the models volume, shared wi
   value: {{ .Values.feast.project | quote }}
 - name: RLMF_FEATURES_REDIS_ADDRESS
   value: {{ include "rlmf.redisAddress" . | quote }}
+{{- with include "rlmf.redisPasswordSecret" . }}
+- name: RLMF_FEATURES_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.feast.redis.passwordSecret.key }}
+{{- end }}
 - name: RLMF_FEATURES_REPO_DIR
   value: /app/feature_repo
 - name: RLMF_FEATURES_DATA_DIR
@@ -149,7 +284,10 @@ metadata:
   labels:
     {{- include "rlmf.labels" $ctx | nindent 4 }}
 spec:
+  {{- /* KEDA's HPA owns the replica count of a consumer it scales (keda-scaledobjects.yaml). */}}
+  {{- if not (and $root.Values.keda.enabled (has .service (list "sentiment" "features" "simulator"))) }}
   replicas: {{ $spec.replicas }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "rlmf.selectorLabels" $ctx | nindent 6 }}
@@ -196,9 +334,11 @@ spec:
             # The chart's store config replaces the image's copy of the repo's cluster config.
             - {name: feast-config, mountPath: /app/feature_repo/feature_store.cluster.yaml, subPath: feature_store.yaml, readOnly: true}
             {{- end }}
+            {{- include "rlmf.kafkaCaMount" $root | nindent 12 }}
       volumes:
         - name: tmp
           emptyDir: {}
+        {{- include "rlmf.kafkaCaVolume" $root | nindent 8 }}
         - name: models
           persistentVolumeClaim:
             claimName: {{ include "rlmf.modelsClaim" $root }}
@@ -254,7 +394,7 @@ spec:
 - name: RLMF_SIMULATOR_TICKERS
   value: {{ toJson .Values.tickers | quote }}
 - name: RLMF_SIMULATOR_POLICY_URL
-  value: {{ printf "http://%s-policy.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace | quote }}
+  value: {{ include "rlmf.policyUrl" . | quote }}
 - name: RLMF_SIMULATOR_FEATURES_SOURCE
   value: {{ .Values.simulator.featuresSource | quote }}
 {{- end -}}
