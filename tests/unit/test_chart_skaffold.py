@@ -16,6 +16,9 @@ from tests.helpers import CHART, NAMESPACE, REPO, documents, load_chart, pod_spe
 
 SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
 SERVICES = ("ingest", "sentiment", "features", "simulator", "policy", "trainer")
+TORCH_IMAGES = {"rlmf-sentiment", "rlmf-policy", "rlmf-trainer"}
+# What a user exports before `skaffold dev` (docs/cluster.md).
+ENVIRONMENT = {"RLMF_API_SERVER_CIDR": "172.18.0.2/32"}
 
 
 def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
@@ -46,9 +49,14 @@ def _values(config: dict[str, Any]) -> dict[str, Any]:
     for dotted, value in release.get("setValues", {}).items():
         _set_dotted(values, dotted, value)
     for dotted, template in release.get("setValueTemplates", {}).items():
-        # skaffold fills IMAGE_FULLY_QUALIFIED_<image> with the built reference
-        name = re.fullmatch(r"\{\{\.IMAGE_FULLY_QUALIFIED_(\w+)\}\}", template).group(1)
-        _set_dotted(values, dotted, f"registry.test/{name.replace('_', '-')}@sha256:{'0' * 64}")
+        # skaffold fills IMAGE_FULLY_QUALIFIED_<image> with the built reference, and any other
+        # name from the environment (docs/cluster.md says what to export).
+        name = re.fullmatch(r"\{\{\.(\w+)\}\}", template).group(1)
+        if image := re.fullmatch(r"IMAGE_FULLY_QUALIFIED_(\w+)", name):
+            built = f"registry.test/{image.group(1).replace('_', '-')}@sha256:{'0' * 64}"
+            _set_dotted(values, dotted, built)
+        else:
+            _set_dotted(values, dotted, ENVIRONMENT[name])
     return values
 
 
@@ -97,3 +105,39 @@ def test_profiles_exist() -> None:
 def test_paths_are_repo_relative() -> None:
     for artifact in SKAFFOLD["build"]["artifacts"]:
         assert not Path(artifact["docker"]["dockerfile"]).is_absolute()
+
+
+def _profile(name: str) -> dict[str, Any]:
+    (spec,) = [p for p in SKAFFOLD["profiles"] if p["name"] == name]
+    return _apply_patches(SKAFFOLD, spec.get("patches", []))
+
+
+def _torch_index(config: dict[str, Any]) -> dict[str, str | None]:
+    """The TORCH_INDEX_URL each torch image is built with (None: the Dockerfile's default)."""
+    return {
+        a["image"]: a["docker"].get("buildArgs", {}).get("TORCH_INDEX_URL")
+        for a in config["build"]["artifacts"]
+        if a["image"] in TORCH_IMAGES
+    }
+
+
+def test_cpu_images_by_default_and_cuda_under_the_gpu_profile() -> None:
+    """Without a profile the Dockerfiles' default (the CPU-only index) applies; the gpu profile
+    builds the torch images from PyPI, whose Linux torch is the CUDA build, and only those."""
+    assert set(_torch_index(SKAFFOLD).values()) == {None}
+    gpu = _profile("gpu")
+    assert set(_torch_index(gpu).values()) == {"https://pypi.org/simple"}
+    others = [a for a in gpu["build"]["artifacts"] if a["image"] not in TORCH_IMAGES]
+    assert all("buildArgs" not in a["docker"] for a in others)
+    for artifact in gpu["build"]["artifacts"]:
+        for arg in artifact["docker"].get("buildArgs", {}):
+            dockerfile = (REPO / artifact["docker"]["dockerfile"]).read_text()
+            assert f"ARG {arg}=" in dockerfile, f"{artifact['image']} has no ARG {arg}"
+
+
+def test_gpu_profile_runs_the_policy_on_cuda() -> None:
+    values = _values(_profile("gpu"))
+    docs = documents(load_chart().render(values, name="rlmf", namespace=NAMESPACE, is_install=True))
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["RLMF_POLICY_DEVICE"] == "cuda"

@@ -134,3 +134,59 @@ def test_main_lives_in_service_py_and_dunder_main_only_calls_it(name: str) -> No
         (f"services.{name}.service", ["main"])
     ]
     assert not _top_level_functions(folder / "__main__.py"), "__main__.py defines no code"
+
+
+TORCH_SERVICES = ("sentiment", "policy", "trainer")
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def _constraints() -> dict[str, str]:
+    """name -> pinned version of constraints/images.txt (comments skipped)."""
+    pins = {}
+    for line in (REPO / "constraints" / "images.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints/images.txt: {line!r} is not name==version"
+            pins[re.sub(r"[-_.]+", "-", name.lower())] = version
+    return pins
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_installs_under_the_image_constraints(name: str) -> None:
+    text = re.sub(r"\\\n\s*", " ", _dockerfile(name))
+    assert "COPY constraints/images.txt ./constraints.txt" in text
+    assert re.search(rf'pip install [^&]*--constraint constraints\.txt "/src\[{name}\]"', text)
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_torch_is_the_cpu_build_unless_asked(name: str) -> None:
+    """torch==2.13.0 from the public index brings the CUDA libraries; the images take it from
+    the index in TORCH_INDEX_URL, the CPU-only one unless a build (skaffold's gpu profile)
+    passes another, and images without torch never name an index."""
+    steps = _instructions(_dockerfile(name))
+    args = dict(a.split("=", 1) for w, a in steps if w == "ARG" and "=" in a)
+    text = re.sub(r"\\\n\s*", " ", _dockerfile(name))
+    if name in TORCH_SERVICES:
+        assert args["TORCH_INDEX_URL"] == CPU_INDEX
+        first = re.search(r"pip install ([^&]*)&&", text)
+        assert first and '--index-url "${TORCH_INDEX_URL}" torch==' in first.group(1)
+    else:
+        assert "TORCH_INDEX_URL" not in args and "torch" not in text
+    assert "PIP_EXTRA_INDEX_URL" not in text, "an extra index lets pip pick PyPI's CUDA torch"
+
+
+def test_constraints_pin_every_dependency_as_pyproject_does() -> None:
+    pins = _constraints()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra, reqs in project["optional-dependencies"].items():
+        if extra != "test":
+            requirements += [r for r in reqs if not r.startswith("rlmf[")]
+    for requirement in requirements:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower())
+        assert name in pins, f"constraints/images.txt has no pin for {name}"
+    torch_pin = next(r for r in project["optional-dependencies"]["llm"] if r.startswith("torch"))
+    assert f"torch=={pins['torch']}" == torch_pin, "the images and pyproject disagree on torch"
+    for name in TORCH_SERVICES:
+        assert f"torch=={pins['torch']}" in _dockerfile(name)
+    assert "+" not in pins["torch"], "a local label (+cpu) would refuse the CUDA build"
