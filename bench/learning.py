@@ -2,22 +2,29 @@
 feedback loss, the day cache, the walk-forward split and the bootstrap gate) on the real
 SmolLM2, with synthetic news of a known informativeness. Prints one JSON line.
 
-    .venv/bin/python bench/learning.py [--minutes 4] [--top-k 1] [--lr 3e-4]
-        [--uninformative-cycles 10] [--regime-seeds 0]
+    .venv/bin/python bench/learning.py [--minutes 1] [--informative-seeds 3]
+        [--uninformative-cycles 10] [--regime-seeds 8]
 
-(a) informative news (MSFT's last bars, informativeness 0.6): one cycle trains on the bars
-    before its cut-off; on the held-out bars after it (purged, embargoed) the policy the loop
-    would serve afterwards (the student if the gate promoted it, else the teacher) is compared
-    with the sentiment rule and Buy & Hold on the same bars.
-(b) uninformative news (informativeness 0.0), one cycle per news seed: how often the gate
-    promotes (it should not, beyond its error rate).
-(c) regime shift: not built yet. --regime-seeds is only recorded in the output, and
-    regime_seeds_realigned_better stays null.
+(a) informative news (MSFT's last bars, informativeness 0.6), one cycle per seed (the news and
+    the training seed both change): the cycle trains on the bars before its cut-off; on the
+    held-out bars after it (purged, embargoed) the policy the loop serves afterwards (the student
+    if the gate promoted it, else the teacher) is compared with the sentiment rule and Buy & Hold
+    on the same bars. Reported per seed and as mean, standard deviation and range.
+(b) uninformative news (informativeness 0.0): cycles at cut-offs spaced `--window-step` bars
+    apart over one news series (so the day cache is filled once for all of them; neighbouring
+    held-out blocks overlap, so the cycles are not independent trials) with a training seed
+    each: how often the gate promotes noise.
+(c) regime shift: per seed, a synthetic market (the "regime-shift" scenario: calm bull, then a
+    volatile bear from bar `--shift-bar`) with informative news; one cycle after the shift, and
+    then the policy the loop serves and the frozen teacher trade the next `--live-bars` bars,
+    which neither the cycle nor its gate saw. "Re-aligned better" counts the seeds on which the
+    served policy's Sharpe on those live bars beats the frozen teacher's.
 (d) cost: decisions per second on the same states with and without the day cache, same run,
     and the wall time of each cycle.
 
 No look-ahead: the cycle's own split (services/market/walk_forward.py) keeps every training
-outcome before the embargo and the held-out block.
+outcome before the embargo and the held-out block, and (c)'s live bars come after the cycle's
+last bar.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +50,11 @@ from services.market.backtest import run_backtest
 from services.market.baseline_policies import SentimentRule
 from services.market.envs import DiscreteTradingEnv
 from services.market.market_data import load_prices_csv
-from services.market.regime_market import generate_market, load_params
+from services.market.regime_market import ForcedShift, generate_market, load_params
 from services.policy.actor_critic import ActorCriticConfig
 from services.policy.artifacts import init_artifact, load_artifact
-from services.trainer.cycle import run_cycle, set_current
+from services.trainer.cycle import CycleResult, run_cycle, set_current
+from services.trainer.evaluate import evaluate
 from services.trainer.offline_features import BarFeatures
 from services.trainer.settings import TrainerSettings
 
@@ -53,9 +63,25 @@ def say(msg: str) -> None:
     print(f"[bench/learning] {msg}", file=sys.stderr, flush=True)
 
 
-def news_features(prices: pd.DataFrame, informativeness: float, seed: int) -> BarFeatures:
+@dataclass
+class Bench:
+    """What every cycle of the run shares: the arguments, a work folder and one day-cache
+    folder (a day's frozen-base states are filled once, whichever cycle or evaluation needs
+    them first)."""
+
+    args: argparse.Namespace
+    work: Path
+
+    @property
+    def day_cache(self) -> Path:
+        return self.args.day_cache or self.work / "day-cache"
+
+
+def news_features(
+    prices: pd.DataFrame, informativeness: float, seed: int, ticker: str = "MSFT"
+) -> BarFeatures:
     """Per bar: the headline's tone as a scorer's mean would give it, and the headline."""
-    items = generate_news(prices, "MSFT", informativeness=informativeness, seed=seed)
+    items = generate_news(prices, ticker, informativeness=informativeness, seed=seed)
     sentiment = pd.Series(np.nan, index=prices.index)
     summaries = pd.Series("", index=prices.index, dtype=object)
     for i, item in enumerate(items):
@@ -75,30 +101,32 @@ def make_teacher(models: Path, base: Path, args: argparse.Namespace) -> None:
     set_current(models, models / "v0")
 
 
-def cycle(
+def run_one_cycle(
+    bench: Bench,
     prices: pd.DataFrame,
     features: BarFeatures,
-    args: argparse.Namespace,
-    work: Path,
+    name: str,
     seed: int,
-) -> dict[str, Any]:
-    """One trainer cycle on `prices` (its last bar is the cycle's day), then the sentiment rule
-    and Buy & Hold on the same held-out bars."""
-    models = work / "models"
+    ticker: str = "MSFT",
+    holdout: int | None = None,
+) -> tuple[CycleResult, float]:
+    """One trainer cycle on `prices` (its last bar is the cycle's day), from a fresh teacher."""
+    args = bench.args
+    models = bench.work / name / "models"
     make_teacher(models, args.model, args)
     settings = TrainerSettings(
         models_dir=models,
-        work_dir=work / "trainer",
-        ticker="MSFT",
+        work_dir=bench.work / name / "trainer",
+        ticker=ticker,
         train_days=args.min_train,
-        eval_days=args.holdout,
+        eval_days=holdout or args.holdout,
         embargo_days=args.embargo,
         expanding_window=True,
         cycle_minutes=args.minutes,
         promotion="none",
         publish=False,
         seed=seed,
-        day_cache_dir=args.day_cache,
+        day_cache_dir=bench.day_cache,
         mf_epochs=args.mf_epochs,
         mf_learning_rate=args.mf_lr,
         ppo={
@@ -110,27 +138,18 @@ def cycle(
     )
     started = time.monotonic()
     result = run_cycle(settings, prices=prices, bar_features=features)
-    seconds = time.monotonic() - started
-    eval_start = prices.index.get_loc(pd.Timestamp(result.eval_start))
-    rule = run_backtest(
-        prices,
-        SentimentRule(),
-        ticker="MSFT",
-        sentiment=features.sentiment,
-        summaries=features.summaries,
-        start=eval_start,
-        end=len(prices) - 1,
-    ).metrics["strategy"]
+    return result, time.monotonic() - started
+
+
+def cycle_summary(result: CycleResult, seed: int, seconds: float) -> dict[str, Any]:
     served = result.student_metrics if result.promoted else result.teacher_metrics
     return {
         "seed": seed,
         "promoted": result.promoted,
         "reason": result.reason,
-        "held_out_bars": len(prices) - 1 - eval_start,
         "served_sharpe": round(served["sharpe"], 3),
         "student_sharpe": round(result.student_metrics["sharpe"], 3),
         "teacher_sharpe": round(result.teacher_metrics["sharpe"], 3),
-        "sentiment_rule_sharpe": round(float(rule["sharpe"]), 3),
         "buy_and_hold_sharpe": round(result.buy_and_hold_metrics["sharpe"], 3),
         "student_accuracy": round(result.student_metrics["prediction_accuracy"], 3),
         "teacher_accuracy": round(result.teacher_metrics["prediction_accuracy"], 3),
@@ -142,13 +161,143 @@ def cycle(
     }
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": round(statistics.fmean(values), 3),
+        "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0,
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+    }
+
+
+# --- (a) informative news ---------------------------------------------------------------------
+
+
+def informative(bench: Bench, prices: pd.DataFrame) -> dict[str, Any]:
+    args = bench.args
+    runs = []
+    for seed in range(args.seed, args.seed + args.informative_seeds):
+        features = news_features(prices, 0.6, seed)
+        result, seconds = run_one_cycle(bench, prices, features, f"informative-{seed}", seed)
+        summary = cycle_summary(result, seed, seconds)
+        eval_start = prices.index.get_loc(pd.Timestamp(result.eval_start))
+        rule = run_backtest(
+            prices,
+            SentimentRule(),
+            ticker="MSFT",
+            sentiment=features.sentiment,
+            summaries=features.summaries,
+            start=eval_start,
+            end=len(prices) - 1,
+        ).metrics["strategy"]
+        summary["held_out_bars"] = len(prices) - 1 - eval_start
+        summary["sentiment_rule_sharpe"] = round(float(rule["sharpe"]), 3)
+        summary["meets_target"] = bool(
+            summary["served_sharpe"] >= 0.8 * summary["sentiment_rule_sharpe"]
+            and summary["served_sharpe"] > summary["buy_and_hold_sharpe"]
+        )
+        runs.append(summary)
+        say(f"informative seed {seed}: {summary}")
+    return {
+        "runs": runs,
+        "served_sharpe": spread([r["served_sharpe"] for r in runs]),
+        "sentiment_rule_sharpe": spread([r["sentiment_rule_sharpe"] for r in runs]),
+        "buy_and_hold_sharpe": runs[0]["buy_and_hold_sharpe"],  # the same bars every seed
+        "promotions": sum(r["promoted"] for r in runs),
+        "seeds_meeting_target": sum(r["meets_target"] for r in runs),
+    }
+
+
+# --- (b) uninformative news -------------------------------------------------------------------
+
+
+def uninformative(bench: Bench, prices: pd.DataFrame) -> list[dict[str, Any]]:
+    """Cycles whose last bars step back `window_step` bars at a time over one noise series."""
+    args = bench.args
+    news = news_features(prices, 0.0, 100 + args.seed)
+    runs = []
+    for k in range(args.uninformative_cycles):
+        end = len(prices) - k * args.window_step
+        window = prices.iloc[:end]
+        features = BarFeatures(
+            news.numeric.iloc[:end], news.sentiment.iloc[:end], news.summaries.iloc[:end]
+        )
+        seed = args.seed + k
+        result, seconds = run_one_cycle(bench, window, features, f"noise-{k}", seed)
+        summary = cycle_summary(result, seed, seconds)
+        summary["cycle_day"] = str(window.index[-1].date())
+        runs.append(summary)
+        say(f"uninformative {k}: {summary}")
+    return runs
+
+
+# --- (c) regime shift -------------------------------------------------------------------------
+
+
+def regime_market(seed: int, bars: int, shift_bar: int) -> pd.DataFrame:
+    """The regime-shift scenario with its shift moved to `shift_bar`, `bars` long."""
+    params = load_params("regime-shift")
+    params = params.model_copy(
+        update={"forced_shifts": [ForcedShift(day=shift_bar, regime="volatile_bear")]}
+    )
+    frame, _ = generate_market(params, bars, seed)
+    return frame
+
+
+def served_folder(result: CycleResult, models: Path) -> Path:
+    return Path(result.artifact_path) if result.promoted else models / "v0"
+
+
+def live_sharpe(
+    bench: Bench, folder: Path, prices: pd.DataFrame, start: int, features: BarFeatures, seed: int
+) -> float:
+    """The policy in `folder` trades bars start..end of `prices`, with the shared day cache."""
+    model = load_artifact(folder)
+    model.attach_day_cache(folder=bench.day_cache)
+    evaluation = evaluate(
+        model, prices, start, len(prices) - 1, ticker="SYN", seed=seed, features=features
+    )
+    return evaluation.policy["sharpe"]
+
+
+def regime_shift(bench: Bench) -> list[dict[str, Any]]:
+    args = bench.args
+    runs = []
+    for seed in range(args.seed, args.seed + args.regime_seeds):
+        prices = regime_market(seed, args.regime_bars, args.shift_bar)
+        features = news_features(prices, 0.6, seed, ticker="SYN")
+        cut = len(prices) - args.live_bars  # the cycle's day is bar cut - 1
+        window = prices.iloc[:cut]
+        window_features = BarFeatures(
+            features.numeric.iloc[:cut], features.sentiment.iloc[:cut], features.summaries.iloc[:cut]
+        )
+        name = f"regime-{seed}"
+        result, seconds = run_one_cycle(
+            bench, window, window_features, name, seed, ticker="SYN", holdout=args.regime_holdout
+        )
+        summary = cycle_summary(result, seed, seconds)
+        models = bench.work / name / "models"
+        served = live_sharpe(bench, served_folder(result, models), prices, cut - 1, features, seed)
+        frozen = live_sharpe(bench, models / "v0", prices, cut - 1, features, seed)
+        summary["live_bars"] = args.live_bars
+        summary["live_served_sharpe"] = round(served, 3)
+        summary["live_frozen_teacher_sharpe"] = round(frozen, 3)
+        summary["realigned_better"] = bool(served > frozen)
+        runs.append(summary)
+        say(f"regime seed {seed}: {summary}")
+    return runs
+
+
+# --- (d) cost ---------------------------------------------------------------------------------
+
+
 def day_cache_speedup(
-    work: Path, prices: pd.DataFrame, features: BarFeatures, n: int
+    teacher: Path, prices: pd.DataFrame, features: BarFeatures, n: int
 ) -> dict[str, float]:
     """Decisions per second on the same n states: the day cache filled (every day seen before,
     as in a cycle's later episodes, epochs and its gate), and without it (the prefix cache
     only: how the policy decided before the day cache)."""
-    model = load_artifact(work / "models" / "v0")
+    model = load_artifact(teacher)
     env = DiscreteTradingEnv(
         prices,
         ticker="MSFT",
@@ -180,20 +329,18 @@ def day_cache_speedup(
     }
 
 
-def regime_window(seed: int, bars: int) -> pd.DataFrame:
-    frame, _ = generate_market(load_params("regime-shift"), bars, seed)
-    return frame
+# --- the run ----------------------------------------------------------------------------------
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=Path("models/SmolLM2-135M-Instruct"))
     parser.add_argument("--prices", type=Path, default=Path("data/MSFT.csv"))
-    parser.add_argument("--bars", type=int, default=260, help="bars up to the cycle's day")
-    parser.add_argument("--min-train", type=int, default=60)
-    parser.add_argument("--holdout", type=int, default=60)
+    parser.add_argument("--bars", type=int, default=200, help="(a): bars up to the cycle's day")
+    parser.add_argument("--min-train", type=int, default=40)
+    parser.add_argument("--holdout", type=int, default=100, help="(a) and (b): the gate's bars")
     parser.add_argument("--embargo", type=int, default=2)
-    parser.add_argument("--minutes", type=float, default=4.0, help="each cycle's budget")
+    parser.add_argument("--minutes", type=float, default=1.0, help="each cycle's PPO budget")
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5, help="PPO's (FLAG-Trader's default)")
     parser.add_argument("--mf-lr", type=float, default=3e-4, help="the market-feedback phase's")
@@ -212,11 +359,32 @@ def main() -> None:
         help="also train the top k layers' weights",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--uninformative-cycles", type=int, default=0)
-    parser.add_argument("--regime-seeds", type=int, default=0)
+    parser.add_argument("--informative-seeds", type=int, default=3)
+    parser.add_argument("--uninformative-cycles", type=int, default=10)
+    parser.add_argument("--uninformative-bars", type=int, default=250)
+    parser.add_argument("--uninformative-holdout", type=int, default=60)
+    parser.add_argument("--window-step", type=int, default=15)
+    parser.add_argument("--regime-seeds", type=int, default=8)
+    parser.add_argument("--regime-bars", type=int, default=135)
+    parser.add_argument("--shift-bar", type=int, default=25)
+    parser.add_argument("--regime-holdout", type=int, default=60)
+    parser.add_argument("--live-bars", type=int, default=30)
     parser.add_argument("--speed-states", type=int, default=20)
     parser.add_argument("--day-cache", type=Path, default=None, help="keep fills across runs")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def settings_record(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (
+        "top_k state_head train_lm_layers lr mf_coef mf_epochs mf_lr minutes min_train holdout "
+        "embargo bars uninformative_bars uninformative_holdout window_step regime_bars shift_bar "
+        "regime_holdout live_bars"
+    ).split()
+    return {k: getattr(args, k) for k in keys}
+
+
+def main() -> None:
+    args = parse_args()
     # The cycle's own progress lines (services.trainer) on stderr, beside this script's.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("services.trainer").setLevel(logging.INFO)
@@ -224,19 +392,24 @@ def main() -> None:
         sys.exit(f"{args.model} is missing: run `rlmf models prepare` first")
     torch.manual_seed(args.seed)
     started = time.monotonic()
-    prices = load_prices_csv(args.prices).iloc[-args.bars :]
-    informative_news = news_features(prices, 0.6, args.seed)
+    all_prices = load_prices_csv(args.prices)
     with tempfile.TemporaryDirectory(prefix="rlmf-learning-") as tmp:
-        work = Path(tmp)
-        informative = cycle(prices, informative_news, args, work / "informative", args.seed)
-        say(f"informative: {informative}")
-        speed = day_cache_speedup(work / "informative", prices, informative_news, args.speed_states)
+        bench = Bench(args, Path(tmp))
+        prices = all_prices.iloc[-args.bars :]
+        a = informative(bench, prices) if args.informative_seeds else None
+        first = bench.work / f"informative-{args.seed}" / "models" / "v0"
+        speed = (
+            day_cache_speedup(first, prices, news_features(prices, 0.6, args.seed), args.speed_states)
+            if a
+            else None
+        )
         say(f"day cache: {speed}")
-        uninformative = []
-        for k in range(args.uninformative_cycles):
-            news = news_features(prices, 0.0, 100 + k)
-            uninformative.append(cycle(prices, news, args, work / f"noise-{k}", args.seed))
-            say(f"uninformative {k}: {uninformative[-1]}")
+        saved_holdout = args.holdout
+        args.holdout = args.uninformative_holdout
+        b = uninformative(bench, all_prices.iloc[-args.uninformative_bars :])
+        args.holdout = saved_holdout
+        c = regime_shift(bench)
+    cycle_seconds = [r["seconds"] for r in (a["runs"] if a else []) + b + c]
     print(
         json.dumps(
             {
@@ -245,32 +418,23 @@ def main() -> None:
                 "device": "cpu",
                 "threads": torch.get_num_threads(),
                 "seed": args.seed,
-                "data": f"{args.prices} last {args.bars} bars",
-                "settings": {
-                    "top_k": args.top_k,
-                    "state_head": args.state_head,
-                    "train_lm_layers": args.train_lm_layers,
-                    "lr": args.lr,
-                    "mf_coef": args.mf_coef,
-                    "mf_epochs": args.mf_epochs,
-                    "mf_lr": args.mf_lr,
-                    "cycle_minutes": args.minutes,
-                    "min_train": args.min_train,
-                    "holdout": args.holdout,
-                    "embargo": args.embargo,
-                },
-                "informative_sharpe": informative["served_sharpe"],
-                "sentiment_rule_sharpe": informative["sentiment_rule_sharpe"],
-                "buy_and_hold_sharpe": informative["buy_and_hold_sharpe"],
-                "informative": informative,
-                "uninformative_cycles": len(uninformative),
-                "uninformative_promotions": sum(c["promoted"] for c in uninformative),
-                "uninformative": uninformative,
-                "regime_seeds": args.regime_seeds,
-                "regime_seeds_realigned_better": None,
-                "day_cache_speedup": speed["speedup"],
+                "data": f"(a) {args.prices} last {args.bars} bars; (b) its last "
+                f"{args.uninformative_bars}; (c) regime-shift scenario, {args.regime_bars} bars",
+                "settings": settings_record(args),
+                "informative_sharpe": a["served_sharpe"]["mean"] if a else None,
+                "sentiment_rule_sharpe": a["sentiment_rule_sharpe"]["mean"] if a else None,
+                "buy_and_hold_sharpe": a["buy_and_hold_sharpe"] if a else None,
+                "informative": a,
+                "uninformative_cycles": len(b),
+                "uninformative_promotions": sum(r["promoted"] for r in b),
+                "uninformative": b,
+                "regime_seeds": len(c),
+                "regime_seeds_realigned_better": sum(r["realigned_better"] for r in c),
+                "regime_seeds_promoted": sum(r["promoted"] for r in c),
+                "regime": c,
+                "day_cache_speedup": speed["speedup"] if speed else None,
                 "day_cache": speed,
-                "cycle_seconds": informative["seconds"],
+                "cycle_seconds": spread(cycle_seconds) if cycle_seconds else None,
                 "seconds": round(time.monotonic() - started, 1),
             }
         )
