@@ -112,6 +112,7 @@ def _promotion(e: Event) -> dict[str, Any]:
         "reason": p.reason,
         "inputs_sha256": p.inputs_sha256,
         "torch_threads": p.torch_threads,
+        "ppo_iterations": p.ppo_iterations,
         "sharpe_diff": p.sharpe_diff if p.HasField("sharpe_diff") else None,
         "sharpe_diff_low": p.sharpe_diff_low if p.HasField("sharpe_diff_low") else None,
         "sharpe_diff_high": p.sharpe_diff_high if p.HasField("sharpe_diff_high") else None,

@@ -245,6 +245,7 @@ PROMOTION_KEYS = (
     "holdout_bars",
     "inputs_sha256",
     "torch_threads",
+    "ppo_iterations",
 )
 
 

@@ -430,3 +430,29 @@ def test_sigterm_to_the_cycle_command_checkpoints_exits_0_and_the_rerun_resumes(
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert json.loads(second.stdout.strip().splitlines()[-1])["resumed_from"] >= 1
+
+
+def test_the_same_seed_inputs_and_threads_give_the_same_student(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Reproducibility: two cycles from the same teacher, on the same bars, seed, thread count
+    and a step budget (not a wall-clock one, whose iteration count depends on the machine's
+    speed) save byte-identical students and say so by the same inputs_sha256 and iterations."""
+    prices = _uptrend(80)
+    runs = []
+    for name in ("first", "second"):
+        models = tmp_path / name / "models"
+        init_artifact(tiny_llama_dir, models / "v0", "v0", ActorCriticConfig(trainable_top_k=2))
+        set_current(models, models / "v0")
+        settings = _window_of_80_bars(
+            models, tmp_path / name, ppo_steps=40, ppo_num_steps=10, ppo_minibatch_size=8
+        )
+        result = run_cycle(settings, prices=prices)
+        files = _tree_hashes(Path(result.artifact_path))
+        runs.append((result, {k: v for k, v in files.items() if k.endswith(".safetensors")}))
+    (first, first_weights), (second, second_weights) = runs
+    assert first.inputs_sha256 == second.inputs_sha256
+    assert first.torch_threads == second.torch_threads == 1
+    assert first.training["ppo/iterations"] == second.training["ppo/iterations"]
+    assert first_weights and first_weights == second_weights
+    assert first.student_metrics == second.student_metrics
