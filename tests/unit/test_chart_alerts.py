@@ -38,7 +38,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_check_rules(rules_dir: Path) -> None:
     result = _run("check", "rules", str(rules_dir / "rlmf-rules.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 10 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass(rules_dir: Path) -> None:
@@ -79,3 +79,27 @@ def test_thresholds_come_from_values() -> None:
     }
     text = render_raw(values)["rlmf/templates/prometheusrule.yaml"]
     assert "(rlmf_consumer_lag) > 77" in text
+
+
+def test_promotion_alerts_read_a_metric_something_scraped_exports() -> None:
+    """rlmf_promotions_total lived only in the trainer's CronJob, which nothing scrapes: the
+    promotion watcher exports it, and the chart gives the watcher a ServiceMonitor."""
+    from prometheus_client import REGISTRY
+
+    from services.promotion_watcher import metrics
+    from tests.helpers import named
+
+    docs = render("external-kafka")
+    monitor = named(docs, "ServiceMonitor", "rlmf-promotion-watcher")
+    service = named(docs, "Service", "rlmf-promotion-watcher")
+    deployment = named(docs, "Deployment", "rlmf-promotion-watcher")
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["python", "-m", "services.promotion_watcher"]
+    (rule,) = of_kind(docs, "PrometheusRule")
+    promotion = next(g for g in rule["spec"]["groups"] if g["name"] == "rlmf.promotion")
+    failed = next(r for r in promotion["rules"] if r["alert"] == "RLMFPromotionFailed")
+    assert "rlmf_promotions_total" in failed["expr"]
+    metrics.start_at_zero()  # what the watcher does before it consumes
+    assert REGISTRY.get_sample_value("rlmf_promotions_total", {"outcome": "failed"}) is not None

@@ -158,7 +158,8 @@ def test_a_service_monitor_per_service() -> None:
     docs = render("external-kafka")
     monitors = {d["metadata"]["name"]: d for d in of_kind(docs, "ServiceMonitor")}
     assert set(monitors) == {
-        f"rlmf-{s}" for s in ("ingest", "sentiment", "features", "simulator", "policy")
+        f"rlmf-{s}"
+        for s in ("ingest", "sentiment", "features", "simulator", "policy", "promotion-watcher")
     }
     services = of_kind(docs, "Service")
     for name, monitor in monitors.items():

@@ -194,6 +194,15 @@ def test_rollback_that_does_not_get_ready_is_said() -> None:
     assert outcome.rolled_back and "not Ready yet" in outcome.detail
 
 
+def test_raw_deployment_has_no_canary_to_judge() -> None:
+    raw = isvc(5, 5, created="", prev="")
+    raw["status"]["components"] = {}
+    promoter, helm, _, live, _ = _promoter([TEACHER, raw, raw, raw, ROLLED_BACK])
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.rolled_back and "deploymentMode=Serverless" in outcome.detail
+    assert [c[0] for c in helm.calls] == ["upgrade", "rollback"] and not live.asked
+
+
 def test_helm_busy_changes_nothing_and_says_so() -> None:
     busy = RuntimeError(f"UPGRADE FAILED: {HELM_BUSY}")
     promoter, helm, _, live, _ = _promoter([TEACHER], RecordingHelm(fail={1: busy}))
@@ -298,3 +307,31 @@ def test_cluster_promotion_without_prometheus_is_refused() -> None:
         TrainerSettings(promotion="cluster", canary={"prometheus_url": "http://prom:9090"})
     )
     assert promoter.live_check is not None
+
+
+def test_each_upgrade_renders_what_it_says() -> None:
+    """The two upgrades' values pass the chart's schema and render as KServe's canary (the
+    student's revision at 20%) and then as the student serving alone."""
+    from services.trainer.promotion import ClusterPromoter as Promoter
+    from tests.helpers import EXTERNAL, NAMESPACE, documents, load_chart, named
+
+    promoter, _, _, _, _ = _promoter([TEACHER])
+    assert isinstance(promoter, Promoter)
+
+    def predictor(values: dict[str, Any]) -> dict[str, Any]:
+        rendered = load_chart().render(
+            copy.deepcopy(EXTERNAL) | values, name="prod", namespace=NAMESPACE, is_upgrade=True
+        )
+        isvc = named(documents(rendered), "InferenceService", promoter.isvc_name)
+        return dict(isvc["spec"]["predictor"])
+
+    def storage_uri(spec: dict[str, Any]) -> str:
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        return str(env["STORAGE_URI"])
+
+    canary = predictor(promoter.canary_values(STUDENT))
+    assert canary["canaryTrafficPercent"] == 20
+    assert storage_uri(canary) == f"pvc://prod-rlmf-models/{VERSION}"
+    promoted = predictor(promoter.values(STUDENT))
+    assert "canaryTrafficPercent" not in promoted
+    assert storage_uri(promoted) == f"pvc://prod-rlmf-models/{VERSION}"
