@@ -4,10 +4,12 @@ its reason while good items around it pass; duplicates dropped; counts reconcile
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -347,3 +349,28 @@ def test_http_accepts_items_and_batches_and_reports_duplicates(
     assert s.reconciles()
     exposed = api.get("/metrics").text
     assert 'rlmf_ingest_items_total{outcome="received",source="http"}' in exposed
+
+
+def test_items_older_than_the_max_age_are_dead_lettered_with_the_reason(
+    bus_settings: BusSettings, tmp_path: Path, unique: str
+) -> None:
+    settings = IngestSettings(tickers_file=DATA / "tickers.csv", max_age_s=7 * 86_400)
+    pipe = IngestPipeline(settings, Producer(bus_settings, "ingest-test"))
+    now = datetime.now(UTC)
+    fresh = {"id": f"fresh-{unique}", "headline": f"Acme {unique}", "published_at": now.isoformat()}
+    old = {**fresh, "id": f"old-{unique}", "published_at": (now - timedelta(days=30)).isoformat()}
+    path = tmp_path / "news.jsonl"
+    path.write_text(json.dumps(fresh) + "\n" + json.dumps(old) + "\n")
+    raw_start = end_offsets(bus_settings, NEWS_RAW)
+    dlq_start = end_offsets(bus_settings, dlq(NEWS_RAW))
+    try:
+        stats = replay_file(pipe, path)
+        assert stats is not None and (stats.published, stats.rejected) == (1, 1)
+    finally:
+        pipe.close()
+    assert [e.item_id for e in news(read_since(bus_settings, raw_start, expect=1))] == [
+        f"fresh-{unique}"
+    ]
+    dead = read_since(bus_settings, dlq_start, expect=1)
+    assert len(dead) == 1 and json.loads(dead[0].value)["id"] == f"old-{unique}"
+    assert "too old" in error_of(dead[0]) and "RLMF_INGEST_MAX_AGE_S" in error_of(dead[0])
