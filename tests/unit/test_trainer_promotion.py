@@ -335,3 +335,22 @@ def test_each_upgrade_renders_what_it_says() -> None:
     promoted = predictor(promoter.values(STUDENT))
     assert "canaryTrafficPercent" not in promoted
     assert storage_uri(promoted) == f"pvc://prod-rlmf-models/{VERSION}"
+
+
+def test_the_charts_canary_setting_reaches_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CronJob's RLMF_TRAINER_CANARY (one JSON value) and data settings parse into
+    TrainerSettings as values.yaml gives them."""
+    from services.trainer.settings import TrainerSettings
+    from tests.helpers import named, render
+
+    cron = named(render("external-kafka"), "CronJob", "rlmf-trainer")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for name, value in env.items():
+        if name.startswith("RLMF_TRAINER_"):
+            monkeypatch.setenv(name, value)
+    settings = TrainerSettings()
+    assert settings.canary.traffic_percent == 10 and settings.canary.window_s == 1800
+    assert settings.canary.prometheus_url.startswith("http://prometheus-operated.")
+    assert settings.data_source == "kafka" and str(settings.work_dir) == "/work"
+    assert settings.ticker == "MSFT" and settings.promotion == "cluster"
