@@ -3,9 +3,13 @@
 - InferenceService: the `kserve` package's own V1beta1InferenceService model (built from the
   rendered object, which checks required fields, plus a strict walk that rejects any key or type
   the model does not declare);
-- ServiceMonitor and PrometheusRule: npm's @kubernetes-models/prometheus-operator validators, run
-  with Node.js (monitoring/validate_crds.mjs); those CRD schemas allow unknown keys, so this
-  checks types, patterns and required fields, not typos in optional keys;
+- ServiceMonitor, PrometheusRule (npm's @kubernetes-models/prometheus-operator), ScaledObject,
+  TriggerAuthentication (@kubernetes-models/keda) and the Knative Service KServe makes of the
+  policy under Serverless (@kubernetes-models/knative): the packages' validators, compiled from
+  the CRDs' schemas, run with Node.js (monitoring/validate_crds.mjs) for types, patterns and
+  required fields; CRD schemas let unknown keys through (the API server prunes them), so a
+  strict walk over the same packages' type declarations (.d.ts, generated from those schemas)
+  rejects any key they do not declare;
 - Kafka, KafkaNodePool, KafkaTopic, KafkaUser: tests/unit/test_chart_strimzi.py (no package
   ships Strimzi's schemas; a weaker, hand-written check).
 
@@ -17,13 +21,24 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import kserve.models as kserve_models
 import kubernetes.client.models as k8s_models
 import pytest
 
-from tests.helpers import REPO, VALUE_SETS, of_kind, render, strip
+from tests.helpers import (
+    EXTERNAL,
+    REPO,
+    VALUE_SETS,
+    documents,
+    named,
+    of_kind,
+    render,
+    render_raw,
+    strip,
+)
 
 # ---------------------------------------------------------------------------------------------
 # KServe: the package's model classes
@@ -167,3 +182,237 @@ def test_a_service_monitor_per_service() -> None:
         port_names = {p["name"] for p in matching[0]["spec"]["ports"]}
         assert monitor["spec"]["endpoints"][0]["port"] in port_names
         assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Unknown keys: a strict walk over the npm packages' type declarations
+# ---------------------------------------------------------------------------------------------
+
+NODE_MODULES = REPO / "node_modules"
+# apiVersion -> the package folder holding <Kind>.d.ts (as in monitoring/validate_crds.mjs).
+DTS_FOLDERS = {
+    "monitoring.coreos.com/v1": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1",
+    "keda.sh/v1alpha1": "@kubernetes-models/keda/keda.sh/v1alpha1",
+    "serving.knative.dev/v1": "@kubernetes-models/knative/serving.knative.dev/v1",
+}
+_IMPORT = re.compile(r'import \{ (\w+) \} from "([^"]+)";')
+_INTERFACE = re.compile(r"export interface I\w+(?: extends ([\w, ]+))? \{\n")
+
+
+def _dts_file(spec: str, importer: Path) -> Path:
+    base = importer.parent / spec if spec.startswith(".") else NODE_MODULES / spec
+    return base.with_suffix(".d.ts") if base.suffix == ".js" else Path(f"{base}.d.ts")
+
+
+def _members(body: str) -> dict[str, str]:
+    """Top-level `"name"?: Type;` members of an interface body (types may span lines)."""
+    body = re.sub(r"/\*\*.*?\*/", "", body, flags=re.S)
+    members, depth, current = {}, 0, ""
+    for char in body:
+        if char in "{<(":
+            depth += 1
+        elif char in "}>)":
+            depth -= 1
+        if char == ";" and depth == 0:
+            if m := re.match(r'\s*"([^"]+)"\??:\s*(.*)', current, re.S):
+                members[m.group(1)] = " ".join(m.group(2).split())
+            current = ""
+        else:
+            current += char
+    return members
+
+
+def _interface(path: Path) -> dict[str, tuple[str, Path]] | None:
+    """Member name -> (its type, the file it is declared in), inherited members included."""
+    text = path.read_text()
+    imports = {name: _dts_file(spec, path) for name, spec in _IMPORT.findall(text)}
+    m = _INTERFACE.search(text)
+    if m is None:
+        # `export type IX = IOther;` follows IOther; an alias of a leaf type declares no keys.
+        alias = re.search(r"export type I\w+ = (\w+);", text)
+        return _interface(imports[alias.group(1)]) if alias and alias.group(1) in imports else None
+    end = text.index("\n}\n", m.end())
+    members = {k: (v, path) for k, v in _members(text[m.end() : end]).items()}
+    for parent in (m.group(1) or "").split(","):
+        if parent.strip() in imports:
+            members = (_interface(imports[parent.strip()]) or {}) | members
+    return members
+
+
+def _imports(path: Path) -> dict[str, Path]:
+    return {name: _dts_file(spec, path) for name, spec in _IMPORT.findall(path.read_text())}
+
+
+def _dts_walk(value: Any, type_text: str, where: Path, path: str, errors: list[str]) -> None:
+    """Reject keys a declared interface does not have; follow arrays, maps and interfaces.
+    Leaf types (strings, numbers, unions) are the compiled validators' job."""
+    if m := re.fullmatch(r"Array<(.+)>", type_text):
+        for i, item in enumerate(value if isinstance(value, list) else []):
+            _dts_walk(item, m.group(1), where, f"{path}[{i}]", errors)
+    elif m := re.fullmatch(r"\{ \[key: string\]: (.+); \}", type_text):
+        for key, item in (value if isinstance(value, dict) else {}).items():
+            _dts_walk(item, m.group(1), where, f"{path}.{key}", errors)
+    elif type_text in (imports := _imports(where)) and isinstance(value, dict):
+        members = _interface(imports[type_text])
+        if members is not None:
+            _check_keys(value, members, path, errors)
+
+
+def _check_keys(
+    value: dict[str, Any], members: dict[str, tuple[str, Path]], path: str, errors: list[str]
+) -> None:
+    for key, item in value.items():
+        if key not in members:
+            errors.append(f"{path}.{key}: not declared")
+        else:
+            _dts_walk(item, members[key][0], members[key][1], f"{path}.{key}", errors)
+
+
+def strict_unknown_keys(doc: dict[str, Any]) -> list[str]:
+    """Keys of `doc` (metadata aside) that its kind's type declarations do not declare."""
+    folder = NODE_MODULES / DTS_FOLDERS[doc["apiVersion"]]
+    assert folder.is_dir(), "run `npm ci` at the repository root (package.json) first"
+    members = _interface(folder / f"{doc['kind']}.d.ts")
+    assert members, f"no interface declared for {doc['kind']}"
+    errors: list[str] = []
+    _check_keys({k: v for k, v in doc.items() if k != "metadata"}, members, doc["kind"], errors)
+    return errors
+
+
+def _custom(kinds: set[str]) -> list[dict[str, Any]]:
+    return [strip(d) for key in sorted(VALUE_SETS) for d in render(key) if d["kind"] in kinds]
+
+
+def test_monitoring_objects_declare_no_unknown_key() -> None:
+    docs = _custom({"ServiceMonitor", "PrometheusRule"})
+    assert docs
+    assert [e for d in docs for e in strict_unknown_keys(d)] == []
+
+
+def test_the_strict_walk_catches_typos() -> None:
+    monitor = _custom({"ServiceMonitor"})[0]
+    monitor["spec"]["endpoints"][0]["honourLabels"] = True
+    monitor["spec"]["selectr"] = {}
+    scaled = _custom({"ScaledObject"})[0]
+    scaled["spec"]["triggers"][0]["authRef"] = {"name": "x"}
+    errors = strict_unknown_keys(monitor) + strict_unknown_keys(scaled)
+    assert "ServiceMonitor.spec.endpoints[0].honourLabels: not declared" in errors
+    assert "ServiceMonitor.spec.selectr: not declared" in errors
+    assert "ScaledObject.spec.triggers[0].authRef: not declared" in errors
+
+
+# ---------------------------------------------------------------------------------------------
+# KEDA: consumer-lag autoscaling
+# ---------------------------------------------------------------------------------------------
+
+
+def test_keda_objects_match_keda_crds() -> None:
+    docs = _custom({"ScaledObject", "TriggerAuthentication"})
+    assert {d["kind"] for d in docs} == {"ScaledObject", "TriggerAuthentication"}
+    assert [r for r in _node_validate(docs) if r["error"]] == []
+    assert [e for d in docs for e in strict_unknown_keys(d)] == []
+
+
+def test_keda_scales_each_consumer_on_its_group_lag() -> None:
+    docs = render("external-sasl-keda")
+    scaled = {d["metadata"]["name"]: d for d in of_kind(docs, "ScaledObject")}
+    assert set(scaled) == {"rlmf-sentiment", "rlmf-features", "rlmf-simulator"}
+    for name, obj in scaled.items():
+        service = name.removeprefix("rlmf-")
+        deployment = named(docs, "Deployment", name)
+        assert obj["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        assert "replicas" not in deployment["spec"], "KEDA's HPA owns the replica count"
+        assert obj["spec"]["maxReplicaCount"] <= 3, "no more consumers than partitions"
+        for trigger in obj["spec"]["triggers"]:
+            meta = trigger["metadata"]
+            assert trigger["type"] == "kafka"
+            assert meta["consumerGroup"] == f"rlmf-{service}"
+            assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
+            assert trigger["authenticationRef"] == {"name": "rlmf-kafka"}
+    auth = named(docs, "TriggerAuthentication", "rlmf-kafka")
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert refs["password"] == {"parameter": "password", "name": "kafka-rlmf", "key": "password"}
+    assert refs["ca"]["name"] == "kafka-ca"
+    without = render("external-kafka")
+    assert not of_kind(without, "ScaledObject")
+    assert named(without, "Deployment", "rlmf-sentiment")["spec"]["replicas"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Knative: the Service KServe makes of the predictor under Serverless
+# ---------------------------------------------------------------------------------------------
+
+# What Knative Serving accepts in a pod spec with its default feature flags (config-features:
+# kubernetes.podspec-securitycontext, -fieldref, -nodeselector, -tolerations,
+# -persistent-volume-claim all disabled; emptyDir and Secret volumes allowed), from its
+# PodSpecMask and SecurityContextMask.
+KNATIVE_DEFAULT_POD_FIELDS = {
+    "serviceAccountName", "containers", "volumes", "imagePullSecrets", "enableServiceLinks",
+    "automountServiceAccountToken",
+}  # fmt: skip
+KNATIVE_DEFAULT_CONTAINER_SECURITY = {
+    "capabilities", "readOnlyRootFilesystem", "runAsUser", "runAsGroup", "runAsNonRoot",
+    "allowPrivilegeEscalation", "seccompProfile",
+}  # fmt: skip
+# InferenceService predictor fields that KServe keeps for itself (not copied into the pod spec).
+KSERVE_PREDICTOR_FIELDS = {
+    "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "canaryTrafficPercent", "labels",
+    "annotations",
+}  # fmt: skip
+
+
+def _knative_service(predictor: dict[str, Any]) -> dict[str, Any]:
+    """The serving.knative.dev/v1 Service KServe creates for a Serverless predictor."""
+    pod = {k: v for k, v in predictor.items() if k not in KSERVE_PREDICTOR_FIELDS}
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "rlmf-policy-predictor"},
+        "spec": {"template": {"spec": pod}},
+    }
+
+
+def _refused_by_default_knative(pod: dict[str, Any]) -> list[str]:
+    refused = [f"pod.{k}" for k in pod if k not in KNATIVE_DEFAULT_POD_FIELDS]
+    for volume in pod.get("volumes", []):
+        kind = next(k for k in volume if k != "name")
+        if kind not in ("emptyDir", "secret", "configMap", "projected"):
+            refused.append(f"volume {volume['name']}: {kind}")
+    for container in pod["containers"]:
+        for key in container.get("securityContext", {}):
+            if key not in KNATIVE_DEFAULT_CONTAINER_SECURITY:
+                refused.append(f"container securityContext.{key}")
+        for env in container.get("env", []):
+            if "fieldRef" in env.get("valueFrom", {}):
+                refused.append(f"env {env['name']}: fieldRef")
+    return refused
+
+
+SERVERLESS_SETS = sorted(
+    k
+    for k, v in VALUE_SETS.items()
+    if v.get("policy", {}).get("deploymentMode", "Serverless") == "Serverless"
+)
+
+
+def test_serverless_predictor_passes_knative_defaults() -> None:
+    """Checked for every Serverless value set, with one Node.js run for all. Only the models
+    volume (the reload route's root) needs a flag, kubernetes.podspec-persistent-volume-claim;
+    docs/cluster.md names it."""
+    services = []
+    for key in SERVERLESS_SETS:
+        (isvc,) = of_kind(render(key), "InferenceService")
+        services.append(_knative_service(isvc["spec"]["predictor"]))
+        refused = _refused_by_default_knative(services[-1]["spec"]["template"]["spec"])
+        assert refused == ["volume models: persistentVolumeClaim"], key
+        assert strict_unknown_keys(services[-1]) == [], key
+    assert [r for r in _node_validate(services) if r["error"]] == []
+
+
+def test_without_reload_the_predictor_needs_no_knative_flag() -> None:
+    values = EXTERNAL | {
+        "policy": {"reload": {"enabled": False, "tokenSecret": {"name": "", "key": "token"}}}
+    }
+    (isvc,) = of_kind(documents(render_raw(values)), "InferenceService")
+    pod = _knative_service(isvc["spec"]["predictor"])["spec"]["template"]["spec"]
+    assert _refused_by_default_knative(pod) == []
