@@ -2,7 +2,7 @@
 feedback loss, the day cache, the walk-forward split and the bootstrap gate) on the real
 SmolLM2, with synthetic news of a known informativeness. Prints one JSON line.
 
-    .venv/bin/python bench/learning.py [--minutes 1] [--informative-seeds 3]
+    .venv/bin/python bench/learning.py [--minutes 0.5] [--informative-seeds 3]
         [--uninformative-cycles 10] [--regime-seeds 8]
 
 (a) informative news (MSFT's last bars, informativeness 0.6), one cycle per seed (the news and
@@ -336,11 +336,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, default=Path("models/SmolLM2-135M-Instruct"))
     parser.add_argument("--prices", type=Path, default=Path("data/MSFT.csv"))
-    parser.add_argument("--bars", type=int, default=200, help="(a): bars up to the cycle's day")
+    parser.add_argument("--bars", type=int, default=300, help="(a): bars up to the cycle's day")
     parser.add_argument("--min-train", type=int, default=40)
     parser.add_argument("--holdout", type=int, default=100, help="(a) and (b): the gate's bars")
     parser.add_argument("--embargo", type=int, default=2)
-    parser.add_argument("--minutes", type=float, default=1.0, help="each cycle's PPO budget")
+    parser.add_argument("--minutes", type=float, default=0.5, help="each cycle's PPO budget")
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--lr", type=float, default=5e-5, help="PPO's (FLAG-Trader's default)")
     parser.add_argument("--mf-lr", type=float, default=3e-4, help="the market-feedback phase's")
@@ -365,8 +365,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--uninformative-holdout", type=int, default=60)
     parser.add_argument("--window-step", type=int, default=15)
     parser.add_argument("--regime-seeds", type=int, default=8)
-    parser.add_argument("--regime-bars", type=int, default=135)
-    parser.add_argument("--shift-bar", type=int, default=25)
+    parser.add_argument("--regime-bars", type=int, default=200)
+    parser.add_argument("--shift-bar", type=int, default=50)
     parser.add_argument("--regime-holdout", type=int, default=60)
     parser.add_argument("--live-bars", type=int, default=30)
     parser.add_argument("--speed-states", type=int, default=20)
