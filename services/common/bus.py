@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError, RetriableError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 from tenacity import (
@@ -643,17 +643,34 @@ class ConsumerLoop:
             )
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):
+class _CommitOnRevoke(AsyncConsumerRebalanceListener):
     """Group mode: before partitions move to another consumer, commit what was handled on them,
-    so the new owner does not re-process it."""
+    so the new owner does not re-process it.
+
+    Async on purpose: kafka-python 3 calls rebalance listeners on its IO thread, where the
+    blocking `commit()` raises RuntimeError, which failed the rebalance and stopped the loop
+    at the first one that took partitions with handled, uncommitted offsets
+    (tests/integration/test_bus_resilience.py). The commit's future is awaited there instead."""
 
     def __init__(self, loop: ConsumerLoop) -> None:
         self.loop = loop
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.loop.commit_pending(revoked)
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pending = self.loop._uncommitted
+        offsets = {tp: o for tp, o in pending.items() if tp in set(revoked)}
+        if not offsets:
+            return
+        try:
+            await self.loop._consumer.commit_async(offsets)
+        except KafkaError as exc:
+            # At-least-once still holds: the new owner re-reads those batches and
+            # de-duplication drops what was already done.
+            log.warning("commit before a rebalance failed (%s); those batches will be re-read", exc)
+            return
+        for tp in offsets:
+            pending.pop(tp, None)
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         pass  # positions come from the committed offsets; nothing to prepare
 
 
