@@ -65,11 +65,12 @@ def test_broker_outage_gives_503s_health_answers_and_the_retry_is_accepted(
         down = client.post("/v1/news", json=item(f"o1-{unique}"))
         assert down.status_code == 503, down.text
         assert down.headers["Retry-After"] == "2" and "retry later" in down.json()["error"]
-        assert time.monotonic() - started < 5
-        # Health answers at once while the publisher waits on the missing broker.
+        # Bounded by the 1.5 s ack timeout (margins for a loaded test machine); it hung past 40 s.
+        assert time.monotonic() - started < 8
+        # Health answers while the publisher waits on the missing broker (it timed out).
         started = time.monotonic()
-        assert status_of(client, "/healthz", timeout_s=1) == 200
-        assert time.monotonic() - started < 1
+        assert status_of(client, "/healthz", timeout_s=3) == 200
+        assert time.monotonic() - started < 3
         wait_until(lambda: not pipeline.ready(), 15, "the pipeline to say not ready")
         again = client.post("/v1/news", json=item(f"o1-{unique}"))
         assert again.status_code == 503  # refused at once while the batch in hand is stuck
@@ -131,4 +132,5 @@ def test_sigterm_ends_the_service_within_its_grace_period_with_the_broker_gone(
             process.kill()
             process.wait()
     assert code == 0, log.read_text()[-3000:]
-    assert elapsed < 3 + 3, f"took {elapsed:.1f}s to stop (grace 3 s)"
+    # Grace 3 s, and a margin for a loaded machine; it did not stop within 20 s.
+    assert elapsed < 3 + 5, f"took {elapsed:.1f}s to stop (grace 3 s)"
