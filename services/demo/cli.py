@@ -24,9 +24,14 @@ def demo(
     ),
     ticker: str = typer.Option(None, help="The ticker of --prices (default: the file's name)."),
     kill_service: str = typer.Option(
-        None, help="Chaos: SIGKILL this service mid-run (e.g. features)."
+        None,
+        help="Chaos: SIGKILL this service mid-run (sentiment, features, policy, trainer or "
+        "simulator); the run must equal one without the kill (bench/chaos.py).",
     ),
     kill_after_bars: int = typer.Option(10, help="... once this many decisions were published."),
+    kill_seed: int = typer.Option(
+        None, help="... or at a bar drawn from this seed (bench/chaos.py kills each service so)."
+    ),
     bootstrap: str = typer.Option(
         None, help="Use this Kafka (empty topics) instead of the embedded broker."
     ),
@@ -62,6 +67,7 @@ def demo(
             kill_service,
             kill_after_bars,
             bootstrap,
+            kill_seed=kill_seed,
         )
         select_window(cfg)  # a CSV that is missing, unreadable or too short fails here
     except (DemoError, MarketDataError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -59,12 +60,24 @@ class DemoConfig:
     bootstrap: str | None = None
     """Use this running Kafka (e.g. a test's broker) instead of starting the embedded one."""
     models_dir: Path = field(default_factory=default_models_dir)
+    kill_seed: int | None = None
+    """Chaos: draw the kill's bar from this seed (uniform over the window's inner bars)
+    instead of `kill_after_bars`, so a series of runs kills each service at its own bar."""
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise DemoError(
                 f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}"
             )
+
+    @property
+    def kill_bar(self) -> int:
+        """After how many published decisions the chaos kill happens."""
+        if self.kill_seed is None:
+            return self.kill_after_bars
+        # Not the first or last few bars: a kill there would test start-up or shutdown, which
+        # other tests cover, rather than a crash in the middle of the loop.
+        return random.Random(self.kill_seed).randint(5, max(5, self.bars - 5))
 
     @property
     def bars(self) -> int:

@@ -7,6 +7,7 @@ kept in OUT/pids.json (rewritten on every restart) so a test can kill a service 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from services.common.bus import Producer, ensure_topics
 from services.common.envelope import derived_id
 from services.common.settings import BusSettings
 from services.demo.bus_reader import Tally, committed_offsets, read_all
+from services.demo.chaos import run_fingerprint
 from services.demo.config import DemoConfig, DemoError, select_window, status
 from services.demo.finish import finish
 from services.demo.news import generate_news, news_item
@@ -30,6 +32,8 @@ from services.demo.pacing import TrainingPacer, pause_for_cycle
 from services.demo.processes import ServiceGroup
 from services.demo.services_plan import module_argv, service_plans, simulator_env
 from services.demo.state import RunState
+
+SIMULATOR_STATE = "simulator-state.json"
 
 
 class Demo:
@@ -54,7 +58,14 @@ class Demo:
     def prepare_out(self) -> None:
         for sub in ("logs", "feast", "models", "plots"):
             shutil.rmtree(self.out / sub, ignore_errors=True)
-        for name in ("report.html", "run.json", "pids.json", "accounting.json"):
+        for name in (
+            "report.html",
+            "run.json",
+            "pids.json",
+            "accounting.json",
+            "fingerprint.json",
+            SIMULATOR_STATE,  # a stale state would make this run resume an older one
+        ):
             (self.out / name).unlink(missing_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.state.window = select_window(self.cfg)
@@ -194,26 +205,32 @@ class Demo:
     # -- replay -------------------------------------------------------------------------------
 
     def replay(self) -> None:
+        w = self.state.window
+        assert w is not None
+        simulator = self._start_simulator()
+        status(
+            f"replay: simulator pid {simulator.pid} trading {len(w.frame)} bars through the policy"
+        )
+        self._follow_replay(len(w.frame))
+
+    def _start_simulator(self) -> subprocess.Popen[bytes]:
+        """The replaying simulator; it keeps its account in OUT/simulator-state.json, so a
+        restart after a kill resumes at the bar it had reached."""
         w, services = self.state.window, self.services
         assert w is not None and services is not None
         env = simulator_env(
             self.cfg, w, self.state.bootstrap, self.state.plans["policy"].port, self.out
         )
-        log = open(self.logs / "simulator.log", "ab")  # noqa: SIM115 - closed below
-        simulator = subprocess.Popen(
-            module_argv("simulator"), env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        env["RLMF_SIMULATOR_STATE_FILE"] = str(self.out / SIMULATOR_STATE)
+        with open(self.logs / "simulator.log", "ab") as log:  # the child keeps its own copy
+            simulator = subprocess.Popen(
+                module_argv("simulator"), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         services.simulator = simulator
         services.write_pids()
-        status(
-            f"replay: simulator pid {simulator.pid} trading {len(w.frame)} bars through the policy"
-        )
-        try:
-            self._follow_replay(simulator, len(w.frame))
-        finally:
-            log.close()
+        return simulator
 
-    def _follow_replay(self, simulator: subprocess.Popen[bytes], total: int) -> None:
+    def _follow_replay(self, total: int) -> None:
         assert self.services is not None
         deadline = time.monotonic() + self.cfg.settings.replay_timeout_s
         decisions = Tally(self.state.bootstrap, topics.TRADING_DECISIONS)
@@ -221,15 +238,16 @@ class Demo:
         pacer = TrainingPacer(self.cfg.train_every_days)
         try:
             with tqdm(total=total, desc="replay", unit="bar", file=sys.stderr) as bar:
-                while simulator.poll() is None or decisions.poll():
+                # The simulator is looked up on every turn: a chaos kill replaces it.
+                while self._simulator().poll() is None or decisions.poll():
                     before = decisions.count
                     decisions.poll()
                     bar.update(decisions.count - before)
                     self._maybe_kill(decisions.count)
                     if pacer.due(feedback.poll()):
-                        self._pause_for_cycle(simulator, pacer)
+                        self._pause_for_cycle(self._simulator(), pacer)
                     if time.monotonic() > deadline:
-                        simulator.kill()
+                        self._simulator().kill()
                         raise DemoError(
                             "replay did not finish within "
                             f"{self.cfg.settings.replay_timeout_s:.0f}s"
@@ -239,6 +257,7 @@ class Demo:
         finally:
             decisions.close()
             feedback.close()
+        simulator = self._simulator()
         self.state.simulator_exit = simulator.returncode
         if simulator.returncode != 0:
             raise DemoError(
@@ -259,16 +278,32 @@ class Demo:
         if note:
             self.state.notes.append(note)
 
+    def _simulator(self) -> subprocess.Popen[bytes]:
+        assert self.services is not None and self.services.simulator is not None
+        return self.services.simulator
+
     def _maybe_kill(self, bars_done: int) -> None:
         name = self.cfg.kill_service
-        if not name or self.state.killed or bars_done < self.cfg.kill_after_bars:
+        if not name or self.state.killed or bars_done < self.cfg.kill_bar:
             return
         assert self.services is not None
-        pid = self.services.kill(name)
+        if name == "simulator":
+            # The replaying simulator is the demo's own child, not the supervisor's.
+            old = self._simulator()
+            old.kill()
+            old.wait()
+            pid, new = old.pid, self._start_simulator()
+            restarted_by = f"the demo restarts it (pid {new.pid}) from its state file"
+        else:
+            pid, restarted_by = self.services.kill(name), "the supervisor restarts it"
         self.state.killed.append({"service": name, "pid": pid, "after_bars": bars_done})
-        status(
-            f"chaos: SIGKILL {name} (pid {pid}) after {bars_done} bars; the supervisor restarts it"
-        )
+        status(f"chaos: SIGKILL {name} (pid {pid}) after {bars_done} bars; {restarted_by}")
+
+    def write_fingerprint(self) -> None:
+        """OUT/fingerprint.json: what a chaos run must share with the run without a kill."""
+        path = self.out / "fingerprint.json"
+        path.write_text(json.dumps(run_fingerprint(self.state.bootstrap), indent=1))
+        status(f"fingerprint: {path} (bench/chaos.py compares runs by it)")
 
     # -- training and stop --------------------------------------------------------------------
 
@@ -315,6 +350,7 @@ class Demo:
             ):
                 self.stage(name, fn)
             self.stop()  # services first: their last commits are part of the accounting
+            self.write_fingerprint()
             return finish(self.state, self.cfg, self.out)
         except DemoError as exc:
             status(f"error: {exc}")

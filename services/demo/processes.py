@@ -53,6 +53,7 @@ class ServiceGroup:
 
     def _watch(self) -> None:
         while not self._watch_stop.wait(0.3):
+            self._serve_promoted_policy()
             try:
                 restarted = self.supervisor.check_once()
             except RuntimeError as exc:
@@ -62,6 +63,26 @@ class ServiceGroup:
             if restarted:
                 status(f"restarted {', '.join(restarted)}")
                 self.write_pids()
+
+    def _serve_promoted_policy(self) -> None:
+        """Point the policy server's command at the artifact the trainer's `current` pointer
+        names, so that a restart (after a crash) serves the promoted student, not the teacher
+        the demo first started it with."""
+        child = self.supervisor.children.get("policy")
+        if child is None:
+            return
+        spec = child.spec
+        served = Path(spec.env["RLMF_POLICY_MODEL_DIR"])
+        pointer = served.parent / "current"
+        if not pointer.is_file():
+            return
+        name = pointer.read_text().strip()
+        if not name or not (served.parent / name).is_dir():
+            return  # the trainer is moving the pointer: look again on the next turn
+        target = str(served.parent / name)
+        if target != str(served):
+            spec.env["RLMF_POLICY_MODEL_DIR"] = target
+            spec.argv[spec.argv.index("--model_dir") + 1] = target
 
     def write_pids(self) -> None:
         with self._lock:

@@ -179,6 +179,9 @@ def simulator_env(
         "RLMF_SIMULATOR_SEED": str(s.seed),
         "RLMF_SIMULATOR_POLICY_URL": f"http://127.0.0.1:{policy_port}",
         "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
+        # A policy server that died is restarted by the supervisor: wait for it rather than
+        # hold, so a policy crash does not change what the run decides.
+        "RLMF_SIMULATOR_POLICY_UNAVAILABLE_WAIT_S": str(s.service_start_timeout_s),
         # A rationale (SEP's explain step) on a few decisions, for the report.
         "RLMF_SIMULATOR_EXPLAIN_EVERY": "10" if cfg.quick else "50",
         "RLMF_SIMULATOR_FEATURES_READER": "services.demo.features_reader:read",
