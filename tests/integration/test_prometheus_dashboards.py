@@ -411,7 +411,8 @@ def _refused_reload(run: Run, artifact: Path, tmp: Path) -> None:
     """Promote a tampered copy of the artifact: the policy must refuse it and keep serving."""
     from services.policy.client import PolicyClientError, request_reload
 
-    bad = tmp / "tampered"
+    # Beside the artifact: the policy's reload root is its model folder's parent by default.
+    bad = artifact.parent / f"tampered-{tmp.name}"
     shutil.copytree(artifact, bad)
     with (bad / "model.safetensors").open("r+b") as f:
         f.seek(-8, 2)
