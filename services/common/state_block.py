@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 
 from services.common.market_state import MarketState
+from services.common.prompt_text import neutralise_special_tokens
 
 STATE_FENCE = "```"
 MAX_PROMPT_PRICES = 6
@@ -64,9 +65,13 @@ def day_part(state: MarketState) -> str:
     as_of), and the same for every portfolio the policy might hold that day."""
     features = ",".join(f"{k}={_fmt(v, 3)}" for k, v in sorted(state.features.items()))
     sentiment = "none" if state.sentiment is None else _fmt(state.sentiment, 2)
-    # json.dumps puts the news on one line with quotes and newlines escaped, and the fence
-    # marker is removed, so news text cannot close the data block and pose as instructions.
-    news = json.dumps(state.news_summary, ensure_ascii=False).replace(STATE_FENCE, "'''")
+    # json.dumps puts the news on one line with quotes and newlines escaped, the fence marker is
+    # removed, and special-token strings are defused (last, so nothing after can rebuild one), so
+    # news text can neither close the data block nor open a chat turn of its own. Ordinary news
+    # renders exactly as before: PROMPT_VERSION is unchanged.
+    news = neutralise_special_tokens(
+        json.dumps(state.news_summary, ensure_ascii=False).replace(STATE_FENCE, "'''")
+    )
     returns_pct = [100 * r for r in state.returns()[-MAX_PROMPT_RETURNS:]]
     lines = [
         f"ticker: {state.ticker}",

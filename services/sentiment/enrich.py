@@ -14,6 +14,7 @@ from prometheus_client import Counter, Histogram
 from services.common import envelope as envelopes
 from services.common.bus import Incoming, Outgoing, ValidationFailed
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.common.prompt_text import neutralise_special_tokens
 from services.common.topics import NEWS_ENRICHED
 from services.sentiment.scorer import Score, SentimentScorer
 from services.sentiment.summarizer import Summarizer
@@ -28,6 +29,11 @@ SCORES = Histogram(
 )
 SUMMARIES = Counter(
     "rlmf_sentiment_summaries_total", "Summaries served, by whether the cache had them", ["cached"]
+)
+CONTESTED = Counter(
+    "rlmf_sentiment_contested_total",
+    "Items whose pieces disagreed in sign, scored by their least extreme piece",
+    ["model"],
 )
 
 
@@ -133,13 +139,17 @@ class EnrichHandler:
         enriched.item.CopyFrom(item)
         enriched.label_probabilities.update(score.probabilities)
         SCORES.labels(self.scorer.name).observe(enriched.sentiment)
+        if score.contested:
+            CONTESTED.labels(self.scorer.name).inc()
         return Outgoing(NEWS_ENRICHED, enriched, key=item.ticker, event_time=published)
 
     def _summary(self, ticker: str, published: datetime) -> str:
         headlines = self.days.up_to(ticker, published, self.summary_max_headlines)
         if self.summarizer is None:
-            # No LLM (lexicon backend): an extractive summary, the day's headlines so far.
-            return "; ".join(headlines)
+            # No LLM (lexicon backend): an extractive summary, the day's headlines so far. It
+            # goes into the policy's prompt, so chat markup in them is defused (the raw item
+            # is kept as it came, in `item`).
+            return neutralise_special_tokens("; ".join(headlines))
         before = self.summarizer.cache.hits
         summary = self.summarizer.summarize(ticker, headlines)
         SUMMARIES.labels(str(self.summarizer.cache.hits > before).lower()).inc()

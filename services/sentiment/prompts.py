@@ -1,20 +1,24 @@
 """The prompts the sentiment LLM sees: news text is fenced as data, never read as instructions.
 
-Defence against prompt injection, in three layers:
-1. the system message tells the model that the text between the fences is data to classify and
-   that any instruction inside it must be ignored;
-2. the text can not close the fence or open a chat turn: fence markers and chat-template markers
-   are removed from it before it is placed between the fences;
-3. segments addressed to the model ("ignore previous instructions", "answer positive", "note to
-   the AI") are dropped and label words in the text are replaced by synonyms, because a 135M
-   model copies a label word it reads even when told not to (measured, docs/news.md);
-4. the answer is read from next-token logits over fixed label words, so injected text can at most
-   shift probabilities, never change the output format.
+The defence does not depend on how an injection is worded (the regex blocklist it replaces let
+zero-width characters, Cyrillic look-alikes, German and "Final word: positive" through, and
+dropped real news such as "Acme CEO: ignore the noise ..."). Nothing of the news is dropped:
+1. the text is normalised (NFKC, invisible characters removed, look-alike letters in mixed-script
+   words made Latin, special tokens and fence markers defused: normalise.py) and placed between
+   fences that it therefore can not close, under a system message saying it is data;
+2. the answer is read from the next-token logits of the three label words at one fixed position
+   (scorer.py), so no text can change the output's format, only shift its probabilities;
+3. the text is also scored piece by piece (segments.py), each piece alone, and the pieces'
+   scores bound the whole text's (agreement.py): a piece added to a news item can not carry the
+   item past what its own pieces say, and where pieces disagree in sign the least extreme
+   reading stands. Measured on tests/data/injection_headlines.jsonl by bench/sentiment.py.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
+
+from services.sentiment.normalise import normalise
 
 FENCE_OPEN = "<<<NEWS"
 FENCE_CLOSE = "NEWS>>>"
@@ -41,67 +45,10 @@ SUMMARY_SYSTEM = (
     "short factual sentence that summarizes them. Do not add facts."
 )
 
-# Chat-template and fence markers a text could use to break out of its fence.
-_BREAKOUT = re.compile(
-    r"<\|[^|>]{0,40}\|>|<<<\s*NEWS|NEWS\s*>>>|<<<|>>>",
-    re.IGNORECASE,
-)
 
-
-# Segments that address the model instead of reporting news. A 135M model copies a label word
-# it reads, so fencing alone is not enough (measured: docs/news.md); these are dropped.
-_INSTRUCTION = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\b.{0,60}\b(?:instructions?|prompts?|rules|above|"
-    r"previous|prior|system)\b"
-    r"|\b(?:answer|respond|reply|classify|output|say|label|rate|mark|return|print)\b.{0,60}"
-    r"\b(?:positive|negative|neutral|bullish|bearish|good|bad)\b"
-    r"|\b(?:notes?|messages?|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:ai|model|assistant|"
-    r"classifier|llm|bot)\b"
-    r"|\b(?:correct|right|expected|true|only)\s+(?:answer|label|output|classification)\b"
-    r"|\byou\s+(?:are|must|should|will)\b"
-    r"|^\s*(?:system|assistant|user)\s*:"
-    r"|\b(?:sentiment|label|classification|rating|answer|verdict)\s+(?:here\s+)?"
-    r"(?:is|=|:|should\s+be|must\s+be)\s+\W*(?:positive|negative|neutral|bullish|bearish)\b"
-    r"|\b(?:language\s+models?|LLMs?|AI|chatbots?|classifiers?)\s*:",
-    re.IGNORECASE,
-)
-_SEGMENT_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+|[()\[\]{}]|\s+[-\u2013\u2014]{1,2}\s+")
-# Label words in news text are replaced by synonyms so the model can not simply copy them.
-_LABEL_SYNONYMS = {"positive": "favourable", "negative": "unfavourable", "neutral": "mixed"}
-# A segment made only of label or chat-role words is an injected answer, not news.
-_BARE_LABELS = re.compile(
-    r"[\W_]*(?:(?:positive|negative|neutral|bullish|bearish|system|assistant|user)[\W_]*)+",
-    re.IGNORECASE,
-)
-_LABEL_WORD = re.compile(r"\b(" + "|".join(_LABEL_SYNONYMS) + r")\b", re.IGNORECASE)
-
-
-def clean(text: str) -> str:
-    """`text` as data: no fence or chat markers, no segments addressed to the model, no label
-    words (replaced by synonyms)."""
-    kept = [s for s in _segments(text) if not _addresses_model(s)]
-    # Trailing punctuation is dropped so a removed trailing instruction leaves the same text.
-    text = " ".join(" ".join(kept).split()).rstrip(" .!?;:,")
-    return _LABEL_WORD.sub(lambda m: _LABEL_SYNONYMS[m.group(1).lower()], text)
-
-
-def _segments(text: str) -> list[str]:
-    # Markers become segment boundaries, so what follows a fake chat turn stands on its own.
-    return [s for s in _SEGMENT_SPLIT.split(_BREAKOUT.sub("\n", text)) if s and s.strip()]
-
-
-def _addresses_model(segment: str) -> bool:
-    return bool(_INSTRUCTION.search(segment) or _BARE_LABELS.fullmatch(segment))
-
-
-def instruction_segments(text: str) -> list[str]:
-    """The segments of `text` that `clean` drops as addressed to the model (logs, tests)."""
-    return [s.strip() for s in _segments(text) if _addresses_model(s)]
-
-
-def fence(text: str) -> str:
-    """`text`, cleaned, between the fences."""
-    return f"{FENCE_OPEN}\n{clean(text)}\n{FENCE_CLOSE}"
+def fence(text: str, special_tokens: Iterable[str] | None = None) -> str:
+    """`text`, normalised (services/sentiment/normalise.py), between the fences."""
+    return f"{FENCE_OPEN}\n{normalise(text, special_tokens)}\n{FENCE_CLOSE}"
 
 
 def score_messages(text: str, few_shot: bool = True) -> list[dict[str, str]]:
@@ -115,8 +62,14 @@ def score_messages(text: str, few_shot: bool = True) -> list[dict[str, str]]:
     return messages
 
 
-def summary_messages(ticker: str, headlines: list[str]) -> list[dict[str, str]]:
-    """Chat messages asking for a one-sentence summary of one ticker's headlines of one day."""
-    body = "\n".join(f"- {h}" for h in headlines)
-    user = f"Summarize these news headlines about {ticker} in one sentence.\n{fence(body)}"
+def summary_messages(
+    ticker: str, headlines: list[str], special_tokens: Iterable[str] | None = None
+) -> list[dict[str, str]]:
+    """Chat messages asking for a one-sentence summary of one ticker's headlines of one day;
+    `special_tokens` are the summarising tokenizer's (services/common/prompt_text.py)."""
+    body = "\n".join(f"- {' '.join(h.split())}" for h in headlines)
+    user = (
+        f"Summarize these news headlines about {ticker} in one sentence.\n"
+        f"{fence(body, special_tokens)}"
+    )
     return [{"role": "system", "content": SUMMARY_SYSTEM}, {"role": "user", "content": user}]

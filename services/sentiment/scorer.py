@@ -2,7 +2,9 @@
 
 - `LLMScorer`: any local Hugging Face causal-LM folder (default SmolLM2-135M-Instruct). The score
   is P(positive) - P(negative), read from the next-token logits over the label words after an
-  instruction prompt; nothing is generated or parsed.
+  instruction prompt; nothing is generated or parsed. A text with several pieces is also scored
+  piece by piece, and agreement.py picks the reading that stands (the injection defence:
+  prompts.py).
 - `LexiconScorer`: VADER (vaderSentiment), the baseline and the fallback.
 """
 
@@ -17,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.prompt_text import special_token_strings
 from services.sentiment import prompts
+from services.sentiment.agreement import choose
+from services.sentiment.normalise import normalise
+from services.sentiment.segments import pieces, tidy
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,8 @@ class Score:
     """P(positive) - P(negative), in [-1, 1]."""
     probabilities: dict[str, float] = field(default_factory=dict)
     """Per label word: positive, negative, neutral."""
+    contested: bool = False
+    """The text's pieces disagreed in sign; the least extreme piece's reading stands."""
 
     @property
     def label(self) -> str:
@@ -86,6 +94,9 @@ class LLMOptions:
     (the baseline bench/sentiment.py compares against; scores are the same either way)."""
     device: str = "auto"
     """`auto` (cuda when present, else cpu), `cpu`, `cuda` or `cuda:N`."""
+    by_pieces: bool = True
+    """Also score a text's pieces and let agreement.py pick the reading (the injection
+    defence); off scores the whole text only (the baseline bench/sentiment.py compares)."""
 
 
 # Content-free inputs for calibration (Zhao et al. 2021, "Calibrate before use").
@@ -118,6 +129,7 @@ class LLMScorer(SentimentScorer):
         self.model.to(self.device).eval()  # type: ignore[arg-type]  # transformers stub wraps .to
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.special_tokens = special_token_strings(self.tokenizer)
         self.name = self.model_dir.name
         self.version = model_version(self.model_dir)
         self.label_ids = [self._label_token(label) for label in prompts.LABELS]
@@ -133,8 +145,14 @@ class LLMScorer(SentimentScorer):
         return int(ids[0])
 
     def prompt(self, text: str) -> str:
-        """The full prompt string for `text` (exposed for tests and docs)."""
-        return self._prefix + self._suffix(text)
+        """The full prompt string for `text` as a whole (exposed for tests and docs)."""
+        return self._prefix + self._suffix(self.data_parts(text)[0])
+
+    def data_parts(self, text: str) -> list[str]:
+        """What of `text` enters prompts: the normalised whole, then its pieces (segments.py),
+        each scored alone."""
+        whole = normalise(text[: self.options.max_text_chars], self.special_tokens)
+        return [tidy(whole), *(pieces(whole) if self.options.by_pieces else [])]
 
     def _split_prompt(self) -> tuple[str, str]:
         """The prompt around the text: the part before it is the same for every text."""
@@ -152,11 +170,16 @@ class LLMScorer(SentimentScorer):
         return self._prefix_len
 
     def suffix_tokens(self, text: str) -> int:
-        """Tokens `text` adds after the shared prefix (its fenced text and the answer cue)."""
-        return len(self.tokenizer.encode(self._suffix(text), add_special_tokens=False))
+        """Tokens `text` adds after the shared prefix: its fenced parts (the whole and any
+        pieces) and the answer cue of each."""
+        return sum(
+            len(self.tokenizer.encode(self._suffix(part), add_special_tokens=False))
+            for part in self.data_parts(text)
+        )
 
-    def _suffix(self, text: str) -> str:
-        return prompts.clean(text[: self.options.max_text_chars]) + self._tail
+    def _suffix(self, data: str) -> str:
+        """The prompt after the shared prefix for one normalised data part."""
+        return data + self._tail
 
     def _build_prefix_cache(self) -> None:
         """Run the shared prefix (system prompt, examples) once; every batch reuses its cache.
@@ -180,7 +203,8 @@ class LLMScorer(SentimentScorer):
         return DynamicCache(ddp_cache_data=rows, config=self.model.config)
 
     def _label_probs(self, texts: list[str]) -> Any:
-        """Softmax over the label words' next-token logits, shape (len(texts), len(LABELS))."""
+        """Softmax over the label words' next-token logits, shape (len(texts), len(LABELS));
+        `texts` are normalised data parts (`data_parts`)."""
         if not self.options.prefix_cache:
             return self._label_probs_uncached(texts)
         import torch
@@ -224,7 +248,7 @@ class LLMScorer(SentimentScorer):
 
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(
-            [self.prompt(t) for t in texts],
+            [self._prefix + self._suffix(t) for t in texts],
             return_tensors="pt",
             padding=True,
             add_special_tokens=False,
@@ -235,10 +259,24 @@ class LLMScorer(SentimentScorer):
         return torch.softmax(logits[:, -1, self.label_ids].float(), dim=-1).cpu()
 
     def score(self, texts: Sequence[str]) -> list[Score]:
+        parts = [self.data_parts(text) for text in texts]
+        rows = self._score_rows([part for group in parts for part in group])
+        out: list[Score] = []
+        at = 0
+        for group in parts:
+            whole, alone = rows[at], rows[at + 1 : at + len(group)]
+            at += len(group)
+            reading = choose(whole.sentiment, [p.sentiment for p in alone])
+            chosen = whole if reading.piece is None else alone[reading.piece]
+            out.append(Score(chosen.sentiment, chosen.probabilities, reading.contested))
+        return out
+
+    def _score_rows(self, rows: list[str]) -> list[Score]:
+        """One Score per normalised data part, in batches of `batch_size` rows."""
         out: list[Score] = []
         size = max(1, self.options.batch_size)
-        for start in range(0, len(texts), size):
-            probs = self._label_probs(list(texts[start : start + size]))
+        for start in range(0, len(rows), size):
+            probs = self._label_probs(rows[start : start + size])
             if self._prior is not None:
                 probs = probs / self._prior
                 probs = probs / probs.sum(dim=-1, keepdim=True)

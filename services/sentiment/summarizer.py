@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from services.common.prompt_text import neutralise_special_tokens, special_token_strings
 from services.sentiment import prompts
 
 
@@ -55,6 +56,7 @@ class Summarizer:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.cache = SummaryCache(cache_size)
+        self.special_tokens = special_token_strings(tokenizer)
 
     @classmethod
     def from_folder(cls, model_dir: Path | str, **kwargs: Any) -> Summarizer:
@@ -74,13 +76,20 @@ class Summarizer:
         self.cache.put(key, summary)
         return summary
 
+    def prompt_ids(self, ticker: str, headlines: Sequence[str]) -> list[int]:
+        """The token ids of the summary prompt (exposed for tests)."""
+        return [int(i) for i in self._encode(ticker, list(headlines))["input_ids"][0]]
+
+    def _encode(self, ticker: str, headlines: list[str]) -> Any:
+        messages = prompts.summary_messages(ticker, headlines, self.special_tokens)
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+
     def _generate(self, ticker: str, headlines: list[str]) -> str:
         import torch
 
-        messages = prompts.summary_messages(ticker, headlines)
-        ids = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        ).to(self.model.device)
+        ids = self._encode(ticker, headlines).to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(
                 **ids,
@@ -91,4 +100,7 @@ class Summarizer:
         new_tokens = out[0, ids["input_ids"].shape[1] :]
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
         # A random or confused model may answer nothing; the headlines are the honest fallback.
-        return " ".join(text.split()) or "; ".join(headlines)
+        # The summary is data for the policy's prompt: a model can spell out markup piece by
+        # piece, and the headlines carry it raw, so special-token strings are defused here too.
+        summary = " ".join(text.split()) or "; ".join(headlines)
+        return neutralise_special_tokens(summary, self.special_tokens)
