@@ -65,12 +65,12 @@ class TickerFile(_Strict):
 
 
 class EngineStateFile(_Strict):
-    format: Literal[1] = STATE_FORMAT
+    format: Literal[1] = 1
     tickers: dict[str, TickerFile]
 
 
 def _moments_out(m: RollingMoments) -> MomentsFile:
-    return MomentsFile(**m.to_state())
+    return MomentsFile.model_validate(m.to_state())
 
 
 def _moments_in(f: MomentsFile) -> RollingMoments:
