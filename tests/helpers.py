@@ -347,7 +347,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     # KServe without Knative: a plain Deployment scaled by an HPA on CPU.
     "raw-deployment": EXTERNAL
-    | {"policy": {"deploymentMode": "RawDeployment", "autoscaling": {"metric": "cpu", "target": 75}}},
+    | {
+        "policy": {
+            "deploymentMode": "RawDeployment",
+            "autoscaling": {"metric": "cpu", "target": 75},
+        }
+    },
     "gpu": EXTERNAL
     | {
         "sentiment": {"gpu": {"enabled": True, "count": 1}, "replicas": 2},
