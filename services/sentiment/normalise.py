@@ -25,7 +25,7 @@ from services.common.prompt_text import neutralise_special_tokens
 
 # The prompt's own fence markers (services/sentiment/prompts.py) and their bare halves; they
 # become line breaks, which end a piece (segments.py) as the markup ended the news.
-_FENCE_MARK = re.compile(r"<<<|>>>")
+_FENCE_MARK = re.compile(r"<<<\s*NEWS|NEWS\s*>>>|<<<|>>>", re.IGNORECASE)
 _WORD = re.compile(r"\w+")
 _SPACES = re.compile(r"[^\S\n]+")
 
