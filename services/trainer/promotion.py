@@ -112,6 +112,11 @@ def _revision(release: Any) -> int | None:
     return int(version) if isinstance(version, int | str) and str(version).isdigit() else None
 
 
+def _raw_deployment(obj: dict[str, Any]) -> bool:
+    annotations = obj.get("metadata", {}).get("annotations", {}) or {}
+    return bool(annotations.get("serving.kserve.io/deploymentMode") == "RawDeployment")
+
+
 class ClusterPromoter:
     """KServe's canary rollout of the student, through Helm upgrades of `release`:
 
@@ -212,6 +217,8 @@ class ClusterPromoter:
 
     def _rollout(self, folder: Path, version: str) -> PromotionOutcome:
         before = self._read()
+        if _raw_deployment(before):
+            return self._promote_without_canary(before, folder, version)
         serving_revision = str(predictor_status(before).get("latestCreatedRevision") or "")
         revision = self._upgrade(self.canary_values(folder), f"canary {version}", None)
         canary = self._wait_ready(generation(before), serving_revision, "canary", revision)
@@ -226,7 +233,7 @@ class ClusterPromoter:
                 revision,
                 "live_check",
                 "the InferenceService reports no canary and teacher revisions to compare "
-                "(a canary needs policy.deploymentMode=Serverless)",
+                "(Knative has not reported the revisions it routes to)",
             )
         verdict = self.live_check(revisions, version)
         if not verdict.healthy:
@@ -237,6 +244,22 @@ class ClusterPromoter:
             True,
             f"release {self.release} serves {version} as teacher after its canary at "
             f"{self.canary.traffic_percent}%: {verdict.detail}",
+            version,
+            stage="promote",
+        )
+
+    def _promote_without_canary(
+        self, before: dict[str, Any], folder: Path, version: str
+    ) -> PromotionOutcome:
+        """RawDeployment has no canary split (KServe splits traffic between Knative revisions
+        only): one upgrade makes the student the teacher, and a rollback follows unless it
+        gets Ready."""
+        revision = self._upgrade(self.values(folder), f"promote {version}", None)
+        self._wait_ready(generation(before), None, "promote", revision)
+        return PromotionOutcome(
+            True,
+            f"release {self.release} serves {version} as teacher (RawDeployment: no canary "
+            "split, so no canary stage)",
             version,
             stage="promote",
         )

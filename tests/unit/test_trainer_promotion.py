@@ -194,13 +194,32 @@ def test_rollback_that_does_not_get_ready_is_said() -> None:
     assert outcome.rolled_back and "not Ready yet" in outcome.detail
 
 
-def test_raw_deployment_has_no_canary_to_judge() -> None:
-    raw = isvc(5, 5, created="", prev="")
-    raw["status"]["components"] = {}
-    promoter, helm, _, live, _ = _promoter([TEACHER, raw, raw, raw, ROLLED_BACK])
+def test_serverless_without_revisions_is_not_judged_on_empty_figures() -> None:
+    blind = isvc(5, 5, created="", prev="")
+    blind["status"]["components"] = {}
+    promoter, helm, _, live, _ = _promoter([TEACHER, blind, blind, blind, ROLLED_BACK])
     outcome = promoter.promote(STUDENT, VERSION)
-    assert outcome.rolled_back and "deploymentMode=Serverless" in outcome.detail
+    assert outcome.rolled_back and "no canary and teacher revisions" in outcome.detail
     assert [c[0] for c in helm.calls] == ["upgrade", "rollback"] and not live.asked
+
+
+def test_raw_deployment_promotes_without_a_canary_stage() -> None:
+    """KServe splits traffic only between Knative revisions: in RawDeployment one upgrade
+    makes the student the teacher, verified Ready for the new generation."""
+    raw = "serving.kserve.io/deploymentMode"
+    before, after = isvc(4, 4), isvc(5, 5)
+    for obj in (before, after):
+        obj["metadata"]["annotations"] = {raw: "RawDeployment"}
+        obj["status"]["components"] = {}
+    promoter, helm, _, live, slept = _promoter([before, after])
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.promoted and "no canary stage" in outcome.detail, outcome.detail
+    ((name, args, _),) = helm.calls
+    assert name == "upgrade" and args[2] == promoter.values(STUDENT) and not live.asked
+    assert 900 not in slept
+    stale = copy.deepcopy(before)  # the upgrade never reached it: rolled back
+    promoter, helm, _, _, _ = _promoter([before, stale])
+    assert promoter.promote(STUDENT, VERSION).rolled_back
 
 
 def test_helm_busy_changes_nothing_and_says_so() -> None:
