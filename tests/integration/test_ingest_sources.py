@@ -374,3 +374,14 @@ def test_items_older_than_the_max_age_are_dead_lettered_with_the_reason(
     dead = read_since(bus_settings, dlq_start, expect=1)
     assert len(dead) == 1 and json.loads(dead[0].value)["id"] == f"old-{unique}"
     assert "too old" in error_of(dead[0]) and "RLMF_INGEST_MAX_AGE_S" in error_of(dead[0])
+
+
+def test_a_feed_poll_the_broker_did_not_take_is_read_again_next_time(
+    bus_settings: BusSettings, settings: IngestSettings
+) -> None:
+    pipe = IngestPipeline(settings, Producer(bus_settings, "ingest-test"))
+    pipe.close()  # the publisher now refuses every batch, as while a broker is away
+    poller = FeedPoller(str(DATA / "feed.xml"))
+    assert poll_feed(pipe, poller) is None
+    assert pipe.stats.received == 5 and pipe.stats.rejected == 5 and pipe.stats.reconciles()
+    assert not poller.poll().not_modified  # forgotten: the same file is read again
