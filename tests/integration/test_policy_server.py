@@ -17,7 +17,14 @@ import torch
 
 from services.common.market_state import ACTIONS, MarketState
 from services.common.supervisor import EXIT_CONFIG
-from services.policy.artifacts import init_artifact, load_artifact, save_artifact
+from services.policy.artifact_signing import generate_key_pair
+from services.policy.artifacts import (
+    init_artifact,
+    load_artifact,
+    save_artifact,
+    sha256_file,
+    sign_artifact,
+)
 from services.policy.client import PolicyClient, PolicyClientError, request_reload
 from tests.helpers import PolicyServer, spawn_policy_server, start_policy_server, wait_until
 
@@ -42,11 +49,15 @@ def _state(i: int) -> MarketState:
     )
 
 
+LIMIT = 200_000
+"""The servers' body limit: far under the padded bodies below, far over every honest request."""
+
 # Small batches and a short batching window keep the tiny model's answers quick.
 POLICY_ENV = {
     "RLMF_POLICY_MAX_WAIT_MS": "30",
     "RLMF_POLICY_MAX_INSTANCES": "8",
     "RLMF_POLICY_MAX_STATE_TOKENS": "400",
+    "RLMF_POLICY_MAX_REQUEST_BYTES": str(LIMIT),
 }
 
 
@@ -306,3 +317,155 @@ def test_server_refuses_to_start_on_a_tampered_artifact(
         if srv.process.poll() is None:
             srv.stop()
     assert "model.safetensors does not match" in srv.log.read_text()
+
+
+# --- the body limit, counted while the body streams in -------------------------------------
+
+
+def test_oversized_bodies_get_413_on_v1_and_v2_whatever_part_is_large(
+    server: PolicyServer,
+) -> None:
+    """Padding that the parsers ignore (JSON whitespace) or do not count (a v2 request's id)
+    made bodies of any size answer 200; now anything over the limit is a 413."""
+    padded = ('{"instances": [' + json.dumps(STATE) + "]" + " " * (2 * LIMIT) + "}").encode()
+    r = _predict(server.url, padded)
+    assert r.status_code == 413, r.text[:300]
+    assert f"over the limit of {LIMIT}" in r.json()["error"]
+    v2 = {
+        "id": "x" * (2 * LIMIT),
+        "inputs": [
+            {"name": "state", "shape": [1], "datatype": "BYTES", "data": [json.dumps(STATE)]}
+        ],
+    }
+    r = httpx.post(f"{server.url}/v2/models/policy/infer", json=v2, timeout=60)
+    assert r.status_code == 413, r.text[:300]
+    assert _predict(server.url, {"instances": [STATE]}).status_code == 200  # honest sizes pass
+
+
+def test_a_streamed_body_is_cut_at_the_limit_not_read_whole(server: PolicyServer) -> None:
+    """No Content-Length (chunked): the server stops reading once past the limit, answers 413
+    and closes, instead of holding a 50 MiB body in memory first."""
+    sent = 0
+    total = 50 << 20
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'{"instances": [' + json.dumps(STATE).encode() + b"]"
+        chunk = b" " * (64 << 10)
+        while sent < total:
+            sent += len(chunk)
+            yield chunk
+        yield b"}"
+
+    try:
+        status: int | None = httpx.post(
+            f"{server.url}/v1/models/policy:predict", content=body(), timeout=60
+        ).status_code
+    except httpx.TransportError:
+        status = None  # the server closed the connection while the client was still sending
+    assert status in (413, None), status
+    # What was sent before the close is the limit plus the socket buffers, not 50 MiB.
+    assert sent < total // 4, f"{sent} bytes went out before the server stopped reading"
+    assert _predict(server.url, {"instances": [STATE]}).status_code == 200
+
+
+# --- signed artifacts and the guarded reload route ------------------------------------------
+
+TOKEN = "reload-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def signed(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """v0 and v1 signed with a fresh key; `forged` is v1 with another value head and its
+    manifest hashes recomputed, as someone who can write the folder but lacks the key would."""
+    keys = tmp_path_factory.mktemp("keys")
+    generate_key_pair(keys / "signing.pem", keys / "public.pem")
+    (keys / "token").write_text(TOKEN)
+    root = tmp_path_factory.mktemp("signed-models")
+    for version in ("v0", "v1"):
+        shutil.copytree(artifacts[version], root / version)
+        sign_artifact(root / version, keys / "signing.pem")
+    forged = root / "v1-forged"
+    shutil.copytree(root / "v1", forged)
+    with (forged / "value_head.safetensors").open("r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x3f")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["files"] = {rel: sha256_file(forged / rel) for rel in manifest["files"]}
+    (forged / "manifest.json").write_text(json.dumps(manifest))
+    (root / "just-a-folder").mkdir()
+    (root / "just-a-folder" / "notes.txt").write_text("not a model")
+    return {"root": root, "keys": keys, "v0": root / "v0", "v1": root / "v1", "forged": forged}
+
+
+@pytest.fixture(scope="module")
+def signed_server(
+    signed: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PolicyServer]:
+    env = POLICY_ENV | {
+        "RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE": str(signed["keys"] / "public.pem"),
+        "RLMF_POLICY_RELOAD_TOKEN_FILE": str(signed["keys"] / "token"),
+        "RLMF_POLICY_RELOAD_ROOT": str(signed["root"]),
+        "RLMF_POLICY_HTTP_HOST": "127.0.0.1",
+    }
+    srv = start_policy_server(signed["v0"], tmp_path_factory.mktemp("logs") / "signed.log", env)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _reload(url: str, folder: Path | str, token: str | None = TOKEN) -> httpx.Response:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.post(
+        f"{url}/v1/models/policy:reload",
+        json={"model_dir": str(folder)},
+        headers=headers,
+        timeout=300,
+    )
+
+
+def test_a_forged_manifest_is_refused_and_the_old_model_keeps_serving(
+    signed_server: PolicyServer, signed: dict[str, Path]
+) -> None:
+    """Recomputing the manifest's hashes was enough to swap the model; without the trainer's
+    key the folder is now refused, and the signed v1 still goes in."""
+    r = _reload(signed_server.url, signed["forged"])
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].endswith("is not a signed policy artifact")
+    assert PolicyClient(signed_server.url).status()["model_version"] == "v0"
+    r = _reload(signed_server.url, signed["v1"])
+    assert r.status_code == 200, r.text
+    assert r.json() == {"model_version": "v1", "previous_version": "v0"}
+    assert _reload(signed_server.url, signed["v0"]).status_code == 200
+
+
+def test_reload_needs_the_bearer_token(
+    signed_server: PolicyServer, signed: dict[str, Path]
+) -> None:
+    for token in (None, "wrong"):
+        r = _reload(signed_server.url, signed["v1"], token)
+        assert r.status_code == 401, r.text
+        assert "bearer token" in r.json()["error"]
+    assert PolicyClient(signed_server.url).status()["model_version"] == "v0"
+
+
+def test_refusals_do_not_tell_which_paths_exist(
+    signed_server: PolicyServer, signed: dict[str, Path], tmp_path: Path
+) -> None:
+    """Missing, an ordinary folder, and an unsigned copy read the same, bar the path; and so
+    do an existing and a missing folder outside the root."""
+    root = signed["root"]
+    unsigned = root / "v1-unsigned"
+    shutil.copytree(signed["v1"], unsigned)
+    (unsigned / "manifest.sig").unlink()
+    answers = {}
+    for name in ("no-such-version", "just-a-folder", "v1-unsigned"):
+        r = _reload(signed_server.url, root / name)
+        assert r.status_code == 422, r.text
+        answers[name] = r.json()["error"].replace(str(root / name), "<folder>")
+    assert len(set(answers.values())) == 1, answers
+    outside = [_reload(signed_server.url, p) for p in (tmp_path, tmp_path / "nothing-here")]
+    assert [r.status_code for r in outside] == [403, 403]
+    texts = {r.json()["error"].split(" is outside")[1] for r in outside}
+    assert len(texts) == 1, texts
