@@ -377,7 +377,7 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
     document of what the routes answer, and turn FastAPI's 422 body errors into 400s."""
     token = read_reload_token(model.settings)
     root = model.settings.reload_folder_root
-    if model.settings.loopback_only:
+    if model.settings.artifact_public_key_file is None:
         log.warning(
             "artifact signatures are not checked (no RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE): "
             "serving on %s only; reloads only from inside %s",
