@@ -3,9 +3,10 @@
 The cut follows the text's form, never its wording: sentence boundaries (pysbd, a rule-based
 segmenter that knows abbreviations such as `Inc.`, `U.S.` and `P.S.`, instead of a hand-written
 regex), line breaks, bracketed and dash-separated asides, Markdown rules and headings, HTML
-comments and defused special tokens (`‹im_end›`, services/common/prompt_text.py). A piece of fewer than `MIN_WORDS` words
-("Reuters", "NEWS", "assistant: positive") states no claim of its own: it stays in the whole
-text but is not scored as a piece, so it can neither bound the whole nor win a contest.
+comments and defused special tokens (`‹im_end›`, services/common/prompt_text.py). A piece of
+fewer than `MIN_WORDS` words ("Reuters", "NEWS", "assistant: positive") states no claim of its
+own: it stays in the whole text but is not scored as a piece, so it can neither bound the whole
+nor win a contest.
 """
 
 from __future__ import annotations

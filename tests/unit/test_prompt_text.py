@@ -125,7 +125,9 @@ def test_a_defused_token_keeps_its_name() -> None:
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=MARKUP)
 def test_no_special_id_in_any_neutralised_markup(
     text: str, smol_tokenizer: Any, other_tokenizer: Any
@@ -146,7 +148,9 @@ def _state(summary: str) -> MarketState:
     )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=MARKUP)
 def test_policy_state_block_carries_no_special_id(text: str, smol_tokenizer: Any) -> None:
     day = day_part(_state(text[:2000]))

@@ -35,7 +35,11 @@ def test_readings(whole: float, pieces: list[float], expected: Reading) -> None:
     assert choose(whole, pieces) == expected
 
 
-@given(whole=SCORES, honest=st.lists(SCORES, min_size=1, max_size=4), added=st.lists(SCORES, max_size=3))
+@given(
+    whole=SCORES,
+    honest=st.lists(SCORES, min_size=1, max_size=4),
+    added=st.lists(SCORES, max_size=3),
+)
 def test_added_pieces_never_carry_a_text_past_its_weakest_honest_reading(
     whole: float, honest: list[float], added: list[float]
 ) -> None:
