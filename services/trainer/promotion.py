@@ -93,6 +93,11 @@ HELM_BUSY = "another operation (install/upgrade/rollback) is in progress"
 only (its Go errPending), so the promoter recognises it by these words."""
 
 
+HELM_STORAGE_DRIVER = "configmap"
+"""Where Helm keeps this release's records; the chart's install docs (docs/cluster.md) install
+with the same HELM_DRIVER, or the trainer would not see the release."""
+
+
 class HelmBusy(RuntimeError):
     """The release is in the middle of another install, upgrade or rollback."""
 
@@ -159,7 +164,12 @@ class ClusterPromoter:
         if self._helm is None:
             import helm_python
 
-            self._helm = helm_python.Config(namespace=self.namespace)  # type: ignore[assignment]
+            # Helm's release records are ConfigMaps (HELM_DRIVER=configmap): the trainer's Role
+            # (charts/rlmf/templates/trainer-rbac.yaml) grants them and no Secrets, which Helm's
+            # default driver would read and write.
+            self._helm = helm_python.Config(  # type: ignore[assignment]
+                namespace=self.namespace, storage_driver=HELM_STORAGE_DRIVER
+            )
         assert self._helm is not None
         return self._helm
 

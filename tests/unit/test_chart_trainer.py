@@ -2,7 +2,7 @@
 artifact-signing private key, mounted from its Secret where RLMF_TRAINER_ARTIFACT_SIGNING_KEY_FILE
 points, and read back by TrainerSettings from the rendered environment.
 
-Not run here: a kubelet mounting the Secret (no cluster); the pod spec is checked as one reads it."""
+Not run here: a kubelet mounting the Secret (no cluster); the pod spec is checked as read."""
 
 from __future__ import annotations
 

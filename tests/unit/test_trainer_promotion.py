@@ -373,3 +373,80 @@ def test_the_charts_canary_setting_reaches_the_trainer(monkeypatch: pytest.Monke
     assert settings.canary.prometheus_url.startswith("http://prometheus-operated.")
     assert settings.data_source == "kafka" and str(settings.work_dir) == "/work"
     assert settings.ticker == "MSFT" and settings.promotion == "cluster"
+
+
+class RecordingApiServer:
+    """A loopback HTTP server that answers as a Kubernetes API server with no objects and
+    records each request's path: there is no API server here, and this is what lets the real
+    helm-python-sdk show which kind it keeps its release records in."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                paths.append(self.path)
+                empty = {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": []}
+                version = {"major": "1", "minor": "30", "gitVersion": "v1.30.0"}
+                body = json.dumps(version if self.path.startswith("/version") else empty)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self) -> str:
+        return (
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{self.server.server_port}'}}}}]\n"
+            "users: [{name: u, user: {token: t}}]\n"
+            "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_helm_keeps_its_release_records_in_configmaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's Role (charts/rlmf/templates/trainer-rbac.yaml) grants ConfigMaps and no
+    Secrets, so the helm client the promoter builds itself must use Helm's configmap driver.
+    The real helm-python-sdk runs against RecordingApiServer; only the address differs from a
+    pod (which finds its API server through the in-cluster config)."""
+    import helm_python
+
+    api = RecordingApiServer()
+    real_config = helm_python.Config
+    built: list[dict[str, Any]] = []
+
+    def config(**kwargs: Any) -> Any:
+        built.append(kwargs)
+        return real_config(**kwargs, kubeconfig_content=api.kubeconfig())
+
+    monkeypatch.setattr(helm_python, "Config", config)
+    try:
+        promoter, _, _, live, _ = _promoter([TEACHER])
+        promoter._helm = None  # the promoter builds its own client, as from_settings does
+        outcome = promoter.promote(STUDENT, VERSION)
+        with pytest.raises(helm_python.HelmNotFoundError):
+            promoter.helm.rollback("prod")
+    finally:
+        api.close()
+    assert not outcome.promoted and outcome.stage == "helm" and "nothing changed" in outcome.detail
+    assert not live.asked
+    records = [p for p in api.paths if "owner%3Dhelm" in p]
+    assert len(records) >= 2, api.paths  # the upgrade's and the rollback's look-ups
+    assert all(p.startswith("/api/v1/namespaces/trading/configmaps?") for p in records), records
+    assert not [p for p in api.paths if "/secrets" in p], api.paths
+    assert built == [{"namespace": "trading", "storage_driver": "configmap"}]
