@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 BARS = 40
 EXPLAIN_EVERY = 6
 """The policy explains every 6th call: that count must survive the simulator's restart."""
+POLICY_WAIT_S = 240
+"""How long the simulator waits for a policy server that does not answer."""
 
 
 def _start_policy(artifact: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -67,11 +69,13 @@ def _settings(ticker: str, url: str, state_file: Path) -> SimulatorSettings:
         explain_every=EXPLAIN_EVERY,
         wait_for_features=False,
         state_file=state_file,
-        policy_unavailable_wait_s=240,
+        policy_unavailable_wait_s=POLICY_WAIT_S,
     )
 
 
-def _start_simulator(settings: SimulatorSettings, bus: BusSettings, log: Path) -> Any:
+def _start_simulator(
+    settings: SimulatorSettings, bus: BusSettings, state_file: Path, log: Path
+) -> Any:
     env = {
         **os.environ,
         "RLMF_BUS_BOOTSTRAP": bus.bootstrap,
@@ -85,8 +89,8 @@ def _start_simulator(settings: SimulatorSettings, bus: BusSettings, log: Path) -
         "RLMF_SIMULATOR_POLICY_TIMEOUT_S": str(settings.policy_timeout_s),
         "RLMF_SIMULATOR_EXPLAIN_EVERY": str(EXPLAIN_EVERY),
         "RLMF_SIMULATOR_WAIT_FOR_FEATURES": "false",
-        "RLMF_SIMULATOR_STATE_FILE": str(settings.state_file),
-        "RLMF_SIMULATOR_POLICY_UNAVAILABLE_WAIT_S": str(settings.policy_unavailable_wait_s),
+        "RLMF_SIMULATOR_STATE_FILE": str(state_file),
+        "RLMF_SIMULATOR_POLICY_UNAVAILABLE_WAIT_S": str(POLICY_WAIT_S),
     }
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -123,10 +127,11 @@ def test_policy_and_simulator_sigkilled_at_seeded_bars_change_nothing(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ticker = f"C{unique.upper()}"
-    settings = _settings(ticker, url, tmp_path / "simulator-state.json")
+    state_file = tmp_path / "simulator-state.json"
+    settings = _settings(ticker, url, state_file)
     policy_log, simulator_log = tmp_path / "policy.log", tmp_path / "simulator.log"
     policy = _start_policy(policy_artifact, port, policy_log)
-    simulator = _start_simulator(settings, bus_settings, simulator_log)
+    simulator = _start_simulator(settings, bus_settings, state_file, simulator_log)
 
     def decided(n: int) -> bool:
         return len(_unique(bus_settings, ticker, topics.TRADING_DECISIONS)) >= n
@@ -139,7 +144,7 @@ def test_policy_and_simulator_sigkilled_at_seeded_bars_change_nothing(
         wait_until(lambda: decided(kill_simulator_at), 240, "decisions", process=simulator)
         simulator.send_signal(signal.SIGKILL)
         simulator.wait()
-        simulator = _start_simulator(settings, bus_settings, simulator_log)
+        simulator = _start_simulator(settings, bus_settings, state_file, simulator_log)
         assert simulator.wait(timeout=480) == 0, simulator_log.read_text()[-3000:]
 
         # The run without kills, against the same (restarted) server.
