@@ -103,6 +103,8 @@ class WatermarkTracker:
             bootstrap_servers=bus.bootstrap,
             client_id=f"{SERVICE}-watermarks",
             enable_auto_commit=False,
+            # The same TLS/SASL as the bus's own clients: a secured Kafka refuses it otherwise.
+            **bus.client_security(),
         )
         parts = self._consumer.partitions_for_topic(topics.FEATURES_READY) or set()
         tps = [TopicPartition(topics.FEATURES_READY, p) for p in sorted(parts)]

@@ -128,3 +128,26 @@ def test_plaintext_is_said_explicitly_to_the_real_broker(bus_settings: BusSettin
         producer.flush()  # returns once the broker acknowledged it
     finally:
         producer.close()
+
+
+def test_the_simulators_watermark_consumer_is_built_with_the_security_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The simulator follows features.ready.v1 with a consumer of its own, outside bus.py; it
+    must reach a secured Kafka as the bus's clients do. Recorded, as above."""
+    from services.simulator import service as simulator
+
+    _env(monkeypatch, SCRAM_ENV)
+    settings = BusSettings(bootstrap="127.0.0.1:1", retry_attempts=1)
+    built: dict[str, Any] = {}
+
+    def build(**kwargs: Any) -> Any:
+        built.update(kwargs)
+        raise _Recorded("KafkaConsumer")
+
+    monkeypatch.setattr(simulator, "ensure_topics", lambda *_a, **_k: None)
+    monkeypatch.setattr(simulator, "KafkaConsumer", build)
+    with pytest.raises(_Recorded):
+        simulator.WatermarkTracker(settings)
+    assert EXPECTED.items() <= built.items()
+    assert built["bootstrap_servers"] == "127.0.0.1:1"
