@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 BUDGET_S = 30.0
 """Wall-clock budget of the fuzzing itself, shared by every route and both modes."""
-EXAMPLES = 15
+EXAMPLES = 8
 """Cases per route and mode (positive: valid by the document; negative: invalid)."""
 TOKEN = "fuzz-reload-token"
 
