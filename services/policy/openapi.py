@@ -25,7 +25,7 @@ _TEXT = {
     404: "No such model",
     413: "The body is over RLMF_POLICY_MAX_REQUEST_BYTES",
     422: "The folder failed to load or verify; the old model keeps serving",
-    501: "Not implemented by this model",
+    501: "Not implemented: explain by this model, model versions by KServe",
     503: "The model is not ready",
 }
 _ERROR = {
@@ -35,16 +35,18 @@ _ERROR = {
 }
 
 _POST_DATA = (200, 400, 404, 413, 503)
+_VERSIONED = 501
+"""KServe's v2 routes answer a `model_version` (query or path) with 501: not supported."""
 STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/models/{model_name}:predict"): _POST_DATA,
     ("post", "/v1/models/{model_name}:explain"): (*_POST_DATA, 501),
-    ("post", "/v2/models/{model_name}/infer"): _POST_DATA,
+    ("post", "/v2/models/{model_name}/infer"): (*_POST_DATA, _VERSIONED),
     ("post", "/v1/models/{name}:reload"): (200, 400, 401, 403, 404, 413, 422),
     ("get", "/v1/models/{name}:status"): (200, 404),
     ("get", "/v1/models/{model_name}"): (200, 404, 503),
-    ("get", "/v2/models/{model_name}"): (200, 404),
-    ("get", "/v2/models/{model_name}/ready"): (200, 404, 503),
-    ("get", "/v2/models/{model_name}/versions/{model_version}/ready"): (200, 404, 503),
+    ("get", "/v2/models/{model_name}"): (200, 404, _VERSIONED),
+    ("get", "/v2/models/{model_name}/ready"): (200, 404, 503, _VERSIONED),
+    ("get", "/v2/models/{model_name}/versions/{model_version}/ready"): (200, 404, 503, _VERSIONED),
     ("get", "/v2/health/ready"): (200, 503),
     ("post", "/v2/repository/models/{model_name}/load"): (403, 413),
     ("post", "/v2/repository/models/{model_name}/unload"): (403, 413),
