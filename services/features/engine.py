@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from services.common.bus import ValidationFailed
-from services.features.rolling import RollingMoments, WilderAverage
+from services.features.engine_types import RSI_PERIOD, BarIn, NewsIn, TickerState
 from services.features.settings import FeaturesSettings
 
-RSI_PERIOD = 14
 MARKET_FEATURES: tuple[str, ...] = (
     "close", "ret_1d", "ret_5d", "ret_20d", "realised_vol_20d",
     "ma_gap_5d", "ma_gap_20d", "volume_z_20d", "rsi_14", "bars_seen",
@@ -28,31 +26,6 @@ MARKET_FEATURES: tuple[str, ...] = (
 NEWS_FEATURES: tuple[str, ...] = (
     "news_sentiment_mean", "news_count", "news_sentiment_decayed", "news_latest_summary",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class BarIn:
-    """One OHLCV bar; `end` is its close (the event time of the features it produces)."""
-
-    ticker: str
-    start: datetime | None
-    end: datetime
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-
-
-@dataclass(frozen=True)
-class NewsIn:
-    """One enriched news item: when it was published and its sentiment in [-1, 1]."""
-
-    ticker: str
-    item_id: str
-    published_at: datetime
-    sentiment: float
-    summary: str
 
 
 @dataclass(frozen=True)
@@ -116,38 +89,6 @@ def rsi(avg_gain: float, avg_loss: float) -> float:
     if avg_loss == 0.0:
         return 100.0 if avg_gain > 0.0 else 50.0
     return 100.0 - 100.0 / (1.0 + avg_gain / avg_loss)
-
-
-@dataclass
-class TickerState:
-    """Everything one ticker needs to extend its features by one day."""
-
-    dedup_memory: int
-    closes: deque[float] = field(default_factory=lambda: deque(maxlen=21))
-    returns_20: RollingMoments = field(default_factory=lambda: RollingMoments(20))
-    closes_5: RollingMoments = field(default_factory=lambda: RollingMoments(5))
-    closes_20: RollingMoments = field(default_factory=lambda: RollingMoments(20))
-    volumes_20: RollingMoments = field(default_factory=lambda: RollingMoments(20))
-    gains: WilderAverage = field(default_factory=lambda: WilderAverage(RSI_PERIOD))
-    losses: WilderAverage = field(default_factory=lambda: WilderAverage(RSI_PERIOD))
-    bars_seen: int = 0
-    watermark: datetime | None = None
-    served_cutoff: datetime | None = None
-    recent_bars: OrderedDict[datetime, BarIn] = field(default_factory=OrderedDict)
-    pending_news: list[NewsIn] = field(default_factory=list)
-    news_ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    decayed: float = 0.0
-    latest: NewsIn | None = None
-
-    def remember_bar(self, bar: BarIn) -> None:
-        self.recent_bars[bar.end] = bar
-        while len(self.recent_bars) > self.dedup_memory:
-            self.recent_bars.popitem(last=False)
-
-    def remember_news(self, item_id: str) -> None:
-        self.news_ids[item_id] = None
-        while len(self.news_ids) > self.dedup_memory:
-            self.news_ids.popitem(last=False)
 
 
 class FeatureEngine:

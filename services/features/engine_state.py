@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.features.engine import BarIn, NewsIn, TickerState
+from services.features.engine_types import BarIn, NewsIn, TickerState
 from services.features.rolling import RollingMoments, WilderAverage
 
 STATE_FORMAT = 1
