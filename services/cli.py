@@ -145,6 +145,10 @@ def _service_env(teacher: Path, state_dir: Path, tiny: bool) -> dict[str, dict[s
             "RLMF_TRAINER_MODELS_DIR": str(teacher.resolve().parent),
             "RLMF_TRAINER_WORK_DIR": str(state_dir.resolve() / "trainer"),
             "RLMF_TRAINER_POLICY_URL": POLICY_URL,
+            # The trainer service reads its bars once at start, before the live loop has
+            # published any; the synthetic market it used before stays, now asked for by name
+            # (a cycle refuses to guess a market). Training on the live bars is open work.
+            "RLMF_TRAINER_DATA_SOURCE": "synthetic",
         },
     }
     return {

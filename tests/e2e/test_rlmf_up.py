@@ -76,14 +76,6 @@ def _metric(name: str) -> float:
     return sum(values)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "in this session's fresh-clone run `rlmf up` exited 1 before every service was ready,"
-        " after the signed-artifact, state-file and ingest changes; not yet diagnosed "
-        "(closing note of issues 16/17)"
-    ),
-)
 def test_rlmf_up_trades_published_bars_with_features_and_stops_cleanly(workdir: Path) -> None:
     busy = [p for p in UP_PORTS if port_open("127.0.0.1", p)]
     if busy:
