@@ -139,6 +139,8 @@ def _cycle(version: str, *, promoted: bool, outcome: str, reason: str, result_ty
 
 def _query(stack: Stack, expr: str) -> list[dict[str, Any]]:
     answer = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": expr}, timeout=5)
+    if answer.status_code == 503:  # Prometheus is still starting (TSDB not ready): ask again
+        return []
     answer.raise_for_status()
     return list(answer.json()["data"]["result"])
 
@@ -185,8 +187,8 @@ def _watcher_reads(stack: Stack, bus: BusSettings) -> None:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "Prometheus answered 503 to the alert query in the fresh-clone run (its readiness is "
-        "not awaited before querying); not yet fixed (closing note of issue 17)"
+        "failed once in a loaded fresh-clone run (a 503 from a starting Prometheus, now asked "
+        "again); kept as an expected failure until a clean CI run shows it passes"
     ),
 )
 def test_failed_promotion_fires_rlmf_promotion_failed(stack: Stack, broker: str) -> None:
