@@ -26,9 +26,8 @@ def _count(outcome: str) -> float:
 @pytest.mark.xfail(
     strict=False,
     reason=(
-        "in the fresh-clone run the watcher had not counted the published outcome when the "
-        "test read its metrics; the wait is not yet on the right condition (closing note of "
-        "issue 17)"
+        "in a loaded fresh-clone run the watcher's loop stopped after 1 s of quiet before the "
+        "test's messages reached it (now 5 s); expected to fail until a clean CI run confirms"
     ),
 )
 @pytest.mark.slow  # two loops, each waits a second of quiet on the broker
@@ -62,7 +61,9 @@ def test_watcher_counts_outcomes_and_edges_and_dead_letters_bad_messages(
         producer.publish(MARKET_FEEDBACK, message, key="ZW", event_time=now)
     producer.flush()
     producer.close()
-    loop.run(idle_timeout_s=1.0)
+    # Five seconds of quiet, not one: on a loaded machine the group join alone can take longer,
+    # and the loop would stop before this test's messages reached it.
+    loop.run(idle_timeout_s=5.0)
 
     assert _count("failed") - before["failed"] == 1
     assert _count("rejected") - before["rejected"] == 1
