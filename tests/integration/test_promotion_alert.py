@@ -184,13 +184,6 @@ def _watcher_reads(stack: Stack, bus: BusSettings) -> None:
         producer.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "failed once in a loaded fresh-clone run (a 503 from a starting Prometheus, now asked "
-        "again); kept as an expected failure until a clean CI run shows it passes"
-    ),
-)
 def test_failed_promotion_fires_rlmf_promotion_failed(stack: Stack, broker: str) -> None:
     from services.trainer.cycle import CycleResult
 

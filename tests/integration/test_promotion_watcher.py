@@ -23,13 +23,6 @@ def _count(outcome: str) -> float:
     return REGISTRY.get_sample_value("rlmf_promotions_total", {"outcome": outcome}) or 0.0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "in a loaded fresh-clone run the watcher's loop stopped after 1 s of quiet before the "
-        "test's messages reached it (now 5 s); expected to fail until a clean CI run confirms"
-    ),
-)
 @pytest.mark.slow  # two loops, each waits a second of quiet on the broker
 def test_watcher_counts_outcomes_and_edges_and_dead_letters_bad_messages(
     bus_settings: BusSettings, unique: str
