@@ -31,5 +31,19 @@ class StateHead(nn.Module):
         self.mean.copy_(states.float().mean(0))
         self.scale.copy_(states.float().std(0).clamp(min=1e-4))
 
+    @torch.no_grad()
+    def shift_to_prior(self, mean_logits: torch.Tensor, label_counts: torch.Tensor) -> None:
+        """Shift the bias so that the policy's mean action logits (`mean_logits` [A], the LM's
+        plus this head's, over the training states) become the training labels' log base
+        rates (add-one smoothed): a classifier's usual start at the log prior.
+
+        Why: the untrained LM prefers "buy" by about one logit on every state. From there, the
+        few dozen small optimiser steps a cycle affords leave most of that preference in
+        place, and the student buys on days its own read of the news says sell
+        (docs/trainer.md, "The state head's start")."""
+        counts = label_counts.float()
+        prior = torch.log((counts + 1.0) / (counts.sum() + len(counts)))
+        self.linear.bias.add_(prior - mean_logits.float())
+
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return cast(torch.Tensor, self.linear((state.float() - self.mean) / self.scale))

@@ -35,7 +35,11 @@ from services.trainer.datasets import (
 )
 from services.trainer.evaluate import Evaluation, evaluate, held_out_returns
 from services.trainer.gate import GateDecision, decide
-from services.trainer.market_feedback import feedback_set, labelled_history
+from services.trainer.market_feedback import (
+    feedback_set,
+    labelled_history,
+    shift_state_head_to_prior,
+)
 from services.trainer.offline_features import (
     BarFeatures,
     first_bar_with_features,
@@ -367,6 +371,8 @@ def _train_ppo(
     training["cycle/day_cache_hits"] = float(_cache_hits(student))
     if checkpoint.load_latest(plan.work / "ppo") is None:
         # A resumed cycle did this before its first PPO checkpoint, which holds its result.
+        if settings.state_head_prior_start:
+            shift_state_head_to_prior(student, mf_set)
         fit = ppo.fit_market_feedback(
             student,
             plan.teacher,

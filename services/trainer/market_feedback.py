@@ -35,6 +35,23 @@ def feedback_set(
     return ppo.encode_feedback(student, inputs, labels)
 
 
+@torch.no_grad()
+def shift_state_head_to_prior(student: Any, feedback: ppo.FeedbackSet, batch: int = 16) -> None:
+    """Start the student's state head at D_MF's label base rates (StateHead.shift_to_prior),
+    from the student's mean action logits over D_MF's states. No-op without a state head."""
+    head = getattr(student, "state_head", None)
+    if head is None or not len(feedback):
+        return
+    logits = []
+    for start in range(0, len(feedback), batch):
+        rows = range(start, min(start + batch, len(feedback)))
+        mask = ppo.pad_left([feedback.attention_mask[i] for i in rows])
+        out, _ = student.head_forward(ppo.pad_left([feedback.hidden[i] for i in rows]), mask)
+        logits.append(out)
+    counts = torch.bincount(feedback.labels, minlength=len(ACTIONS))
+    head.shift_to_prior(torch.cat(logits).mean(0), counts)
+
+
 def labelled_history(
     settings: TrainerSettings, plan: Any, args: ppo.PPOArgs
 ) -> list[tuple[MarketState, int]]:

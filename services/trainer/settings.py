@@ -130,6 +130,10 @@ class TrainerSettings(BaseSettings):
     mf_history: bool = True
     """RLMF's L_MF also learns from every training bar labelled by the move the market made
     next (known by the cut-off), not only from the decisions the loop served."""
+    state_head_prior_start: bool = True
+    """Before the market-feedback phase, shift the state head's bias so the student's mean
+    policy over the training states gives the labels' base rates, not the LM's own lean to
+    "buy" (StateHead.shift_to_prior; docs/trainer.md, "The state head's start")."""
     # -- where the frozen base runs
     device: str = "cpu"
     """cpu, cuda, cuda:N, or auto (CUDA with bfloat16 when a GPU is there)."""

@@ -165,3 +165,32 @@ def test_the_window_starts_at_the_first_bar_whose_state_carries_features() -> No
         pd.DataFrame(index=index), pd.Series(float("nan"), index=index), news.summaries
     )
     assert first_bar_with_features(empty) == 0 and first_bar_with_features(None) == 0
+
+
+def test_the_state_head_starts_at_the_labels_base_rates_not_the_lms_lean(
+    tiny_llama_dir: Path,
+) -> None:
+    """After shift_state_head_to_prior the student's mean policy over D_MF's states gives the
+    labels' (add-one smoothed) base rates, whatever the LM preferred, and the head's weights
+    are untouched: only where the policy starts moves."""
+    from services.trainer.market_feedback import shift_state_head_to_prior
+
+    torch.manual_seed(0)
+    student = LLMActorCritic.from_pretrained(
+        tiny_llama_dir, ActorCriticConfig(trainable_top_k=1, state_head=True, train_lm_layers=False)
+    )
+    assert student.state_head is not None
+    labels = [BUY] * 6 + [ACTIONS.index("sell")] * 3  # no "hold": smoothing keeps it possible
+    feedback = ppo.encode_feedback(student, [student.encode([_state(i)]) for i in range(9)], labels)
+    student.state_head.standardise(torch.stack([h[-1] for h in feedback.hidden]))
+    weights = student.state_head.linear.weight.clone()
+
+    shift_state_head_to_prior(student, feedback)
+
+    with torch.no_grad():
+        logits, _ = student.head_forward(
+            ppo.pad_left(feedback.hidden), ppo.pad_left(feedback.attention_mask)
+        )
+    base_rates = torch.tensor([3 + 1, 0 + 1, 6 + 1]) / (9 + 3)  # ACTIONS order: sell, hold, buy
+    torch.testing.assert_close(torch.softmax(logits.mean(0), -1), base_rates, atol=1e-4, rtol=0)
+    torch.testing.assert_close(student.state_head.linear.weight, weights)
