@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
+from prometheus_client import REGISTRY
 
 from services.common import envelope as envelopes
 from services.common import topics
 from services.common.broker import free_port
-from services.common.bus import Producer, ensure_topics
+from services.common.bus import LoopStats, Producer, ensure_topics
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
@@ -78,7 +79,10 @@ def _settings(ticker: str, unique: str, state_file: Path) -> SimulatorSettings:
 def _reference(settings: SimulatorSettings, bars: list[pb.Bar]) -> dict[str, Any]:
     """id -> payload of every output of one uninterrupted run (no bus, no restart)."""
     trader = Trader(settings, build_policy(settings), None)
-    return {o.id: o.payload for bar in bars for o in trader.on_bar(bar_from_pb(bar))}
+    outputs = [o for bar in bars for o in trader.on_bar(bar_from_pb(bar))]
+    ids = [o.id for o in outputs if o.id is not None]
+    assert len(ids) == len(outputs), "every output of a bar carries its derived id"
+    return dict(zip(ids, (o.payload for o in outputs), strict=True))
 
 
 def _published(bus: BusSettings, ticker: str) -> tuple[dict[str, Any], int]:
@@ -198,33 +202,70 @@ def _rewind_group(bus: BusSettings, group: str) -> None:
         consumer.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "in the fresh-clone run one re-delivered bar was dead-lettered (consumed 126 = "
-        "handled 123 + duplicates 2 + dead-lettered 1) where the test expects none; not yet "
-        "diagnosed (closing note of issue 16)"
-    ),
-)
+def _malformed(bar: pb.Bar) -> pb.Bar:
+    """A copy of `bar` with a negative close: no session can trade it."""
+    bad = pb.Bar()
+    bad.CopyFrom(bar)
+    bad.close = -1.0
+    return bad
+
+
+def _publish_foreign_records(bus: BusSettings, key: str) -> None:
+    """What other tests leave on the session broker's market.bars.v1, which every live
+    simulator reads from its start: a record that is no envelope, and a bar sent twice under
+    one envelope id."""
+    producer = Producer(bus, "test")
+    try:
+        producer.send_raw(topics.MARKET_BARS, b"\x00not an envelope", key=key, headers=[])
+        bar = _bars(key, 1)[0]
+        when = bar.start.ToDatetime(UTC)
+        bar_id = producer.publish(topics.MARKET_BARS, bar, key=key, event_time=when)
+        producer.publish(topics.MARKET_BARS, bar, key=key, event_time=when, id=bar_id)
+    finally:
+        producer.close()
+
+
+def _already_traded() -> float:
+    return REGISTRY.get_sample_value("rlmf_simulator_bars_already_traded_total") or 0.0
+
+
+def _totals(stats: LoopStats) -> tuple[int, int, int, int]:
+    return stats.consumed, stats.handled, stats.duplicates, stats.dead_lettered
+
+
 def test_bars_redelivered_after_a_lost_commit_are_not_traded_twice(
     bus_settings: BusSettings, unique: str, tmp_path: Path
 ) -> None:
-    ticker = f"R{unique.upper()}"
+    ticker, foreign = f"R{unique.upper()}", f"F{unique.upper()}"
     settings = _settings(ticker, unique, tmp_path / "simulator-state.json")
     bars = _bars(ticker, 30, seed=8)
-    _publish(bus_settings, bars[:20])
-    live_loop(settings, bus_settings).run(idle_timeout_s=1.0)
+    _publish_foreign_records(bus_settings, foreign)
+    _publish(bus_settings, [*bars[:10], _malformed(bars[10]), *bars[10:20]])
+    first = live_loop(settings, bus_settings)
+    first.run(idle_timeout_s=1.0)
     _rewind_group(bus_settings, settings.group_id)
     _publish(bus_settings, bars[20:])
+    skipped_before = _already_traded()
     second = live_loop(settings, bus_settings)
     second.run(idle_timeout_s=1.0)
+
     got, records = _published(bus_settings, ticker)
     _assert_same_run(got, _reference(settings, bars))
-    # The 20 re-delivered bars were recognised from the saved offsets: not traded again (no
-    # re-published outputs) and not dead-lettered as "not after the previous bar".
-    assert records == len(got)
-    assert not _dead_letters(bus_settings, ticker)
-    assert second.stats.consumed == second.stats.handled + second.stats.duplicates
+    assert records == len(got), "a re-delivered bar was traded again"
+    # The 20 good re-delivered bars were recognised from the saved offsets and dropped...
+    assert _already_traded() - skipped_before == 20
+    # ... and none was dead-lettered as "not after the previous bar": this ticker's dead
+    # letters are the malformed bar's, once per delivery, as the foreign undecodable record's.
+    reasons = [r.headers["rlmf-error"].decode() for r in _dead_letters(bus_settings, ticker)]
+    assert len(reasons) == 2 and all("is not a positive price" in r for r in reasons), reasons
+    assert len(_dead_letters(bus_settings, foreign)) == 2
+    for stats in (first.stats, second.stats):
+        assert stats.consumed == stats.handled + stats.duplicates + stats.dead_lettered, stats
+    # The second run re-read all the first read, plus the 10 new bars (nothing else publishes
+    # to market.bars.v1 meanwhile): each re-delivery got its first delivery's answer, so the
+    # only new work is those 10 bars, handled.
+    grown = [b - a for a, b in zip(_totals(first.stats), _totals(second.stats), strict=True)]
+    assert grown == [10, 10, 0, 0], (first.stats, second.stats)
 
 
 def test_a_state_file_that_cannot_be_read_stops_the_start(
