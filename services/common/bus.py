@@ -353,7 +353,9 @@ class ConsumerLoop:
     """Consumes `topics`, hands decoded messages to a handler, publishes its outputs, commits.
 
     Give either `handle` (one message in, outputs out) or `handle_batch` (a micro-batch in,
-    per-message outputs or exceptions out).
+    per-message outputs or exceptions out). `before_commit`, when given, is called after each
+    batch's outputs are flushed and before its offsets are committed: the one point where a
+    crash must re-deliver the batch, so tests use it to kill a consumer exactly there.
     """
 
     def __init__(
@@ -368,6 +370,7 @@ class ConsumerLoop:
         group_id: str | None = None,
         create_topics: Sequence[str] = (),
         payload_types: dict[str, type[Message]] | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         if (handle is None) == (handle_batch is None):
             raise ValueError("give exactly one of handle or handle_batch")
@@ -379,6 +382,7 @@ class ConsumerLoop:
         # Topic -> payload class; defaults to the registry in topics.py. Tests and tools that
         # use private topic names pass their own.
         self._payload_types = {t: (payload_types or {}).get(t) or payload_type(t) for t in topics}
+        self._before_commit = before_commit
         self._stop = threading.Event()
         self._seen = _SeenIds(self.settings.dedup_window)
         # Offsets handed to an asynchronous commit and not yet confirmed (see _commit).
@@ -494,6 +498,8 @@ class ConsumerLoop:
         self._count_consumed(per_topic)
         self._process(records)
         self.producer.flush()  # outputs and dead letters are on the broker ...
+        if self._before_commit is not None:
+            self._before_commit()
         self._commit(batch)  # ... and only now is the input marked done: at-least-once.
         self._record_lag(batch)
         return len(records)

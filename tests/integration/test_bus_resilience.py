@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,23 +133,64 @@ def test_log_lines_carry_the_trace_id_of_the_message(
 # SIGKILL mid-batch: a re-delivery must actually happen, and nothing may be lost
 # ---------------------------------------------------------------------------------------------
 
-ECHO_DELAY_S = 0.01
-# The kill tests' workers take 2 s per 40-record batch (15 s for all 300): at 0.01 s a quiet
-# machine finished every batch before the first freeze, and a kill between batches proves
-# nothing.
-KILL_DELAY_S = 0.05
-"""The echo service's pause per message: a 40-message batch takes about 0.4 s, so its outputs
-reach the broker (linger 5 ms) well before the batch's offsets are committed."""
+# The workers' pauses per message. The worker to be killed is slow (1.2 s a batch of 40), so
+# its partitions still hold work when the test arms its stop, yet well under the 2 s poll
+# interval, so no group member is dropped for being slow.
+VICTIM_DELAY_S = 0.03
+SURVIVOR_DELAY_S = 0.01
+
+Position = tuple[int, int]  # partition, offset of an input
 
 
-def _spawn_echo(
+@dataclass
+class Worker:
+    """A `tests.integration.bus_kill_worker` process and the files it writes."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    journal: Path
+    stopped_file: Path
+
+    def batches(self) -> list[list[tuple[int, int, str]]]:
+        """The batches it flushed, in order (a line still being written is left out)."""
+        if not self.journal.exists():
+            return []
+        text = self.journal.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [[tuple(entry) for entry in json.loads(line)] for line in complete.splitlines()]
+
+    def positions(self, from_batch: int = 0) -> set[Position]:
+        return {(p, offset) for batch in self.batches()[from_batch:] for p, offset, _ in batch}
+
+    def stopped_batch(self) -> list[tuple[int, int, str]]:
+        """Waits for the batch it stopped on before committing, and returns that batch."""
+        wait_until(
+            self.stopped_file.exists,
+            timeout_s=240,
+            what=f"{self.name} to stop between flushing a batch and committing it",
+            process=self.process,
+            log=self.log,
+        )
+        return [tuple(entry) for entry in json.loads(self.stopped_file.read_text())]
+
+    def sigkill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def _spawn_worker(
     settings: BusSettings,
     in_topic: str,
     out_topic: str,
     protocol: str,
-    log: Path,
-    delay_s: float = ECHO_DELAY_S,
-) -> subprocess.Popen[bytes]:
+    state: Path,
+    name: str,
+    *,
+    delay_s: float = 0.0,
+    stoppable: bool = False,
+) -> Worker:
+    """A worker; a `stoppable` one stops before committing the first batch after `_arm`."""
     env = {
         **os.environ,
         "RLMF_BUS_BOOTSTRAP": settings.bootstrap,
@@ -160,55 +203,97 @@ def _spawn_echo(
         "RLMF_BUS_SESSION_TIMEOUT_MS": "4000",
         "RLMF_HTTP_PORT": str(free_port()),
     }
-    argv = [sys.executable, "-m", "tests.integration.bus_echo_service", in_topic, out_topic]
+    log, journal = state / f"{name}.log", state / f"{name}.journal"
+    stopped_file = state / f"{name}.stopped"
+    argv = [sys.executable, "-m", "tests.integration.bus_kill_worker", in_topic, out_topic]
+    argv += [str(journal), "--delay", str(delay_s)]
+    if stoppable:
+        argv += ["--arm-file", str(_arm_file(state)), "--stopped-file", str(stopped_file)]
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [*argv, str(delay_s)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Worker(name, process, log, journal, stopped_file)
+
+
+def _arm_file(state: Path) -> Path:
+    return state / "arm"
+
+
+def _arm(state: Path) -> None:
+    """From now on a stoppable worker stops before committing its next batch."""
+    _arm_file(state).touch()
+
+
+def _wait_for_a_batch(worker: Worker) -> None:
+    wait_until(
+        worker.batches,
+        timeout_s=240,
+        what=f"{worker.name} to handle a batch",
+        process=worker.process,
+        log=worker.log,
+    )
+
+
+def _committed_by_partition(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The offsets `group` committed on `topic`'s partitions (0 where it committed none)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        return {p: consumer.committed(TopicPartition(topic, p)) or 0 for p in parts}
+    finally:
+        consumer.close()
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
     """Offsets `group` committed on `topic`, summed over its partitions (the topic is fresh,
     so this is how many of its messages the group has marked done)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        return sum(consumer.committed(TopicPartition(topic, p)) or 0 for p in parts)
-    finally:
-        consumer.close()
+    return sum(_committed_by_partition(bootstrap, group, topic).values())
 
 
 def _output_ids(bootstrap: str, topic: str) -> list[str]:
     return [envelopes.decode(r.value, pb.EnrichedNews).id for r in read_topic(bootstrap, topic)]
 
 
-def _kill_mid_batch(
-    worker: subprocess.Popen[bytes], bootstrap: str, group: str, in_topic: str, out_topic: str
-) -> int:
-    """SIGKILL `worker` at a moment when some of its outputs are on the broker and their inputs'
-    offsets are not committed, so a re-delivery must follow; returns how many such inputs.
+def _assert_out_but_not_committed(
+    bootstrap: str, group: str, in_topic: str, out_topic: str, batch: list[tuple[int, int, str]]
+) -> None:
+    """The state a SIGKILL must survive: the batch's outputs are on the broker, and the group's
+    committed offsets do not cover a single one of its inputs."""
+    assert batch, "the worker stopped on an empty batch"
+    outputs = set(_output_ids(bootstrap, out_topic))
+    assert {envelopes.derived_id(i, out_topic, 0) for _, _, i in batch} <= outputs
+    committed = _committed_by_partition(bootstrap, group, in_topic)
+    assert all(committed[p] <= offset for p, offset, _ in batch), (committed, batch)
 
-    The worker is frozen (SIGSTOP) while the two counts are read, so they cannot move apart;
-    a commit it sent just before is given time to land first. When the freeze caught it between
-    batches (everything with an output committed) it is thawed and tried again."""
-    for _ in range(200):
-        worker.send_signal(signal.SIGSTOP)
-        time.sleep(0.5)  # a commit already on the wire reaches the broker
-        ahead = len(set(_output_ids(bootstrap, out_topic))) - _committed(bootstrap, group, in_topic)
-        if ahead > 0:
-            worker.send_signal(signal.SIGKILL)
-            worker.wait()
-            return ahead
-        worker.send_signal(signal.SIGCONT)
-        time.sleep(0.1)  # let it run on: the next freeze lands elsewhere in a batch
-    raise AssertionError("never caught the worker with uncommitted outputs")
+
+def _wait_for_redelivery(worker: Worker, batch: list[tuple[int, int, str]], after: int) -> None:
+    """Waits until `worker` handled every input of `batch` again, in its batches from `after`."""
+    wanted = {(p, offset) for p, offset, _ in batch}
+    wait_until(
+        lambda: wanted <= worker.positions(after),
+        timeout_s=240,
+        what=f"{worker.name} to be re-delivered the killed worker's uncommitted batch",
+        process=worker.process,
+        log=worker.log,
+    )
+
+
+def _wait_for_all_outputs(bootstrap: str, out_topic: str, count: int, worker: Worker) -> None:
+    wait_until(
+        lambda: len(set(_output_ids(bootstrap, out_topic))) >= count,
+        timeout_s=240,
+        what=f"all {count} outputs from {worker.name}",
+        process=worker.process,
+        log=worker.log,
+    )
 
 
 def _publish_news(settings: BusSettings, topic: str, count: int) -> list[str]:
     producer = Producer(settings, "test")
+    # One key per message, so the inputs spread over every partition (the group test needs a
+    # share for each member).
     ids = [
         producer.publish(
-            topic, pb.NewsItem(item_id=f"n{i}", ticker="MSFT"), key="MSFT", event_time=NOW
+            topic, pb.NewsItem(item_id=f"n{i}", ticker="MSFT"), key=f"n{i}", event_time=NOW
         )
         for i in range(count)
     ]
@@ -216,69 +301,54 @@ def _publish_news(settings: BusSettings, topic: str, count: int) -> list[str]:
     return ids
 
 
-def _assert_each_input_once(bootstrap: str, out_topic: str, ids: list[str]) -> None:
-    unique = set(_output_ids(bootstrap, out_topic))
-    assert unique == {envelopes.derived_id(i, out_topic, 0) for i in ids}
+def _assert_nothing_lost_and_batch_duplicated(
+    bootstrap: str, out_topic: str, ids: list[str], batch: list[tuple[int, int, str]]
+) -> None:
+    """Every input has its output; the re-delivered batch's outputs are there twice with the
+    same event ids, so downstream de-duplication by id drops them."""
+    outputs = Counter(_output_ids(bootstrap, out_topic))
+    assert set(outputs) == {envelopes.derived_id(i, out_topic, 0) for i in ids}
+    assert all(outputs[envelopes.derived_id(i, out_topic, 0)] >= 2 for _, _, i in batch)
+    assert outputs.total() - len(outputs) >= len(batch)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "the freeze-and-count loop never catches the worker with outputs ahead of its commit "
-        "on a quiet machine, even at 2 s per batch; the kill point needs a hook in the loop "
-        "(closing note of issue 16)"
-    ),
-)
-@pytest.mark.slow  # two echo processes and a freeze-and-count loop: about 10 s
+@pytest.mark.slow  # two worker processes, a kill and a restart: about 10 s
 def test_sigkill_with_uncommitted_outputs_redelivers_and_loses_nothing(
     bus_settings: BusSettings, unique: str, tmp_path: Path
 ) -> None:
     in_topic, out_topic = f"k.in.{unique}", f"k.out.{unique}"
-    group = f"echo-{in_topic}"  # the echo service's group
+    group = f"echo-{in_topic}"  # the worker's group
     ensure_topics(bus_settings, [in_topic, out_topic])
     ids = _publish_news(bus_settings, in_topic, 300)
-    log = tmp_path / "echo.log"
-    worker = _spawn_echo(bus_settings, in_topic, out_topic, "manual", log, KILL_DELAY_S)
+    bootstrap = bus_settings.bootstrap
+    # Slowed down, so that work is left when the test arms the stop after its first batch.
+    worker = _spawn_worker(
+        bus_settings,
+        in_topic,
+        out_topic,
+        "manual",
+        tmp_path,
+        "killed",
+        delay_s=VICTIM_DELAY_S,
+        stoppable=True,
+    )
     try:
-        wait_until(
-            lambda: len(_output_ids(bus_settings.bootstrap, out_topic)) >= 1,
-            timeout_s=240,
-            what="outputs",
-            process=worker,
-            log=log,
-        )
-        ahead = _kill_mid_batch(worker, bus_settings.bootstrap, group, in_topic, out_topic)
+        _wait_for_a_batch(worker)  # so the kill comes after a committed batch, mid-stream
+        _arm(tmp_path)
+        batch = worker.stopped_batch()
+        _assert_out_but_not_committed(bootstrap, group, in_topic, out_topic, batch)
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    restarted = _spawn_echo(bus_settings, in_topic, out_topic, "manual", log)
+        worker.sigkill()
+    restarted = _spawn_worker(bus_settings, in_topic, out_topic, "manual", tmp_path, "restarted")
     try:
-        wait_until(
-            lambda: len(set(_output_ids(bus_settings.bootstrap, out_topic))) >= 300,
-            timeout_s=240,
-            what="all 300 outputs after the restart",
-            process=restarted,
-            log=log,
-        )
+        _wait_for_redelivery(restarted, batch, after=0)
+        _wait_for_all_outputs(bootstrap, out_topic, 300, restarted)
     finally:
-        assert stop_process(restarted, timeout_s=60) == 0
-    outputs = _output_ids(bus_settings.bootstrap, out_topic)
-    # The re-delivery happened: every input whose output was out but whose offset was not
-    # committed at the kill was handled again, re-producing the same output id.
-    assert len(outputs) - len(set(outputs)) >= ahead > 0
-    _assert_each_input_once(bus_settings.bootstrap, out_topic, ids)
-    assert _committed(bus_settings.bootstrap, group, in_topic) == 300
+        assert stop_process(restarted.process, timeout_s=60) == 0
+    _assert_nothing_lost_and_batch_duplicated(bootstrap, out_topic, ids, batch)
+    assert _committed(bootstrap, group, in_topic) == 300
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "same freeze-and-count loop as the manual-mode test, and the survivor did not finish "
-        "within 240 s in the fresh-clone run; the rebalance fix in bus.py is not yet proven "
-        "end to end (closing note of issue 16)"
-    ),
-)
 @pytest.mark.slow  # two group members, a kill and a rebalance: about 20 s
 def test_group_member_sigkilled_mid_batch_its_partitions_move_and_nothing_is_lost(
     bus_settings: BusSettings, unique: str, tmp_path: Path
@@ -286,39 +356,42 @@ def test_group_member_sigkilled_mid_batch_its_partitions_move_and_nothing_is_los
     in_topic, out_topic = f"r.in.{unique}", f"r.out.{unique}"
     group = f"echo-{in_topic}"
     ensure_topics(bus_settings, [in_topic, out_topic])
-    ids = _publish_news(bus_settings, in_topic, 300)
-    victim_log = tmp_path / "victim.log"
-    victim = _spawn_echo(bus_settings, in_topic, out_topic, "group", victim_log, KILL_DELAY_S)
-    log = tmp_path / "survivor.log"
-    survivor = _spawn_echo(bus_settings, in_topic, out_topic, "group", log, KILL_DELAY_S)
+    ids = _publish_news(bus_settings, in_topic, 600)
+    bootstrap = bus_settings.bootstrap
+    victim = _spawn_worker(
+        bus_settings,
+        in_topic,
+        out_topic,
+        "group",
+        tmp_path,
+        "victim",
+        delay_s=VICTIM_DELAY_S,
+        stoppable=True,
+    )
+    survivor = _spawn_worker(
+        bus_settings, in_topic, out_topic, "group", tmp_path, "survivor", delay_s=SURVIVOR_DELAY_S
+    )
     try:
-        wait_until(
-            lambda: len(_output_ids(bus_settings.bootstrap, out_topic)) >= 1,
-            timeout_s=240,
-            what="outputs from the group",
-            process=victim,
-            log=tmp_path / "victim.log",
-        )
-        survivor.send_signal(signal.SIGSTOP)  # only the victim's progress moves the counts
+        for member in (victim, survivor):  # both hold partitions: the group has formed
+            _wait_for_a_batch(member)
+        _arm(tmp_path)
+        batch = victim.stopped_batch()
+        survivor.process.send_signal(signal.SIGSTOP)  # it commits nothing while we look
         try:
-            ahead = _kill_mid_batch(victim, bus_settings.bootstrap, group, in_topic, out_topic)
+            _assert_out_but_not_committed(bootstrap, group, in_topic, out_topic, batch)
+            before_kill = len(survivor.batches())
+            victim.sigkill()
         finally:
-            survivor.send_signal(signal.SIGCONT)
+            survivor.process.send_signal(signal.SIGCONT)
         # No restart: the group must notice the dead member and hand its partitions to the
         # survivor, which re-reads them from the last committed offsets.
-        wait_until(
-            lambda: len(set(_output_ids(bus_settings.bootstrap, out_topic))) >= 300,
-            timeout_s=240,
-            what="the survivor to finish every partition",
-            process=survivor,
-            log=log,
-        )
+        _wait_for_redelivery(survivor, batch, after=before_kill)
+        _wait_for_all_outputs(bootstrap, out_topic, 600, survivor)
     finally:
-        for worker in (victim, survivor):
-            if worker.poll() is None:
-                stop_process(worker, timeout_s=60)
-    assert survivor.returncode == 0
-    outputs = _output_ids(bus_settings.bootstrap, out_topic)
-    assert len(outputs) - len(set(outputs)) >= ahead > 0
-    _assert_each_input_once(bus_settings.bootstrap, out_topic, ids)
-    assert _committed(bus_settings.bootstrap, group, in_topic) == 300
+        if victim.process.poll() is None:
+            victim.sigkill()
+        if survivor.process.poll() is None:
+            stop_process(survivor.process, timeout_s=60)
+    assert survivor.process.returncode == 0
+    _assert_nothing_lost_and_batch_duplicated(bootstrap, out_topic, ids, batch)
+    assert _committed(bootstrap, group, in_topic) == 600
