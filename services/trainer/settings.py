@@ -124,9 +124,10 @@ class TrainerSettings(BaseSettings):
     mf_epochs: int = Field(default=10, ge=0)
     """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
     (ppo.fit_market_feedback), within the cycle's budget; 0: L_MF only inside PPO."""
-    mf_learning_rate: float = Field(default=3e-4, gt=0)
+    mf_learning_rate: float = Field(default=1e-4, gt=0)
     """The market-feedback phase's learning rate (PPO keeps ppo.learning_rate). With the state
-    head, 10 epochs at 3e-4 generalised best in docs/trainer.md's sweep; more overfit."""
+    head started at the labels' base rates, 10 epochs at 1e-4 (docs/trainer.md, "The state
+    head's start"); from a zero start 3e-4 did best, and more steps overfit in both."""
     mf_history: bool = True
     """RLMF's L_MF also learns from every training bar labelled by the move the market made
     next (known by the cut-off), not only from the decisions the loop served."""
