@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import string
 import warnings
@@ -25,11 +26,12 @@ from feast.infra.offline_stores.file_source import FileSource
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Float64, Int64, String
 
-from services.features.settings import FeaturesSettings
+from services.features.settings import REDIS_PASSWORD_ENV, FeaturesSettings
 
 log = logging.getLogger(__name__)
 
 DEFINITIONS = "feature_definitions.py"
+CONFIG = "feature_store.yaml"
 TEMPLATES = {"local": "feature_store.yaml", "cluster": "feature_store.cluster.yaml"}
 _ARROW_TYPES: dict[object, pa.DataType] = {
     Float64: pa.float64(),
@@ -57,9 +59,41 @@ def template_values(settings: FeaturesSettings) -> dict[str, str]:
 
 
 def render_config(settings: FeaturesSettings) -> str:
-    """The chosen feature_store YAML with every placeholder filled in."""
+    """The chosen feature_store YAML with every placeholder filled in, except the Redis
+    password's, which stays `${RLMF_FEATURES_REDIS_PASSWORD}` for Feast to expand on load."""
     template = (settings.repo_dir / TEMPLATES[settings.store]).read_text()
     return string.Template(template).substitute(template_values(settings))
+
+
+def write_config(settings: FeaturesSettings) -> Path:
+    """Render the store config into settings.data_dir; returns the file (no secret in it)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = settings.data_dir / CONFIG
+    config.write_text(render_config(settings))
+    return config
+
+
+def _export_redis_password(settings: FeaturesSettings) -> None:
+    # Feast expands ${RLMF_FEATURES_REDIS_PASSWORD} from this process' environment when it loads
+    # the config. A password read from that variable is already there; one given in code (tests,
+    # the CLI) is put there so that Feast connects with the same password the settings hold.
+    if settings.redis_password is not None:
+        os.environ[REDIS_PASSWORD_ENV] = settings.redis_password.get_secret_value()
+
+
+def _require_password_env(config: Path) -> None:
+    # Unset, the placeholder would reach Redis verbatim as the password; say what is missing.
+    if f"${{{REDIS_PASSWORD_ENV}}}" in config.read_text() and REDIS_PASSWORD_ENV not in os.environ:
+        raise RuntimeError(
+            f"{config} takes the Redis password from ${REDIS_PASSWORD_ENV}, which is not set"
+        )
+
+
+def feature_store(settings: FeaturesSettings) -> FeatureStore:
+    """Feast's store on settings.data_dir, loaded with the Redis password in the environment."""
+    _export_redis_password(settings)
+    _require_password_env(settings.data_dir / CONFIG)
+    return FeatureStore(repo_path=str(settings.data_dir))
 
 
 def load_definitions(path: Path) -> ModuleType:
@@ -106,12 +140,11 @@ def _create_offline_files(objects: list[Any], data_dir: Path) -> None:
 def apply_repo(settings: FeaturesSettings) -> Path:
     """Render, copy and register the repo in settings.data_dir; returns that folder."""
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    write_config(settings)
     shutil.copyfile(settings.repo_dir / DEFINITIONS, data_dir / DEFINITIONS)
-    (data_dir / "feature_store.yaml").write_text(render_config(settings))
     objects = feast_objects(load_definitions(data_dir / DEFINITIONS))
     _create_offline_files(objects, data_dir)
-    store = FeatureStore(repo_path=str(data_dir))
+    store = feature_store(settings)
     store.apply(objects)
     log.info("applied %d Feast objects to %s (%s store)", len(objects), data_dir, settings.store)
     return data_dir
@@ -119,10 +152,10 @@ def apply_repo(settings: FeaturesSettings) -> Path:
 
 def open_store(settings: FeaturesSettings) -> FeatureStore:
     """The applied store in settings.data_dir; raises RepoNotApplied with the fix if missing."""
-    config = settings.data_dir / "feature_store.yaml"
+    config = settings.data_dir / CONFIG
     if not config.exists() or not settings.registry.exists():
         raise RepoNotApplied(
             f"no applied Feast repo in {settings.data_dir}: run `rlmf features apply` "
             "(with the same RLMF_FEATURES_* settings) first"
         )
-    return FeatureStore(repo_path=str(settings.data_dir))
+    return feature_store(settings)

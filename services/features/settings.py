@@ -13,12 +13,15 @@ from services.common import topics
 
 # The checked-in definitions live at the repository root; an image copies them alongside.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+ENV_PREFIX = "RLMF_FEATURES_"
+REDIS_PASSWORD_ENV = f"{ENV_PREFIX}REDIS_PASSWORD"
+"""The variable `redis_password` is read from, and the one the rendered Feast config names."""
 
 
 class FeaturesSettings(BaseSettings):
     """Where the Feast repo is, where it is applied to, and how features are computed."""
 
-    model_config = SettingsConfigDict(env_prefix="RLMF_FEATURES_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     # --- the Feast repo --------------------------------------------------------------------
     repo_dir: Path = _REPO_ROOT / "feature_repo"
@@ -38,7 +41,8 @@ class FeaturesSettings(BaseSettings):
     redis_address: str = "127.0.0.1:6379"
     """Redis connection string for the cluster store, e.g. `redis:6379,db=2`."""
     redis_password: SecretStr | None = None
-    """Redis' password (the chart sets it from a Secret); added to the connection string."""
+    """Redis' password (the chart sets it from a Secret). The rendered feature_store.yaml names
+    it only as `${RLMF_FEATURES_REDIS_PASSWORD}`, which Feast expands when it loads the file."""
     apply_on_start: bool = True
     """The service applies the repo when it starts (idempotent), so `rlmf up` needs no step."""
     feature_service: str = "policy_v1"
@@ -74,10 +78,13 @@ class FeaturesSettings(BaseSettings):
 
     @property
     def redis_connection_string(self) -> str:
-        """Feast's Redis connection string: the address, with the password when one is set."""
+        """Feast's Redis connection string as written to feature_store.yaml: the address, and
+        when a password is set a `${RLMF_FEATURES_REDIS_PASSWORD}` placeholder for it. The
+        applied repo sits on a volume other pods mount, so the secret itself never goes there;
+        Feast's loader (os.path.expandvars in feast.repo_config.load_repo_config) fills it in."""
         if self.redis_password is None:
             return self.redis_address
-        return f"{self.redis_address},password={self.redis_password.get_secret_value()}"
+        return f"{self.redis_address},password=${{{REDIS_PASSWORD_ENV}}}"
 
     @property
     def registry(self) -> Path:
