@@ -89,10 +89,13 @@ def test_redis_requires_a_password_from_a_secret() -> None:
 
 
 def test_the_password_reaches_feasts_connection_string(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The variable the chart sets is what the features settings read and hand to Feast."""
+    """The variable the chart sets is the one Feast expands when it loads the rendered config;
+    the file itself (on a shared volume) never holds the password."""
     monkeypatch.setenv("RLMF_FEATURES_REDIS_PASSWORD", "s3cret")
     settings = FeaturesSettings(store="cluster", redis_address="rlmf-redis:6379")
-    assert "connection_string: rlmf-redis:6379,password=s3cret" in render_config(settings)
+    rendered = render_config(settings)
+    assert "connection_string: rlmf-redis:6379,password=${RLMF_FEATURES_REDIS_PASSWORD}" in rendered
+    assert "s3cret" not in rendered
     assert "s3cret" not in repr(settings), "the password stays out of logs"
     monkeypatch.delenv("RLMF_FEATURES_REDIS_PASSWORD")
     plain = FeaturesSettings(store="cluster", redis_address="rlmf-redis:6379")
