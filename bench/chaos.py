@@ -8,8 +8,9 @@ line.
 
 Seven quick demos take over half an hour on 2 cores, too long for `make test` (CI's limit is 90
 minutes and the suite takes ~14): this bench runs them, and tests/e2e/test_chaos.py keeps one
-fast representative kill in the suite. `ingest` is not in the list: the demo publishes its
-news itself, so no ingest service runs in it.
+fast representative kill in the suite. `ingest` is not in the list (the demo publishes its
+news itself); tests/integration/test_ingest_chaos.py SIGKILLs the ingest process mid-stream at
+seeded points and checks the restart publishes the same events.
 """
 
 from __future__ import annotations
