@@ -24,7 +24,7 @@ from services.common.broker import free_port
 from services.trainer.canary import CanaryConfig
 from services.trainer.isvc_status import Revisions
 from services.trainer.live_checks import LiveCheck, prometheus_query
-from tests.helpers import stop_process, wait_until
+from tests.helpers import http_ok, stop_process, wait_until
 
 pytestmark = pytest.mark.slow  # Prometheus needs a few scrapes: several seconds
 
@@ -88,6 +88,9 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, Cluster]]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{prom_port}"
     try:
+        # Queries before Prometheus listens are refused, not "not yet": wait for its readiness.
+        wait_until(lambda: http_ok(f"{url}/-/ready"), 60, "Prometheus to be ready",
+                   process=process, log=tmp_path / "prometheus.log")  # fmt: skip
         yield url, cluster
     finally:
         stop_process(process)

@@ -31,7 +31,7 @@ from services.common.bus import Producer, ensure_topics
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
 from services.common.topics import MARKET_FEEDBACK, MODELS_PROMOTIONS, dlq
-from tests.helpers import REPO, of_kind, render, stop_process, wait_until
+from tests.helpers import REPO, http_ok, of_kind, render, stop_process, wait_until
 
 pytestmark = pytest.mark.slow  # a service process and Prometheus: several seconds
 
@@ -90,6 +90,10 @@ def stack(broker: str, tmp_path: Path) -> Iterator[Stack]:
         stdout=(tmp_path / "prometheus.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
+        # Queries before Prometheus listens are refused, not "not yet": wait for its readiness.
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{prom_port}/-/ready"), 60,
+                   "Prometheus to be ready", process=prometheus,
+                   log=tmp_path / "prometheus.log")  # fmt: skip
         yield Stack(
             watcher, f"http://127.0.0.1:{watcher_port}", prometheus,
             f"http://127.0.0.1:{prom_port}", log,
