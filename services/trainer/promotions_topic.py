@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 def publish_decision(producer: Any, cycle: CycleResult) -> None:
     """models.promotions.v1 with the decision and every number, promoted or not."""
-    from services.common.envelope import set_time
+    from services.common.envelope import derived_id, set_time
     from services.common.pb.rlmf.v1 import payloads_pb2 as pb
     from services.common.topics import MODELS_PROMOTIONS
 
@@ -41,6 +41,9 @@ def publish_decision(producer: Any, cycle: CycleResult) -> None:
     producer.publish(
         MODELS_PROMOTIONS,
         message,
+        # The same decision gets the same id, so a cycle re-run after a crash (or a run of the
+        # same seed and data) republishes it as a duplicate that readers drop, not a new event.
+        id=derived_id(cycle.student_version, cycle.teacher_version, cycle.outcome, "promotion"),
         key=cycle.student_version,
         event_time=cycle.eval_end if cycle.eval_end.tzinfo else cycle.eval_end.replace(tzinfo=UTC),
     )

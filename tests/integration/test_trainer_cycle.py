@@ -299,6 +299,13 @@ def test_sft_and_reward_model_stages_run_and_the_reward_model_travels_with_the_s
 
 
 def _promotions(bootstrap: str, student_version: str) -> list[pb.ModelPromotion]:
+    return [payload for _, payload in _promotion_envelopes(bootstrap, student_version)]
+
+
+def _promotion_envelopes(
+    bootstrap: str, student_version: str
+) -> list[tuple[str, pb.ModelPromotion]]:
+    """(envelope id, payload) of every models.promotions.v1 message about `student_version`."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
@@ -309,10 +316,10 @@ def _promotions(bootstrap: str, student_version: str) -> list[pb.ModelPromotion]
         group_id=None,
     )
     try:
-        found = [envelope.decode(r.value, pb.ModelPromotion).payload for r in consumer]
+        found = [envelope.decode(r.value, pb.ModelPromotion) for r in consumer]
     finally:
         consumer.close()
-    return [p for p in found if p.student_version == student_version]
+    return [(e.id, e.payload) for e in found if e.payload.student_version == student_version]
 
 
 def test_embedded_promotion_switches_the_live_servers_model_version(
@@ -346,8 +353,12 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         assert result.promoted, result.reason
         assert PolicyClient(url).status()["model_version"] == result.student_version
         assert (teacher_models / "current").read_text().strip() == result.student_version
-        (message,) = _promotions(broker, result.student_version)
+        ((event_id, message),) = _promotion_envelopes(broker, result.student_version)
         assert message.promoted and message.teacher_version == "v0"
+        # the decision's id is derived from it: a re-run's republication is a duplicate
+        assert event_id == envelope.derived_id(
+            result.student_version, "v0", "promoted", "promotion"
+        )
         # what made the student travels with the decision (run.json compares two runs by it)
         assert message.inputs_sha256 == result.inputs_sha256 and len(result.inputs_sha256) == 64
         assert message.torch_threads == result.torch_threads >= 1
