@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import date
 
@@ -50,27 +51,40 @@ class Scheduler:
         self.last_cycle_day: date | None = None
         self.results: list[CycleResult] = []
         self._worker: threading.Thread | None = None
+        self._starting = threading.Lock()
         self._stopping = threading.Event()
 
     def due(self) -> date | None:
         days = self.feedback.days()
-        if not days or (self._worker is not None and self._worker.is_alive()):
+        busy = self._worker is not None and self._worker.is_alive()
+        if not days or (busy and self._worker is not threading.current_thread()):
             return None
         return cycle_due(days, self.last_cycle_day, self.settings.cycle_every_days)
 
     def maybe_start(self) -> None:
-        day = self.due()
-        if day is None:
-            return
-        self.last_cycle_day = day
-        # Only bars known by the newest feedback day: no look-ahead into the replay's future.
-        known = self.prices[self.prices.index.date <= day]
-        self._worker = threading.Thread(
-            target=self._cycle, args=(known,), name="cycle", daemon=True
-        )
-        self._worker.start()
+        # The consumer's thread calls this on every record, and a finishing cycle once more.
+        with self._starting:
+            day = self.due()
+            if day is None or self._stopping.is_set():
+                return
+            self.last_cycle_day = day
+            # Only bars known by the newest feedback day: no look-ahead into the replay's future.
+            known = self.prices[self.prices.index.date <= day]
+            self._worker = threading.Thread(
+                target=self._cycle, args=(known,), name="cycle", daemon=True
+            )
+            self._worker.start()
 
     def _cycle(self, prices: pd.DataFrame) -> None:
+        try:
+            self._run_one(prices)
+        finally:
+            # Feedback that arrived while this cycle ran may already make the next one due; no
+            # new record may come to say so (a paced replay waits for that very decision, as
+            # after a restart that re-ran the cycle it had already done), so look now.
+            self.maybe_start()
+
+    def _run_one(self, prices: pd.DataFrame) -> None:
         try:
             self.results.append(
                 self._run(
@@ -87,8 +101,12 @@ class Scheduler:
             log.exception("cycle failed; the teacher keeps serving")
 
     def join(self, timeout: float | None = None) -> None:
-        if self._worker is not None:
-            self._worker.join(timeout)
+        """Wait for the running cycle and any it started on finishing (see `_cycle`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (worker := self._worker) is not None and worker.is_alive():
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                return
 
     def stop(self) -> None:
         """Once the consumer has stopped (SIGTERM): ask the cycle in hand to stop, which it does

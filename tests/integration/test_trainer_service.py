@@ -187,3 +187,30 @@ def test_sigterm_during_ppo_checkpoints_the_cycle_and_exits_0(
     assert _service_sigterm_mid_cycle(monkeypatch, tmp_path, ppo_cycle) == 0
     assert seen == ["stop"]
     assert time.monotonic() - started < 20, "the service waited the cycle out"
+
+
+def test_a_cycle_due_when_the_previous_one_ends_starts_without_a_new_record(
+    tmp_path: Path,
+) -> None:
+    """Feedback that arrived while a cycle ran can make the next cycle due at once. A paced
+    replay then sends nothing more until it sees that decision (after a restart that re-ran the
+    cycle already done, say), so the scheduler must look again when a cycle ends."""
+    days = [(START + timedelta(days=d)).date() for d in range(6)]
+    ran: list[int] = []
+
+    def cycle(_settings: TrainerSettings, *, prices: pd.DataFrame, **_kwargs: Any) -> Any:
+        ran.append(len(prices))
+        if len(ran) == 1:  # feedback for 6 more days reaches the log while the cycle runs
+            days.extend((START + timedelta(days=d)).date() for d in range(6, 12))
+
+    index = pd.DatetimeIndex([START + timedelta(days=d) for d in range(12)])
+    prices = pd.DataFrame({"close": [1.0] * 12}, index=index)
+    feedback = SimpleNamespace(days=lambda: days)
+    settings = TrainerSettings(work_dir=tmp_path, cycle_every_days=5, publish=False)
+    scheduler = Scheduler(settings, feedback, prices, None, run=cycle)  # type: ignore[arg-type]
+
+    scheduler.maybe_start()  # the one record that made the first cycle due
+    scheduler.join(timeout=10)
+
+    assert ran == [6, 12], "the second cycle, due when the first ended, did not start"
+    assert scheduler.last_cycle_day == days[-1]
