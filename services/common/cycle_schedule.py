@@ -7,12 +7,14 @@ from datetime import date
 
 
 def cycle_due(days: Sequence[date], last_cycle_day: date | None, every_days: int) -> date | None:
-    """The newest feedback day once it is `every_days` calendar days past the last cycle's day
-    (or past the first feedback day when no cycle ran yet); None while no cycle is due.
+    """The first feedback day that is `every_days` calendar days past the last cycle's day (or
+    past the first feedback day when no cycle ran yet); None while no cycle is due.
 
-    `days` are the feedback days seen so far, oldest first.
+    `days` are the feedback days seen so far, oldest first. Read one record at a time, the first
+    such day is the newest; after a restart that finds a backlog already logged, it is still
+    the same day, so a restarted trainer runs the cycles an uninterrupted one would have.
     """
     if not days:
         return None
     since = last_cycle_day or days[0]
-    return days[-1] if (days[-1] - since).days >= every_days else None
+    return next((day for day in days if (day - since).days >= every_days), None)

@@ -7,6 +7,7 @@ on a worker thread over the bars known up to that day only, so the consumer keep
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -48,7 +49,10 @@ class Scheduler:
             producer,
         )
         self._run = run
-        self.last_cycle_day: date | None = None
+        # The last finished cycle's day survives a restart (the work dir is the trainer's own
+        # volume), so a restarted trainer neither repeats that cycle nor waits for a day past it.
+        self._schedule_file = settings.work_dir / "schedule.json"
+        self.last_cycle_day: date | None = self._saved_last_cycle_day()
         self.results: list[CycleResult] = []
         self._worker: threading.Thread | None = None
         self._starting = threading.Lock()
@@ -71,20 +75,31 @@ class Scheduler:
             # Only bars known by the newest feedback day: no look-ahead into the replay's future.
             known = self.prices[self.prices.index.date <= day]
             self._worker = threading.Thread(
-                target=self._cycle, args=(known,), name="cycle", daemon=True
+                target=self._cycle, args=(known, day), name="cycle", daemon=True
             )
             self._worker.start()
 
-    def _cycle(self, prices: pd.DataFrame) -> None:
+    def _cycle(self, prices: pd.DataFrame, day: date) -> None:
         try:
-            self._run_one(prices)
+            self._run_one(prices, day)
         finally:
             # Feedback that arrived while this cycle ran may already make the next one due; no
             # new record may come to say so (a paced replay waits for that very decision, as
             # after a restart that re-ran the cycle it had already done), so look now.
             self.maybe_start()
 
-    def _run_one(self, prices: pd.DataFrame) -> None:
+    def _saved_last_cycle_day(self) -> date | None:
+        if not self._schedule_file.exists():
+            return None
+        return date.fromisoformat(json.loads(self._schedule_file.read_text())["last_cycle_day"])
+
+    def _save_last_cycle_day(self, day: date) -> None:
+        self._schedule_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._schedule_file.with_suffix(".tmp")
+        partial.write_text(json.dumps({"last_cycle_day": day.isoformat()}))
+        partial.replace(self._schedule_file)  # atomic: a kill leaves the old day or the new
+
+    def _run_one(self, prices: pd.DataFrame, day: date) -> None:
         try:
             self.results.append(
                 self._run(
@@ -95,6 +110,7 @@ class Scheduler:
                     stop_requested=self._stopping.is_set,
                 )
             )
+            self._save_last_cycle_day(day)
         except CycleInterrupted as exc:  # SIGTERM: checkpointed, the next start resumes it
             log.info("cycle interrupted: %s", exc)
         except Exception:  # a failed cycle leaves the teacher serving; log it, try next time

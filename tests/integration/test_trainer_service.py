@@ -212,5 +212,9 @@ def test_a_cycle_due_when_the_previous_one_ends_starts_without_a_new_record(
     scheduler.maybe_start()  # the one record that made the first cycle due
     scheduler.join(timeout=10)
 
-    assert ran == [6, 12], "the second cycle, due when the first ended, did not start"
-    assert scheduler.last_cycle_day == days[-1]
+    # each cycle on the first day its period is over: day 5, then day 10 (not the newest, 11)
+    assert ran == [6, 11], "the second cycle, due when the first ended, did not start"
+    assert scheduler.last_cycle_day == days[10]
+    # a restarted trainer knows the last finished cycle: nothing is due until day 15
+    restarted = Scheduler(settings, feedback, prices, None, run=cycle)  # type: ignore[arg-type]
+    assert restarted.last_cycle_day == days[10] and restarted.due() is None

@@ -58,6 +58,8 @@ def test_cycle_due_counts_calendar_days_from_the_last_cycle() -> None:
     assert cycle_due(days[:3], None, 5) == date(2024, 1, 10)  # 9 days: due
     assert cycle_due(days, date(2024, 1, 10), 5) is None  # 1 day after the last cycle
     assert cycle_due(days, date(2024, 1, 6), 5) == date(2024, 1, 11)  # exactly 5 days
+    # a backlog read at once (a restart): the first day the period is over, not the newest
+    assert cycle_due(days, None, 5) == date(2024, 1, 10)
 
 
 def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None:
