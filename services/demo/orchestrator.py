@@ -65,6 +65,7 @@ class Demo:
             "accounting.json",
             "fingerprint.json",
             SIMULATOR_STATE,  # a stale state would make this run resume an older one
+            "trainer/schedule.json",  # an older run's last cycle day would skip this run's
         ):
             (self.out / name).unlink(missing_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
