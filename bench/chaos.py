@@ -6,8 +6,8 @@ line.
     .venv/bin/python bench/chaos.py [--services sentiment,features,policy,simulator,trainer]
                                     [--seed 0] [--out /tmp/rlmf-chaos]
 
-Seven quick demos take over half an hour on 2 cores, too long for `make test` (CI's limit is 90
-minutes and the suite takes ~14): this bench runs them, and tests/e2e/test_chaos.py keeps one
+Six quick demos take about 10 minutes on 2 cores (about 100 s each), as long as the rest of
+`make test` (about 11 minutes): this bench runs them, and tests/e2e/test_chaos.py keeps one
 fast representative kill in the suite. `ingest` is not in the list (the demo publishes its
 news itself); tests/integration/test_ingest_chaos.py SIGKILLs the ingest process mid-stream at
 seeded points and checks the restart publishes the same events.
