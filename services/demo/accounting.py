@@ -90,8 +90,10 @@ def flow_checks(
     events: dict[str, list[Event]],
     expected_bars: int,
     news_sent: int,
+    history_bars: int = 0,
 ) -> list[Check]:
-    """The checks that make the numbers reconcile; each says what it compared."""
+    """The checks that make the numbers reconcile; each says what it compared. The feed's
+    `history_bars` come before the window: features are made for them, no decision is."""
     by = {c.topic: c for c in counts}
     checks = [
         Check(
@@ -102,14 +104,15 @@ def flow_checks(
         for c in counts
         if c.consumed
     ]
-    bars = by[topics.MARKET_BARS].unique
+    published = by[topics.MARKET_BARS].unique
     checks.append(
         Check(
-            "every bar of the window published",
-            bars == expected_bars,
-            f"{bars} unique bars, window has {expected_bars}",
+            "every bar of the window and its history published",
+            published == expected_bars + history_bars,
+            f"{published} unique bars, window has {expected_bars}, history {history_bars}",
         )
     )
+    bars = published - history_bars
     for topic, want, what in (
         (topics.TRADING_DECISIONS, bars, "one decision per bar"),
         (topics.PORTFOLIO_SNAPSHOTS, bars, "one snapshot per bar"),
@@ -209,9 +212,9 @@ def _feedback_after_next_bar(events: dict[str, list[Event]]) -> Check:
 
 
 def build_accounting(
-    bootstrap: str, running: set[str], expected_bars: int, news_sent: int
+    bootstrap: str, running: set[str], expected_bars: int, news_sent: int, history_bars: int = 0
 ) -> tuple[Accounting, dict[str, list[Event]]]:
     counts, records = count_topics(bootstrap, running)
     events = {t: decode_unique(records[t], topics.payload_type(t)) for t in topics.ALL_TOPICS}
-    checks = flow_checks(counts, events, expected_bars, news_sent)
+    checks = flow_checks(counts, events, expected_bars, news_sent, history_bars)
     return Accounting(counts, checks), events

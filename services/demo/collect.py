@@ -28,11 +28,14 @@ def _frame(rows: list[dict[str, Any]], index: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(index).drop_duplicates(index).set_index(index)
 
 
-def tables(events: dict[str, list[Event]]) -> RunTables:
+def tables(events: dict[str, list[Event]], since: Any = None) -> RunTables:
+    """The run's topics as tables; `since` (the window's first bar) leaves out the feed's
+    history bars published before the replay."""
     bars = _frame(
         [
             {"time": e.event_time, "close": e.payload.close, "open": e.payload.open}
             for e in events[topics.MARKET_BARS]
+            if since is None or e.event_time >= since
         ],
         "time",
     )

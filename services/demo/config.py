@@ -88,6 +88,18 @@ class DemoConfig:
         )
 
     @property
+    def history_bars(self) -> int:
+        """Bars of history published before the replay; the regime generator has none."""
+        if self.scenario != "real":
+            return 0
+        return self.settings.quick_history_bars if self.quick else self.settings.history_bars
+
+    @property
+    def cycle_minutes(self) -> float:
+        """A trainer cycle's wall-clock budget (RLMF_TRAINER_CYCLE_MINUTES)."""
+        return self.settings.quick_cycle_minutes if self.quick else self.settings.cycle_minutes
+
+    @property
     def cycle_windows(self) -> CycleWindows:
         """100 held-out bars for the gate's bootstrap (its minimum is 60; on 60 bars a student
         that traded exactly like the sentiment rule, Sharpe 5.9 against 3.9, was still not
@@ -123,6 +135,21 @@ class Window:
     simulator_env: dict[str, str]
     description: str
     data_file: Path | None = None
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The bars before `frame` that the feed publishes ahead of the replay (may be empty)."""
+
+    warm_up_cycle: bool = True
+    """Whether the trainer runs a cycle on the history before the replay: only when it holds
+    a cycle's windows (select_window decides)."""
+
+    @property
+    def warm_up(self) -> bool:
+        return self.warm_up_cycle and not self.history.empty
+
+    @property
+    def warm_up_day(self) -> str:
+        """The last history day: the warm-up cycle knows the bars of that day and before."""
+        return f"{self.history.index[-1]:%Y-%m-%d}"
 
 
 def select_window(cfg: DemoConfig) -> Window:
@@ -137,6 +164,7 @@ def select_window(cfg: DemoConfig) -> Window:
         start = max(0, len(full) - cfg.bars)
         frame = full.iloc[start:]
         _check_length(cfg, frame, str(path))
+        history = full.iloc[max(0, start - cfg.history_bars) : start]
         env = {
             "RLMF_SIMULATOR_PRICES_CSV": str(path),
             "RLMF_SIMULATOR_START_BAR": str(start),
@@ -147,7 +175,15 @@ def select_window(cfg: DemoConfig) -> Window:
             f"real daily {s.ticker} bars from {path.name}, rows {start}..{len(full) - 1} "
             f"({frame.index[0]:%Y-%m-%d} to {frame.index[-1]:%Y-%m-%d}, {len(frame)} bars)"
         )
-        return Window(frame, s.ticker, env, desc, path)
+        if not history.empty:
+            desc += (
+                f", after {len(history)} bars of history ({history.index[0]:%Y-%m-%d} to "
+                f"{history.index[-1]:%Y-%m-%d})"
+            )
+        if len(history) < cfg.cycle_windows.minimum_bars:
+            # Too short for a cycle's windows: still the features' and later cycles' history.
+            return Window(frame, s.ticker, env, desc, path, history, warm_up_cycle=False)
+        return Window(frame, s.ticker, env, desc, path, history)
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
     _check_length(cfg, frame, "the regime-shift scenario")

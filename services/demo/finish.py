@@ -267,6 +267,7 @@ def run_info(state: RunState, cfg: DemoConfig, t: RunTables) -> dict[str, Any]:
             "description": w.description,
             "simulator_env": w.simulator_env,
         },
+        "history": _history_info(state),
         "news": {
             "synthetic": True,
             "items": len(state.news),
@@ -293,6 +294,46 @@ def run_info(state: RunState, cfg: DemoConfig, t: RunTables) -> dict[str, Any]:
     }
 
 
+def _history_info(state: RunState) -> dict[str, Any]:
+    """The bars published before the window and the trainer's warm-up cycle on them."""
+    w = state.window
+    assert w is not None
+    if w.history.empty:
+        return {"bars": 0}
+    warm_up = state.warm_up
+    return {
+        "bars": len(w.history),
+        "first_bar": f"{w.history.index[0]:%Y-%m-%d}",
+        "last_bar": f"{w.history.index[-1]:%Y-%m-%d}",
+        "published": state.history_bars_published,
+        "warm_up_cycle": None
+        if warm_up is None
+        else {
+            "as_of": warm_up.as_of,
+            "exit_code": warm_up.exit_code,
+            "seconds": warm_up.seconds,
+            "promoted": warm_up.promoted,
+            "student_version": (warm_up.result or {}).get("student_version"),
+            "reason": (warm_up.result or {}).get("reason"),
+        },
+    }
+
+
+def _history_line(state: RunState) -> str:
+    w = state.window
+    assert w is not None
+    if w.history.empty:
+        return "History: none; the teacher starts on the window's first bar untrained"
+    line = (
+        f"History: {len(w.history)} bars before the window ({w.history.index[0]:%Y-%m-%d} to "
+        f"{w.history.index[-1]:%Y-%m-%d}) with their synthetic news, published before the "
+        "replay; every cycle trains on them too"
+    )
+    if state.warm_up is not None:
+        line += f". The trainer's {state.warm_up.summary()}"
+    return line
+
+
 def finish(state: RunState, cfg: DemoConfig, out: Path) -> int:
     """Read the run back from the bus (the services have stopped), report on it, and return
     the demo's exit code."""
@@ -300,9 +341,9 @@ def finish(state: RunState, cfg: DemoConfig, out: Path) -> int:
     w = state.window
     assert w is not None
     accounting, events = build_accounting(
-        state.bootstrap, set(state.plans), len(w.frame), len(state.news)
+        state.bootstrap, set(state.plans), len(w.frame), len(state.news), len(w.history)
     )
-    t = tables(events)
+    t = tables(events, since=w.frame.index[0])
     report = write_run_report(state, cfg, out, accounting, t, len(events[topics.TRADING_FILLS]))
     status(f"report: {report} and {out / 'run.json'} ({time.monotonic() - started:.0f}s)")
     return verdict(state, accounting.reconciles, t)
@@ -328,6 +369,7 @@ def write_run_report(
             f"News: {len(state.news)} synthetic items, informativeness "
             f"{cfg.settings.news_informativeness} "
             "(P(tone matches the next day's move) = 0.5 + informativeness/2)",
+            _history_line(state),
             f"Trainer cycle every {cfg.train_every} bars "
             f"({cfg.train_every_days} calendar days); "
             "the market pauses while a cycle trains",

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
+import pandas as pd
 from tqdm import tqdm
 
 from services.common import topics
@@ -27,6 +28,7 @@ from services.demo.bus_reader import Tally, committed_offsets, read_all
 from services.demo.chaos import run_fingerprint
 from services.demo.config import DemoConfig, DemoError, select_window, status
 from services.demo.finish import finish
+from services.demo.history import publish_history_bars, run_warm_up_cycle
 from services.demo.news import generate_news, news_item
 from services.demo.pacing import TrainingPacer, pause_for_cycle
 from services.demo.processes import ServiceGroup
@@ -164,8 +166,10 @@ class Demo:
     def publish_news(self) -> None:
         s, w = self.cfg.settings, self.state.window
         assert w is not None
+        # One draw over the history and the window: the history's news is the same kind.
+        days = pd.concat([w.history, w.frame]) if not w.history.empty else w.frame
         self.state.news = generate_news(
-            w.frame, w.ticker, s.news_informativeness, s.news_per_day, s.seed
+            days, w.ticker, s.news_informativeness, s.news_per_day, s.seed
         )
         producer = Producer(self.bus(), "demo-news")
         for draft in tqdm(self.state.news, desc="news", unit="item", file=sys.stderr):
@@ -202,6 +206,36 @@ class Demo:
                     )
                 time.sleep(1.0)
             status(f"{what}: {group} committed all {end} records of {topic}")
+
+    # -- history ------------------------------------------------------------------------------
+
+    def history(self) -> None:
+        """The feed's history bars, then (when they hold a cycle's windows) the trainer's
+        warm-up cycle on them, before the first replayed bar (services/demo/history.py)."""
+        w = self.state.window
+        assert w is not None
+        if w.history.empty:
+            return
+        n = publish_history_bars(self.bus(), w)
+        self.state.history_bars_published = n
+        status(f"history: {n} bars before the window published to {topics.MARKET_BARS}")
+        self._drain([(topics.MARKET_BARS, "rlmf-features")], "history in features")
+        if not w.warm_up:
+            status("history: too short for a training cycle's windows; no warm-up cycle")
+            return
+        status(f"history: the trainer's warm-up cycle on the bars up to {w.warm_up_day}")
+        warm_up = run_warm_up_cycle(
+            self.state.plans["trainer"].env,
+            w.warm_up_day,
+            self.logs / "trainer-warm-up.log",
+            self.cfg.settings.cycle_timeout_s,
+        )
+        self.state.warm_up = warm_up
+        status(f"history: {warm_up.summary()} in {warm_up.seconds:.0f}s")
+        if warm_up.result is None:
+            self.state.notes.append(
+                f"{warm_up.summary()}; the teacher serves (see logs/trainer-warm-up.log)"
+            )
 
     # -- replay -------------------------------------------------------------------------------
 
@@ -346,6 +380,7 @@ class Demo:
                 ("feast-wait", self.wait_feast),
                 ("services", self.start_services),
                 ("news", self.publish_news),
+                ("history", self.history),
                 ("replay", self.replay),
                 ("training", self.wait_training),
             ):

@@ -137,7 +137,7 @@ def trainer_env(
         "RLMF_TRAINER_EVAL_DAYS": str(windows.holdout),
         "RLMF_TRAINER_EMBARGO_DAYS": str(windows.embargo),
         "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(windows.holdout),
-        "RLMF_TRAINER_CYCLE_MINUTES": str(cfg.settings.cycle_minutes),
+        "RLMF_TRAINER_CYCLE_MINUTES": str(cfg.cycle_minutes),
         "RLMF_TRAINER_DAY_CACHE_DIR": str(out / "day-cache"),
         # The full demo's PPO runs until the cycle's wall-clock budget is spent.
         "RLMF_TRAINER_PPO_STEPS": "40" if cfg.quick else "1000000",

@@ -17,6 +17,13 @@ class DemoSettings(BaseSettings):
     """Bars replayed in the full demo: the last `bars` rows of the CSV (504 = two years)."""
     quick_bars: int = Field(default=80, ge=20)
     """Bars replayed with --quick."""
+    history_bars: int = Field(default=300, ge=0)
+    """Bars before the window that the market feed publishes ahead of the replay, with their
+    synthetic news: the features service warms up on them and the trainer's first cycle (the
+    warm-up, before the first replayed bar) and every later one train on them, as a deployed
+    system starts with the market's history (the `real` scenario; as many as the CSV holds)."""
+    quick_history_bars: int = Field(default=30, ge=0)
+    """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"
     """The real daily bars replayed by the `real` scenario (relative to the repository root)."""
     ticker: str = "MSFT"
@@ -26,8 +33,13 @@ class DemoSettings(BaseSettings):
     """Mean synthetic headlines per trading day (Poisson)."""
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
-    cycle_minutes: float = Field(default=3.0, gt=0)
-    """The wall-clock budget of one trainer cycle (RLMF_TRAINER_CYCLE_MINUTES)."""
+    cycle_minutes: float = Field(default=1.0, gt=0)
+    """The wall-clock budget of one trainer cycle's training (RLMF_TRAINER_CYCLE_MINUTES):
+    the market-feedback fit, then PPO for the rest. bench/learning.py measured the recipe with
+    half a minute; one leaves room on a busy machine."""
+    quick_cycle_minutes: float = Field(default=3.0, gt=0)
+    """The same with --quick, whose 40 PPO steps on a tiny model end long before: the step
+    count, not the clock, decides its students, so runs with and without a kill compare."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
     regime_days: int = Field(default=450, ge=20)

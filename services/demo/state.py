@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from services.demo.config import Window
+from services.demo.history import WarmUpCycle
 from services.demo.news import NewsDraft
 from services.demo.services_plan import ServicePlan
 
@@ -27,3 +28,6 @@ class RunState:
     killed: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     simulator_exit: int | None = None
+    history_bars_published: int = 0
+    warm_up: WarmUpCycle | None = None
+    """The trainer's cycle on the history before the replay; None when there was none."""

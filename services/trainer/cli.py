@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,12 @@ def cycle(
     feedback: Path | None = typer.Option(
         None, help="A feedback JSONL log (FeedbackLog) to train SFT/RM on."
     ),
+    as_of: datetime | None = typer.Option(
+        None,
+        "--as-of",
+        formats=["%Y-%m-%d"],
+        help="Train as on this day: only bars of this day and before (default: all of them).",
+    ),
 ) -> None:
     """Run one cycle on the newest window; print the CycleResult as one JSON line."""
     from tqdm import tqdm
@@ -57,6 +64,8 @@ def cycle(
     settings = TrainerSettings(**overrides)  # type: ignore[arg-type]
     try:
         prices, feedback_log = _inputs(settings, feedback)
+        if as_of is not None:
+            prices = _known_on(prices, as_of.date())
     except ValueError as exc:  # NoMarketData, a bad CSV, cluster promotion without Prometheus
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -133,6 +142,18 @@ def _inputs(settings: TrainerSettings, feedback: Path | None) -> tuple[Any, Feed
         err=True,
     )
     return history.prices(), given or history.feedback()
+
+
+def _known_on(prices: Any, day: date) -> Any:
+    """The bars a cycle run on `day` may know; none is an error naming the first bar."""
+    from services.trainer.kafka_history import NoMarketData
+    from services.trainer.market_source import known_by
+
+    known = known_by(prices, day)
+    if known.empty:
+        first = prices.index[0].date() if len(prices) else "none"
+        raise NoMarketData(f"--as-of {day}: no bars on or before it (the first bar: {first})")
+    return known
 
 
 @app.command()

@@ -3,6 +3,7 @@ regime generator, and that only when asked for; no bars at all is a clear error.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -48,3 +49,8 @@ def load_prices(settings: TrainerSettings) -> pd.DataFrame:
         load_params(settings.market_scenario), settings.market_days, settings.market_seed
     )
     return frame
+
+
+def known_by(prices: pd.DataFrame, day: date) -> pd.DataFrame:
+    """The bars whose day is `day` or earlier: what a cycle run on that day may know."""
+    return prices[prices.index.date <= day]

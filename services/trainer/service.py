@@ -24,6 +24,7 @@ from services.common.settings import BusSettings
 from services.common.topics import MARKET_FEEDBACK, MODELS_PROMOTIONS
 from services.trainer.cycle import CycleInterrupted, CycleResult, load_prices, run_cycle
 from services.trainer.datasets import FeedbackLog, record_from_incoming
+from services.trainer.market_source import known_by
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Scheduler:
                 return
             self.last_cycle_day = day
             # Only bars known by the newest feedback day: no look-ahead into the replay's future.
-            known = self.prices[self.prices.index.date <= day]
+            known = known_by(self.prices, day)
             self._worker = threading.Thread(
                 target=self._cycle, args=(known, day), name="cycle", daemon=True
             )

@@ -24,6 +24,7 @@ from services.common import topics
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.demo.bus_reader import committed_offsets, decode_unique, read_all
+from services.demo.history import FEED_SOURCE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -69,8 +70,17 @@ def demo_run(demo_broker: str, workdir: Path) -> dict[str, Any]:
     return {"proc": proc, "out": out, "bootstrap": demo_broker}
 
 
+HISTORY_BARS = 30
+"""--quick publishes the 30 bars before its window as the feed's history (DemoSettings)."""
+
+
 def _events(bootstrap: str, topic: str) -> list[Any]:
     return decode_unique(read_all(bootstrap, topic), topics.payload_type(topic))
+
+
+def _window_bars(bootstrap: str) -> list[Any]:
+    """The replayed bars: market.bars.v1 less the history the feed published before them."""
+    return [e for e in _events(bootstrap, topics.MARKET_BARS) if e.source != FEED_SOURCE]
 
 
 def test_demo_exits_zero_and_reports(demo_run: dict[str, Any]) -> None:
@@ -89,10 +99,38 @@ def test_demo_exits_zero_and_reports(demo_run: dict[str, Any]) -> None:
 
 
 def test_every_bar_got_one_decision(demo_run: dict[str, Any]) -> None:
-    bars = _events(demo_run["bootstrap"], topics.MARKET_BARS)
+    bars = _window_bars(demo_run["bootstrap"])
     decisions = _events(demo_run["bootstrap"], topics.TRADING_DECISIONS)
     assert len(bars) == 80
+    assert len(_events(demo_run["bootstrap"], topics.MARKET_BARS)) == 80 + HISTORY_BARS
     assert sorted(e.event_time for e in decisions) == sorted(e.event_time for e in bars)
+
+
+def test_the_warm_up_cycle_trained_on_the_history_alone(demo_run: dict[str, Any]) -> None:
+    """Before the first replayed bar the trainer ran a cycle on the history; nothing it
+    trained or was judged on is later than the history's last bar (no look-ahead)."""
+    b = demo_run["bootstrap"]
+    history = sorted(
+        e.event_time for e in _events(b, topics.MARKET_BARS) if e.source == FEED_SOURCE
+    )
+    first_replayed = min(e.event_time for e in _window_bars(b))
+    assert len(history) == HISTORY_BARS and history[-1] < first_replayed
+    run = json.loads((demo_run["out"] / "run.json").read_text())
+    warm_up = run["history"]["warm_up_cycle"]
+    assert warm_up["exit_code"] == 0 and warm_up["as_of"] == f"{history[-1]:%Y-%m-%d}"
+    event = next(
+        e
+        for e in _events(b, topics.MODELS_PROMOTIONS)
+        if e.payload.student_version == warm_up["student_version"]
+    )
+    assert event.payload.teacher_version == "v0"
+    # Trained up to window_end, judged on held-out bars up to the event time: all history.
+    assert envelopes.to_datetime(event.payload.window_end) <= history[-1]
+    assert event.event_time <= history[-1]
+    # Its decision came before any replayed bar was decided on.
+    decisions = _events(b, topics.TRADING_DECISIONS)
+    served = {e.payload.model_version for e in decisions if e.event_time == first_replayed}
+    assert served == ({warm_up["student_version"]} if warm_up["promoted"] else {"v0"})
 
 
 def test_every_decision_is_a_fill_or_a_logged_hold(demo_run: dict[str, Any]) -> None:
@@ -118,7 +156,7 @@ def test_every_decision_is_a_fill_or_a_logged_hold(demo_run: dict[str, Any]) -> 
 
 def test_feedback_for_day_t_only_after_t_plus_1(demo_run: dict[str, Any]) -> None:
     b = demo_run["bootstrap"]
-    bar_times = sorted(e.event_time for e in _events(b, topics.MARKET_BARS))
+    bar_times = sorted(e.event_time for e in _window_bars(b))
     following = dict(zip(bar_times, bar_times[1:], strict=False))
     feedback = _events(b, topics.MARKET_FEEDBACK)
     assert len(feedback) == 79

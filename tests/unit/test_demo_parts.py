@@ -288,3 +288,45 @@ def test_a_cycles_decision_is_matched_by_its_day_not_by_arrival() -> None:
     mine = decision(date(2016, 11, 1), "v0-s20161101")
     assert not _is_decision_of(late, date(2016, 11, 1))
     assert _is_decision_of(mine, date(2016, 11, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The history before the window
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_real_window_comes_after_its_history_and_the_warm_up_knows_only_the_history(
+    tmp_path: Path,
+) -> None:
+    from services.demo.config import DemoConfig, select_window
+    from services.demo.settings import DemoSettings
+    from services.market.market_data import load_prices_csv
+
+    full = load_prices_csv(Path(__file__).resolve().parents[2] / "data" / "MSFT.csv")
+    window = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=300)))
+    first = full.index.get_loc(window.frame.index[0])
+    assert window.history.index.equals(full.index[first - 300 : first])  # right before it
+    assert window.warm_up and window.warm_up_day == f"{full.index[first - 1]:%Y-%m-%d}"
+    assert window.warm_up_day < f"{window.frame.index[0]:%Y-%m-%d}"
+    assert window.history.attrs["bar_seconds"] == 86_400.0  # the feed publishes it as bars
+    assert "300 bars of history" in window.description
+
+    # Too short for a cycle's windows (100 held out after 40 training bars): published for
+    # the features and later cycles, but no warm-up cycle.
+    short = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=50)))
+    assert len(short.history) == 50 and not short.warm_up
+    none = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=0)))
+    assert none.history.empty and not none.warm_up
+    # The regime generator's series starts at the window: it has no history.
+    regime = select_window(DemoConfig("regime-shift", True, tmp_path))
+    assert regime.history.empty and not regime.warm_up
+
+
+def test_a_cycle_as_of_a_day_knows_that_day_and_nothing_after() -> None:
+    from services.trainer.market_source import known_by
+
+    prices = _frame(10)
+    day = prices.index[4].date()
+    known = known_by(prices, day)
+    assert list(known.index) == list(prices.index[:5])
+    assert known_by(prices, prices.index[0].date() - pd.Timedelta(days=1)).empty

@@ -1,0 +1,102 @@
+"""The market's history before the replay, and the trainer's warm-up cycle on it.
+
+A deployed system does not start on its first live bar: the market feed has years of bars, and
+the trainer can learn from them before the policy trades. The demo does the same with the bars
+just before its window (`Window.history`): their synthetic news goes out with the window's
+(orchestrator's news stage), then the feed publishes the history bars on market.bars.v1, so the
+features service computes and stores their features exactly as it will the live ones, and then
+the trainer runs one cycle (`rlmf train cycle --as-of <last history day>`) on them. That cycle
+is the trainer's own, gated like every other: its student serves from the first replayed bar
+only when the bootstrap gate says it beat the untrained teacher on the history's held-out bars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.common import topics
+from services.common.bus import Producer
+from services.common.envelope import derived_id
+from services.common.settings import BusSettings
+from services.demo.config import Window
+
+FEED_SOURCE = "demo-history"
+
+
+def publish_history_bars(bus: BusSettings, window: Window) -> int:
+    """The history bars on market.bars.v1, oldest first, with ids stable across runs."""
+    from services.simulator.service import bar_to_pb, frame_bars
+
+    producer = Producer(bus, FEED_SOURCE)
+    try:
+        bars = frame_bars(window.history, window.ticker)
+        for bar in bars:
+            producer.publish(
+                topics.MARKET_BARS,
+                bar_to_pb(bar),
+                key=bar.ticker,
+                event_time=bar.time,
+                id=derived_id(FEED_SOURCE, bar.ticker, bar.time.isoformat()),
+            )
+    finally:
+        producer.close()
+    return len(bars)
+
+
+@dataclass
+class WarmUpCycle:
+    """What the warm-up cycle did, for the report and run.json."""
+
+    as_of: str
+    exit_code: int
+    seconds: float
+    result: dict[str, Any] | None
+    """The cycle's CycleResult line (`rlmf train cycle` prints it), None when it failed."""
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.result and self.result.get("promoted"))
+
+    def summary(self) -> str:
+        if self.result is None:
+            return f"warm-up cycle as of {self.as_of} failed (exit {self.exit_code})"
+        outcome = "promoted" if self.promoted else "refused"
+        return (
+            f"warm-up cycle as of {self.as_of}: student {self.result.get('student_version')} "
+            f"{outcome} ({self.result.get('reason', '')})"
+        )
+
+
+def run_warm_up_cycle(
+    trainer_env: dict[str, str], as_of: str, log_path: Path, timeout_s: float
+) -> WarmUpCycle:
+    """One `rlmf train cycle` with the trainer service's own settings, knowing the bars up to
+    `as_of` only. It promotes through the policy server and publishes its decision on
+    models.promotions.v1 like the service's cycles. A timeout or failure leaves the teacher
+    serving; the caller reports it."""
+    import time
+
+    argv = [sys.executable, "-m", "services.cli", "train", "cycle", "--as-of", as_of]
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.run(
+                argv,
+                env={**os.environ, **trainer_env},
+                stdout=subprocess.PIPE,
+                stderr=log,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return WarmUpCycle(as_of, -1, round(time.monotonic() - started, 1), None)
+    seconds = round(time.monotonic() - started, 1)
+    lines = proc.stdout.decode().strip().splitlines()
+    result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
+    return WarmUpCycle(as_of, proc.returncode, seconds, result)
