@@ -23,6 +23,11 @@ def demo(
         help="A daily CSV (as `rlmf backtest` takes) to replay instead of MSFT: its last bars.",
     ),
     ticker: str = typer.Option(None, help="The ticker of --prices (default: the file's name)."),
+    history_bars: int = typer.Option(
+        None,
+        help="Bars before the window published first, with a warm-up training cycle on them "
+        "(default 300, or 30 with --quick; 0: none; real bars only).",
+    ),
     kill_service: str = typer.Option(
         None,
         help="Chaos: SIGKILL this service mid-run (sentiment, features, policy, trainer or "
@@ -52,6 +57,8 @@ def demo(
     if bars is not None:
         overrides["quick_bars" if quick else "bars"] = bars
         overrides["regime_days"] = bars
+    if history_bars is not None:
+        overrides["quick_history_bars" if quick else "history_bars"] = history_bars
     if prices is not None:
         if scenario != "real":
             typer.echo("error: --prices replays real bars; it cannot go with --scenario", err=True)

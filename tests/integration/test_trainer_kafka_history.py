@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -118,3 +119,27 @@ def test_synthetic_market_only_when_asked_for(tmp_path: Path) -> None:
     assert market_source.resolve(TrainerSettings(market_days=80)) == "synthetic"
     assert market_source.resolve(TrainerSettings(data_source="synthetic")) == "synthetic"
     assert len(market_source.load_prices(TrainerSettings(data_source="synthetic", market_days=90)))
+
+
+def test_a_cycle_as_of_a_day_before_every_bar_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rlmf train cycle --as-of DAY` trains on the bars of DAY and before (the demo's warm-up
+    cycle on the history); a day before the first bar is exit 2 naming it, before any model
+    loads (there is none here to load)."""
+    from services.trainer.cli import app
+
+    csv = tmp_path / "ACME.csv"
+    days = pd.bdate_range("2021-01-04", periods=30)
+    pd.DataFrame({"Date": days.strftime("%Y-%m-%d"), "Close": range(100, 130)}).to_csv(
+        csv, index=False
+    )
+    monkeypatch.setenv("RLMF_TRAINER_PRICES_CSV", str(csv))
+    monkeypatch.setenv("RLMF_TRAINER_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("RLMF_TRAINER_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.setenv("RLMF_TRAINER_PROMOTION", "none")
+    monkeypatch.setenv("RLMF_TRAINER_PUBLISH", "false")
+    result = CliRunner().invoke(app, ["cycle", "--as-of", "2020-12-31"])
+    assert result.exit_code == 2, result.output
+    assert "--as-of 2020-12-31: no bars on or before it" in result.output
+    assert "2021-01-04" in result.output
