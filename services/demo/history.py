@@ -96,6 +96,8 @@ def run_warm_up_cycle(
             )
         except subprocess.TimeoutExpired:
             return WarmUpCycle(as_of, -1, round(time.monotonic() - started, 1), None)
+        # The cycle logs to stdout and ends with its result line: all of it goes to the log.
+        log.write(proc.stdout)
     seconds = round(time.monotonic() - started, 1)
     lines = proc.stdout.decode().strip().splitlines()
     result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None

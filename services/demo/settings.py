@@ -17,7 +17,7 @@ class DemoSettings(BaseSettings):
     """Bars replayed in the full demo: the last `bars` rows of the CSV (504 = two years)."""
     quick_bars: int = Field(default=80, ge=20)
     """Bars replayed with --quick."""
-    history_bars: int = Field(default=300, ge=0)
+    history_bars: int = Field(default=500, ge=0)
     """Bars before the window that the market feed publishes ahead of the replay, with their
     synthetic news: the features service warms up on them and the trainer's first cycle (the
     warm-up, before the first replayed bar) and every later one train on them, as a deployed
