@@ -26,7 +26,7 @@ def demo(
     history_bars: int = typer.Option(
         None,
         help="Bars before the window published first, with a warm-up training cycle on them "
-        "(default 500, or 30 with --quick; 0: none; real bars only).",
+        "(default 300, or 30 with --quick; 0: none; real bars only).",
     ),
     kill_service: str = typer.Option(
         None,
