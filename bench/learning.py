@@ -269,7 +269,9 @@ def regime_shift(bench: Bench) -> list[dict[str, Any]]:
         cut = len(prices) - args.live_bars  # the cycle's day is bar cut - 1
         window = prices.iloc[:cut]
         window_features = BarFeatures(
-            features.numeric.iloc[:cut], features.sentiment.iloc[:cut], features.summaries.iloc[:cut]
+            features.numeric.iloc[:cut],
+            features.sentiment.iloc[:cut],
+            features.summaries.iloc[:cut],
         )
         name = f"regime-{seed}"
         result, seconds = run_one_cycle(
@@ -375,11 +377,27 @@ def parse_args() -> argparse.Namespace:
 
 
 def settings_record(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "top_k state_head train_lm_layers lr mf_coef mf_epochs mf_lr minutes min_train holdout "
-        "embargo bars uninformative_bars uninformative_holdout window_step regime_bars shift_bar "
-        "regime_holdout live_bars"
-    ).split()
+    keys = [
+        "top_k",
+        "state_head",
+        "train_lm_layers",
+        "lr",
+        "mf_coef",
+        "mf_epochs",
+        "mf_lr",
+        "minutes",
+        "min_train",
+        "holdout",
+        "embargo",
+        "bars",
+        "uninformative_bars",
+        "uninformative_holdout",
+        "window_step",
+        "regime_bars",
+        "shift_bar",
+        "regime_holdout",
+        "live_bars",
+    ]
     return {k: getattr(args, k) for k in keys}
 
 
@@ -399,7 +417,9 @@ def main() -> None:
         a = informative(bench, prices) if args.informative_seeds else None
         first = bench.work / f"informative-{args.seed}" / "models" / "v0"
         speed = (
-            day_cache_speedup(first, prices, news_features(prices, 0.6, args.seed), args.speed_states)
+            day_cache_speedup(
+                first, prices, news_features(prices, 0.6, args.seed), args.speed_states
+            )
             if a
             else None
         )

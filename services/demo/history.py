@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common import topics
+from services.common.bar_messages import frame_bar_messages
 from services.common.bus import Producer
-from services.common.envelope import derived_id
+from services.common.envelope import derived_id, to_datetime
 from services.common.settings import BusSettings
 from services.demo.config import Window
 
@@ -31,18 +32,17 @@ FEED_SOURCE = "demo-history"
 
 def publish_history_bars(bus: BusSettings, window: Window) -> int:
     """The history bars on market.bars.v1, oldest first, with ids stable across runs."""
-    from services.simulator.service import bar_to_pb, frame_bars
-
     producer = Producer(bus, FEED_SOURCE)
     try:
-        bars = frame_bars(window.history, window.ticker)
+        bars = frame_bar_messages(window.history, window.ticker)
         for bar in bars:
+            start = to_datetime(bar.start)
             producer.publish(
                 topics.MARKET_BARS,
-                bar_to_pb(bar),
+                bar,
                 key=bar.ticker,
-                event_time=bar.time,
-                id=derived_id(FEED_SOURCE, bar.ticker, bar.time.isoformat()),
+                event_time=start,
+                id=derived_id(FEED_SOURCE, bar.ticker, start.isoformat()),
             )
     finally:
         producer.close()

@@ -330,3 +330,13 @@ def test_a_cycle_as_of_a_day_knows_that_day_and_nothing_after() -> None:
     known = known_by(prices, day)
     assert list(known.index) == list(prices.index[:5])
     assert known_by(prices, prices.index[0].date() - pd.Timedelta(days=1)).empty
+
+
+def test_the_history_bars_are_the_bars_the_simulator_would_publish() -> None:
+    """The demo publishes its history with the shared helper; the simulator publishes the window
+    with its own conversion: the same rows must give the same messages."""
+    from services.common.bar_messages import frame_bar_messages
+    from services.simulator.service import bar_to_pb, frame_bars
+
+    frame = _frame(5).assign(open=1.0, high=2.0, low=0.5, volume=[1.0, np.nan, 3.0, 4.0, 5.0])
+    assert frame_bar_messages(frame, "ACME") == [bar_to_pb(b) for b in frame_bars(frame, "ACME")]
