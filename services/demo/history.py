@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,6 @@ def run_warm_up_cycle(
     `as_of` only. It promotes through the policy server and publishes its decision on
     models.promotions.v1 like the service's cycles. A timeout or failure leaves the teacher
     serving; the caller reports it."""
-    import time
-
     argv = [sys.executable, "-m", "services.cli", "train", "cycle", "--as-of", as_of]
     started = time.monotonic()
     with open(log_path, "ab") as log:
