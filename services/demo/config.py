@@ -138,13 +138,9 @@ class Window:
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     """The bars before `frame` that the feed publishes ahead of the replay (may be empty)."""
 
-    warm_up_cycle: bool = True
+    warm_up: bool = False
     """Whether the trainer runs a cycle on the history before the replay: only when it holds
     a cycle's windows (select_window decides)."""
-
-    @property
-    def warm_up(self) -> bool:
-        return self.warm_up_cycle and not self.history.empty
 
     @property
     def warm_up_day(self) -> str:
@@ -180,10 +176,9 @@ def select_window(cfg: DemoConfig) -> Window:
                 f", after {len(history)} bars of history ({history.index[0]:%Y-%m-%d} to "
                 f"{history.index[-1]:%Y-%m-%d})"
             )
-        if len(history) < cfg.cycle_windows.minimum_bars:
-            # Too short for a cycle's windows: still the features' and later cycles' history.
-            return Window(frame, s.ticker, env, desc, path, history, warm_up_cycle=False)
-        return Window(frame, s.ticker, env, desc, path, history)
+        # A history too short for a cycle's windows is still the features' and later cycles'.
+        warm_up = len(history) >= cfg.cycle_windows.minimum_bars
+        return Window(frame, s.ticker, env, desc, path, history, warm_up)
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
     _check_length(cfg, frame, "the regime-shift scenario")
