@@ -108,6 +108,19 @@ class DemoConfig:
             return CycleWindows(min_train=10, embargo=0, holdout=8)
         return CycleWindows(min_train=40, embargo=2, holdout=100)
 
+    def warm_up_windows(self, history_bars: int) -> CycleWindows:
+        """The warm-up cycle's windows: half the history held out, at least a cycle's holdout.
+
+        Why more than a replay cycle's 100: the warm-up's teacher, the untrained model, buys
+        every bar, and on 100 bars of the history a paired bootstrap cannot tell an edge of
+        the news' size from luck. Replaying the demo's news with a student that trades exactly
+        as the scored news says (long when the day's mean sentiment reads positive), 12 news
+        draws over the 500 bars before the window: 100 held out, 6 of 12 pass the gate at 90%;
+        half the history (250), 11 of 12 (docs/trainer.md, "The demo's history"). Before the
+        first replayed bar nothing waits for the market, so the warm-up may hold out more."""
+        w = self.cycle_windows
+        return CycleWindows(w.min_train, w.embargo, max(w.holdout, history_bars // 2))
+
     @property
     def minimum_bars(self) -> int:
         """Two cycles, the first after a third of the window: each needs its windows' bars."""
@@ -140,7 +153,10 @@ class Window:
 
     warm_up: bool = False
     """Whether the trainer runs a cycle on the history before the replay: only when it holds
-    a cycle's windows (select_window decides)."""
+    the warm-up's windows (select_window decides)."""
+
+    warm_up_holdout: int = 0
+    """The history bars the warm-up cycle's gate holds out (DemoConfig.warm_up_windows)."""
 
     @property
     def warm_up_day(self) -> str:
@@ -177,8 +193,11 @@ def select_window(cfg: DemoConfig) -> Window:
                 f"{history.index[-1]:%Y-%m-%d})"
             )
         # A history too short for a cycle's windows is still the features' and later cycles'.
-        warm_up = len(history) >= cfg.cycle_windows.minimum_bars
-        return Window(frame, s.ticker, env, desc, path, history, warm_up)
+        warm_up = cfg.warm_up_windows(len(history))
+        fits = len(history) >= warm_up.minimum_bars
+        return Window(
+            frame, s.ticker, env, desc, path, history, fits, warm_up.holdout if fits else 0
+        )
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
     _check_length(cfg, frame, "the regime-shift scenario")

@@ -74,10 +74,20 @@ class WarmUpCycle:
         )
 
 
+def warm_up_env(trainer_env: dict[str, str], holdout: int) -> dict[str, str]:
+    """The trainer service's settings with the warm-up's held-out block (and the gate's minimum
+    held-out bars) set to `holdout` (DemoConfig.warm_up_windows says why it is longer)."""
+    return {
+        **trainer_env,
+        "RLMF_TRAINER_EVAL_DAYS": str(holdout),
+        "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(holdout),
+    }
+
+
 def run_warm_up_cycle(
     trainer_env: dict[str, str], as_of: str, log_path: Path, timeout_s: float
 ) -> WarmUpCycle:
-    """One `rlmf train cycle` with the trainer service's own settings, knowing the bars up to
+    """One `rlmf train cycle` with `trainer_env` (warm_up_env), knowing the bars up to
     `as_of` only. It promotes through the policy server and publishes its decision on
     models.promotions.v1 like the service's cycles. A timeout or failure leaves the teacher
     serving; the caller reports it."""

@@ -28,7 +28,7 @@ from services.demo.bus_reader import Tally, committed_offsets, read_all
 from services.demo.chaos import run_fingerprint
 from services.demo.config import DemoConfig, DemoError, select_window, status
 from services.demo.finish import finish
-from services.demo.history import publish_history_bars, run_warm_up_cycle
+from services.demo.history import publish_history_bars, run_warm_up_cycle, warm_up_env
 from services.demo.news import generate_news, news_item
 from services.demo.pacing import TrainingPacer, pause_for_cycle
 from services.demo.processes import ServiceGroup
@@ -223,9 +223,12 @@ class Demo:
         if not w.warm_up:
             status("history: too short for a training cycle's windows; no warm-up cycle")
             return
-        status(f"history: the trainer's warm-up cycle on the bars up to {w.warm_up_day}")
+        status(
+            f"history: the trainer's warm-up cycle on the bars up to {w.warm_up_day}, "
+            f"the last {w.warm_up_holdout} held out"
+        )
         warm_up = run_warm_up_cycle(
-            self.state.plans["trainer"].env,
+            warm_up_env(self.state.plans["trainer"].env, w.warm_up_holdout),
             w.warm_up_day,
             self.logs / "trainer-warm-up.log",
             self.cfg.settings.cycle_timeout_s,

@@ -17,13 +17,14 @@ class DemoSettings(BaseSettings):
     """Bars replayed in the full demo: the last `bars` rows of the CSV (504 = two years)."""
     quick_bars: int = Field(default=80, ge=20)
     """Bars replayed with --quick."""
-    history_bars: int = Field(default=300, ge=0)
+    history_bars: int = Field(default=500, ge=0)
     """Bars before the window that the market feed publishes ahead of the replay, with their
     synthetic news: the features service warms up on them and the trainer's first cycle (the
-    warm-up, before the first replayed bar) and every later one train on them, as a deployed
-    system starts with the market's history (the `real` scenario; as many as the CSV holds).
-    300 as bench/learning.py's informative part trains on; with 500 the first cycle's student
-    was worse and the demo ran 30 minutes (docs/trainer.md, "The demo's history")."""
+    warm-up, before the first replayed bar, holding out half of them) and every later one
+    train on them, as a deployed system starts with the market's history (the `real`
+    scenario; as many as the CSV holds). 500: half held out is what gives the warm-up's gate
+    the power to pass a student as good as the news (DemoConfig.warm_up_windows), and half
+    trained on is 250 bars, near the 300 of bench/learning.py's informative part."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"

@@ -307,14 +307,15 @@ def test_the_real_window_comes_after_its_history_and_the_warm_up_knows_only_the_
     first = full.index.get_loc(window.frame.index[0])
     assert window.history.index.equals(full.index[first - 300 : first])  # right before it
     assert window.warm_up and window.warm_up_day == f"{full.index[first - 1]:%Y-%m-%d}"
+    assert window.warm_up_holdout == 150  # half the history: the gate's power (config.py)
     assert window.warm_up_day < f"{window.frame.index[0]:%Y-%m-%d}"
     assert window.history.attrs["bar_seconds"] == 86_400.0  # the feed publishes it as bars
     assert "300 bars of history" in window.description
 
     # Too short for a cycle's windows (100 held out after 40 training bars): published for
     # the features and later cycles, but no warm-up cycle.
-    short = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=50)))
-    assert len(short.history) == 50 and not short.warm_up
+    short = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=140)))
+    assert len(short.history) == 140 and not short.warm_up and short.warm_up_holdout == 0
     none = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=0)))
     assert none.history.empty and not none.warm_up
     # The regime generator's series starts at the window: it has no history.
@@ -340,3 +341,16 @@ def test_the_history_bars_are_the_bars_the_simulator_would_publish() -> None:
 
     frame = _frame(5).assign(open=1.0, high=2.0, low=0.5, volume=[1.0, np.nan, 3.0, 4.0, 5.0])
     assert frame_bar_messages(frame, "ACME") == [bar_to_pb(b) for b in frame_bars(frame, "ACME")]
+
+
+def test_the_warm_up_holds_out_half_the_history_and_tells_the_trainer(tmp_path: Path) -> None:
+    from services.demo.config import CycleWindows, DemoConfig
+    from services.demo.history import warm_up_env
+
+    cfg = DemoConfig("real", False, tmp_path)
+    assert cfg.warm_up_windows(500) == CycleWindows(min_train=40, embargo=2, holdout=250)
+    assert cfg.warm_up_windows(120).holdout == 100  # never fewer than a replay cycle's
+    trainer = {"RLMF_TRAINER_EVAL_DAYS": "100", "RLMF_TRAINER_SEED": "0"}
+    env = warm_up_env(trainer, 250)
+    assert env["RLMF_TRAINER_EVAL_DAYS"] == env["RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS"] == "250"
+    assert env["RLMF_TRAINER_SEED"] == "0" and trainer["RLMF_TRAINER_EVAL_DAYS"] == "100"
