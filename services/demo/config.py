@@ -112,12 +112,12 @@ class DemoConfig:
         """The warm-up cycle's windows: half the history held out, at least a cycle's holdout.
 
         Why more than a replay cycle's 100: the warm-up's teacher, the untrained model, buys
-        every bar, and on 100 bars of the history a paired bootstrap cannot tell an edge of
-        the news' size from luck. Replaying the demo's news with a student that trades exactly
-        as the scored news says (long when the day's mean sentiment reads positive), 12 news
-        draws over the 500 bars before the window: 100 held out, 6 of 12 pass the gate at 90%;
-        half the history (250), 11 of 12 (docs/trainer.md, "The demo's history"). Before the
-        first replayed bar nothing waits for the market, so the warm-up may hold out more."""
+        every bar, and on 100 bars of the history the gate's bootstrap cannot tell an edge of
+        the news' size from luck. bench/warm_up_power.py gates a student that reads every
+        headline's tone exactly, over 12 news draws on the 500 bars before the window: 100
+        held out, 6 of 12 pass; half the history (250), 10 of 12. Before the first replayed
+        bar nothing waits for the market, so the warm-up may hold out more.
+        """
         w = self.cycle_windows
         return CycleWindows(w.min_train, w.embargo, max(w.holdout, history_bars // 2))
 
