@@ -36,6 +36,10 @@ def default_models_dir() -> Path:
     return Path(env).resolve() if env else REPO_ROOT / "models"
 
 
+TRADING_YEAR = 252
+"""Trading days in a year: the most the warm-up cycle holds out (DemoConfig.warm_up_windows)."""
+
+
 @dataclass(frozen=True)
 class CycleWindows:
     """A trainer cycle's walk-forward windows in bars (services/market/walk_forward.py)."""
@@ -109,17 +113,20 @@ class DemoConfig:
         return CycleWindows(min_train=40, embargo=2, holdout=100)
 
     def warm_up_windows(self, history_bars: int) -> CycleWindows:
-        """The warm-up cycle's windows: half the history held out, at least a cycle's holdout.
+        """The warm-up cycle's windows: up to a trading year of the history held out (never
+        fewer bars than a replay cycle holds out), the rest trained on: at least twice
+        `min_train`, as the history's first bars may carry no features yet.
 
         Why more than a replay cycle's 100: the warm-up's teacher, the untrained model, buys
         every bar, and on 100 bars of the history the gate's bootstrap cannot tell an edge of
         the news' size from luck. bench/warm_up_power.py gates a student that reads every
-        headline's tone exactly, over 12 news draws on the 500 bars before the window: 100
-        held out, 6 of 12 pass; half the history (250), 10 of 12. Before the first replayed
-        bar nothing waits for the market, so the warm-up may hold out more.
+        headline's tone exactly, over 12 news draws, on the 350 bars before the window: 100
+        held out, 5 of 12 pass; a year (252), 10 of 12. Before the first replayed bar nothing
+        waits for the market, so the warm-up may hold out more than a replay cycle can.
         """
         w = self.cycle_windows
-        return CycleWindows(w.min_train, w.embargo, max(w.holdout, history_bars // 2))
+        spare = history_bars - CycleWindows(2 * w.min_train, w.embargo, 0).minimum_bars
+        return CycleWindows(w.min_train, w.embargo, max(w.holdout, min(TRADING_YEAR, spare)))
 
     @property
     def minimum_bars(self) -> int:

@@ -303,14 +303,15 @@ def test_the_real_window_comes_after_its_history_and_the_warm_up_knows_only_the_
     from services.market.market_data import load_prices_csv
 
     full = load_prices_csv(Path(__file__).resolve().parents[2] / "data" / "MSFT.csv")
-    window = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=300)))
+    window = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=256)))
     first = full.index.get_loc(window.frame.index[0])
-    assert window.history.index.equals(full.index[first - 300 : first])  # right before it
+    assert window.history.index.equals(full.index[first - 256 : first])  # right before it
     assert window.warm_up and window.warm_up_day == f"{full.index[first - 1]:%Y-%m-%d}"
-    assert window.warm_up_holdout == 150  # half the history: the gate's power (config.py)
+    # All but twice the training minimum's bars (config.py): 256 - 2 * 40 - embargo 2 - 2.
+    assert window.warm_up_holdout == 256 - 84
     assert window.warm_up_day < f"{window.frame.index[0]:%Y-%m-%d}"
     assert window.history.attrs["bar_seconds"] == 86_400.0  # the feed publishes it as bars
-    assert "300 bars of history" in window.description
+    assert "256 bars of history" in window.description
 
     # Too short for a cycle's windows (100 held out after 40 training bars): published for
     # the features and later cycles, but no warm-up cycle.
@@ -348,8 +349,14 @@ def test_the_warm_up_holds_out_half_the_history_and_tells_the_trainer(tmp_path: 
     from services.demo.history import warm_up_env
 
     cfg = DemoConfig("real", False, tmp_path)
-    assert cfg.warm_up_windows(500) == CycleWindows(min_train=40, embargo=2, holdout=250)
-    assert cfg.warm_up_windows(120).holdout == 100  # never fewer than a replay cycle's
+    # A trading year held out, the rest trained on.
+    assert cfg.warm_up_windows(350) == CycleWindows(min_train=40, embargo=2, holdout=252)
+    # Less history: all but twice the training minimum held out (2 * 40 + embargo 2 + 2
+    # outcome bars), never fewer than a replay cycle's 100.
+    assert cfg.warm_up_windows(200).holdout == 116
+    assert cfg.warm_up_windows(150).holdout == 100
+    quick = DemoConfig("real", True, tmp_path)
+    assert quick.warm_up_windows(30) == CycleWindows(min_train=10, embargo=0, holdout=8)
     trainer = {"RLMF_TRAINER_EVAL_DAYS": "100", "RLMF_TRAINER_SEED": "0"}
     env = warm_up_env(trainer, 250)
     assert env["RLMF_TRAINER_EVAL_DAYS"] == env["RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS"] == "250"
