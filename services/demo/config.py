@@ -36,10 +36,6 @@ def default_models_dir() -> Path:
     return Path(env).resolve() if env else REPO_ROOT / "models"
 
 
-TRADING_YEAR = 252
-"""Trading days in a year: the most the warm-up cycle holds out (DemoConfig.warm_up_windows)."""
-
-
 @dataclass(frozen=True)
 class CycleWindows:
     """A trainer cycle's walk-forward windows in bars (services/market/walk_forward.py)."""
@@ -113,20 +109,22 @@ class DemoConfig:
         return CycleWindows(min_train=40, embargo=2, holdout=100)
 
     def warm_up_windows(self, history_bars: int) -> CycleWindows:
-        """The warm-up cycle's windows: up to a trading year of the history held out (never
-        fewer bars than a replay cycle holds out), the rest trained on: at least twice
-        `min_train`, as the history's first bars may carry no features yet.
+        """The warm-up cycle's windows: `warm_up_holdout_bars` of the history held out (never
+        fewer than a replay cycle holds out), the rest trained on: at least twice `min_train`,
+        as the history's first bars may carry no features yet.
 
-        Why more than a replay cycle's 100: the warm-up's teacher, the untrained model, buys
-        every bar, and on 100 bars of the history the gate's bootstrap cannot tell an edge of
-        the news' size from luck. bench/warm_up_power.py gates a student that reads every
-        headline's tone exactly, over 12 news draws, on the 350 bars before the window: 100
-        held out, 5 of 12 pass; a year (252), 10 of 12. Before the first replayed bar nothing
-        waits for the market, so the warm-up may hold out more than a replay cycle can.
+        Why a setting: the warm-up's teacher, the untrained model, buys every bar, and on 100
+        held-out bars the gate's bootstrap often cannot tell an edge of the news' size from
+        luck (bench/warm_up_power.py: a student that reads every headline's tone exactly
+        passes on 5 of 12 news draws with 100 of the 350 bars before the window held out, on
+        10 of 12 with a trading year, 252). A longer block leaves fewer bars to train on, and
+        every history bar costs a pass of the frozen base: docs/trainer.md, "The demo's
+        history", has the run that held out a year and what its student then did live.
         """
         w = self.cycle_windows
         spare = history_bars - CycleWindows(2 * w.min_train, w.embargo, 0).minimum_bars
-        return CycleWindows(w.min_train, w.embargo, max(w.holdout, min(TRADING_YEAR, spare)))
+        wanted = min(self.settings.warm_up_holdout_bars, spare)
+        return CycleWindows(w.min_train, w.embargo, max(w.holdout, wanted))
 
     @property
     def minimum_bars(self) -> int:

@@ -17,14 +17,17 @@ class DemoSettings(BaseSettings):
     """Bars replayed in the full demo: the last `bars` rows of the CSV (504 = two years)."""
     quick_bars: int = Field(default=80, ge=20)
     """Bars replayed with --quick."""
-    history_bars: int = Field(default=350, ge=0)
+    history_bars: int = Field(default=300, ge=0)
     """Bars before the window that the market feed publishes ahead of the replay, with their
     synthetic news: the features service warms up on them and the trainer's first cycle (the
     warm-up, before the first replayed bar) and every later one train on them, as a deployed
     system starts with the market's history (the `real` scenario; as many as the CSV holds).
-    350: the warm-up holds out their last trading year (252 bars: DemoConfig.warm_up_windows
-    says why) and trains on the 95 before it. Every history bar costs the warm-up one pass of
-    the frozen base (about 1.6 s on 2 cores), so 500 ran the warm-up past its 15 minutes."""
+    300 as bench/learning.py's informative part trains on. Every history bar costs the
+    warm-up a pass of the frozen base (1.4-2 s on 2 cores): with 500 the warm-up ran past its
+    15 minutes (docs/trainer.md, "The demo's history")."""
+    warm_up_holdout_bars: int = Field(default=100, ge=1)
+    """History bars the warm-up cycle's gate holds out (at least a replay cycle's, and the
+    warm-up trains on at least twice the training minimum): DemoConfig.warm_up_windows."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"

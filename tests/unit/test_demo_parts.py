@@ -303,15 +303,14 @@ def test_the_real_window_comes_after_its_history_and_the_warm_up_knows_only_the_
     from services.market.market_data import load_prices_csv
 
     full = load_prices_csv(Path(__file__).resolve().parents[2] / "data" / "MSFT.csv")
-    window = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=256)))
+    window = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=300)))
     first = full.index.get_loc(window.frame.index[0])
-    assert window.history.index.equals(full.index[first - 256 : first])  # right before it
+    assert window.history.index.equals(full.index[first - 300 : first])  # right before it
     assert window.warm_up and window.warm_up_day == f"{full.index[first - 1]:%Y-%m-%d}"
-    # All but twice the training minimum's bars (config.py): 256 - 2 * 40 - embargo 2 - 2.
-    assert window.warm_up_holdout == 256 - 84
+    assert window.warm_up_holdout == 100  # a replay cycle's, by default
     assert window.warm_up_day < f"{window.frame.index[0]:%Y-%m-%d}"
     assert window.history.attrs["bar_seconds"] == 86_400.0  # the feed publishes it as bars
-    assert "256 bars of history" in window.description
+    assert "300 bars of history" in window.description
 
     # Too short for a cycle's windows (100 held out after 40 training bars): published for
     # the features and later cycles, but no warm-up cycle.
@@ -344,18 +343,20 @@ def test_the_history_bars_are_the_bars_the_simulator_would_publish() -> None:
     assert frame_bar_messages(frame, "ACME") == [bar_to_pb(b) for b in frame_bars(frame, "ACME")]
 
 
-def test_the_warm_up_holds_out_half_the_history_and_tells_the_trainer(tmp_path: Path) -> None:
+def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(tmp_path: Path) -> None:
     from services.demo.config import CycleWindows, DemoConfig
     from services.demo.history import warm_up_env
+    from services.demo.settings import DemoSettings
 
-    cfg = DemoConfig("real", False, tmp_path)
+    assert DemoConfig("real", False, tmp_path).warm_up_windows(350).holdout == 100
+    cfg = DemoConfig("real", False, tmp_path, DemoSettings(warm_up_holdout_bars=252))
     # A trading year held out, the rest trained on.
     assert cfg.warm_up_windows(350) == CycleWindows(min_train=40, embargo=2, holdout=252)
     # Less history: all but twice the training minimum held out (2 * 40 + embargo 2 + 2
     # outcome bars), never fewer than a replay cycle's 100.
     assert cfg.warm_up_windows(200).holdout == 116
     assert cfg.warm_up_windows(150).holdout == 100
-    quick = DemoConfig("real", True, tmp_path)
+    quick = DemoConfig("real", True, tmp_path, DemoSettings(warm_up_holdout_bars=252))
     assert quick.warm_up_windows(30) == CycleWindows(min_train=10, embargo=0, holdout=8)
     trainer = {"RLMF_TRAINER_EVAL_DAYS": "100", "RLMF_TRAINER_SEED": "0"}
     env = warm_up_env(trainer, 250)
