@@ -93,6 +93,9 @@ def test_fuzzing_post_news_from_its_openapi_document(
         max_examples=3 * EXAMPLES_PER_MODE,
         deadline=None,
         database=None,
+        # Seeded from the test's name: the same cases every run, so a run that reached only
+        # rejections (it happened: 120 random cases, 0 accepted) cannot fail CI by chance.
+        derandomize=True,
         suppress_health_check=list(HealthCheck),
     )
     @given(
