@@ -56,7 +56,7 @@ def mean_tone(days: pd.DataFrame, ticker: str, seed: int, settings: DemoSettings
 def daily_returns(
     days: pd.DataFrame, tone: pd.Series, policy: object, start: int, end: int
 ) -> np.ndarray:
-    env = DiscreteTradingEnv(days, sentiment=tone, summaries=tone.map(str), start=start, end=end)
+    env = DiscreteTradingEnv(days, sentiment=tone, start=start, end=end)
     equity = run_policy(env, policy, seed=0).equity  # type: ignore[arg-type]
     return np.diff(equity) / equity[:-1]
 

@@ -156,12 +156,14 @@ class Window:
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
     """The bars before `frame` that the feed publishes ahead of the replay (may be empty)."""
 
-    warm_up: bool = False
-    """Whether the trainer runs a cycle on the history before the replay: only when it holds
-    the warm-up's windows (select_window decides)."""
-
     warm_up_holdout: int = 0
-    """The history bars the warm-up cycle's gate holds out (DemoConfig.warm_up_windows)."""
+    """The history bars the warm-up cycle's gate holds out (DemoConfig.warm_up_windows); 0 when
+    the history is too short for the warm-up's windows (select_window decides)."""
+
+    @property
+    def warm_up(self) -> bool:
+        """Whether the trainer runs a cycle on the history before the replay."""
+        return self.warm_up_holdout > 0
 
     @property
     def warm_up_day(self) -> str:
@@ -200,9 +202,7 @@ def select_window(cfg: DemoConfig) -> Window:
         # A history too short for a cycle's windows is still the features' and later cycles'.
         warm_up = cfg.warm_up_windows(len(history))
         fits = len(history) >= warm_up.minimum_bars
-        return Window(
-            frame, s.ticker, env, desc, path, history, fits, warm_up.holdout if fits else 0
-        )
+        return Window(frame, s.ticker, env, desc, path, history, warm_up.holdout if fits else 0)
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
     _check_length(cfg, frame, "the regime-shift scenario")
