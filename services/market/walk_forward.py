@@ -75,3 +75,29 @@ def folds(block: range, n_folds: int) -> list[range]:
     for i in range(n_folds):
         edges.append(edges[-1] + size + (1 if i < extra else 0))
     return [range(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+
+
+def walk_forward_folds(
+    n_bars: int,
+    holdout: int,
+    embargo: int,
+    min_train: int,
+    n_folds: int,
+    *,
+    max_train: int | None = None,
+    horizon: int = 1,
+) -> list[WalkForwardSplit]:
+    """The newest `holdout` decisions cut into `n_folds` consecutive folds, each with its own
+    split: fold k trains on the bars before it (purged, embargoed) and is scored on its own
+    bars, so every held-out decision is out of sample for the student that makes it. The last
+    fold is `split(n_bars, its length, ...)`; with one fold this is `[split(...)]`. Raises
+    ValueError when the first fold would train on fewer than `min_train` bars."""
+    last = split(n_bars, holdout, embargo, min_train, max_train=max_train, horizon=horizon)
+    splits = []
+    for fold in folds(last.holdout, n_folds):
+        # A fold is the newest split of the bars up to its own last outcome.
+        prefix = fold.stop + horizon
+        splits.append(
+            split(prefix, len(fold), embargo, min_train, max_train=max_train, horizon=horizon)
+        )
+    return splits

@@ -26,14 +26,14 @@ import torch
 
 from services.common.device import resolve_placement
 from services.common.metrics import PROMOTIONS
-from services.market.walk_forward import split as walk_forward_split
+from services.market.walk_forward import WalkForwardSplit, walk_forward_folds
 from services.trainer import checkpoint, market_source, ppo
 from services.trainer.datasets import (
     FeedbackLog,
     FeedbackRecord,
     feedback_in_window,
 )
-from services.trainer.evaluate import Evaluation, evaluate, held_out_returns
+from services.trainer.evaluate import Evaluation, evaluate, held_out_returns, pool_folds
 from services.trainer.gate import GateDecision, decide
 from services.trainer.market_feedback import (
     feedback_set,
@@ -170,10 +170,18 @@ class CyclePlan:
     """The live states' features, read once for the whole cycle (training and held-out bars)."""
     eval_start: int = 0
     """The first held-out decision bar: after the training cut-off, the purge and the embargo."""
+    earlier_folds: tuple[CyclePlan, ...] = ()
+    """The walk-forward folds before this one (settings.walk_forward_folds > 1), oldest first:
+    each trains its own student on the bars before it; the gate pools their held-out bars."""
 
     @property
     def times(self) -> pd.Index:
         return self.prices.index
+
+    @property
+    def held_out_start(self) -> int:
+        """The first bar the gate decides on: the first fold's first held-out bar."""
+        return self.earlier_folds[0].eval_start if self.earlier_folds else self.eval_start
 
     @property
     def teacher_version(self) -> str:
@@ -204,12 +212,20 @@ def run_cycle(
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
     plan = plan_cycle(settings, prices, bar_features)
     training = _feature_stats(plan.bar_features)
+    earlier = [
+        _earlier_fold(settings, fold, records, stop_requested, progress)
+        for fold in plan.earlier_folds
+    ]
     student, resumed_from = _student(
         settings, plan, records, training, stop_after_ppo_iterations, stop_requested, progress
     )
     student_eval = _evaluate_held_out(settings, plan, student)
     teacher_eval = _evaluate_held_out(settings, plan, plan.teacher)
     _save_student(settings, plan, student, student_eval)
+    if earlier:
+        training["gate/walk_forward_folds"] = float(len(earlier) + 1)
+        student_eval = pool_folds([*(s for s, _ in earlier), student_eval])
+        teacher_eval = pool_folds([*(t for _, t in earlier), teacher_eval])
     gate = _gate(settings, plan, student_eval, teacher_eval, training)
     promoted, detail, outcome = _promote(settings, plan, gate, promoter)
     cycle = _result(
@@ -249,16 +265,17 @@ def plan_cycle(
     first = first_bar_with_features(features)
     # Walk-forward over bars (López de Prado): PPO steps on bars train_start..train_end, whose
     # outcomes are known by train_end's close; then a purge and an embargo; the gate's held-out
-    # decisions are on bars eval_start..last, all later than anything trained on.
-    split = walk_forward_split(
+    # decisions are on bars eval_start..last, all later than anything trained on. With folds,
+    # each fold is such a split of the bars up to its own end.
+    splits = walk_forward_folds(
         len(prices) - first,
         settings.eval_days,
         settings.embargo_days,
         settings.train_days,
+        settings.walk_forward_folds,
         max_train=None if settings.expanding_window else settings.train_days,
     )
-    train_start, train_end = first + split.train.start, first + split.train.stop
-    eval_start, last = first + split.holdout.start, first + split.holdout.stop
+    train_start, train_end, eval_start, last = _bars(splits[-1], first)
     teacher_dir = current_teacher(settings)
     placement = resolve_placement(settings.device)
     teacher = load_artifact(teacher_dir, dtype=placement.dtype)
@@ -273,7 +290,7 @@ def plan_cycle(
         prices.index[train_end].date(),
         prices.index[last].date(),
     )
-    return CyclePlan(
+    plan = CyclePlan(
         prices=prices,
         train_start=train_start,
         train_end=train_end,
@@ -286,6 +303,76 @@ def plan_cycle(
         bar_features=features,
         eval_start=eval_start,
     )
+    return dataclasses.replace(plan, earlier_folds=_earlier_fold_plans(plan, splits[:-1], first))
+
+
+def _bars(split: WalkForwardSplit, first: int) -> tuple[int, int, int, int]:
+    """train_start, train_end, eval_start and last of `split` as bar indices of the prices."""
+    return (
+        first + split.train.start,
+        first + split.train.stop,
+        first + split.holdout.start,
+        first + split.holdout.stop,
+    )
+
+
+def _earlier_fold_plans(
+    plan: CyclePlan, splits: list[WalkForwardSplit], first: int
+) -> tuple[CyclePlan, ...]:
+    """The folds before the last as plans of their own: the same teacher, prices and features;
+    their students are only evaluated, never saved (`out` is never written)."""
+    plans = []
+    for number, split in enumerate(splits, start=1):
+        train_start, train_end, eval_start, last = _bars(split, first)
+        work = plan.work / f"fold-{number}"
+        plans.append(
+            dataclasses.replace(
+                plan,
+                train_start=train_start,
+                train_end=train_end,
+                eval_start=eval_start,
+                last=last,
+                version=f"{plan.version}-fold-{number}",
+                out=work / "student",
+                work=work,
+            )
+        )
+        log.info(
+            "walk-forward fold %d of %d: trains ..%s, held out %s..%s",
+            number,
+            len(splits) + 1,
+            plan.times[train_end].date(),
+            plan.times[eval_start].date(),
+            plan.times[last].date(),
+        )
+    return tuple(plans)
+
+
+def _earlier_fold(
+    settings: TrainerSettings,
+    fold: CyclePlan,
+    records: list[FeedbackRecord],
+    stop_requested: Callable[[], bool] | None,
+    progress: Callable[[ppo.Progress], None],
+) -> tuple[Evaluation, Evaluation]:
+    """Train a walk-forward fold's student with the cycle's recipe and budget, and evaluate it
+    and the teacher on the fold's held-out bars. Its training numbers stay in the log."""
+    training: dict[str, float] = {}
+    student, _ = _student(settings, fold, records, training, None, stop_requested, progress)
+    evaluations = (
+        _evaluate_held_out(settings, fold, student),
+        _evaluate_held_out(settings, fold, fold.teacher),
+    )
+    checkpoint.clear(fold.work / "ppo")
+    log.info(
+        "walk-forward fold %s: student Sharpe %.3f, teacher %.3f over %d bars",
+        fold.version,
+        evaluations[0].policy["sharpe"],
+        evaluations[1].policy["sharpe"],
+        len(evaluations[0].daily_returns),
+        extra={"fields": {"training": training}},
+    )
+    return evaluations
 
 
 def _feature_stats(bar_features: BarFeatures | None) -> dict[str, float]:
@@ -546,7 +633,7 @@ def _result(
         artifact_path=str(plan.out),
         window_start=plan.times[plan.train_start].to_pydatetime(),
         window_end=plan.times[plan.train_end].to_pydatetime(),
-        eval_start=plan.times[plan.eval_start].to_pydatetime(),
+        eval_start=plan.times[plan.held_out_start].to_pydatetime(),
         eval_end=plan.times[plan.last].to_pydatetime(),
         resumed_from=resumed_from,
         training=training,

@@ -5,7 +5,7 @@ returns for the gate's bootstrap."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import pandas as pd
 
 from services.common.market_state import ACTIONS
 from services.market.backtest import run_backtest
-from services.market.performance import period_returns
+from services.market.performance import compute_metrics, period_returns
 from services.policy.folder_policy import FolderPolicy
 from services.trainer.gate import HeldOutReturns
 from services.trainer.offline_features import BarFeatures, state_inputs
@@ -31,6 +31,10 @@ class Evaluation:
     """The policy's return on each held-out bar: one per decision, end - start of them."""
     periods_per_year: float
     """Of the prices (their attrs), so the gate annualises as the metrics do."""
+    buy_and_hold_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Buy & Hold's return on the same bars, so folds can be pooled (pool_folds)."""
+    start_worth: float = 10_000.0
+    """Net worth before the first held-out bar (the env's starting cash)."""
 
 
 def held_out_returns(student: Evaluation, teacher: Evaluation) -> HeldOutReturns:
@@ -89,4 +93,39 @@ def evaluate(
         policy[f"share_{action}"] = float(share)
     bench = {k: float(metrics["buy_and_hold"][k]) for k in REPORTED}
     ppy = float(prices.attrs.get("periods_per_year", 252.0))  # as run_backtest reads it
-    return Evaluation(policy, bench, period_returns(result.strategy.equity), ppy)
+    return Evaluation(
+        policy,
+        bench,
+        period_returns(result.strategy.equity),
+        ppy,
+        buy_and_hold_returns=period_returns(result.buy_and_hold.equity),
+        start_worth=float(result.strategy.equity[0]),
+    )
+
+
+def pool_folds(folds: list[Evaluation]) -> Evaluation:
+    """Walk-forward folds, each traded by its own student, as one held-out evaluation: the
+    daily returns in time order (each fold starting from its own cash), the money metrics of
+    the curve they compound to, and the decision metrics weighted by each fold's decisions.
+    One fold is returned as it is."""
+    if len(folds) == 1:
+        return folds[0]
+    ppy = folds[0].periods_per_year
+    if any(f.periods_per_year != ppy for f in folds):
+        raise ValueError("walk-forward folds were evaluated on differently sampled prices")
+    returns = np.concatenate([f.daily_returns for f in folds])
+    bench_returns = np.concatenate([f.buy_and_hold_returns for f in folds])
+    weights = np.array([len(f.daily_returns) for f in folds], dtype=float)
+    policy = _money_metrics(returns, ppy, folds[0].start_worth)
+    for key in ("prediction_accuracy", "policy_entropy", *(f"share_{a}" for a in ACTIONS)):
+        policy[key] = float(np.average([f.policy[key] for f in folds], weights=weights))
+    shares = np.array([policy[f"share_{a}"] for a in ACTIONS])
+    policy["action_entropy"] = float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum())
+    bench = _money_metrics(bench_returns, ppy, folds[0].start_worth)
+    return Evaluation(policy, bench, returns, ppy, bench_returns, folds[0].start_worth)
+
+
+def _money_metrics(returns: np.ndarray, ppy: float, start_worth: float) -> dict[str, float]:
+    equity = start_worth * np.concatenate([[1.0], np.cumprod(1.0 + returns)])
+    metrics = compute_metrics(equity, ppy).to_dict()
+    return {k: float(metrics[k]) for k in REPORTED}

@@ -116,6 +116,13 @@ class TrainerSettings(BaseSettings):
     gate refuses fewer than gate.min_holdout_bars (60)."""
     embargo_days: int = Field(default=2, ge=0)
     """Bars skipped between the training cut-off and the held-out block."""
+    walk_forward_folds: int = Field(default=1, ge=1)
+    """The held-out block cut into this many consecutive folds (RLMF_TRAINER_WALK_FORWARD_FOLDS).
+    Each fold's student trains on the bars before it (purged, embargoed) with the cycle's
+    recipe and budget and trades the fold; the gate decides on all folds' returns together and
+    the last fold's student is the one saved and promoted. More folds hold out more bars
+    (power for the gate) while the served student still trains on all but the last fold: at
+    the cost of a training per fold. 1: one held-out block after one training cut-off."""
     cycle_minutes: float | None = Field(default=None, gt=0)
     """Wall-clock budget of a cycle's training (RLMF_TRAINER_CYCLE_MINUTES): the market-feedback
     phase and PPO stop once it is spent (PPO after the iteration it ran out in), then the

@@ -467,3 +467,25 @@ def test_the_same_seed_inputs_and_threads_give_the_same_student(
     assert first.training["ppo/iterations"] == second.training["ppo/iterations"]
     assert first_weights and first_weights == second_weights
     assert first.student_metrics == second.student_metrics
+
+
+def test_a_walk_forward_cycle_trains_a_student_per_fold_and_gates_on_all_their_bars(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    """RLMF_TRAINER_WALK_FORWARD_FOLDS: 20 held-out bars in 2 folds. Fold 1's student learns
+    from the bars before 59 and trades 59..68; the served student learns up to 67 and trades
+    69..78; the gate decides on all 20 bars, and only the served student is saved."""
+    prices = _uptrend(80)
+    settings = _window_of_80_bars(
+        teacher_models, tmp_path, ppo_steps=40, ppo_num_steps=10, ppo_minibatch_size=8
+    ).model_copy(update={"eval_days": 20, "walk_forward_folds": 2})
+    result = run_cycle(settings, prices=prices)
+    assert result.training["gate/walk_forward_folds"] == 2
+    assert result.sharpe_test["holdout_bars"] == 20
+    assert result.window_end == prices.index[68].to_pydatetime()  # the served student's cut-off
+    assert result.eval_start == prices.index[59].to_pydatetime()  # the first fold's first bar
+    assert result.eval_end == prices.index[79].to_pydatetime()
+    saved = [p.name for p in teacher_models.iterdir() if p.name.startswith("s")]
+    assert saved == [result.student_version]
+    # The fold's student left no checkpoints behind: the work folder holds only evaluations.
+    assert not list((tmp_path / "work").glob("cycles/*/fold-1/ppo/ckpt-*.pt"))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from services.common.market_state import Decision, MarketState
 from services.market.performance import sharpe
-from services.market.walk_forward import folds, minimum_bars, split
+from services.market.walk_forward import folds, minimum_bars, split, walk_forward_folds
 from services.trainer.gate import GateConfig, GateDecision, HeldOutReturns, decide
 
 PPY = 252.0
@@ -183,6 +183,43 @@ def test_folds_cover_the_holdout_block_in_order() -> None:
     assert [len(p) for p in folds(range(0, 10), 3)] == [4, 3, 3]
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    holdout=st.integers(2, 90),
+    n_folds=st.integers(1, 6),
+    embargo=st.integers(0, 5),
+    min_train=st.integers(1, 40),
+    spare=st.integers(0, 60),
+)
+def test_walk_forward_folds_hold_out_every_bar_once_each_out_of_sample(
+    holdout: int, n_folds: int, embargo: int, min_train: int, spare: int
+) -> None:
+    n_folds = min(n_folds, holdout)
+    n_bars = minimum_bars(holdout, embargo, min_train) + spare
+    splits = walk_forward_folds(n_bars, holdout, embargo, min_train, n_folds)
+    # Together the folds hold out exactly the one-block split's bars, in order...
+    held = [bar for s in splits for bar in s.holdout]
+    assert held == list(split(n_bars, holdout, embargo, min_train).holdout)
+    assert splits[-1] == split(n_bars, len(splits[-1].holdout), embargo, min_train)
+    for s in splits:
+        # ...and each fold's student learnt only from outcomes known before its embargo.
+        assert s.train[-1] + 1 < s.embargo.start or (embargo == 0 and s.train[-1] + 1 == s.purge.start)
+        assert s.train[-1] + 1 + embargo < s.holdout.start
+        assert len(s.train) >= min_train
+    # Later folds train on more: an expanding walk-forward.
+    assert [s.train.stop for s in splits] == sorted(s.train.stop for s in splits)
+
+
+def test_walk_forward_folds_of_a_demo_warm_up() -> None:
+    # 300 bars, 200 held out in 4 folds, embargo 2: the first fold's student learns from the
+    # 95 bars before it, the last fold's from 245; the gate sees 200 out-of-sample decisions.
+    splits = walk_forward_folds(300, 200, 2, 40, 4)
+    assert [s.holdout for s in splits] == [range(99 + 50 * k, 149 + 50 * k) for k in range(4)]
+    assert [len(s.train) for s in splits] == [96, 146, 196, 246]
+    with pytest.raises(ValueError, match=r"at least 244 bars"):
+        walk_forward_folds(243, 200, 2, 40, 4)
+
+
 # ---------------------------------------------------------------------------------------------
 # The evaluation hands the gate its daily returns
 # ---------------------------------------------------------------------------------------------
@@ -216,3 +253,31 @@ def test_evaluation_returns_one_daily_return_per_held_out_decision() -> None:
     )
     paired = held_out_returns(result, result)
     assert paired.bars == 60 and paired.periods_per_year == result.periods_per_year
+
+
+def test_pooled_folds_carry_every_daily_return_and_their_metrics() -> None:
+    from services.market.performance import max_drawdown
+    from services.market.regime_market import generate_market, load_params
+    from services.trainer.evaluate import evaluate, pool_folds
+
+    prices, _ = generate_market(load_params("default"), 160, seed=4)
+    splits = walk_forward_folds(len(prices), 90, 2, 20, 3)
+    parts = [
+        evaluate(AlwaysBuy(), prices, s.holdout.start, s.holdout.stop, ticker="X", seed=0)
+        for s in splits
+    ]
+    pooled = pool_folds(parts)
+    assert pooled.daily_returns.shape == (90,)
+    assert np.array_equal(pooled.daily_returns, np.concatenate([p.daily_returns for p in parts]))
+    ppy = pooled.periods_per_year
+    assert pooled.policy["sharpe"] == pytest.approx(sharpe(pooled.daily_returns, ppy))
+    assert pooled.buy_and_hold["sharpe"] == pytest.approx(
+        sharpe(np.concatenate([p.buy_and_hold_returns for p in parts]), ppy)
+    )
+    equity = np.cumprod(np.concatenate([[1.0], 1 + pooled.daily_returns]))
+    assert pooled.policy["cumulative_return"] == pytest.approx(equity[-1] - 1)
+    assert pooled.policy["max_drawdown"] == pytest.approx(max_drawdown(equity))
+    # An always-buy policy: every fold buys on every decision, so the pooled shares say so too.
+    assert pooled.policy["share_buy"] == pytest.approx(1.0)
+    assert pooled.policy["action_entropy"] == pytest.approx(0.0)
+    assert pool_folds(parts[:1]) is parts[0]
