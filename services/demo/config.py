@@ -43,6 +43,8 @@ class CycleWindows:
     min_train: int
     embargo: int
     holdout: int
+    folds: int = 1
+    """Walk-forward folds the held-out bars are cut into (RLMF_TRAINER_WALK_FORWARD_FOLDS)."""
 
     @property
     def minimum_bars(self) -> int:
@@ -124,7 +126,12 @@ class DemoConfig:
         w = self.cycle_windows
         spare = history_bars - CycleWindows(2 * w.min_train, w.embargo, 0).minimum_bars
         wanted = min(self.settings.warm_up_holdout_bars, spare)
-        return CycleWindows(w.min_train, w.embargo, max(w.holdout, wanted))
+        holdout = max(w.holdout, wanted)
+        # Walk-forward folds of the held-out block (trainer's walk_forward_folds): each
+        # fold's student learns from the history before it, so the gate judges every held-out
+        # bar out of sample and the served student still learns from all but the last fold.
+        folds = 1 if self.quick else min(self.settings.warm_up_folds, holdout)
+        return CycleWindows(w.min_train, w.embargo, holdout, folds)
 
     @property
     def minimum_bars(self) -> int:
@@ -159,6 +166,8 @@ class Window:
     warm_up_holdout: int = 0
     """The history bars the warm-up cycle's gate holds out (DemoConfig.warm_up_windows); 0 when
     the history is too short for the warm-up's windows (select_window decides)."""
+    warm_up_folds: int = 1
+    """The walk-forward folds those held-out bars are cut into."""
 
     @property
     def warm_up(self) -> bool:
@@ -202,7 +211,16 @@ def select_window(cfg: DemoConfig) -> Window:
         # A history too short for a cycle's windows is still the features' and later cycles'.
         warm_up = cfg.warm_up_windows(len(history))
         fits = len(history) >= warm_up.minimum_bars
-        return Window(frame, s.ticker, env, desc, path, history, warm_up.holdout if fits else 0)
+        return Window(
+            frame,
+            s.ticker,
+            env,
+            desc,
+            path,
+            history,
+            warm_up.holdout if fits else 0,
+            warm_up.folds,
+        )
     params = load_params("regime-shift")
     frame, _ = generate_market(params, cfg.bars, s.seed)
     _check_length(cfg, frame, "the regime-shift scenario")

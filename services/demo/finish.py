@@ -313,6 +313,7 @@ def _history_info(state: RunState) -> dict[str, Any]:
             "exit_code": warm_up.exit_code,
             "seconds": warm_up.seconds,
             "holdout_bars": w.warm_up_holdout,
+            "walk_forward_folds": w.warm_up_folds,
             "promoted": warm_up.promoted,
             "student_version": (warm_up.result or {}).get("student_version"),
             "reason": (warm_up.result or {}).get("reason"),

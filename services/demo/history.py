@@ -74,14 +74,21 @@ class WarmUpCycle:
         )
 
 
-def warm_up_env(trainer_env: dict[str, str], holdout: int) -> dict[str, str]:
+def warm_up_env(
+    trainer_env: dict[str, str], holdout: int, folds: int = 1, minutes: float | None = None
+) -> dict[str, str]:
     """The trainer service's settings with the warm-up's held-out block (and the gate's minimum
-    held-out bars) set to `holdout` (DemoConfig.warm_up_windows says why it is longer)."""
-    return {
+    held-out bars) set to `holdout`, cut into `folds` walk-forward folds, each fold's student
+    trained for `minutes` (DemoConfig.warm_up_windows says why)."""
+    env = {
         **trainer_env,
         "RLMF_TRAINER_EVAL_DAYS": str(holdout),
         "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(holdout),
+        "RLMF_TRAINER_WALK_FORWARD_FOLDS": str(folds),
     }
+    if minutes is not None:
+        env["RLMF_TRAINER_CYCLE_MINUTES"] = str(minutes)
+    return env
 
 
 def run_warm_up_cycle(

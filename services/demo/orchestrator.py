@@ -225,13 +225,16 @@ class Demo:
             return
         status(
             f"history: the trainer's warm-up cycle on the bars up to {w.warm_up_day}, "
-            f"the last {w.warm_up_holdout} held out"
+            f"the last {w.warm_up_holdout} held out in {w.warm_up_folds} walk-forward fold(s)"
         )
+        minutes = None if self.cfg.quick else self.cfg.settings.warm_up_minutes
         warm_up = run_warm_up_cycle(
-            warm_up_env(self.state.plans["trainer"].env, w.warm_up_holdout),
+            warm_up_env(
+                self.state.plans["trainer"].env, w.warm_up_holdout, w.warm_up_folds, minutes
+            ),
             w.warm_up_day,
             self.logs / "trainer-warm-up.log",
-            self.cfg.settings.cycle_timeout_s,
+            self.cfg.settings.warm_up_timeout_s,
         )
         self.state.warm_up = warm_up
         status(f"history: {warm_up.summary()} in {warm_up.seconds:.0f}s")

@@ -17,17 +17,25 @@ class DemoSettings(BaseSettings):
     """Bars replayed in the full demo: the last `bars` rows of the CSV (504 = two years)."""
     quick_bars: int = Field(default=80, ge=20)
     """Bars replayed with --quick."""
-    history_bars: int = Field(default=300, ge=0)
+    history_bars: int = Field(default=350, ge=0)
     """Bars before the window that the market feed publishes ahead of the replay, with their
     synthetic news: the features service warms up on them and the trainer's first cycle (the
     warm-up, before the first replayed bar) and every later one train on them, as a deployed
     system starts with the market's history (the `real` scenario; as many as the CSV holds).
-    300 as bench/learning.py's informative part trains on. Every history bar costs the
-    warm-up a pass of the frozen base (1.4-2 s on 2 cores): with 500 the warm-up ran past its
-    15 minutes (docs/trainer.md, "The demo's history")."""
-    warm_up_holdout_bars: int = Field(default=100, ge=1)
+    350: the warm-up's gate holds out its last 250 in walk-forward folds and its first fold
+    still learns from about 100. Every history bar costs the warm-up a pass of the frozen base
+    (1.4-2 s on 2 cores): with 500 the warm-up ran past its 15 minutes (docs/trainer.md, "The
+    demo's history")."""
+    warm_up_holdout_bars: int = Field(default=250, ge=1)
     """History bars the warm-up cycle's gate holds out (at least a replay cycle's, and the
     warm-up trains on at least twice the training minimum): DemoConfig.warm_up_windows."""
+    warm_up_folds: int = Field(default=5, ge=1)
+    """Walk-forward folds of the warm-up's held-out bars (RLMF_TRAINER_WALK_FORWARD_FOLDS):
+    each fold's student learns from the history before it, so the gate judges 250 bars out
+    of sample while the served student learns from all but the last fold (about 300 bars)."""
+    warm_up_minutes: float = Field(default=0.5, gt=0)
+    """The warm-up's training budget per fold's student (RLMF_TRAINER_CYCLE_MINUTES), half a
+    minute as bench/learning.py measured the recipe: five students fit the demo's 30 minutes."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"
@@ -48,6 +56,9 @@ class DemoSettings(BaseSettings):
     count, not the clock, decides its students, so runs with and without a kill compare."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
+    warm_up_timeout_s: float = Field(default=1200.0, gt=0)
+    """Longest the warm-up cycle may take: it passes every history bar through the frozen base
+    once (1.4-2 s a bar on 2 cores) before its folds' students train."""
     regime_days: int = Field(default=450, ge=20)
     """Bars the regime-shift scenario generates (quick uses quick_bars)."""
     service_start_timeout_s: float = Field(default=240.0, gt=0)

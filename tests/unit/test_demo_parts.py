@@ -303,11 +303,12 @@ def test_the_real_window_comes_after_its_history_and_the_warm_up_knows_only_the_
     from services.market.market_data import load_prices_csv
 
     full = load_prices_csv(Path(__file__).resolve().parents[2] / "data" / "MSFT.csv")
-    window = select_window(DemoConfig("real", False, tmp_path, DemoSettings(history_bars=300)))
+    settings = DemoSettings(history_bars=300, warm_up_holdout_bars=100)
+    window = select_window(DemoConfig("real", False, tmp_path, settings))
     first = full.index.get_loc(window.frame.index[0])
     assert window.history.index.equals(full.index[first - 300 : first])  # right before it
     assert window.warm_up and window.warm_up_day == f"{full.index[first - 1]:%Y-%m-%d}"
-    assert window.warm_up_holdout == 100  # a replay cycle's, by default
+    assert window.warm_up_holdout == 100 and window.warm_up_folds == 5
     assert window.warm_up_day < f"{window.frame.index[0]:%Y-%m-%d}"
     assert window.history.attrs["bar_seconds"] == 86_400.0  # the feed publishes it as bars
     assert "300 bars of history" in window.description
@@ -348,8 +349,12 @@ def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(tmp_path: P
     from services.demo.history import warm_up_env
     from services.demo.settings import DemoSettings
 
-    assert DemoConfig("real", False, tmp_path).warm_up_windows(350).holdout == 100
-    cfg = DemoConfig("real", False, tmp_path, DemoSettings(warm_up_holdout_bars=252))
+    # By default 250 of the 350 bars held out, in 5 walk-forward folds of 50.
+    default = DemoConfig("real", False, tmp_path).warm_up_windows(350)
+    assert default == CycleWindows(min_train=40, embargo=2, holdout=250, folds=5)
+    cfg = DemoConfig(
+        "real", False, tmp_path, DemoSettings(warm_up_holdout_bars=252, warm_up_folds=1)
+    )
     # A trading year held out, the rest trained on.
     assert cfg.warm_up_windows(350) == CycleWindows(min_train=40, embargo=2, holdout=252)
     # Less history: all but twice the training minimum held out (2 * 40 + embargo 2 + 2
@@ -359,6 +364,9 @@ def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(tmp_path: P
     quick = DemoConfig("real", True, tmp_path, DemoSettings(warm_up_holdout_bars=252))
     assert quick.warm_up_windows(30) == CycleWindows(min_train=10, embargo=0, holdout=8)
     trainer = {"RLMF_TRAINER_EVAL_DAYS": "100", "RLMF_TRAINER_SEED": "0"}
-    env = warm_up_env(trainer, 250)
+    env = warm_up_env(trainer, 250, 5, 0.5)
     assert env["RLMF_TRAINER_EVAL_DAYS"] == env["RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS"] == "250"
+    assert env["RLMF_TRAINER_WALK_FORWARD_FOLDS"] == "5"
+    assert env["RLMF_TRAINER_CYCLE_MINUTES"] == "0.5"
+    assert "RLMF_TRAINER_CYCLE_MINUTES" not in warm_up_env(trainer, 250)
     assert env["RLMF_TRAINER_SEED"] == "0" and trainer["RLMF_TRAINER_EVAL_DAYS"] == "100"
