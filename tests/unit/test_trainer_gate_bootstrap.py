@@ -203,7 +203,7 @@ def test_walk_forward_folds_hold_out_every_bar_once_each_out_of_sample(
     assert splits[-1] == split(n_bars, len(splits[-1].holdout), embargo, min_train)
     for s in splits:
         # ...and each fold's student learnt only from outcomes known before its embargo.
-        assert s.train[-1] + 1 < s.embargo.start or (embargo == 0 and s.train[-1] + 1 == s.purge.start)
+        assert s.train[-1] + 1 < s.embargo.start <= s.holdout.start
         assert s.train[-1] + 1 + embargo < s.holdout.start
         assert len(s.train) >= min_train
     # Later folds train on more: an expanding walk-forward.
