@@ -47,10 +47,11 @@ class DemoSettings(BaseSettings):
     """Mean synthetic headlines per trading day (Poisson)."""
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
-    cycle_minutes: float = Field(default=1.0, gt=0)
+    cycle_minutes: float = Field(default=0.5, gt=0)
     """The wall-clock budget of one trainer cycle's training (RLMF_TRAINER_CYCLE_MINUTES):
-    the market-feedback fit, then PPO for the rest. bench/learning.py measured the recipe with
-    half a minute; one leaves room on a busy machine."""
+    the market-feedback fit, then PPO for the rest. Half a minute, as bench/learning.py
+    measured the recipe and the warm-up's students train: with 350 history bars the whole
+    demo needs the time (docs/trainer.md, "The demo's history")."""
     quick_cycle_minutes: float = Field(default=3.0, gt=0)
     """The same with --quick, whose 40 PPO steps on a tiny model end long before: the step
     count, not the clock, decides its students, so runs with and without a kill compare."""
