@@ -52,13 +52,6 @@ class MarketArrays:
     def n(self) -> int:
         return len(self.close)
 
-    def tradable_move(self, t: int) -> float:
-        """What a decision on bar t can still earn on its first bar: from its fill to bar t+1's
-        close. With next-open fills the overnight move to t+1's open is not in it (whatever
-        the decision, the position it inherits takes that move), so this, not close-to-close,
-        is the move the market rewards a decision for: RLMF's market-feedback label."""
-        return float(self.close[t + 1] / self.fill_price[t] - 1.0)
-
 
 def build_arrays(
     prices: pd.DataFrame,
@@ -231,13 +224,7 @@ class _SingleAssetEnv(gym.Env):  # type: ignore[misc]
             bool(self.max_episode_steps and self._steps >= self.max_episode_steps)
             and not terminated
         )
-        info = {
-            "net_worth": nw_now,
-            "cost": cost,
-            "filled": fill is not None,
-            "t": self._t,
-            "realised_return": m.tradable_move(t),
-        }
+        info = {"net_worth": nw_now, "cost": cost, "filled": fill is not None, "t": self._t}
         return self._obs(), float(r), bool(terminated), truncated, info
 
 

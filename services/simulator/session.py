@@ -151,11 +151,7 @@ class TradingSession:
         r = acc.reward(
             p.nw_before, nw_now, notional, cost, alignment, p.volatility, self.reward_config
         )
-        # The move the decision could trade: from its fill (this bar's open, or the decision
-        # bar's close) to this close, as the trainer's market-feedback labels are
-        # (MarketArrays.tradable_move): the overnight move was the inherited position's.
-        filled_at = bar.open if self.cfg.fill_at == "next_open" else p.state.recent_closes[-1]
-        realised = bar.close / filled_at - 1.0
+        realised = bar.close / p.state.recent_closes[-1] - 1.0
         return Feedback(self.ticker, p.decision_time, bar.time, p.state, p.decision, r, realised)
 
     def build_state(

@@ -57,10 +57,9 @@ def labelled_history(
 ) -> list[tuple[MarketState, int]]:
     """Every training bar's state with the action its next move rewarded (RLMF's market
     feedback, read off the market rather than off served decisions). The label of bar t is
-    the move a decision on t can trade, from its fill (t+1's open) to t+1's close
-    (MarketArrays.tradable_move), known by the cut-off for every bar but the window's last,
-    which is left out. The portfolio line is drawn at random per bar, so L_MF sees every tail
-    the policy can be served with."""
+    the move t -> t+1, known by the cut-off for every bar but the window's last, which is left
+    out. The portfolio line is drawn at random per bar, so L_MF sees every tail the policy
+    can be served with."""
     from services.market.envs import DiscreteTradingEnv
 
     env = DiscreteTradingEnv(
@@ -71,11 +70,12 @@ def labelled_history(
         **state_inputs(plan.bar_features),
     )
     env.reset(seed=settings.seed)
+    closes = plan.prices["close"].to_numpy(dtype=float)
     rng = torch.Generator().manual_seed(settings.seed)
     out: list[tuple[MarketState, int]] = []
     for t in range(plan.train_start, plan.train_end - 1):
         state = _with_invested_share(env.current_state(), float(torch.rand(1, generator=rng)))
-        label = ppo.move_label(env.market.tradable_move(t), args.mf_flat_threshold)
+        label = ppo.move_label(closes[t + 1] / closes[t] - 1.0, args.mf_flat_threshold)
         out.append((state, label))
         env.step(ACTIONS.index("hold"))
     return out

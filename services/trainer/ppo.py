@@ -308,8 +308,7 @@ def pad_left(rows: list[Tensor], value: float = 0) -> Tensor:
 
 
 def realised_return(info: dict[str, Any], before: MarketState, after: MarketState | None) -> float:
-    """The move the step just taken could earn: the env's tradable move (its info says:
-    MarketArrays.tradable_move), else close-to-close."""
+    """The close-to-close move of the step just taken (from the env's info when it says)."""
     if "realised_return" in info:
         return float(info["realised_return"])
     if after is None:

@@ -105,23 +105,6 @@ def test_fills_at_next_open_by_default_and_at_close_as_a_setting(googl: pd.DataF
         assert env.trades[0].fill.price == expected
 
 
-def test_a_step_reports_the_move_its_decision_could_trade(googl: pd.DataFrame) -> None:
-    """info["realised_return"]: from the decision's fill to the next close (the market-feedback
-    label), so with next-open fills the overnight gap, which the old position took, is not in
-    it; with fills at the close it is the close-to-close move."""
-    close, opens = googl["close"].to_numpy(), googl["open"].to_numpy()
-    for fill_at, expected in (
-        ("next_open", close[11] / opens[11] - 1.0),
-        ("close", close[11] / close[10] - 1.0),
-    ):
-        env = DiscreteTradingEnv(googl, start=10, execution=ExecutionConfig(fill_at=fill_at))
-        env.reset(seed=0)
-        *_, info = env.step(ACTIONS.index("hold"))
-        assert info["realised_return"] == pytest.approx(expected)
-        assert env.market.tradable_move(10) == pytest.approx(expected)
-    assert opens[11] != close[10]  # a real overnight gap: the two readings differ
-
-
 def test_reward_terms(googl: pd.DataFrame) -> None:
     cfg = ExecutionConfig(cost_bps=25)
     rc = RewardConfig(stability_coef=0.0, cost_coef=0.0, sentiment_coef=0.0)

@@ -194,26 +194,3 @@ def test_the_state_head_starts_at_the_labels_base_rates_not_the_lms_lean(
     base_rates = torch.tensor([3 + 1, 0 + 1, 6 + 1]) / (9 + 3)  # ACTIONS order: sell, hold, buy
     torch.testing.assert_close(torch.softmax(logits.mean(0), -1), base_rates, atol=1e-4, rtol=0)
     torch.testing.assert_close(student.state_head.linear.weight, weights)
-
-
-def test_training_bars_are_labelled_by_the_move_a_decision_could_trade() -> None:
-    """labelled_history: bar t's label is the move from its fill (t+1's open) to t+1's close.
-    Here every night gaps up 2% and every day falls 1%: close-to-close says "buy" every day,
-    the market rewards a decision made at the close with a loss, so the label is "sell"."""
-    from types import SimpleNamespace
-
-    from services.trainer.market_feedback import labelled_history
-    from services.trainer.settings import TrainerSettings
-
-    closes = 100 * (1.02 * 0.99) ** np.arange(30)
-    index = pd.bdate_range("2024-01-01", periods=30, tz="UTC", name="time")
-    prices = pd.DataFrame(
-        {"open": closes / 0.99, "high": closes / 0.98, "low": closes, "close": closes},
-        index=index,
-    )
-    prices.loc[prices.index[0], "open"] = closes[0]
-    plan = SimpleNamespace(prices=prices, train_start=5, train_end=25, bar_features=None)
-    labelled = labelled_history(TrainerSettings(), plan, ppo.PPOArgs())
-    assert len(labelled) == 19  # bars 5..23: bar 24's outcome is the window's last, left out
-    assert {label for _, label in labelled} == {ACTIONS.index("sell")}
-    assert all(c1 > c0 for c0, c1 in zip(closes, closes[1:], strict=False))  # close-to-close up
