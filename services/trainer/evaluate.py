@@ -52,6 +52,13 @@ def _entropy(probabilities: dict[str, float]) -> float:
     return float(-(p[p > 0] * np.log(p[p > 0])).sum())
 
 
+def _share_entropy(shares: np.ndarray) -> float:
+    """Entropy (nats) of the actions' shares of the decisions: 0 for a policy with one action.
+    (+ 0.0: a one-action policy gives numpy's -0.0 otherwise.)"""
+    used = shares[shares > 0]
+    return float(-(used * np.log(used)).sum()) + 0.0
+
+
 def evaluate(
     model: Any,
     prices: pd.DataFrame,
@@ -88,7 +95,7 @@ def evaluate(
     policy = {k: float(metrics["strategy"][k]) for k in REPORTED}
     policy["prediction_accuracy"] = float(np.mean(correct)) if correct else math.nan
     policy["policy_entropy"] = float(np.mean([_entropy(d.probabilities) for d in decisions]))
-    policy["action_entropy"] = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
+    policy["action_entropy"] = _share_entropy(counts)
     for action, share in zip(ACTIONS, counts, strict=True):
         policy[f"share_{action}"] = float(share)
     bench = {k: float(metrics["buy_and_hold"][k]) for k in REPORTED}
@@ -120,7 +127,7 @@ def pool_folds(folds: list[Evaluation]) -> Evaluation:
     for key in ("prediction_accuracy", "policy_entropy", *(f"share_{a}" for a in ACTIONS)):
         policy[key] = float(np.average([f.policy[key] for f in folds], weights=weights))
     shares = np.array([policy[f"share_{a}"] for a in ACTIONS])
-    policy["action_entropy"] = float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum())
+    policy["action_entropy"] = _share_entropy(shares)
     bench = _money_metrics(bench_returns, ppy, folds[0].start_worth)
     return Evaluation(policy, bench, returns, ppy, bench_returns, folds[0].start_worth)
 
