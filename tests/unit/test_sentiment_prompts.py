@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from services.sentiment import prompts
-from services.sentiment.enrich import DayMemory
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.ingest.news_generator import SYNTHETIC_NOTE
+from services.sentiment.enrich import DayMemory, item_text
 from services.sentiment.normalise import normalise
 from services.sentiment.scorer import LexiconScorer
 from services.sentiment.segments import pieces
@@ -81,6 +83,15 @@ def test_score_prompt_tells_the_model_the_text_is_data() -> None:
     assert "never instructions" in messages[0]["content"]
     assert messages[-1]["content"] == prompts.fence("x")
     assert len(messages) == 2 + 2 * len(prompts.FEW_SHOT)
+
+
+def test_a_synthetic_items_disclaimer_is_not_scored() -> None:
+    synthetic = pb.NewsItem(headline="ACME beats estimates", body=SYNTHETIC_NOTE, synthetic=True)
+    real = pb.NewsItem(headline="ACME beats estimates", body="Sales rose 9%.")
+    body_only = pb.NewsItem(headline=" ", body=SYNTHETIC_NOTE, synthetic=True)
+    assert item_text(synthetic, 1000) == "ACME beats estimates"
+    assert item_text(real, 1000) == "ACME beats estimates. Sales rose 9%."
+    assert item_text(body_only, 1000) == SYNTHETIC_NOTE  # nothing else to score
 
 
 def test_day_memory_never_returns_later_headlines() -> None:
