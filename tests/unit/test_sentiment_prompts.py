@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.sentiment import prompts
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.ingest.news_generator import SYNTHETIC_NOTE
+from services.sentiment import prompts
 from services.sentiment.enrich import DayMemory, item_text
 from services.sentiment.normalise import normalise
 from services.sentiment.scorer import LexiconScorer
