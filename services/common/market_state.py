@@ -92,9 +92,9 @@ FEATURE_ROW_KEYS = ("ticker", "event_timestamp")
 
 def state_values(row: Mapping[str, Any]) -> dict[str, Any]:
     """One joined Feast row as the decision state takes it: the finite numeric features, plus
-    "sentiment" (None on a day without news) and "news_summary". The simulator reads it at
-    decision time and the trainer builds its training states from the offline store with the
-    same function, so both see the same state."""
+    "sentiment" (None on a day without news) and "news_summary" ("" on a day without news).
+    The simulator reads it at decision time and the trainer builds its training states from
+    the offline store with the same function, so both see the same state."""
     out: dict[str, Any] = {}
     for name, value in row.items():
         if name in FEATURE_ROW_KEYS or value is None or isinstance(value, str):
@@ -106,6 +106,9 @@ def state_values(row: Mapping[str, Any]) -> dict[str, Any]:
     mean = out.get("news_sentiment_mean")
     # No news that day: the state says "no sentiment" rather than a fake neutral 0.
     out["sentiment"] = max(-1.0, min(1.0, mean)) if count and mean is not None else None
+    # The feature is the latest summary known, carried over days without news; the prompt's
+    # news_summary is the day's news, so an earlier day's headline must not pass for it (the
+    # policy read it as today's and traded on it).
     summary = row.get("news_latest_summary")
-    out["news_summary"] = summary if isinstance(summary, str) else ""
+    out["news_summary"] = summary if count and isinstance(summary, str) else ""
     return out

@@ -31,8 +31,12 @@ def read(ticker: str, as_of: datetime) -> dict[str, Any]:
     # A day without news has no sentiment (None in MarketState), not a neutral 0.0: the prompt
     # and the reward's alignment term must tell "no news" from "neutral news", as the
     # cluster's point-in-time reader (services.simulator.feature_source) does.
-    if "news_sentiment_mean" in values and values.get("news_count", 0.0) > 0:
+    # Its latest summary likewise: the feature carries the last one over days without news,
+    # which the prompt must not present as the day's (state_values does the same).
+    has_news = values.get("news_count", 0.0) > 0
+    if "news_sentiment_mean" in values and has_news:
         values["sentiment"] = values["news_sentiment_mean"]
     if "news_latest_summary" in values:
-        values["news_summary"] = values.pop("news_latest_summary")
+        summary = values.pop("news_latest_summary")
+        values["news_summary"] = summary if has_news else ""
     return values

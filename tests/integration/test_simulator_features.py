@@ -47,7 +47,9 @@ def test_point_in_time_features_for_a_cutoff(tmp_path: Path) -> None:
             and first["news_summary"] == "day 0 news"
         )
         second = read("MSFT", day0 + timedelta(days=1, hours=1))
-        assert second["close"] == 2.0 and second["sentiment"] is None  # no news that day
+        # No news that day: no sentiment, and the summary the row carries is not the day's.
+        assert second["close"] == 2.0 and second["sentiment"] is None
+        assert second["news_summary"] == ""
         assert read("MSFT", day0 + timedelta(days=2))["close"] == 3.0
     finally:
         open_store(settings).teardown()

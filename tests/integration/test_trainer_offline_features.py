@@ -63,7 +63,8 @@ def feast_settings(tmp_path: Path) -> Iterator[FeaturesSettings]:
             "news_sentiment_mean": 0.5 if i % 2 == 0 else 0.0,
             "news_count": 1 if i % 2 == 0 else 0,
             "news_sentiment_decayed": 0.0,
-            "news_latest_summary": f"day {i} news" if i % 2 == 0 else "",
+            # The engine carries the latest summary over a day without news.
+            "news_latest_summary": f"day {i - i % 2} news",
         }
         days.append(DayFeatures("MSFT", DAY0 + timedelta(days=i) + CLOSE_AFTER, market, news))
     FeatureWriter(settings).push(days)
