@@ -145,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo-out", help="a finished demo")
     parser.add_argument("--seeds", type=int, default=4, help="training seeds per variant")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--eval-days", type=int, default=50)
     parser.add_argument("--variant", action="append", default=[], help="name:RLMF_KEY=VALUE,...")
     args = parser.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
     out: dict[str, object] = {"bench": "retrain_demo", "demo_out": str(args.out)}
     for name, overrides in variants:
         runs = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             with tempfile.TemporaryDirectory(prefix="rlmf-retrain-") as tmp:
                 env, as_of = demo_trainer_env(args.out, Path(tmp), args.eval_days)
                 env |= {**overrides, "RLMF_TRAINER_SEED": str(seed)}
@@ -175,7 +176,7 @@ def main() -> None:
         out["buy_and_hold_sharpe"] = round(runs[0]["buy_and_hold_sharpe"], 3)
     out["as_of"] = as_of
     out["eval_days"] = args.eval_days
-    out["seeds"] = args.seeds
+    out["seeds"] = list(range(args.first_seed, args.first_seed + args.seeds))
     print(json.dumps(out))
 
 
