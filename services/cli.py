@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +17,9 @@ import typer
 from services.common import json_logging
 from services.common.broker import BrokerError, EmbeddedBroker
 from services.common.model_files import ModelFilesError, default_models_dir
-from services.common.settings import DEFAULT_PORTS
+from services.common.settings import DEFAULT_PORTS, BusSettings
 from services.common.supervisor import Supervisor, available_services, service_spec
+from services.up.state_dir import RunInfo, StateDir, now, running
 
 app = typer.Typer(
     no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market."
@@ -40,6 +40,7 @@ GROUP_MODULES = (
     "services.trainer.cli",
     "services.common.models_cli",
     "services.demo.cli",
+    "services.up.cli",
 )
 
 
@@ -95,8 +96,8 @@ READY_PATHS = {"policy": "/v2/health/ready"}
 """Readiness URL path per service where it is not /readyz (KServe's own probe)."""
 
 
-def _prepare_teacher(models_dir: Path, tiny: bool) -> Path:
-    """The policy artifact to serve: the one `current` names, else a v0 made now.
+def _prepare_teacher(models_dir: Path, tiny: bool, fresh: bool = False) -> Path:
+    """The policy artifact to serve: the one `current` names (unless `fresh`), else a v0.
 
     The base model folders are prepared first when missing (what `rlmf models prepare` does);
     `tiny` builds the teacher from the tiny random Llama instead of SmolLM2, in its own folder
@@ -111,7 +112,7 @@ def _prepare_teacher(models_dir: Path, tiny: bool) -> Path:
     # The trainer reads this pointer (services/trainer/cycle.py, CURRENT) and moves it when it
     # promotes a student, so a restarted `up` serves the promoted model.
     pointer = root / "current"
-    if pointer.is_file():
+    if pointer.is_file() and not fresh:
         return root / pointer.read_text().strip()
     teacher = root / "v0"
     if not teacher.exists():
@@ -123,9 +124,9 @@ def _prepare_teacher(models_dir: Path, tiny: bool) -> Path:
     return teacher
 
 
-def _service_env(teacher: Path, state_dir: Path, tiny: bool) -> dict[str, dict[str, str]]:
+def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[str, str]]:
     """Per service, the settings `up` gives it where the environment does not set them."""
-    feast = {"RLMF_FEATURES_DATA_DIR": str(state_dir.resolve() / "feast")}
+    feast = {"RLMF_FEATURES_DATA_DIR": str(state.feast.resolve())}
     defaults = {
         # `up` applied the repo before any reader of it started (_apply_feast).
         "features": feast | {"RLMF_FEATURES_APPLY_ON_START": "false"},
@@ -140,15 +141,20 @@ def _service_env(teacher: Path, state_dir: Path, tiny: bool) -> dict[str, dict[s
             "RLMF_SIMULATOR_POLICY_TIMEOUT_S": "60",
             # Point in time: the store may already hold a later bar's row in live mode.
             "RLMF_SIMULATOR_FEATURES_SOURCE": "feast",
+            # The accounts survive a restart; the in-memory broker's topics do not, so the user
+            # publishes the same file again and the bars already traded are skipped.
+            "RLMF_SIMULATOR_STATE_FILE": str(state.simulator_state.resolve()),
+            "RLMF_SIMULATOR_REPUBLISHED_BARS": "skip",
         },
-        "trainer": {
+        "trainer": feast
+        | {
             "RLMF_TRAINER_MODELS_DIR": str(teacher.resolve().parent),
-            "RLMF_TRAINER_WORK_DIR": str(state_dir.resolve() / "trainer"),
+            "RLMF_TRAINER_WORK_DIR": str(state.trainer.resolve()),
             "RLMF_TRAINER_POLICY_URL": POLICY_URL,
-            # The trainer service reads its bars once at start, before the live loop has
-            # published any; the synthetic market it used before stays, now asked for by name
-            # (a cycle refuses to guess a market). Training on the live bars is open work.
-            "RLMF_TRAINER_DATA_SOURCE": "synthetic",
+            # The bars the user streams, kept as the cluster's CronJob keeps them, with the
+            # features service's features and news read point in time from the same store.
+            "RLMF_TRAINER_DATA_SOURCE": "kafka",
+            "RLMF_TRAINER_FEATURES_SOURCE": "feast",
         },
     }
     return {
@@ -157,16 +163,9 @@ def _service_env(teacher: Path, state_dir: Path, tiny: bool) -> dict[str, dict[s
     }
 
 
-def _apply_feast(features_env: dict[str, str], log_dir: Path, fresh: bool) -> None:
+def _apply_feast(features_env: dict[str, str], log_dir: Path) -> None:
     """`rlmf features apply` with the features service's settings, before any service starts:
-    the simulator opens the store at start and cannot while the features service applies it.
-
-    `fresh` empties `up`'s own store first. With the embedded broker every run starts from empty
-    topics, and the features service's saved state from a previous run would refuse the same
-    bars again as already served (no watermark: 30 s waits per bar)."""
-    data_dir = features_env.get("RLMF_FEATURES_DATA_DIR")
-    if fresh and data_dir and Path(data_dir).exists():
-        shutil.rmtree(data_dir)
+    the simulator opens the store at start and cannot while the features service applies it."""
     argv = [sys.executable, "-m", "services.cli", "features", "apply"]
     typer.echo(f"applying the Feast repo (log in {log_dir}/feast-apply.log)")
     with (log_dir / "feast-apply.log").open("ab") as out:
@@ -181,6 +180,26 @@ def _apply_feast(features_env: dict[str, str], log_dir: Path, fresh: bool) -> No
 
 class FeastApplyError(RuntimeError):
     pass
+
+
+def _run_info(
+    bootstrap: str, embedded: bool, tickers: str, teacher: Path, log_dir: Path
+) -> RunInfo:
+    from services.market.walk_forward import minimum_bars
+    from services.trainer.settings import TrainerSettings
+
+    trainer = TrainerSettings()  # its windows come from the environment, as the trainer's do
+    return RunInfo(
+        pid=os.getpid(),
+        pgid=os.getpgid(0),
+        bootstrap=bootstrap,
+        embedded_broker=embedded,
+        tickers=[t.strip() for t in tickers.split(",") if t.strip()],
+        models_root=str(teacher.resolve().parent),
+        log_dir=str(log_dir.resolve()),
+        bars_needed=minimum_bars(trainer.eval_days, trainer.embargo_days, trainer.train_days),
+        started_at=now(),
+    )
 
 
 def _announce_ready(names: list[str], stop: threading.Event) -> None:
@@ -206,7 +225,11 @@ def up(
     no_broker: bool = typer.Option(False, help="Use the broker at RLMF_BUS_BOOTSTRAP instead."),
     log_dir: Path = typer.Option(Path("rlmf-logs"), help="One log file per service goes here."),
     state_dir: Path = typer.Option(
-        Path("rlmf-state"), help="The Feast store and the trainer's work folder go here."
+        Path("rlmf-state"),
+        help="The accounts, the trainer's history and cycles, the Feast store and up.json.",
+    ),
+    fresh: bool = typer.Option(
+        False, help="Start over: forget the accounts, the history and the served student."
     ),
     tiny: bool = typer.Option(
         False,
@@ -215,25 +238,35 @@ def up(
     ),
     tickers: str | None = typer.Option(
         None,
-        help="Tickers the features service accepts, e.g. ACME,GOOGL "
-        "(default RLMF_FEATURES_TICKERS, else MSFT,GOOGL).",
+        help="Restrict the universe to these tickers, e.g. ACME,GOOGL (default "
+        "RLMF_FEATURES_TICKERS, else any ticker you publish).",
     ),
 ) -> None:
-    """Start the broker and every service that exists; restart one that dies; Ctrl-C stops all.
+    """Start the broker and every service; restart one that dies; Ctrl-C or `rlmf down` stops
+    all. Resumes where the last run in STATE_DIR stopped unless --fresh.
 
     Missing model folders and the version-0 policy teacher are made first."""
     json_logging.configure("up", json_format=False)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll otherwise
+    state = StateDir(state_dir)
+    if running(state.read_run()):
+        typer.echo(
+            f"error: an rlmf up already runs from {state_dir} (`rlmf down` stops it)", err=True
+        )
+        raise typer.Exit(2)
+    if fresh:
+        state.clear()
     try:
-        teacher = _prepare_teacher(default_models_dir(), tiny)
+        teacher = _prepare_teacher(default_models_dir(), tiny, fresh)
     except (ModelFilesError, OSError, ValueError) as exc:
         typer.echo(f"error: cannot prepare the models: {exc}", err=True)
         raise typer.Exit(2) from exc
     log_dir.mkdir(parents=True, exist_ok=True)
-    service_env = _service_env(teacher, state_dir, tiny)
-    env: dict[str, str] = {"RLMF_FEATURES_TICKERS": tickers} if tickers else {}
+    service_env = _service_env(teacher, state, tiny)
+    universe = tickers if tickers is not None else os.environ.get("RLMF_FEATURES_TICKERS", "")
+    env: dict[str, str] = {"RLMF_FEATURES_TICKERS": universe}
     try:
-        _apply_feast(service_env["features"] | env, log_dir, fresh=not no_broker)
+        _apply_feast(service_env["features"] | env, log_dir)
     except (FeastApplyError, OSError) as exc:
         typer.echo(f"error: cannot prepare the Feast store: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -247,6 +280,8 @@ def up(
         if not no_broker:
             embedded = EmbeddedBroker(port=port, log_path=log_dir / "broker.log").start()
             env |= {"RLMF_BUS_BOOTSTRAP": embedded.bootstrap, "RLMF_BUS_GROUP_PROTOCOL": "manual"}
+        bootstrap = env.get("RLMF_BUS_BOOTSTRAP") or BusSettings().bootstrap
+        state.write_run(_run_info(bootstrap, embedded is not None, universe, teacher, log_dir))
         failed = _supervise(env, service_env, log_dir, stop)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -254,6 +289,7 @@ def up(
     finally:
         if embedded:
             embedded.stop()
+        state.mark_stopped()
     if failed:
         raise typer.Exit(1)
 

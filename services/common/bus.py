@@ -378,7 +378,7 @@ class ConsumerLoop:
         self.topics = list(topics)
         self.settings = settings or BusSettings()
         self.group_id = group_id or f"rlmf-{service}"
-        self._handle_batch = handle_batch or _one_by_one(handle)  # type: ignore[arg-type]
+        self._handle_batch = handle_batch or one_by_one(handle)  # type: ignore[arg-type]
         # Topic -> payload class; defaults to the registry in topics.py. Tests and tools that
         # use private topic names pass their own.
         self._payload_types = {t: (payload_types or {}).get(t) or payload_type(t) for t in topics}
@@ -680,7 +680,7 @@ class _CommitOnRevoke(AsyncConsumerRebalanceListener):
         pass  # positions come from the committed offsets; nothing to prepare
 
 
-def _one_by_one(handle: MessageHandler) -> BatchHandler:
+def one_by_one(handle: MessageHandler) -> BatchHandler:
     def handle_batch(batch: Sequence[Incoming]) -> list[list[Outgoing] | Exception]:
         results: list[list[Outgoing] | Exception] = []
         append, set_trace = results.append, current_trace_id.set

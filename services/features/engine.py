@@ -38,13 +38,22 @@ class DayFeatures:
     news: dict[str, float | int | str]
 
 
+def _check_ticker(where: str, ticker: str, allowed: set[str]) -> None:
+    """An empty universe accepts any ticker (what `rlmf up` runs with by default); a set one
+    refuses the others, naming the setting that admits them."""
+    if not ticker:
+        raise ValidationFailed(f"{where}: no ticker")
+    if allowed and ticker not in allowed:
+        raise ValidationFailed(
+            f"{where}: unknown ticker {ticker!r}; allowed: {sorted(allowed)} "
+            "(RLMF_FEATURES_TICKERS; empty accepts any)"
+        )
+
+
 def validate_bar(bar: BarIn, allowed: set[str]) -> None:
     """Raise ValidationFailed naming what is wrong with `bar`."""
     where = f"bar {bar.ticker or '<no ticker>'} at {bar.end.isoformat()}"
-    if bar.ticker not in allowed:
-        raise ValidationFailed(
-            f"{where}: unknown ticker {bar.ticker!r}; allowed: {sorted(allowed)}"
-        )
+    _check_ticker(where, bar.ticker, allowed)
     prices = {"open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close}
     for name, value in {**prices, "volume": bar.volume}.items():
         if not math.isfinite(value):
@@ -68,10 +77,7 @@ def validate_bar(bar: BarIn, allowed: set[str]) -> None:
 def validate_news(news: NewsIn, allowed: set[str]) -> None:
     """Raise ValidationFailed naming what is wrong with `news`."""
     where = f"news {news.item_id or '<no id>'} for {news.ticker or '<no ticker>'}"
-    if news.ticker not in allowed:
-        raise ValidationFailed(
-            f"{where}: unknown ticker {news.ticker!r}; allowed: {sorted(allowed)}"
-        )
+    _check_ticker(where, news.ticker, allowed)
     if not news.item_id:
         raise ValidationFailed(f"{where}: no item_id, so it cannot be de-duplicated")
     if not (math.isfinite(news.sentiment) and -1.0 <= news.sentiment <= 1.0):

@@ -50,7 +50,8 @@ class FeaturesSettings(BaseSettings):
 
     # --- event time --------------------------------------------------------------------------
     tickers: Annotated[list[str], NoDecode] = ["MSFT", "GOOGL"]
-    """Tickers the service accepts; a bar or news item for any other is dead-lettered."""
+    """Tickers the service accepts; a bar or news item for any other is dead-lettered. Empty
+    (RLMF_FEATURES_TICKERS=""): any ticker, what `rlmf up` runs with unless --tickers is given."""
     news_cutoff_before_close_s: float = Field(default=0.0, ge=0.0)
     """Day t's news is what was published up to (close_t - this many seconds); 0 = the close."""
     sentiment_half_life_days: float = Field(default=3.0, gt=0.0)

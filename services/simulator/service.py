@@ -535,11 +535,23 @@ def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
             return []
         bar = bar_from_pb(incoming.payload)
         try:
-            if redelivered:
+            # Skipping by time, saved offsets are not needed (and are stale after a broker
+            # that kept its topics in memory restarted: new bars come at old offsets).
+            if republished(bar) or (redelivered and settings.republished_bars != "skip"):
                 return already_traded(bar)
             return trader.on_bar(bar)
         except ValueError as exc:  # a bad or out-of-order bar: dead-lettered with this text
             raise ValidationFailed(str(exc)) from exc
+
+    def republished(bar: BarData) -> bool:
+        """A bar no later than its ticker's last traded one, where settings say such a bar is
+        a re-publication to skip rather than an out-of-order one to dead-letter."""
+        if settings.republished_bars != "skip":
+            return False
+        session = trader.sessions.get(bar.ticker)
+        return (
+            session is not None and session.last_time is not None and bar.time <= session.last_time
+        )
 
     def already_traded(bar: BarData) -> list[Outgoing]:
         """A bar the saved state already reflects (only its commit was lost): its outputs are on

@@ -124,6 +124,8 @@ class TradingSession:
         self.last_time: datetime | None = None
         self.pending: _Pending | None = None
         self._bench_pending = False
+        self.decisions = 0
+        """Decisions made so far (what `rlmf status` reports per ticker)."""
 
     # -- per bar ---------------------------------------------------------------------------------
 
@@ -203,6 +205,7 @@ class TradingSession:
         self.last_time = bar.time
         state = self.build_state(bar, features or {}, sentiment, summary)
         decision: Decision = decide(state)  # type: ignore[operator]
+        self.decisions += 1
         nw = acc.net_worth(self.book.cash, self.book.position, bar.close)
         vol = float(np.asarray(self.log_returns).std())
         self.pending = _Pending(bar.time, state, decision, nw, vol, sentiment or 0.0)

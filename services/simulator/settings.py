@@ -60,6 +60,11 @@ class SimulatorSettings(BaseSettings):
     """Keep the account (cash, positions, price history, the decision whose feedback is
     pending, the policy's progress) in this file, replaced atomically after every flush, so
     a restart, even after SIGKILL, continues exactly (state_store.py); unset: memory only."""
+    republished_bars: Literal["dead-letter", "skip"] = "dead-letter"
+    """Live mode: what a bar at or before its ticker's last traded bar is. dead-letter: an
+    out-of-order bar, sent to market.bars.v1.dlq with the reason; skip: a bar already traded,
+    published again (a restarted `rlmf up` whose in-memory broker lost its topics, fed the same
+    file again), counted in rlmf_simulator_bars_already_traded_total and left out."""
     policy_unavailable_wait_s: float = Field(default=0.0, ge=0)
     """Ask a policy server that does not answer (down, restarting) again for up to this long
     before holding; 0 holds at once. A restarted server then decides what it would have."""

@@ -63,6 +63,7 @@ def session_to_dict(session: TradingSession) -> dict[str, Any]:
         "last_time": None if session.last_time is None else session.last_time.isoformat(),
         "bench_pending": session._bench_pending,
         "pending": None if pending is None else _pending_to_dict(pending),
+        "decisions": session.decisions,
     }
 
 
@@ -80,6 +81,7 @@ def restore_session(session: TradingSession, data: dict[str, Any]) -> None:
     session._bench_pending = data["bench_pending"]
     pending = data["pending"]
     session.pending = None if pending is None else _pending_from_dict(pending)
+    session.decisions = int(data.get("decisions", 0))  # files saved before the count: 0
 
 
 def _pending_to_dict(p: _Pending) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,6 +179,9 @@ class History:
         )  # fmt: skip
         return counts, loop
 
+    def bar_count(self) -> int:
+        return len(BarStore.open(self.bars_path)) if self.bars_path.is_file() else 0
+
     def prices(self) -> pd.DataFrame:
         """The stored bars as the market library's price frame; NoMarketData when empty."""
         from services.market.market_data import load_prices_csv
@@ -189,3 +193,57 @@ class History:
                 "RLMF_TRAINER_TICKER a ticker it publishes?)"
             )
         return load_prices_csv(self.bars_path)
+
+
+class StreamHistory:
+    """Every ticker's bars as the embedded trainer consumes market.bars.v1 (`rlmf up`), each kept
+    in the store the CronJob's `History.sync` writes, so a cycle reads streamed bars the way the
+    cluster's cycle does. Saved per batch, before the loop commits the batch's offsets.
+
+    The consumer's thread adds bars while a cycle's thread reads them: one lock guards both."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stores = {
+            path.stem: BarStore.open(path) for path in sorted((root / "history").glob("*.csv"))
+        }
+        self._dirty: set[str] = set()
+        self._lock = threading.Lock()
+        self.duplicates = 0
+
+    def add(self, incoming: Incoming) -> bool:
+        """Keep one market.bars.v1 message (ValidationFailed for a malformed one); True when it
+        was a new bar, False for a re-published one (same ticker and end time)."""
+        end, values = bar_values(incoming)
+        ticker = incoming.payload.ticker
+        with self._lock:
+            store = self.stores.setdefault(ticker, BarStore(History(self.root, ticker).bars_path))
+            if not store.add(end, values):
+                self.duplicates += 1
+                return False
+            self._dirty.add(ticker)
+            return True
+
+    def save(self) -> None:
+        with self._lock:
+            for ticker in sorted(self._dirty):
+                self.stores[ticker].save()
+            self._dirty.clear()
+
+    def bar_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {ticker: len(store) for ticker, store in sorted(self.stores.items())}
+
+    def training_ticker(self, preferred: str | None) -> str | None:
+        """The ticker a cycle trains on: `preferred` when given, else the one with the most
+        bars (the first in name order on a tie); None before any bar arrived."""
+        if preferred:
+            return preferred
+        counts = self.bar_counts()
+        return min(counts, key=lambda t: (-counts[t], t)) if counts else None
+
+    def prices(self, ticker: str) -> pd.DataFrame:
+        """`ticker`'s bars so far (NoMarketData when none), read as the cluster's cycle reads
+        its store; bars of the batch in hand are written first."""
+        self.save()
+        return History(self.root, ticker).prices()

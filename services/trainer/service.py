@@ -3,6 +3,11 @@
 Feedback is validated (bad messages go to market.feedback.v1.dlq with the reason) and kept in a
 JSONL log. When the newest feedback day is `cycle_every_days` past the last cycle, a cycle runs
 on a worker thread over the bars known up to that day only, so the consumer keeps polling.
+
+With data_source kafka (what `rlmf up` runs) it also consumes market.bars.v1 into the store the
+cluster's CronJob reads (kafka_history.StreamHistory): the cycle trains on the bars the user
+streamed, once the ticker has enough of them for a walk-forward split. Every cycle, run or
+failed, is one line of work_dir/cycles.jsonl (what `rlmf status` reads).
 """
 
 from __future__ import annotations
@@ -11,19 +16,23 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
 
 import pandas as pd
 
-from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer
+from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer, one_by_one
 from services.common.cycle_schedule import cycle_due
 from services.common.http_server import HealthApp
 from services.common.service import run_consumer_service
 from services.common.settings import BusSettings
-from services.common.topics import MARKET_FEEDBACK, MODELS_PROMOTIONS
-from services.trainer.cycle import CycleInterrupted, CycleResult, load_prices, run_cycle
-from services.trainer.datasets import FeedbackLog, record_from_incoming
+from services.common.topics import MARKET_BARS, MARKET_FEEDBACK, MODELS_PROMOTIONS
+from services.market.walk_forward import minimum_bars
+from services.trainer import market_source
+from services.trainer.cycle import CycleInterrupted, CycleResult, run_cycle
+from services.trainer.cycle_log import CycleLog, CycleRecord
+from services.trainer.datasets import FeedbackLog, FeedbackRecord, record_from_incoming
+from services.trainer.kafka_history import NoMarketData, StreamHistory
 from services.trainer.market_source import known_by
 from services.trainer.settings import TrainerSettings
 
@@ -32,14 +41,23 @@ log = logging.getLogger(__name__)
 SERVICE = "trainer"
 
 
+def bars_needed(settings: TrainerSettings) -> int:
+    """Bars a ticker needs before its first cycle: one walk-forward split of the settings'
+    windows (the teacher serves until then)."""
+    return minimum_bars(settings.eval_days, settings.embargo_days, settings.train_days)
+
+
 class Scheduler:
-    """Decides when a cycle is due and runs it off the consumer's thread, one at a time."""
+    """Decides when a cycle is due and runs it off the consumer's thread, one at a time.
+
+    `prices` is a fixed frame (a CSV, the synthetic market) or, streaming, a StreamHistory the
+    consumer fills: each cycle then trains on the bars that arrived by its day."""
 
     def __init__(
         self,
         settings: TrainerSettings,
         feedback: FeedbackLog,
-        prices: pd.DataFrame,
+        prices: pd.DataFrame | StreamHistory,
         producer: Producer | None,
         run: Callable[..., CycleResult] = run_cycle,
     ) -> None:
@@ -49,6 +67,7 @@ class Scheduler:
             prices,
             producer,
         )
+        self.cycle_log = CycleLog(settings.work_dir / "cycles.jsonl")
         self._run = run
         # The last finished cycle's day survives a restart (the work dir is the trainer's own
         # volume), so a restarted trainer neither repeats that cycle nor waits for a day past it.
@@ -72,22 +91,65 @@ class Scheduler:
             day = self.due()
             if day is None or self._stopping.is_set():
                 return
+            inputs = self._inputs(day)
+            if inputs is None:
+                return  # too few bars yet: the teacher serves, the next record looks again
+            day = inputs[2]
             self.last_cycle_day = day
-            # Only bars known by the newest feedback day: no look-ahead into the replay's future.
-            known = known_by(self.prices, day)
             self._worker = threading.Thread(
-                target=self._cycle, args=(known, day), name="cycle", daemon=True
+                target=self._cycle, args=inputs, name="cycle", daemon=True
             )
             self._worker.start()
 
-    def _cycle(self, prices: pd.DataFrame, day: date) -> None:
+    def _inputs(self, day: date) -> tuple[TrainerSettings, pd.DataFrame, date] | None:
+        """The cycle's settings, the bars known by its day (no look-ahead into the replay's
+        future) and that day. Streaming, a cycle due before the training ticker had a split's
+        bars runs as of the newest feedback day instead, once that day has them; None until."""
+        if not isinstance(self.prices, StreamHistory):
+            return self.settings, known_by(self.prices, day), day
+        preferred = self.settings.ticker if "ticker" in self.settings.model_fields_set else None
+        ticker = self.prices.training_ticker(preferred)
+        if ticker is None:
+            return None
         try:
-            self._run_one(prices, day)
+            bars = self.prices.prices(ticker)
+        except NoMarketData as exc:  # never raised to the consumer: it would dead-letter feedback
+            log.info("no cycle yet: %s", exc)
+            return None
+        if len(known_by(bars, day)) < bars_needed(self.settings):
+            day = self.feedback.days()[-1]
+        known = known_by(bars, day)
+        if len(known) < bars_needed(self.settings):
+            log.info(
+                "no cycle yet: %s has %d bars by %s, a cycle needs %d",
+                ticker, len(known), day, bars_needed(self.settings),
+            )  # fmt: skip
+            return None
+        return self.settings.model_copy(update={"ticker": ticker}), known, day
+
+    def _cycle(self, settings: TrainerSettings, prices: pd.DataFrame, day: date) -> None:
+        try:
+            self._run_one(settings, prices, day)
         finally:
             # Feedback that arrived while this cycle ran may already make the next one due; no
             # new record may come to say so (a paced replay waits for that very decision, as
             # after a restart that re-ran the cycle it had already done), so look now.
             self.maybe_start()
+
+    def _feedback_of(self, ticker: str) -> FeedbackLog | list[FeedbackRecord]:
+        """The feedback a cycle on `ticker` learns from: streaming, the log holds every ticker's."""
+        if not isinstance(self.prices, StreamHistory):
+            return self.feedback  # it only ever kept settings.ticker's
+        return [r for r in self.feedback.records() if r.ticker == ticker]
+
+    def _source(self) -> str:
+        """Where the cycle's bars came from, for its record."""
+        if isinstance(self.prices, StreamHistory):
+            return "kafka"
+        try:
+            return market_source.resolve(self.settings)
+        except NoMarketData:
+            return "given"  # a caller handed the bars over (tests, benches)
 
     def _saved_last_cycle_day(self) -> date | None:
         if not self._schedule_file.exists():
@@ -100,22 +162,24 @@ class Scheduler:
         partial.write_text(json.dumps({"last_cycle_day": day.isoformat()}))
         partial.replace(self._schedule_file)  # atomic: a kill leaves the old day or the new
 
-    def _run_one(self, prices: pd.DataFrame, day: date) -> None:
+    def _run_one(self, settings: TrainerSettings, prices: pd.DataFrame, day: date) -> None:
+        record = CycleRecord.starting(day, self._source(), settings.ticker, prices)
         try:
-            self.results.append(
-                self._run(
-                    self.settings,
-                    prices=prices,
-                    feedback=self.feedback,
-                    producer=self.producer,
-                    stop_requested=self._stopping.is_set,
-                )
+            result = self._run(
+                settings,
+                prices=prices,
+                feedback=self._feedback_of(settings.ticker),
+                producer=self.producer,
+                stop_requested=self._stopping.is_set,
             )
+            self.results.append(result)
             self._save_last_cycle_day(day)
+            self.cycle_log.add(record.finished(result))
         except CycleInterrupted as exc:  # SIGTERM: checkpointed, the next start resumes it
             log.info("cycle interrupted: %s", exc)
-        except Exception:  # a failed cycle leaves the teacher serving; log it, try next time
+        except Exception as exc:  # a failed cycle leaves the teacher serving; log it, try next time
             log.exception("cycle failed; the teacher keeps serving")
+            self.cycle_log.add(record.failed(exc))
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the running cycle and any it started on finishing (see `_cycle`)."""
@@ -143,21 +207,38 @@ def build(
     bus = bus or BusSettings()
     feedback = FeedbackLog(settings.work_dir / "feedback.jsonl")
     producer = Producer(bus, SERVICE) if settings.publish else None
-    scheduler = Scheduler(settings, feedback, load_prices(settings), producer)
+    streaming = market_source.resolve(settings) == "kafka"
+    history = StreamHistory(settings.work_dir) if streaming else None
+    prices = history if history is not None else market_source.load_prices(settings)
+    scheduler = Scheduler(settings, feedback, prices, producer)
 
     def handle(incoming: Incoming) -> list[Outgoing]:
+        if incoming.topic == MARKET_BARS:
+            assert history is not None  # only a streaming trainer subscribes to the bars
+            history.add(incoming)  # ValidationFailed -> .dlq, with the reason
+            return []
         record = record_from_incoming(incoming)  # ValidationFailed -> .dlq, with the reason
-        if record.ticker != settings.ticker:
+        if not streaming and record.ticker != settings.ticker:
             return []  # valid, but another ticker's: this trainer's env trades settings.ticker
         feedback.add(record)
         scheduler.maybe_start()
         return []
 
+    each = one_by_one(handle)
+
+    def handle_batch(batch: Sequence[Incoming]) -> list[list[Outgoing] | Exception]:
+        answers = list(
+            each(batch)
+        )  # a failure is an answer: the loop dead-letters it, with its text
+        if history is not None:
+            history.save()  # on disk before the loop commits this batch's offsets
+        return answers
+
     loop = ConsumerLoop(
         service=SERVICE,
-        topics=[MARKET_FEEDBACK],
+        topics=[MARKET_BARS, MARKET_FEEDBACK] if streaming else [MARKET_FEEDBACK],
         settings=bus,
-        handle=handle,
+        handle_batch=handle_batch,
         create_topics=[MODELS_PROMOTIONS],
         group_id=group_id,
     )

@@ -22,8 +22,12 @@ from services.common.bus import Producer
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
-from services.common.topics import MARKET_FEEDBACK, dlq
+from services.common.topics import MARKET_BARS, MARKET_FEEDBACK, dlq
+from services.trainer.cycle import CycleResult
+from services.trainer.cycle_log import CycleLog
+from services.trainer.kafka_history import StreamHistory
 from services.trainer.service import Scheduler, build
+from services.trainer.service import bars_needed as service_bars_needed
 from services.trainer.settings import TrainerSettings
 
 START = datetime(2020, 1, 1, 21, tzinfo=UTC)
@@ -218,3 +222,87 @@ def test_a_cycle_due_when_the_previous_one_ends_starts_without_a_new_record(
     # a restarted trainer knows the last finished cycle: nothing is due until day 15
     restarted = Scheduler(settings, feedback, prices, None, run=cycle)  # type: ignore[arg-type]
     assert restarted.last_cycle_day == days[10] and restarted.due() is None
+
+
+def _result(prices: pd.DataFrame) -> CycleResult:
+    first, last = prices.index[0].to_pydatetime(), prices.index[-1].to_pydatetime()
+    return CycleResult(
+        student_version="s1", teacher_version="v0", promoted=False, reason="refused",
+        failed_guards=[], student_metrics={}, teacher_metrics={}, buy_and_hold_metrics={},
+        artifact_path="", window_start=first, window_end=last, eval_start=last, eval_end=last,
+        outcome="rejected",
+    )  # fmt: skip
+
+
+def _bar(ticker: str, day: int, close: float) -> pb.Bar:
+    msg = pb.Bar(ticker=ticker, open=close, high=close * 1.01, low=close * 0.99, close=close)
+    msg.volume = 1000.0
+    set_time(msg.end, START + timedelta(days=day))
+    return msg
+
+
+@pytest.mark.slow  # broker round trips
+def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
+    bus_settings: BusSettings, unique: str, tmp_path: Path, broker: str
+) -> None:
+    """data_source kafka (what `rlmf up` runs): the bars of every ticker are kept as they arrive;
+    no cycle before the ticker has a walk-forward split's bars; then the cycle trains on the
+    ticker with the most bars, on the streamed bars known by its day only, and is recorded."""
+    name = "".join(chr(65 + int(c, 16) % 26) for c in unique[:5])
+    big, small = f"B{name}", f"S{name}"
+    settings = TrainerSettings(
+        data_source="kafka", work_dir=tmp_path, cycle_every_days=5, publish=False,
+        train_days=10, eval_days=5, embargo_days=0,
+    )  # fmt: skip
+    needed = service_bars_needed(settings)
+    loop, scheduler = build(settings, bus_settings, group_id=f"trainer-stream-{unique}")
+    calls: list[tuple[TrainerSettings, pd.DataFrame]] = []
+
+    def record_cycle(cycle_settings: TrainerSettings, **kwargs: Any) -> CycleResult:
+        calls.append((cycle_settings, kwargs["prices"]))
+        return _result(kwargs["prices"])
+
+    scheduler._run = record_cycle  # type: ignore[assignment]  # the cycle runs in test_trainer_cycle
+    producer = Producer(bus_settings, "test")
+
+    def publish(bars: range, feedback_days: range) -> None:
+        for day in bars:
+            when = START + timedelta(days=day)
+            producer.publish(MARKET_BARS, _bar(big, day, 100 + day), key=big, event_time=when)
+            if day < 8:
+                bar = _bar(small, day, 50 + day)
+                producer.publish(MARKET_BARS, bar, key=small, event_time=when)
+        for day in feedback_days:
+            when = START + timedelta(days=day + 1)
+            producer.publish(MARKET_FEEDBACK, _feedback(big, day), key=big, event_time=when)
+        producer.flush()
+
+    def consume_until(done: Any) -> None:
+        deadline = time.monotonic() + 60
+        while not done() and time.monotonic() < deadline:
+            loop.poll_once()
+            scheduler.join(5)
+
+    # Feedback makes a cycle due on day 5, but 10 bars are not a split yet: the teacher serves.
+    publish(range(10), range(8))
+    consume_until(lambda: len(scheduler.feedback) >= 8)
+    assert calls == [] and scheduler.last_cycle_day is None
+    publish(range(10, needed + 10), range(8, needed + 9))
+    malformed = _bar(big, 999, -1.0)  # to the .dlq
+    producer.publish(MARKET_BARS, malformed, key=big, event_time=START)
+    producer.flush()
+    consume_until(lambda: bool(calls))
+    loop.close()
+    producer.close()
+
+    history = StreamHistory(tmp_path)
+    assert history.bar_counts() == {big: needed + 10, small: 8}
+    assert calls, "no cycle ran on the streamed bars"
+    cycle_settings, prices = calls[0]
+    assert cycle_settings.ticker == big, "the ticker with the most bars"
+    assert prices.index[0] == pd.Timestamp(START) and len(prices) >= needed
+    newest = max(r.decision_time for r in scheduler.feedback.records()).date()
+    assert all(p.index[-1].date() <= newest for _, p in calls), "a bar after the cycle's day"
+    records = CycleLog(tmp_path / "cycles.jsonl").records()
+    assert records and records[0]["data_source"] == "kafka" and records[0]["tickers"] == [big]
+    assert loop.stats.dead_lettered >= 1

@@ -1,0 +1,1 @@
+"""What `rlmf up` keeps in its state folder and how `rlmf status` and `rlmf down` read it."""
