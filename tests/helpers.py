@@ -1,5 +1,6 @@
-"""What several test modules share: waiting on a condition, the policy server as a process, the
-broker, Redis, the news the sentiment tests publish, and the chart rendered with Helm's engine.
+"""What several test modules share: waiting on a condition, a service (the policy server among
+them) as a process, the broker, Redis, the news the sentiment tests publish, and the chart
+rendered with Helm's engine.
 
 Test modules import from here and never from each other."""
 
@@ -103,8 +104,28 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> i
 
 
 # ---------------------------------------------------------------------------------------------
-# The policy server (`python -m services.policy`, KServe's ModelServer) as a process
+# A service as a process (`python -m services.<name>`), and the policy server (KServe's
+# ModelServer) as one
 # ---------------------------------------------------------------------------------------------
+
+
+def spawn_service(
+    module: str,
+    env: dict[str, str],
+    log: Path,
+    *,
+    args: list[str] | None = None,
+    append: bool = False,
+) -> subprocess.Popen[bytes]:
+    """`python -m <module> <args>` run from the repository root with this process's environment
+    updated by `env`, stdout and stderr into `log`; does not wait. `append` keeps what an
+    earlier process of the same test wrote there (a restarted service's log tells both runs)."""
+    cmd = [sys.executable, "-m", module, *(args or [])]
+    # Closed here once started: the child keeps its own copy of the descriptor.
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 @dataclass
@@ -124,14 +145,10 @@ def spawn_policy_server(
     from services.common.broker import free_port
 
     port = free_port()
-    cmd = [sys.executable, "-m", "services.policy", "--model_dir", str(model_dir)]
-    cmd += ["--http_port", str(port), "--enable_grpc", "false"]
+    args = ["--model_dir", str(model_dir), "--http_port", str(port), "--enable_grpc", "false"]
     # Tiny test models gain nothing from more intra-op threads on a shared machine.
-    full_env = {**os.environ, "RLMF_POLICY_TORCH_THREADS": "1", **(env or {})}
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
-        )
+    service_env = {"RLMF_POLICY_TORCH_THREADS": "1", **(env or {})}
+    process = spawn_service("services.policy", service_env, log, args=args)
     return PolicyServer(f"http://127.0.0.1:{port}", process, log)
 
 

@@ -4,10 +4,7 @@ bad bars dead-lettered with their reasons, features.ready watermarks; on SQLite 
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,9 +27,8 @@ from services.features.repo import apply_repo, open_store
 from services.features.sample import Sample, event_order, sample
 from services.features.settings import FeaturesSettings
 from services.features.store import FeatureReader, FeatureWriter
-from tests.helpers import REDIS, http_ok, read_topic, require_redis, wait_until
+from tests.helpers import REDIS, http_ok, read_topic, require_redis, spawn_service, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:On demand feature view is an experimental")
 NUMERIC = [
     "close", "ret_1d", "ret_5d", "ret_20d", "realised_vol_20d", "ma_gap_5d", "ma_gap_20d",
@@ -231,7 +227,6 @@ def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
     port = free_port()
     ticker = f"E{unique[:6].upper()}"
     env = {
-        **os.environ,
         "RLMF_HTTP_PORT": str(port),
         "RLMF_FEATURES_DATA_DIR": str(tmp_path / "feast"),
         "RLMF_FEATURES_PROJECT": f"e_{unique}",
@@ -244,9 +239,7 @@ def test_entrypoint_applies_serves_http_and_stops_on_sigterm(
         tickers=[ticker], bars_topic=f"market.bars.{unique}", news_topic=f"news.enriched.{unique}"
     )
     log_path = tmp_path / "features.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "services.features"], cwd=REPO, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = spawn_service("services.features", env, log_path)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(base + "/readyz"), 90, "/readyz", process=proc, log=log_path)

@@ -5,10 +5,7 @@ within its grace period. Each test runs its own real tansu broker, stopped and s
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +21,7 @@ from services.common.topics import NEWS_RAW, dlq
 from services.ingest.http_api import add_news_routes
 from services.ingest.pipeline import IngestPipeline
 from services.ingest.settings import IngestSettings
-from tests.helpers import http_ok, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import http_ok, spawn_service, wait_until
 
 
 @pytest.fixture
@@ -98,7 +93,6 @@ def test_sigterm_ends_the_service_within_its_grace_period_with_the_broker_gone(
 ) -> None:
     port = free_port()
     env = {
-        **os.environ,
         "RLMF_BUS_BOOTSTRAP": own_broker.bootstrap,
         "RLMF_BUS_RETRY_ATTEMPTS": "2",
         "RLMF_HTTP_PORT": str(port),
@@ -106,14 +100,7 @@ def test_sigterm_ends_the_service_within_its_grace_period_with_the_broker_gone(
         "RLMF_INGEST_SHUTDOWN_GRACE_S": "3",
     }
     log = tmp_path / "ingest.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.ingest"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = spawn_service("services.ingest", env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: http_ok(f"{base}/readyz"), 60, "/readyz", process=process, log=log)

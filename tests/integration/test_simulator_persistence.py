@@ -5,10 +5,8 @@ on envelope id) with the outputs of one uninterrupted in-process run over the sa
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,7 @@ from services.common.settings import BusSettings
 from services.simulator.service import OUTPUT_TOPICS, Trader, bar_from_pb, build_policy, live_loop
 from services.simulator.settings import SimulatorSettings
 from services.simulator.state_store import StateFile, StateFileError
-from tests.helpers import read_topic, stop_process, wait_until
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import read_topic, spawn_service, stop_process, wait_until
 
 
 def _bars(ticker: str, n: int, seed: int = 5) -> list[pb.Bar]:
@@ -112,7 +108,6 @@ def _spawn(
     settings: SimulatorSettings, bus: BusSettings, state_file: Path, log: Path
 ) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "RLMF_BUS_BOOTSTRAP": bus.bootstrap,
         "RLMF_BUS_GROUP_PROTOCOL": "manual",
         "RLMF_BUS_POLL_TIMEOUT_MS": "100",
@@ -128,14 +123,8 @@ def _spawn(
         "RLMF_SIMULATOR_SEED": str(settings.seed),
         "RLMF_SIMULATOR_STATE_FILE": str(state_file),
     }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "services.simulator"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    # Appended: the restarted process's lines follow the killed one's.
+    return spawn_service("services.simulator", env, log, append=True)
 
 
 @pytest.mark.slow  # two simulator processes: about 15 s

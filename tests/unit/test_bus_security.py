@@ -16,7 +16,9 @@ from pydantic import ValidationError
 
 from services.common import bus as bus_module
 from services.common.settings import BusSettings
+from tests.helpers import read_topic
 
+SECURITY_TOPIC = "rlmf.test.security"
 SCRAM_ENV = {
     "RLMF_BUS_SECURITY_PROTOCOL": "SASL_SSL",
     "RLMF_BUS_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -119,15 +121,24 @@ def test_kafka_python_knows_every_argument_and_mechanism() -> None:
     assert set(allowed) <= set(SASL_MECHANISMS), set(allowed) - set(SASL_MECHANISMS)
 
 
-def test_plaintext_is_said_explicitly_to_the_real_broker(bus_settings: BusSettings) -> None:
+def test_plaintext_is_said_explicitly_to_the_real_broker(
+    bus_settings: BusSettings, unique: str
+) -> None:
+    """security_protocol PLAINTEXT set, not left to the default: the clients get that protocol
+    and nothing of TLS or SASL, and the real (plaintext) broker takes the record."""
     settings = bus_settings.model_copy(update={"security_protocol": "PLAINTEXT"})
-    bus_module.ensure_topics(settings, ["rlmf.test.security"], "test")
+    assert settings.client_security() == {"security_protocol": "PLAINTEXT"}
+    bus_module.ensure_topics(settings, [SECURITY_TOPIC], "test")
+    value = f"plaintext-{unique}".encode()
     producer = bus_module.Producer(settings, "test")
     try:
-        producer.send_raw("rlmf.test.security", b"plaintext", key=None, headers=[])
+        producer.send_raw(SECURITY_TOPIC, value, key=None, headers=[])
         producer.flush()  # returns once the broker acknowledged it
     finally:
         producer.close()
+    # Read back, by its unique value: the session broker's topic holds earlier runs' records.
+    landed = [r.value for r in read_topic(settings.bootstrap, SECURITY_TOPIC)]
+    assert landed.count(value) == 1, f"{landed.count(value)} copies of {value!r} on the topic"
 
 
 def test_the_simulators_watermark_consumer_is_built_with_the_security_settings(

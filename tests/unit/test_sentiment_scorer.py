@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from services.sentiment.scorer import LLMOptions, LLMScorer, make_scorer
+from services.sentiment.scorer import LLMOptions, LLMScorer, Score, make_scorer
 from services.sentiment.service import build_scorer
 from services.sentiment.settings import SentimentSettings
 
@@ -32,8 +32,16 @@ def full_prompt_probs(scorer: LLMScorer, text: str) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def test_cached_batched_scores_equal_plain_forward(scorer: LLMScorer) -> None:
+def scored(scorer: LLMScorer) -> list[Score]:
+    """The scores of TEXTS, one per text: two empty lists compare equal, and a loop over none
+    checks nothing, so a scorer that dropped texts would otherwise pass the tests below."""
     scores = scorer.score(TEXTS)
+    assert len(scores) == len(TEXTS), f"{len(scores)} scores for {len(TEXTS)} texts"
+    return scores
+
+
+def test_cached_batched_scores_equal_plain_forward(scorer: LLMScorer) -> None:
+    scores = scored(scorer)
     for text, score in zip(TEXTS, scores, strict=True):
         expected = full_prompt_probs(scorer, text).tolist()
         got = [score.probabilities[k] for k in ("positive", "negative", "neutral")]
@@ -41,15 +49,15 @@ def test_cached_batched_scores_equal_plain_forward(scorer: LLMScorer) -> None:
 
 
 def test_batch_size_does_not_change_scores(tiny_llama_dir: Path, scorer: LLMScorer) -> None:
-    one = LLMScorer(tiny_llama_dir, LLMOptions(batch_size=1)).score(TEXTS)
-    many = scorer.score(TEXTS)
+    one = scored(LLMScorer(tiny_llama_dir, LLMOptions(batch_size=1)))
+    many = scored(scorer)
     assert [s.sentiment for s in one] == pytest.approx([s.sentiment for s in many], abs=1e-4)
 
 
 def test_prefix_cache_off_gives_the_same_scores(tiny_llama_dir: Path, scorer: LLMScorer) -> None:
     """The bench's baseline (every full prompt run from its first token, padded batch)."""
-    plain = LLMScorer(tiny_llama_dir, LLMOptions(batch_size=8, prefix_cache=False)).score(TEXTS)
-    cached = scorer.score(TEXTS)
+    plain = scored(LLMScorer(tiny_llama_dir, LLMOptions(batch_size=8, prefix_cache=False)))
+    cached = scored(scorer)
     for a, b in zip(plain, cached, strict=True):
         assert list(a.probabilities.values()) == pytest.approx(
             list(b.probabilities.values()), abs=1e-4
@@ -57,7 +65,7 @@ def test_prefix_cache_off_gives_the_same_scores(tiny_llama_dir: Path, scorer: LL
 
 
 def test_score_is_p_positive_minus_p_negative(scorer: LLMScorer) -> None:
-    for score in scorer.score(TEXTS):
+    for score in scored(scorer):
         p = score.probabilities
         assert sum(p.values()) == pytest.approx(1.0, abs=1e-5)
         assert score.sentiment == pytest.approx(p["positive"] - p["negative"])

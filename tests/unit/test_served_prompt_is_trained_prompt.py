@@ -23,9 +23,10 @@ from services.policy.prompt import build_prompt, decision_suffix, prompt_prefix
 from services.simulator.session import BarData, TradingSession
 
 ACTIONS_PLAYED = ["buy", "buy", "hold", "sell", "buy", "hold", "sell", "sell", "buy", "hold"]
+BARS = 40
 
 
-def _both_sides(bars: int = 40) -> tuple[list[MarketState], list[MarketState]]:
+def _both_sides(bars: int = BARS) -> tuple[list[MarketState], list[MarketState]]:
     frame, _ = generate_market(load_params("default"), bars, seed=3)
     rng = np.random.default_rng(0)
     sentiment = pd.Series(np.round(np.tanh(rng.normal(size=bars)), 2), index=frame.index)
@@ -54,11 +55,18 @@ def _both_sides(bars: int = 40) -> tuple[list[MarketState], list[MarketState]]:
     return served, trained
 
 
-def test_the_live_session_and_the_training_env_render_the_same_prompts() -> None:
+def _pairs() -> list[tuple[MarketState, MarketState]]:
+    """(served, trained) state of each bar both sides decide on, every one of them: a side that
+    stopped early would leave bars uncompared and the tests would pass on fewer."""
     served, trained = _both_sides()
-    pairs = list(zip(served, trained, strict=False))
-    assert len(pairs) > 30
-    for live, train in pairs:
+    # The session decides on every bar; the env is stepped on all but the last (_both_sides).
+    assert len(served) == BARS, f"the session decided on {len(served)} of {BARS} bars"
+    assert len(trained) == BARS - 1, f"the env stepped {len(trained)} of {BARS - 1} bars"
+    return list(zip(served[: len(trained)], trained, strict=True))
+
+
+def test_the_live_session_and_the_training_env_render_the_same_prompts() -> None:
+    for live, train in _pairs():
         assert build_prompt(live).text == build_prompt(train).text, live.as_of
 
 
@@ -66,8 +74,10 @@ def test_the_same_prompts_are_the_same_token_ids_and_feedback_rebuilds_them(
     tiny_llama_dir: Path,
 ) -> None:
     model = LLMActorCritic.from_pretrained(tiny_llama_dir, ActorCriticConfig(trainable_top_k=1))
-    served, trained = _both_sides()
-    for live, train in list(zip(served, trained, strict=False))[::7]:
+    sampled = _pairs()[::7]
+    # Pairs 0, 7, ..., 35 of the 39.
+    assert len(sampled) == 6
+    for live, train in sampled:
         served_ids, _ = model.encode([live])
         trained_ids, _ = model.encode([train])
         rebuilt_ids, _ = model.encode_texts(prompt_prefix(), [decision_suffix(state_block(live))])
