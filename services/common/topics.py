@@ -15,6 +15,7 @@ TRADING_FILLS = "trading.fills.v1"
 PORTFOLIO_SNAPSHOTS = "portfolio.snapshots.v1"
 MARKET_FEEDBACK = "market.feedback.v1"
 MODELS_PROMOTIONS = "models.promotions.v1"
+TRADING_SHADOW = "trading.shadow.v1"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -28,6 +29,7 @@ PAYLOAD_TYPES: dict[str, type[Message]] = {
     PORTFOLIO_SNAPSHOTS: pb.PortfolioSnapshot,
     MARKET_FEEDBACK: pb.MarketFeedback,
     MODELS_PROMOTIONS: pb.ModelPromotion,
+    TRADING_SHADOW: pb.ShadowDecision,
 }
 
 ALL_TOPICS: tuple[str, ...] = tuple(PAYLOAD_TYPES)

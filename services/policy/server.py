@@ -319,6 +319,17 @@ def read_reload_token(settings: PolicySettings) -> str | None:
     return token
 
 
+async def _stage(candidate: Any, folder: Path) -> JSONResponse:
+    """Stage `folder` as the candidate; a folder that fails verification is refused (422) and
+    whatever was staged before stays."""
+    try:
+        return JSONResponse(await candidate.stage(folder))
+    except (ArtifactError, OSError, ValueError) as exc:
+        metrics.RELOADS.labels("refused").inc()
+        log.error("candidate %s refused: %s", folder, exc)
+        return _error(f"candidate refused: {folder} is not a verified policy artifact", 422)
+
+
 def _error(text: str, status: int, **headers: str) -> JSONResponse:
     return JSONResponse({"error": text}, status_code=status, headers=headers or None)
 
@@ -372,9 +383,11 @@ async def _reload_body(request: Request) -> str | JSONResponse:
     return str(body["model_dir"])
 
 
-def install_routes(app: FastAPI, model: PolicyModel) -> None:
+def install_routes(app: FastAPI, model: PolicyModel, candidate: Any = None) -> None:
     """Add the reload (when enabled) and status routes, the streaming body limit, the OpenAPI
-    document of what the routes answer, and turn FastAPI's 422 body errors into 400s."""
+    document of what the routes answer, and turn FastAPI's 422 body errors into 400s. With a
+    `candidate` (services/policy/candidate.py), its :reload stages a student in shadow and its
+    :retire (reload enabled, same guard) takes it out."""
     token = read_reload_token(model.settings)
     root = model.settings.reload_folder_root
     if model.settings.artifact_public_key_file is None:
@@ -386,7 +399,7 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
         )
 
     async def reload_route(name: str, request: Request) -> JSONResponse:
-        if name != model.name:
+        if name not in (model.name, candidate.name if candidate else model.name):
             return _error(f"no model named {name}", 404)
         refused = _reload_gate(request, token)
         if refused is not None:
@@ -397,6 +410,8 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
         folder = _reload_folder(raw, root)
         if folder is None:
             return _error(f"{raw} is outside the reload root {root}", 403)
+        if candidate is not None and name == candidate.name:
+            return await _stage(candidate, folder)
         try:
             result = await model.reload(folder)
         except ReloadRefused as exc:
@@ -404,7 +419,19 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
             return _error(f"reload refused, still serving {served}: {exc.public}", 422)
         return JSONResponse(result)
 
+    async def retire_route(name: str, request: Request) -> JSONResponse:
+        if candidate is None or name != candidate.name:
+            return _error(f"no candidate named {name}", 404)
+        refused = _reload_gate(request, token)
+        if refused is not None:
+            return refused
+        return JSONResponse(candidate.retire())
+
     async def status_route(name: str) -> JSONResponse:
+        if candidate is not None and name == candidate.name:
+            if not candidate.staged:
+                return _error("no candidate in shadow", 404)
+            return JSONResponse(candidate.status())
         if name != model.name:
             return JSONResponse({"error": f"no model named {name}"}, status_code=404)
         return JSONResponse(model.status())
@@ -433,6 +460,7 @@ def install_routes(app: FastAPI, model: PolicyModel) -> None:
         )
     if model.settings.reload_enabled:
         app.add_api_route("/v1/models/{name}:reload", reload_route, methods=["POST"], **RELOAD_DOC)
+        app.add_api_route("/v1/models/{name}:retire", retire_route, methods=["POST"])
     app.add_api_route("/v1/models/{name}:status", status_route, methods=["GET"], **STATUS_DOC)
     app.add_exception_handler(RequestValidationError, bad_body)  # type: ignore[arg-type]
     # Counted while the body streams in: KServe's v1 route and FastAPI's v2 body parsing both

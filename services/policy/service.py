@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from services.common.service import EXIT_CONFIG
 from services.policy.artifact_signing import SigningError
 from services.policy.artifacts import ArtifactError
+from services.policy.candidate import CandidateModel
 from services.policy.server import PolicyModel, install_routes
 from services.policy.settings import PolicySettings
 
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = PolicyModel(settings)
         model.load()
+        candidate = CandidateModel(settings, model)
         from kserve.model_server import app as kserve_app
 
-        install_routes(kserve_app, model)
+        install_routes(kserve_app, model, candidate)
     except (ArtifactError, SigningError, OSError, ValueError) as exc:
         return _fail(settings.model_dir, exc)
     enable_grpc = args.enable_grpc and not settings.loopback_only
@@ -88,5 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         workers=1,
         enable_latency_logging=args.enable_latency_logging,
     )
+    server.register_model(candidate)  # not ready (404s) until a student is staged in shadow
     server.start([model])
     return 0

@@ -50,6 +50,7 @@ from services.market.regime_market import generate_market, load_params
 from services.simulator.policy_caller import PolicyCaller
 from services.simulator.session import BarData, StepOutput, TradingSession
 from services.simulator.settings import SimulatorSettings
+from services.simulator.shadow import CandidateClient, ShadowTrader, net_worth
 from services.simulator.state_store import (
     SimulatorState,
     StateFile,
@@ -64,6 +65,7 @@ OUTPUT_TOPICS = (
     topics.TRADING_FILLS,
     topics.PORTFOLIO_SNAPSHOTS,
     topics.MARKET_FEEDBACK,
+    topics.TRADING_SHADOW,
 )
 
 FEATURES_WAIT_TIMEOUTS = Counter(
@@ -303,6 +305,15 @@ class Trader:
 
             self.reader = FeastFeatures()
         self.run_id = f"{settings.mode}:{settings.prices_csv or settings.scenario}:{settings.seed}"
+        self.shadow = (
+            ShadowTrader(
+                CandidateClient(
+                    settings.policy_url, settings.candidate_model, settings.policy_timeout_s
+                )
+            )
+            if settings.policy_url and settings.shadow
+            else None
+        )
 
     def decide(self, state: MarketState) -> Decision:
         """The policy's decision; any failure becomes hold, a metric and a log line."""
@@ -318,12 +329,16 @@ class Trader:
         return SimulatorState(
             sessions={t: session_to_dict(s) for t, s in self.sessions.items()},
             policy=self.policy.get_state(),
+            extra={"shadow": self.shadow.export()} if self.shadow else {},
         )
 
     def restore(self, state: SimulatorState) -> None:
         for ticker, saved in state.sessions.items():
             restore_session(self.session(ticker), saved)
         self.policy.set_state(state.policy)
+        if self.shadow is not None:
+            blank = TradingSession("", self.settings.execution())
+            self.shadow.restore(state.extra.get("shadow", {}), blank)
 
     def _features(self, bar: BarData) -> tuple[dict[str, float], float | None, str]:
         # The features service stamps a bar's watermark with the bar's end; waiting for its
@@ -357,9 +372,19 @@ class Trader:
     def on_bar(self, bar: BarData) -> list[Outgoing]:
         session = self.session(bar.ticker)
         features, sentiment, summary = self._features(bar)
+        account = self.shadow.before_live(session) if self.shadow else None
+        live_before = net_worth(session)
         step = session.on_bar(bar, self.decide, features, sentiment, summary)
         BARS_TRADED.labels(bar.ticker, self.settings.mode).inc()
-        return outputs_of(step, bar.ticker, self.run_id)
+        out = outputs_of(step, bar.ticker, self.run_id)
+        if account is not None:
+            assert self.shadow is not None
+            shadow = self.shadow.trade(
+                account, bar, features, sentiment, summary, live=(step, live_before)
+            )
+            decision = _decision_pb(bar.ticker, shadow.decision, bar.time)
+            out.append(shadow.outgoing(self.run_id, decision))
+        return out
 
 
 def _finite(value: Any) -> float | None:

@@ -39,6 +39,12 @@ class SimulatorSettings(BaseSettings):
     policy_url: str | None = None
     """KServe v1 policy server root URL; unset trades with `baseline_policy`."""
     policy_timeout_s: float = Field(default=5.0, gt=0)
+    shadow: bool = True
+    """With a policy_url: ask the policy server's candidate (`candidate_model`) on every bar and,
+    while one is staged, trade its decisions in a shadow account (services/simulator/shadow.py)
+    published on trading.shadow.v1; the live account never sees them."""
+    candidate_model: str = "policy-candidate"
+    """The candidate's model name on the policy server (services/policy/candidate.py)."""
     explain_every: int = Field(default=0, ge=0)
     """Ask the policy for its rationale (SEP's explain step) on every Nth decision; 0: never."""
     baseline_policy: str = "sentiment-rule"

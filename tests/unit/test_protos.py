@@ -39,7 +39,7 @@ def test_generated_code_is_not_stale(tmp_path: Path) -> None:
 
 def test_every_topic_is_versioned_and_has_a_payload_and_dlq_twin() -> None:
     names = topics.all_topics_with_dlq()
-    assert len(names) == 2 * len(topics.ALL_TOPICS) == 18
+    assert len(names) == 2 * len(topics.ALL_TOPICS) == 20
     for topic in topics.ALL_TOPICS:
         assert topic.endswith(".v1")
         assert topics.dlq(topic) == topic + ".dlq" in names

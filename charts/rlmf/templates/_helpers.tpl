@@ -419,6 +419,8 @@ spec:
 - market.feedback.v1.dlq
 - models.promotions.v1
 - models.promotions.v1.dlq
+- trading.shadow.v1
+- trading.shadow.v1.dlq
 {{- end -}}
 
 {{/* Tickers the features service accepts: the traded ones plus the `helm test` ticker. */}}
