@@ -155,6 +155,9 @@ def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[s
             # features service's features and news read point in time from the same store.
             "RLMF_TRAINER_DATA_SOURCE": "kafka",
             "RLMF_TRAINER_FEATURES_SOURCE": "feast",
+            # A student the backtest gate passes trades this many live bars in shadow before
+            # the trainer decides on the backtest and the shadow bars together.
+            "RLMF_TRAINER_SHADOW_BARS": "20",
         },
     }
     return {

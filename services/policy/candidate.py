@@ -4,9 +4,10 @@ every live bar and book its decisions in a shadow account, before it serves anyo
 
 It shares the teacher's day cache: the frozen base is the same, so a shadow decision on a day
 the teacher already decided costs only the candidate's trainable layers and heads. Until a
-student is staged (`POST /v1/models/<name>-candidate:reload`) every request for it is a 404, so
-a simulator can ask every bar and trade in shadow exactly while a candidate exists; `:retire`
-(after the trainer's verdict, either way) makes it a 404 again.
+student is staged (`POST /v1/models/<name>-candidate:reload`) its `:status` is a 404 (and its
+predict a 503, KServe's "not ready"), so a simulator can look every bar and trade in shadow
+exactly while a candidate exists; `:retire` (after the trainer's verdict, either way) makes it
+so again.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from services.trainer.datasets import (
     feedback_in_window,
 )
 from services.trainer.evaluate import Evaluation, evaluate, held_out_returns, pool_folds
-from services.trainer.gate import GateDecision, decide
+from services.trainer.gate import GateDecision, HeldOutReturns, decide
 from services.trainer.market_feedback import (
     feedback_set,
     labelled_history,
@@ -50,6 +50,7 @@ from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promot
 from services.trainer.promotions_topic import publish_decision
 from services.trainer.sep_stages import run_sep_stages
 from services.trainer.settings import TrainerSettings
+from services.trainer.shadow import ShadowFiles, stage_candidate
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,8 @@ def run_cycle(
         student_eval = pool_folds([*(s for s, _ in earlier), student_eval])
         teacher_eval = pool_folds([*(t for _, t in earlier), teacher_eval])
     gate = _gate(settings, plan, student_eval, teacher_eval, training)
-    promoted, detail, outcome = _promote(settings, plan, gate, promoter)
+    returns = held_out_returns(student_eval, teacher_eval)
+    promoted, detail, outcome = _promote(settings, plan, gate, promoter, returns)
     cycle = _result(
         plan,
         gate,
@@ -591,12 +593,19 @@ def _gate(
 
 
 def _promote(
-    settings: TrainerSettings, plan: CyclePlan, gate: GateDecision, promoter: Promoter | None
+    settings: TrainerSettings,
+    plan: CyclePlan,
+    gate: GateDecision,
+    promoter: Promoter | None,
+    returns: HeldOutReturns | None = None,
 ) -> tuple[bool, str, str]:
     """Promote a student the gate passed and point `current` at it; count the outcome.
-    Returns whether the student now serves (is the teacher), the reason in words and the
-    outcome's label."""
+    With shadow bars set, the student instead becomes the candidate and trades in shadow
+    (services/trainer/shadow.py decides later). Returns whether the student now serves (is the
+    teacher), the reason in words and the outcome's label."""
     promoter = promoter if promoter is not None else make_promoter(settings)
+    if gate.promoted and settings.shadow_bars and returns is not None:
+        return _stage(settings, plan, gate, promoter, returns)
     promotion: PromotionOutcome | None = None
     if gate.promoted and promoter is not None:
         promotion = promoter.promote(plan.out, plan.version)
@@ -607,6 +616,31 @@ def _promote(
     outcome = _outcome(gate.promoted, promotion)
     PROMOTIONS.labels(outcome).inc()
     return promoted, detail, outcome
+
+
+def _stage(
+    settings: TrainerSettings,
+    plan: CyclePlan,
+    gate: GateDecision,
+    promoter: Promoter | None,
+    returns: HeldOutReturns,
+) -> tuple[bool, str, str]:
+    """The student passed the backtest gate: stage it as the candidate (outcome "candidate")."""
+    if not isinstance(promoter, EmbeddedPromoter):
+        raise CycleError("shadow trading needs the embedded promoter (RLMF_TRAINER_PROMOTION)")
+    staged = stage_candidate(
+        ShadowFiles(settings.work_dir),
+        promoter,
+        folder=plan.out,
+        version=plan.version,
+        teacher_version=plan.teacher_version,
+        returns=returns,
+        needed=settings.shadow_bars,
+        p_value=gate.p_value,
+    )
+    outcome = "candidate" if staged.promoted else "failed"
+    PROMOTIONS.labels(outcome).inc()
+    return False, f"{gate.reason}; {staged.detail}", outcome
 
 
 def _result(

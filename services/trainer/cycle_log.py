@@ -86,13 +86,29 @@ class CycleLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(dataclasses.asdict(record)) + "\n")
 
+    def add_verdict(self, verdict: dict[str, Any]) -> None:
+        """A candidate's shadow verdict: its cycle's outcome from now on (see `records`)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"verdict": verdict}) + "\n")
+
     def records(self) -> list[dict[str, Any]]:
+        """The cycles, oldest first; a candidate's cycle carries its shadow verdict (under
+        "shadow") and the verdict's outcome (promoted, retired, failed)."""
         if not self.path.is_file():
             return []
-        records = []
+        records: list[dict[str, Any]] = []
         for line in self.path.read_text().splitlines():
             try:
-                records.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 log.warning("skipping a torn line of %s: %.80s", self.path, line)
+                continue
+            if "verdict" not in row:
+                records.append(row)
+                continue
+            verdict = row["verdict"]
+            for record in records:
+                if record.get("student_version") == verdict["version"]:
+                    record["shadow"], record["outcome"] = verdict, verdict["outcome"]
         return records

@@ -66,6 +66,32 @@ class EmbeddedPromoter:
             True, f"policy server switched {answer.get('previous_version')} -> {served}", served
         )
 
+    def stage(self, folder: Path, version: str) -> PromotionOutcome:
+        """Load `folder` as the candidate beside the teacher, for shadow trading."""
+        from services.policy.client import PolicyClientError, request_reload
+
+        try:
+            answer = request_reload(
+                self.policy_url, folder, timeout=self.timeout_s, model_name=CANDIDATE_MODEL
+            )
+        except PolicyClientError as exc:
+            return PromotionOutcome(False, f"policy server refused the candidate: {exc}")
+        staged = str(answer.get("model_version", ""))
+        if staged != version:
+            return PromotionOutcome(False, f"candidate {staged!r} staged, expected {version!r}")
+        return PromotionOutcome(True, f"{staged} trades in shadow", staged)
+
+    def retire(self) -> None:
+        """Take the candidate out of shadow (after its verdict, either way)."""
+        import httpx
+
+        url = f"{self.policy_url.rstrip('/')}/v1/models/{CANDIDATE_MODEL}:retire"
+        httpx.post(url, timeout=self.timeout_s).raise_for_status()
+
+
+CANDIDATE_MODEL = "policy-candidate"
+"""The policy server's candidate (services/policy/candidate.py names it <model>-candidate)."""
+
 
 class HelmClient(Protocol):
     """The two helm-python-sdk calls the cluster promoter makes (helm_python.Config)."""

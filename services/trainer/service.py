@@ -26,15 +26,17 @@ from services.common.cycle_schedule import cycle_due
 from services.common.http_server import HealthApp
 from services.common.service import run_consumer_service
 from services.common.settings import BusSettings
-from services.common.topics import MARKET_BARS, MARKET_FEEDBACK, MODELS_PROMOTIONS
+from services.common.topics import MARKET_BARS, MARKET_FEEDBACK, MODELS_PROMOTIONS, TRADING_SHADOW
 from services.market.walk_forward import minimum_bars
 from services.trainer import market_source
-from services.trainer.cycle import CycleInterrupted, CycleResult, run_cycle
+from services.trainer.cycle import CycleInterrupted, CycleResult, run_cycle, set_current
 from services.trainer.cycle_log import CycleLog, CycleRecord
 from services.trainer.datasets import FeedbackLog, FeedbackRecord, record_from_incoming
 from services.trainer.kafka_history import NoMarketData, StreamHistory
 from services.trainer.market_source import known_by
+from services.trainer.promotion import EmbeddedPromoter
 from services.trainer.settings import TrainerSettings
+from services.trainer.shadow import ShadowFiles, ShadowJudge
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class Scheduler:
         busy = self._worker is not None and self._worker.is_alive()
         if not days or (busy and self._worker is not threading.current_thread()):
             return None
+        if ShadowFiles(self.settings.work_dir).candidate.is_file():
+            return None  # one candidate at a time: the next cycle waits for its verdict
         return cycle_due(days, self.last_cycle_day, self.settings.cycle_every_days)
 
     def maybe_start(self) -> None:
@@ -207,12 +211,20 @@ def build(
     bus = bus or BusSettings()
     feedback = FeedbackLog(settings.work_dir / "feedback.jsonl")
     producer = Producer(bus, SERVICE) if settings.publish else None
+    judge = _shadow_judge(settings, producer)
     streaming = market_source.resolve(settings) == "kafka"
     history = StreamHistory(settings.work_dir) if streaming else None
     prices = history if history is not None else market_source.load_prices(settings)
     scheduler = Scheduler(settings, feedback, prices, producer)
 
     def handle(incoming: Incoming) -> list[Outgoing]:
+        if incoming.topic == TRADING_SHADOW:
+            assert judge is not None  # only a trainer with shadow trading subscribes
+            verdict = judge.add(incoming.payload, incoming.payload.decision.ticker)
+            if verdict is not None:
+                scheduler.cycle_log.add_verdict(verdict.to_dict())
+                scheduler.maybe_start()  # cycles waited for this verdict
+            return []
         if incoming.topic == MARKET_BARS:
             assert history is not None  # only a streaming trainer subscribes to the bars
             history.add(incoming)  # ValidationFailed -> .dlq, with the reason
@@ -236,13 +248,30 @@ def build(
 
     loop = ConsumerLoop(
         service=SERVICE,
-        topics=[MARKET_BARS, MARKET_FEEDBACK] if streaming else [MARKET_FEEDBACK],
+        topics=[
+            *([MARKET_BARS] if streaming else []),
+            MARKET_FEEDBACK,
+            *([TRADING_SHADOW] if judge is not None else []),
+        ],
         settings=bus,
         handle_batch=handle_batch,
         create_topics=[MODELS_PROMOTIONS],
         group_id=group_id,
     )
     return loop, scheduler
+
+
+def _shadow_judge(settings: TrainerSettings, producer: Producer | None) -> ShadowJudge | None:
+    """The candidate's judge when students trade in shadow before they serve."""
+    if not settings.shadow_bars or settings.promotion != "embedded":
+        return None
+    return ShadowJudge(
+        ShadowFiles(settings.work_dir),
+        settings.gate,
+        EmbeddedPromoter(settings.policy_url),
+        on_promoted=lambda folder: set_current(settings.models_dir, folder),
+        producer=producer,
+    )
 
 
 def main() -> int:

@@ -190,6 +190,11 @@ class TrainerSettings(BaseSettings):
     ready_timeout_s: float = 600.0
     canary: CanaryConfig = CanaryConfig()
     """Cluster: the canary stage (services/trainer/canary.py), env RLMF_TRAINER_CANARY__<FIELD>."""
+    shadow_bars: int = Field(default=0, ge=0)
+    """Embedded promotion: a student the backtest gate passes becomes the candidate and trades
+    in shadow on this many live bar times before the trainer decides, on the backtest pooled
+    with the shadow bars (services/trainer/shadow.py); 0 promotes on the backtest alone. `rlmf
+    up` sets 20. At least gate.min_shadow_bars when set."""
     publish: bool = True
     """Publish models.promotions.v1 (needs the bus)."""
 
@@ -238,3 +243,13 @@ class TrainerSettings(BaseSettings):
         if negative:
             raise ValueError(f"must be >= 0: {', '.join(negative)}")
         return args
+
+    @model_validator(mode="after")
+    def _shadow_long_enough(self) -> TrainerSettings:
+        if 0 < self.shadow_bars < self.gate.min_shadow_bars:
+            raise ValueError(
+                f"shadow_bars {self.shadow_bars} is below gate.min_shadow_bars "
+                f"{self.gate.min_shadow_bars}: the pooled gate would refuse every candidate "
+                "(raise RLMF_TRAINER_SHADOW_BARS or lower RLMF_TRAINER_GATE__MIN_SHADOW_BARS)"
+            )
+        return self

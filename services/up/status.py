@@ -11,6 +11,7 @@ from typing import Any
 from services.simulator.state_store import StateFile, StateFileError
 from services.trainer.cycle_log import CycleLog
 from services.trainer.kafka_history import StreamHistory
+from services.trainer.shadow import ShadowFiles, shadow_series
 from services.up.state_dir import RunInfo, StateDir, running
 
 
@@ -31,7 +32,7 @@ def collect(state: StateDir) -> dict[str, Any]:
         "stopped_at": info.stopped_at if info else None,
         "served": _served(info),
         "tickers": tickers,
-        "shadow": None,
+        "shadow": _shadow(state.trainer),
         "cycles": CycleLog(state.trainer / "cycles.jsonl").records(),
     }
 
@@ -65,6 +66,22 @@ def _ticker(bars: int, session: dict[str, Any] | None, needed: int | None) -> di
         "net_worth": worth("cash", "position"),
         "buy_and_hold_net_worth": worth("benchmark_cash", "benchmark_position"),
         "bars_needed_for_cycle": None if needed is None else max(0, needed - bars),
+    }
+
+
+def _shadow(trainer_dir: Path) -> dict[str, Any] | None:
+    """The candidate in shadow: its version, the bar times it traded so far and those its
+    verdict waits for; None when no candidate is in shadow."""
+    files = ShadowFiles(trainer_dir)
+    candidate = files.read_candidate()
+    if candidate is None:
+        return None
+    times, _ = shadow_series(files.shadow_bars(candidate.version))
+    return {
+        "version": candidate.version,
+        "bars": len(times),
+        "needed": candidate.needed,
+        "staged_at": candidate.staged_at,
     }
 
 

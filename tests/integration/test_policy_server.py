@@ -8,15 +8,18 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
 
+from services.common import topics
 from services.common.market_state import ACTIONS, MarketState
 from services.common.supervisor import EXIT_CONFIG
+from services.market.baseline_policies import HttpPolicy
 from services.policy.artifact_signing import generate_key_pair
 from services.policy.artifacts import (
     init_artifact,
@@ -469,3 +472,87 @@ def test_refusals_do_not_tell_which_paths_exist(
     assert [r.status_code for r in outside] == [403, 403]
     texts = {r.json()["error"].split(" is outside")[1] for r in outside}
     assert len(texts) == 1, texts
+
+
+# --- the candidate in shadow -----------------------------------------------------------------
+
+
+def _candidate(url: str, action: str, **kw: object) -> httpx.Response:
+    return httpx.post(f"{url}/v1/models/policy-candidate:{action}", timeout=120, **kw)
+
+
+def test_a_candidate_is_served_beside_the_teacher_until_retired(
+    server: PolicyServer, artifacts: dict[str, Path]
+) -> None:
+    """No candidate: its status is a 404 and its predict a 503 (KServe: not ready). Staged: it
+    answers as its own version
+    while the teacher keeps answering as itself. A tampered folder is refused and the staged
+    candidate stays; retired, it is a 404 again."""
+    request_reload(server.url, artifacts["v0"])  # known teacher
+    assert _candidate(server.url, "predict", json={"instances": [STATE]}).status_code == 503
+    assert httpx.get(f"{server.url}/v1/models/policy-candidate:status").status_code == 404
+    staged = request_reload(server.url, artifacts["v1"], model_name="policy-candidate")
+    assert staged["model_version"] == "v1"
+    shadow = _candidate(server.url, "predict", json={"instances": [STATE]})
+    assert shadow.status_code == 200, shadow.text
+    assert shadow.json()["predictions"][0]["model_version"] == "v1"
+    live = _predict(server.url, {"instances": [STATE]})
+    assert live.json()["predictions"][0]["model_version"] == "v0", "the teacher still serves"
+    with pytest.raises(PolicyClientError, match="candidate refused"):
+        request_reload(server.url, artifacts["bad"], model_name="policy-candidate")
+    status = httpx.get(f"{server.url}/v1/models/policy-candidate:status").json()
+    assert status["model_version"] == "v1"
+    assert _candidate(server.url, "retire").json() == {"retired_version": "v1"}
+    assert _candidate(server.url, "predict", json={"instances": [STATE]}).status_code == 503
+    assert httpx.get(f"{server.url}/v1/models/policy-candidate:status").status_code == 404
+
+
+def test_the_simulator_trades_a_staged_candidate_in_a_shadow_account(
+    server: PolicyServer, artifacts: dict[str, Path]
+) -> None:
+    """The simulator's Trader on the real server: no shadow bar before a candidate is staged;
+    then each bar also goes to trading.shadow.v1 with the candidate's decision and both
+    accounts' returns, the shadow account starting from the live one; the live decisions stay
+    the teacher's. After a restart from the saved state the shadow account continues."""
+    from services.simulator.service import Trader
+    from services.simulator.session import BarData
+    from services.simulator.settings import SimulatorSettings
+
+    request_reload(server.url, artifacts["v0"])
+    _candidate(server.url, "retire")
+    settings = SimulatorSettings(
+        policy_url=server.url, wait_for_features=False, policy_timeout_s=60
+    )
+    trader = Trader(settings, HttpPolicy(server.url, timeout_s=60), None)
+    start = datetime(2024, 1, 2, 21, tzinfo=UTC)
+
+    def bar(day: int) -> BarData:
+        close = 100.0 + day
+        when = start + timedelta(days=day)
+        return BarData("ACME", when, close, close * 1.01, close * 0.99, close, 1000.0)
+
+    def shadow_of(day: int) -> list[Any]:
+        return [o for o in trader.on_bar(bar(day)) if o.topic == topics.TRADING_SHADOW]
+
+    assert shadow_of(0) == [] and shadow_of(1) == []
+    request_reload(server.url, artifacts["v1"], model_name="policy-candidate")
+    try:
+        first = shadow_of(2)
+        assert len(first) == 1
+        message = first[0].payload
+        assert message.decision.model_version == "v1" and message.teacher_version == "v0"
+        assert message.shadow_bar == 1
+        live_before = trader.shadow.accounts["ACME"].session  # type: ignore[union-attr]
+        assert live_before is not trader.sessions["ACME"], "a copy, not the live session"
+        saved = trader.export_state()
+        restarted = Trader(settings, HttpPolicy(server.url, timeout_s=60), None)
+        restarted.restore(saved)
+        second = [o for o in restarted.on_bar(bar(3)) if o.topic == topics.TRADING_SHADOW]
+        assert second[0].payload.shadow_bar == 2, "the shadow account survived the restart"
+        again = [o for o in trader.on_bar(bar(3)) if o.topic == topics.TRADING_SHADOW]
+        assert second[0].payload.shadow_net_worth == pytest.approx(
+            again[0].payload.shadow_net_worth
+        )
+    finally:
+        _candidate(server.url, "retire")
+    assert shadow_of(4) == [], "retired: the shadow stretch is over"
