@@ -19,7 +19,7 @@ from services.common.broker import BrokerError, EmbeddedBroker
 from services.common.model_files import ModelFilesError, default_models_dir
 from services.common.settings import DEFAULT_PORTS, BusSettings
 from services.common.supervisor import Supervisor, available_services, service_spec
-from services.up.state_dir import RunInfo, StateDir, now, running
+from services.common.up_state import RunInfo, StateDir, now, running
 
 app = typer.Typer(
     no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market."

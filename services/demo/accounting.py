@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.common import topics
+from services.common.bus_reader import Event, committed_offsets, decode_unique, read_all
 from services.common.envelope import to_datetime
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
-from services.demo.bus_reader import Event, committed_offsets, decode_unique, read_all
 
 # Which service groups consume which topic in the demo (ConsumerLoop's default group name).
 CONSUMERS: dict[str, tuple[str, ...]] = {

@@ -15,8 +15,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from services.common import topics
+from services.common.bus_reader import committed_offsets, decode_unique, read_all
 from services.demo.accounting import CONSUMERS
-from services.demo.bus_reader import committed_offsets, decode_unique, read_all
 
 # The topics whose contents a kill must not change, and the payload fields that are
 # bookkeeping of one run rather than something decided (ids and times of production).

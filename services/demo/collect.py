@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 
 from services.common import topics
+from services.common.bus_reader import Event
 from services.common.envelope import to_datetime
-from services.demo.bus_reader import Event
 
 
 @dataclass

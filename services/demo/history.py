@@ -21,33 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common import topics
-from services.common.bar_messages import frame_bar_messages
-from services.common.bus import Producer
-from services.common.envelope import derived_id, to_datetime
+from services.common.bar_messages import publish_bars
 from services.common.settings import BusSettings
 from services.demo.config import Window
 
-FEED_SOURCE = "demo-history"
-
 
 def publish_history_bars(bus: BusSettings, window: Window) -> int:
-    """The history bars on market.bars.v1, oldest first, with ids stable across runs."""
-    producer = Producer(bus, FEED_SOURCE)
-    try:
-        bars = frame_bar_messages(window.history, window.ticker)
-        for bar in bars:
-            start = to_datetime(bar.start)
-            producer.publish(
-                topics.MARKET_BARS,
-                bar,
-                key=bar.ticker,
-                event_time=start,
-                id=derived_id(FEED_SOURCE, bar.ticker, start.isoformat()),
-            )
-    finally:
-        producer.close()
-    return len(bars)
+    """The history bars on market.bars.v1, oldest first, as `rlmf market publish --history`
+    sends a file's history (ids stable across runs)."""
+    history, _ = publish_bars(bus, window.history, window.ticker, history=len(window.history))
+    return history
 
 
 @dataclass

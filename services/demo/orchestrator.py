@@ -22,9 +22,9 @@ from tqdm import tqdm
 from services.common import topics
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.bus import Producer, ensure_topics
+from services.common.bus_reader import Tally, read_all, wait_drained
 from services.common.envelope import derived_id
 from services.common.settings import BusSettings
-from services.demo.bus_reader import Tally, committed_offsets, read_all
 from services.demo.chaos import run_fingerprint
 from services.demo.config import DemoConfig, DemoError, select_window, status
 from services.demo.finish import finish
@@ -191,21 +191,17 @@ class Demo:
     def _drain(self, pairs: list[tuple[str, str]], what: str) -> None:
         """Wait until each group committed as many offsets as its topic holds records."""
         assert self.services is not None
-        deadline = time.monotonic() + self.cfg.settings.drain_timeout_s
+        try:
+            ends = wait_drained(
+                self.state.bootstrap,
+                pairs,
+                self.cfg.settings.drain_timeout_s,
+                check=self.services.check_alive,
+            )
+        except TimeoutError as exc:
+            raise DemoError(f"{what}: {exc}") from exc
         for topic, group in pairs:
-            while True:
-                end = len(read_all(self.state.bootstrap, topic, quiet_polls=1))
-                done = sum(committed_offsets(self.state.bootstrap, group, topic).values())
-                if done >= end:
-                    break
-                self.services.check_alive()
-                if time.monotonic() > deadline:
-                    raise DemoError(
-                        f"{what}: {group} committed {done} of {end} on {topic} after "
-                        f"{self.cfg.settings.drain_timeout_s:.0f}s"
-                    )
-                time.sleep(1.0)
-            status(f"{what}: {group} committed all {end} records of {topic}")
+            status(f"{what}: {group} committed all {ends[topic]} records of {topic}")
 
     # -- history ------------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from services.common import envelope as envelopes
 from services.common import topics
+from services.common.bus_reader import Tally, TopicRecord
 from services.common.cycle_schedule import cycle_due
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
-from services.demo.bus_reader import Tally, TopicRecord
 from services.demo.config import status
 
 

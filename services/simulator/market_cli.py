@@ -3,14 +3,16 @@ market.bars.v1, for the live simulator and the features service)."""
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 
 import typer
 
 from services.common import topics
-from services.common.bus import Producer, ensure_topics
-from services.common.settings import BusSettings
+from services.common.bar_messages import publish_bars
+from services.common.bus import ensure_topics
+from services.common.settings import DEFAULT_PORTS, BusSettings
+from services.common.up_state import RunInfo, StateDir, running
 from services.market.market_data import MarketDataError, load_prices_csv
 from services.market.regime_market import generate_market, load_params
 
@@ -52,38 +54,96 @@ def generate(
 def publish(
     prices: Path = typer.Option(..., exists=True, dir_okay=False, help="OHLCV CSV to publish."),
     ticker: str | None = typer.Option(None, help="Ticker key (default: the file name)."),
+    history: int = typer.Option(
+        0, min=0, help="The first N bars are history: learnt from (a warm-up cycle), not traded."
+    ),
+    news: Path | None = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="News for these bars (JSONL or CSV: published_at, ticker, headline, optional "
+        "body), sent through ingest before the bars.",
+    ),
     speed: float = typer.Option(1.0, min=0.0, help="Bars per second."),
     as_fast_as_possible: bool = typer.Option(
         False, help="Ignore --speed and publish without pauses."
     ),
     bootstrap: str | None = typer.Option(
-        None, help="Kafka bootstrap (default RLMF_BUS_BOOTSTRAP)."
+        None, help="Kafka bootstrap (default: the running rlmf up's, else RLMF_BUS_BOOTSTRAP)."
+    ),
+    state_dir: Path = typer.Option(
+        Path("rlmf-state"), help="The state folder of a running rlmf up (its broker, universe)."
+    ),
+    ingest_url: str = typer.Option(
+        f"http://127.0.0.1:{DEFAULT_PORTS['ingest']}", help="Where --news items are POSTed."
     ),
 ) -> None:
-    """Send each bar as a Bar envelope keyed by ticker to market.bars.v1."""
-    from services.simulator.service import bar_to_pb, frame_bars
-
+    """Send each bar as a Bar envelope keyed by ticker to market.bars.v1 (and, with --news, the
+    news items through ingest first, waiting until the features service has them)."""
     try:
         frame = load_prices_csv(prices)
     except MarketDataError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    bus = BusSettings(bootstrap=bootstrap) if bootstrap else BusSettings()
     symbol = ticker or prices.stem.upper()
+    run = StateDir(state_dir).read_run()
+    run = run if running(run) else None
+    _check_universe(symbol, run)
+    if history >= len(frame):
+        typer.echo(f"error: --history {history} leaves none of the {len(frame)} bars", err=True)
+        raise typer.Exit(2)
+    bus = _bus(bootstrap, run)
+    if news is not None:
+        _publish_news(news, symbol, ingest_url, bus)
     ensure_topics(bus, [topics.MARKET_BARS], "market-publish")
-    producer = Producer(bus, "market-publish")
     pause = 0.0 if as_fast_as_possible or speed == 0 else 1.0 / speed
+    counts = publish_bars(bus, frame, symbol, history, pause)
+    typer.echo(
+        f"published {counts[0]} history and {counts[1]} live bars of {symbol} "
+        f"to {topics.MARKET_BARS}"
+    )
+
+
+def _check_universe(symbol: str, run: RunInfo | None) -> None:
+    """Refuse at once a ticker the running `up` (or RLMF_FEATURES_TICKERS) does not accept:
+    the features service would dead-letter every one of its bars."""
+    if run is not None:
+        universe, where = run.tickers, "the running rlmf up's --tickers"
+    else:
+        universe = [t for t in os.environ.get("RLMF_FEATURES_TICKERS", "").split(",") if t]
+        where = "RLMF_FEATURES_TICKERS"
+    if universe and symbol not in universe:
+        typer.echo(
+            f"error: {symbol} is not in the ticker universe {universe} ({where}); restart "
+            f"`rlmf up` with --tickers {','.join([*universe, symbol])}, or without --tickers "
+            "to accept any ticker",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+
+def _bus(bootstrap: str | None, run: RunInfo | None) -> BusSettings:
+    if bootstrap:
+        return BusSettings(bootstrap=bootstrap)
+    if run is not None and "RLMF_BUS_BOOTSTRAP" not in os.environ:
+        return BusSettings(bootstrap=run.bootstrap)
+    return BusSettings()
+
+
+def _publish_news(path: Path, ticker: str, ingest_url: str, bus: BusSettings) -> None:
+    from services.common.bus_reader import wait_drained
+    from services.simulator.news_file import NewsFileError, post_news, read_news
+
     try:
-        for bar in frame_bars(frame, symbol):
-            producer.publish(
-                topics.MARKET_BARS,
-                bar_to_pb(bar),
-                key=symbol,
-                event_time=bar.time,
-            )
-            if pause:
-                producer.flush()
-                time.sleep(pause)
-    finally:
-        producer.close()
-    typer.echo(f"published {len(frame)} bars of {symbol} to {topics.MARKET_BARS}")
+        items = read_news(path, ticker)
+        accepted = post_news(items, ingest_url)
+    except NewsFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"sent {accepted} news items of {ticker} through ingest; waiting for features")
+    pairs = [(topics.NEWS_RAW, "rlmf-sentiment"), (topics.NEWS_ENRICHED, "rlmf-features")]
+    try:
+        wait_drained(bus.bootstrap, pairs, timeout_s=600)
+    except TimeoutError as exc:
+        typer.echo(f"error: the news did not reach the features service: {exc}", err=True)
+        raise typer.Exit(1) from exc

@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common import envelope as envelopes
 from services.common import json_logging, topics
+from services.common.bar_messages import is_history
 from services.common.bus import (
     ConsumerLoop,
     Incoming,
@@ -80,6 +81,11 @@ BARS_TRADED = Counter("rlmf_simulator_bars_total", "Bars the simulator traded", 
 BARS_ALREADY_TRADED = Counter(
     "rlmf_simulator_bars_already_traded_total",
     "Re-delivered bars skipped because the saved state already holds them",
+)
+HISTORY_BARS = Counter(
+    "rlmf_simulator_history_bars_total",
+    "History bars taken into the price window, not traded",
+    ["ticker"],
 )
 PORTFOLIO_VALUE = Gauge("rlmf_portfolio_value", "Net worth of the traded account", ["ticker"])
 BUY_AND_HOLD_VALUE = Gauge(
@@ -564,6 +570,10 @@ def live_loop(settings: SimulatorSettings, bus: BusSettings) -> ConsumerLoop:
             # that kept its topics in memory restarted: new bars come at old offsets).
             if republished(bar) or (redelivered and settings.republished_bars != "skip"):
                 return already_traded(bar)
+            if is_history(incoming.envelope.source):
+                trader.session(bar.ticker).observe(bar)
+                HISTORY_BARS.labels(bar.ticker).inc()
+                return []
             return trader.on_bar(bar)
         except ValueError as exc:  # a bad or out-of-order bar: dead-lettered with this text
             raise ValidationFailed(str(exc)) from exc

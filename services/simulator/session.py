@@ -178,6 +178,28 @@ class TradingSession:
             sentiment=sentiment,
         )
 
+    def observe(self, bar: BarData) -> None:
+        """A history bar (published before the live start): it extends the price window the
+        states show, and nothing is decided, filled or fed back on it.
+
+        Raises:
+            ValueError: a bad bar, or one not after the previous bar.
+        """
+        bar.check()
+        if self.last_time is not None and bar.time <= self.last_time:
+            raise ValueError(
+                f"bar {self.ticker} {bar.time} is not after the previous bar {self.last_time}"
+            )
+        if self.pending is not None:
+            raise ValueError(
+                f"history bar {self.ticker} {bar.time} after a live decision: history comes "
+                "before the first live bar"
+            )
+        if self.closes:
+            self.log_returns.append(math.log(bar.close / self.closes[-1]))
+        self.closes.append(bar.close)
+        self.last_time = bar.time
+
     def on_bar(
         self,
         bar: BarData,

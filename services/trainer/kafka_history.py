@@ -9,6 +9,7 @@ store drops what it already holds. Bad messages go to the topics' .dlq twins wit
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from services.common.bar_messages import is_history
 from services.common.bus import ConsumerLoop, Incoming, Outgoing, ValidationFailed
 from services.common.envelope import to_datetime
 from services.common.settings import BusSettings
@@ -210,6 +212,11 @@ class StreamHistory:
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
         self.duplicates = 0
+        self._history_file = root / "history" / "history-end.json"
+        self.history_end: dict[str, str] = (
+            json.loads(self._history_file.read_text()) if self._history_file.is_file() else {}
+        )
+        """Per ticker, the end of its newest bar published as history (`--history`)."""
 
     def add(self, incoming: Incoming) -> bool:
         """Keep one market.bars.v1 message (ValidationFailed for a malformed one); True when it
@@ -217,6 +224,11 @@ class StreamHistory:
         end, values = bar_values(incoming)
         ticker = incoming.payload.ticker
         with self._lock:
+            if is_history(incoming.envelope.source) and end.isoformat() > self.history_end.get(
+                ticker, ""
+            ):
+                self.history_end[ticker] = end.isoformat()
+                self._dirty.add("")  # "" : the history-end file
             store = self.stores.setdefault(ticker, BarStore(History(self.root, ticker).bars_path))
             if not store.add(end, values):
                 self.duplicates += 1
@@ -227,7 +239,11 @@ class StreamHistory:
     def save(self) -> None:
         with self._lock:
             for ticker in sorted(self._dirty):
-                self.stores[ticker].save()
+                if ticker:
+                    self.stores[ticker].save()
+            if "" in self._dirty:
+                self._history_file.parent.mkdir(parents=True, exist_ok=True)
+                self._history_file.write_text(json.dumps(self.history_end))
             self._dirty.clear()
 
     def bar_counts(self) -> dict[str, int]:

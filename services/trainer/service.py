@@ -17,10 +17,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import date, datetime
 
 import pandas as pd
 
+from services.common.bar_messages import is_history
 from services.common.bus import ConsumerLoop, Incoming, Outgoing, Producer, one_by_one
 from services.common.cycle_schedule import cycle_due
 from services.common.http_server import HealthApp
@@ -98,21 +99,40 @@ class Scheduler:
             inputs = self._inputs(day)
             if inputs is None:
                 return  # too few bars yet: the teacher serves, the next record looks again
-            day = inputs[2]
-            self.last_cycle_day = day
-            self._worker = threading.Thread(
-                target=self._cycle, args=inputs, name="cycle", daemon=True
-            )
-            self._worker.start()
+            self._start(inputs)
 
-    def _inputs(self, day: date) -> tuple[TrainerSettings, pd.DataFrame, date] | None:
+    def maybe_warm_up(self, ticker: str) -> None:
+        """A live bar of `ticker` came after its history (`rlmf market publish --history`):
+        before any cycle ran, the warm-up cycle trains as of the history's last bar, as the
+        demo's does, so a student can be in shadow from the first live bars."""
+        if not isinstance(self.prices, StreamHistory) or self.last_cycle_day is not None:
+            return
+        end = self.prices.history_end.get(ticker)
+        busy = self._worker is not None and self._worker.is_alive()
+        if end is None or busy or ShadowFiles(self.settings.work_dir).candidate.is_file():
+            return
+        with self._starting:
+            day = datetime.fromisoformat(end).date()
+            inputs = self._inputs(day, ticker=ticker, exact_day=True)
+            if inputs is not None and not self._stopping.is_set():
+                log.info("warm-up cycle on the history of %s up to %s", ticker, day)
+                self._start(inputs)
+
+    def _start(self, inputs: tuple[TrainerSettings, pd.DataFrame, date]) -> None:
+        self.last_cycle_day = inputs[2]
+        self._worker = threading.Thread(target=self._cycle, args=inputs, name="cycle", daemon=True)
+        self._worker.start()
+
+    def _inputs(
+        self, day: date, ticker: str | None = None, exact_day: bool = False
+    ) -> tuple[TrainerSettings, pd.DataFrame, date] | None:
         """The cycle's settings, the bars known by its day (no look-ahead into the replay's
         future) and that day. Streaming, a cycle due before the training ticker had a split's
         bars runs as of the newest feedback day instead, once that day has them; None until."""
         if not isinstance(self.prices, StreamHistory):
             return self.settings, known_by(self.prices, day), day
         preferred = self.settings.ticker if "ticker" in self.settings.model_fields_set else None
-        ticker = self.prices.training_ticker(preferred)
+        ticker = ticker or self.prices.training_ticker(preferred)
         if ticker is None:
             return None
         try:
@@ -120,7 +140,7 @@ class Scheduler:
         except NoMarketData as exc:  # never raised to the consumer: it would dead-letter feedback
             log.info("no cycle yet: %s", exc)
             return None
-        if len(known_by(bars, day)) < bars_needed(self.settings):
+        if len(known_by(bars, day)) < bars_needed(self.settings) and not exact_day:
             day = self.feedback.days()[-1]
         known = known_by(bars, day)
         if len(known) < bars_needed(self.settings):
@@ -228,6 +248,8 @@ def build(
         if incoming.topic == MARKET_BARS:
             assert history is not None  # only a streaming trainer subscribes to the bars
             history.add(incoming)  # ValidationFailed -> .dlq, with the reason
+            if not is_history(incoming.envelope.source):
+                scheduler.maybe_warm_up(incoming.payload.ticker)
             return []
         record = record_from_incoming(incoming)  # ValidationFailed -> .dlq, with the reason
         if not streaming and record.ticker != settings.ticker:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from services.up.state_dir import StateDir, running
+from services.common.up_state import StateDir, running
 
 STATE_DIR_OPTION = typer.Option(Path("rlmf-state"), help="The state folder `rlmf up` was given.")
 

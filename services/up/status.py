@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from services.common.up_state import RunInfo, StateDir, running
 from services.simulator.state_store import StateFile, StateFileError
 from services.trainer.cycle_log import CycleLog
 from services.trainer.kafka_history import StreamHistory
 from services.trainer.shadow import ShadowFiles, shadow_series
-from services.up.state_dir import RunInfo, StateDir, running
 
 
 def collect(state: StateDir) -> dict[str, Any]:

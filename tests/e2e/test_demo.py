@@ -21,10 +21,10 @@ import pytest
 
 from services.common import envelope as envelopes
 from services.common import topics
+from services.common.bar_messages import HISTORY_SOURCE as FEED_SOURCE
 from services.common.broker import EmbeddedBroker, free_port
+from services.common.bus_reader import committed_offsets, decode_unique, read_all
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
-from services.demo.bus_reader import committed_offsets, decode_unique, read_all
-from services.demo.history import FEED_SOURCE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 

@@ -9,12 +9,9 @@ and then a SIGINT stops everything `up` started, the broker included.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,17 +33,6 @@ TICKER = "ACME"
 BARS = 30
 # `up` gives every service its default HTTP port (the policy's gRPC port beside it).
 UP_PORTS = [*DEFAULT_PORTS.values(), 8081]
-
-
-@pytest.fixture
-def workdir(smollm2_dir: Path) -> Iterator[Path]:
-    """A folder as a fresh clone's user has it after `rlmf models prepare`: only SmolLM2."""
-    # Outside pytest's basetemp: concurrent pytest runs prune each other's basetemps.
-    path = Path(tempfile.mkdtemp(prefix="rlmf-e2e-up-"))
-    (path / "models").mkdir()
-    (path / "models" / smollm2_dir.name).symlink_to(smollm2_dir)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _children(pid: int) -> list[int]:

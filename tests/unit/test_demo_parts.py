@@ -65,7 +65,7 @@ def test_cycle_due_counts_calendar_days_from_the_last_cycle() -> None:
 def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None:
     """The demo pauses the market when it predicts a cycle; the prediction must be the
     trainer's own (services.trainer.service.Scheduler.due) on the same feedback."""
-    from services.demo.bus_reader import TopicRecord
+    from services.common.bus_reader import TopicRecord
     from services.demo.pacing import TrainingPacer
     from services.trainer.datasets import FeedbackLog, FeedbackRecord
     from services.trainer.service import Scheduler
@@ -272,7 +272,7 @@ def test_demo_with_a_csv_too_short_for_two_cycles_names_the_minimum(tmp_path: Pa
 
 
 def test_a_cycles_decision_is_matched_by_its_day_not_by_arrival() -> None:
-    from services.demo.bus_reader import TopicRecord
+    from services.common.bus_reader import TopicRecord
     from services.demo.pacing import _is_decision_of
 
     def decision(day: date, version: str) -> TopicRecord:

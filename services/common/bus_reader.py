@@ -7,6 +7,7 @@ it did, so a lost or duplicated message shows up in them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -135,3 +136,30 @@ def decode_unique(records: list[TopicRecord], payload_type: type[Message]) -> li
         env = envelopes.decode(rec.value, payload_type)
         events.append(Event(env.id, env.event_time, env.source, env.payload))
     return events
+
+
+def wait_drained(
+    bootstrap: str,
+    pairs: list[tuple[str, str]],
+    timeout_s: float,
+    check: Callable[[], None] = lambda: None,
+) -> dict[str, int]:
+    """Wait until each (topic, group) has committed as many offsets as the topic holds records:
+    the group has consumed everything sent so far. `check` runs between polls (e.g. raise when
+    a service died). Returns the records per topic; TimeoutError names the one behind."""
+    deadline = time.monotonic() + timeout_s
+    ends: dict[str, int] = {}
+    for topic, group in pairs:
+        while True:
+            end = len(read_all(bootstrap, topic, quiet_polls=1))
+            done = sum(committed_offsets(bootstrap, group, topic).values())
+            if done >= end:
+                ends[topic] = end
+                break
+            check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{group} committed {done} of {end} records on {topic} after {timeout_s:.0f}s"
+                )
+            time.sleep(1.0)
+    return ends
