@@ -128,7 +128,21 @@ def _promotion(e: Event) -> dict[str, Any]:
         "artifact_path": p.artifact_path,
         "window_start": to_datetime(p.window_start) if p.HasField("window_start") else None,
         "window_end": to_datetime(p.window_end) if p.HasField("window_end") else None,
+        "outcome": p.outcome,
+        "stage": p.stage or "backtest",
+        "shadow_bars": p.shadow_bars,
+        "shadow_sharpe_diff": p.shadow_sharpe_diff if p.HasField("shadow_sharpe_diff") else None,
+        "shadow_p_value": p.shadow_p_value if p.HasField("shadow_p_value") else None,
     }
+
+
+def shadow_stretches(promotions: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """(first, last) bar of each candidate's shadow stretch, from the verdicts."""
+    return [
+        (p["window_start"], p["window_end"])
+        for p in promotions
+        if p.get("stage") == "shadow" and p.get("window_start") is not None
+    ]
 
 
 def daily_sentiment(

@@ -102,6 +102,11 @@ class DemoConfig:
         return self.settings.quick_cycle_minutes if self.quick else self.settings.cycle_minutes
 
     @property
+    def shadow_bars(self) -> int:
+        """Bars each candidate trades in shadow before its verdict."""
+        return self.settings.quick_shadow_bars if self.quick else self.settings.shadow_bars
+
+    @property
     def cycle_windows(self) -> CycleWindows:
         """100 held-out bars for the gate's bootstrap (its minimum is 60; on 60 bars a student
         that traded exactly like the sentiment rule, Sharpe 5.9 against 3.9, was still not

@@ -246,6 +246,11 @@ PROMOTION_KEYS = (
     "inputs_sha256",
     "torch_threads",
     "ppo_iterations",
+    "outcome",
+    "stage",
+    "shadow_bars",
+    "shadow_sharpe_diff",
+    "shadow_p_value",
 )
 
 

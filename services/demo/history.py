@@ -50,7 +50,9 @@ class WarmUpCycle:
     def summary(self) -> str:
         if self.result is None:
             return f"warm-up cycle as of {self.as_of} failed (exit {self.exit_code})"
-        outcome = "promoted" if self.promoted else "refused"
+        outcome = self.result.get("outcome") or ("promoted" if self.promoted else "refused")
+        if outcome == "candidate":
+            outcome = "passed the backtest gate and trades in shadow"
         return (
             f"warm-up cycle as of {self.as_of}: student {self.result.get('student_version')} "
             f"{outcome} ({self.result.get('reason', '')})"

@@ -30,7 +30,7 @@ from services.demo.config import DemoConfig, DemoError, select_window, status
 from services.demo.finish import finish
 from services.demo.history import publish_history_bars, run_warm_up_cycle, warm_up_env
 from services.demo.news import generate_news, news_item
-from services.demo.pacing import TrainingPacer, pause_for_cycle
+from services.demo.pacing import TrainingPacer, pause_for_cycle, pause_for_verdict
 from services.demo.processes import ServiceGroup
 from services.demo.services_plan import module_argv, service_plans, simulator_env
 from services.demo.state import RunState
@@ -272,7 +272,9 @@ class Demo:
         deadline = time.monotonic() + self.cfg.settings.replay_timeout_s
         decisions = Tally(self.state.bootstrap, topics.TRADING_DECISIONS)
         feedback = Tally(self.state.bootstrap, topics.MARKET_FEEDBACK)
-        pacer = TrainingPacer(self.cfg.train_every_days)
+        promotions = Tally(self.state.bootstrap, topics.MODELS_PROMOTIONS)
+        shadow = Tally(self.state.bootstrap, topics.TRADING_SHADOW)
+        pacer = TrainingPacer(self.cfg.train_every_days, self.cfg.shadow_bars)
         try:
             with tqdm(total=total, desc="replay", unit="bar", file=sys.stderr) as bar:
                 # The simulator is looked up on every turn: a chaos kill replaces it.
@@ -281,6 +283,11 @@ class Demo:
                     decisions.poll()
                     bar.update(decisions.count - before)
                     self._maybe_kill(decisions.count)
+                    # Decisions first: a candidate staged by the cycle just waited for is
+                    # known before the feedback that follows it is paced.
+                    pacer.note_promotions(promotions.poll())
+                    if pacer.stretch_complete(shadow.poll()):
+                        self._pause_for_verdict(pacer)
                     if pacer.due(feedback.poll()):
                         self._pause_for_cycle(self._simulator(), pacer)
                     if time.monotonic() > deadline:
@@ -292,8 +299,8 @@ class Demo:
                     time.sleep(0.2)
                 bar.update(decisions.count - bar.n)
         finally:
-            decisions.close()
-            feedback.close()
+            for tally in (decisions, feedback, promotions, shadow):
+                tally.close()
         simulator = self._simulator()
         self.state.simulator_exit = simulator.returncode
         if simulator.returncode != 0:
@@ -309,6 +316,18 @@ class Demo:
             self.state.bootstrap,
             pacer,
             self.logs / "trainer.log",
+            self.cfg.settings.cycle_timeout_s,
+            self.services.check_alive,
+        )
+        if note:
+            self.state.notes.append(note)
+
+    def _pause_for_verdict(self, pacer: TrainingPacer) -> None:
+        assert self.services is not None and pacer.candidate is not None
+        note = pause_for_verdict(
+            self._simulator(),
+            self.state.bootstrap,
+            pacer.candidate,
             self.cfg.settings.cycle_timeout_s,
             self.services.check_alive,
         )

@@ -22,25 +22,88 @@ from services.demo.config import status
 
 
 class TrainingPacer:
-    """Follows the feedback days and says when the trainer's next cycle comes due."""
+    """Follows the feedback days and says when the trainer's next cycle comes due; follows the
+    candidate in shadow and says when its stretch is complete (the trainer then decides)."""
 
-    def __init__(self, every_days: int) -> None:
+    def __init__(self, every_days: int, shadow_bars: int = 0) -> None:
         self.every_days = every_days
+        self.shadow_bars = shadow_bars
         self.days: list[date] = []
         self.last_cycle_day: date | None = None
         self.log_offset = 0
         """Bytes of trainer.log already searched for a failed cycle."""
+        self.candidate: str | None = None
+        """The student in shadow, from its cycle's decision until its verdict."""
+        self.shadow_times: set[str] = set()
+        self.stretch_ends: list[date] = []
 
     def due(self, records: list[TopicRecord]) -> bool:
-        """Whether any of these feedback records made a cycle due."""
+        """Whether any of these feedback records made a cycle due. A cycle due while a
+        candidate is in shadow is skipped, by the trainer's own rule (ShadowFiles.in_shadow_on)."""
         hit = False
         for rec in records:
             feedback = envelopes.decode(rec.value, pb.MarketFeedback).payload
             self.days.append(feedback.decision_time.ToDatetime().date())
-            day = cycle_due(self.days, self.last_cycle_day, self.every_days)
+            while (day := cycle_due(self.days, self.last_cycle_day, self.every_days)) and (
+                self.in_shadow_on(day)
+            ):
+                self.last_cycle_day = day
             if day is not None:
                 self.last_cycle_day, hit = day, True
         return hit
+
+    def in_shadow_on(self, day: date) -> bool:
+        return self.candidate is not None or any(end >= day for end in self.stretch_ends)
+
+    def note_promotions(self, records: list[TopicRecord]) -> None:
+        """A cycle's decision that staged a candidate, or a candidate's verdict."""
+        for rec in records:
+            message = envelopes.decode(rec.value, pb.ModelPromotion).payload
+            if message.outcome == "candidate":
+                self.candidate, self.shadow_times = message.student_version, set()
+            elif message.stage == "shadow":
+                self.candidate = None
+                self.stretch_ends.append(message.window_end.ToDatetime().date())
+
+    def stretch_complete(self, records: list[TopicRecord]) -> bool:
+        """Whether these trading.shadow.v1 records complete the candidate's stretch."""
+        if self.candidate is None or not self.shadow_bars:
+            return False
+        before = len(self.shadow_times)
+        for rec in records:
+            shadow = envelopes.decode(rec.value, pb.ShadowDecision).payload
+            if shadow.decision.model_version == self.candidate:
+                self.shadow_times.add(shadow.decision.decision_time.ToJsonString())
+        return before < self.shadow_bars <= len(self.shadow_times)
+
+
+def pause_for_verdict(
+    simulator: subprocess.Popen[bytes],
+    bootstrap: str,
+    candidate: str,
+    timeout_s: float,
+    check_alive: Callable[[], None],
+) -> str | None:
+    """Hold the market once the candidate's shadow stretch is complete until the trainer's
+    verdict is out, so the bars after it are decided by whoever the verdict leaves serving.
+    Returns a note for the report when no verdict came."""
+    promotions = Tally(bootstrap, topics.MODELS_PROMOTIONS)
+    simulator.send_signal(signal.SIGSTOP)
+    status(f"shadow: {candidate}'s stretch is complete; market paused for the verdict")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for rec in promotions.poll():
+                message = envelopes.decode(rec.value, pb.ModelPromotion).payload
+                if message.stage == "shadow" and message.student_version == candidate:
+                    status(f"shadow: {candidate} {message.outcome}; market resumed")
+                    return None
+            check_alive()
+            time.sleep(0.5)
+        return f"no shadow verdict on {candidate} within {timeout_s:.0f}s"
+    finally:
+        promotions.close()
+        simulator.send_signal(signal.SIGCONT)
 
 
 def pause_for_cycle(

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from services.demo.collect import shadow_stretches
 from services.market.report import Curve, plot_equity, render_page, save_figure
 
 TEMPLATES = Path(__file__).resolve().parent
@@ -58,6 +59,8 @@ def plot_curves(data: ReportInput, path: Path) -> Path:
         ylabel="net worth",
         marks=[p["time"] for p in data.promotions if p["promoted"]],
         legend={"fontsize": 8, "loc": "upper left"},
+        spans=shadow_stretches(data.promotions),
+        span_label="a candidate in shadow",
     )
 
 
@@ -107,7 +110,11 @@ def _gate_value(metrics: dict[str, float]) -> float:
 def plot_promotions(data: ReportInput, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(11, 3.2))
     for p in data.promotions:
+        if p.get("stage") == "shadow":
+            _plot_verdict(ax, p)
+            continue
         student, teacher = _gate_value(p["student_metrics"]), _gate_value(p["teacher_metrics"])
+        outcome = p.get("outcome") or ("promoted" if p["promoted"] else "rejected")
         ax.plot([p["time"], p["time"]], [teacher, student], color="lightgrey", zorder=1)
         ax.scatter(
             [p["time"]], [teacher], marker="s", color="grey", s=30, label="teacher", zorder=2
@@ -115,15 +122,14 @@ def plot_promotions(data: ReportInput, path: Path) -> Path:
         ax.scatter(
             [p["time"]],
             [student],
-            marker="o" if p["promoted"] else "x",
+            marker="x" if outcome == "rejected" else "o",
             s=60,
             zorder=3,
-            color="green" if p["promoted"] else "red",
-            label="student promoted" if p["promoted"] else "student refused",
+            color=_COLOURS.get(outcome, "red"),
+            label=_LABELS.get(outcome, "student refused"),
         )
-        verdict = "promoted" if p["promoted"] else "refused"
         ax.annotate(
-            f"{p['student']}: {verdict}",
+            f"{p['student']}: {outcome}",
             (p["time"], student),
             fontsize=7,
             xytext=(4, 4),
@@ -140,6 +146,27 @@ def plot_promotions(data: ReportInput, path: Path) -> Path:
     ax.set_ylabel("Sharpe on the held-out window")
     ax.set_title("Promotion timeline: each trainer cycle's gate (student vs teacher)")
     return save_figure(fig, path)
+
+
+_COLOURS = {"candidate": "orange", "rejected": "red", "promoted": "green"}
+_LABELS = {
+    "candidate": "student to shadow (passed the backtest gate)",
+    "rejected": "student refused",
+    "promoted": "student promoted",
+}
+
+
+def _plot_verdict(ax: Any, p: dict[str, Any]) -> None:
+    """A shadow verdict: the candidate's stretch and its outcome, on the Sharpe axis at the
+    shadow bars' own difference (0 when the test could not run)."""
+    promoted = p.get("outcome") == "promoted"
+    y = p.get("shadow_sharpe_diff") or 0.0
+    if p.get("window_start") is not None:
+        ax.plot([p["window_start"], p["time"]], [y, y], color="orange", lw=3, alpha=0.5)
+    ax.scatter(
+        [p["time"]], [y], marker="*", s=90, zorder=3, color="green" if promoted else "red",
+        label="promoted after shadow" if promoted else "retired after shadow",
+    )  # fmt: skip
 
 
 def write_plots(data: ReportInput, folder: Path) -> dict[str, Path]:

@@ -147,6 +147,10 @@ def trainer_env(
         # The replay is paused while a cycle trains, so the trainer may use both cores.
         "RLMF_TRAINER_TORCH_THREADS": "1" if cfg.quick else "2",
         "RLMF_TRAINER_PROMOTION": "embedded",
+        # A student the backtest gate passes trades this many bars in shadow first; the pooled
+        # gate needs no more than the planned stretch.
+        "RLMF_TRAINER_SHADOW_BARS": str(cfg.shadow_bars),
+        "RLMF_TRAINER_GATE__MIN_SHADOW_BARS": str(max(1, cfg.shadow_bars)),
         "RLMF_TRAINER_POLICY_URL": policy_url,
         "RLMF_TRAINER_SEED": str(seed),
         "RLMF_TRAINER_TICKER": window.ticker,

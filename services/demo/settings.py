@@ -55,6 +55,11 @@ class DemoSettings(BaseSettings):
     quick_cycle_minutes: float = Field(default=3.0, gt=0)
     """The same with --quick, whose 40 PPO steps on a tiny model end long before: the step
     count, not the clock, decides its students, so runs with and without a kill compare."""
+    shadow_bars: int = Field(default=20, ge=0)
+    """Live bars a student that passed the backtest gate trades in shadow before the trainer
+    decides on it (RLMF_TRAINER_SHADOW_BARS); 0 promotes on the backtest alone."""
+    quick_shadow_bars: int = Field(default=5, ge=0)
+    """The same with --quick (its window is 80 bars)."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
     warm_up_timeout_s: float = Field(default=1200.0, gt=0)

@@ -62,13 +62,20 @@ def plot_equity(
     ylabel: str = "",
     marks: Sequence[pd.Timestamp] = (),
     legend: dict[str, Any] | None = None,
+    spans: Sequence[tuple[pd.Timestamp, pd.Timestamp]] = (),
+    span_label: str = "",
 ) -> Path:
-    """Net worth curves on one axis; `marks` are dates drawn as dotted green lines."""
+    """Net worth curves on one axis; `marks` are dates drawn as dotted green lines, `spans`
+    (first, last) stretches shaded (a candidate's shadow trading, say), labelled once."""
     fig, ax = plt.subplots(figsize=figsize)
     for c in curves:
         ax.plot(c.times, c.equity, label=c.label, **c.style)
     for when in marks:
         ax.axvline(when, color="green", ls=":", lw=1)
+    for number_, (first, last) in enumerate(spans):
+        ax.axvspan(
+            first, last, color="orange", alpha=0.18, label=span_label if not number_ else None
+        )
     values = np.concatenate([np.asarray(c.equity, float) for c in curves])
     if values.min() > 0 and values.max() / values.min() > 20:
         ax.set_yscale("log")  # decades of growth: a log axis keeps every curve readable

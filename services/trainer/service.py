@@ -86,9 +86,16 @@ class Scheduler:
         busy = self._worker is not None and self._worker.is_alive()
         if not days or (busy and self._worker is not threading.current_thread()):
             return None
-        if ShadowFiles(self.settings.work_dir).candidate.is_file():
-            return None  # one candidate at a time: the next cycle waits for its verdict
-        return cycle_due(days, self.last_cycle_day, self.settings.cycle_every_days)
+        shadow = ShadowFiles(self.settings.work_dir)
+        while (day := cycle_due(days, self.last_cycle_day, self.settings.cycle_every_days)) and (
+            shadow.in_shadow_on(day)
+        ):
+            # One candidate at a time: a cycle that comes due while one trades in shadow is
+            # skipped, and the next is due `cycle_every_days` after it.
+            log.info("cycle due at %s skipped: a candidate is in shadow", day)
+            self.last_cycle_day = day
+            self._save_last_cycle_day(day)
+        return day
 
     def maybe_start(self) -> None:
         # The consumer's thread calls this on every record, and a finishing cycle once more.

@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,6 +96,19 @@ class ShadowFiles:
 
     def write_candidate(self, candidate: Candidate) -> None:
         _write_atomically(self.candidate, candidate.model_dump_json(indent=2))
+
+    def in_shadow_on(self, day: date) -> bool:
+        """Whether a candidate was in shadow on `day`: one is staged now, or a verdict's
+        stretch ended on or after it. Read from event times, so a cycle due while a candidate
+        traded in shadow is skipped the same way whether its feedback or the verdict came
+        first (the demo's pacer applies the same rule)."""
+        if self.candidate.is_file():
+            return True
+        ends = [
+            json.loads(path.read_text())["last_bar"]
+            for path in (self.root / "shadow").glob("*.verdict.json")
+        ]
+        return any(datetime.fromisoformat(end).date() >= day for end in ends)
 
     def shadow_bars(self, version: str) -> ShadowBars:
         """(ticker, bar time) -> (shadow return, live return), re-deliveries kept once."""

@@ -97,6 +97,64 @@ def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None
     assert pacer_days == trainer_days
 
 
+def test_pacer_and_trainer_skip_the_same_cycles_while_a_candidate_is_in_shadow(
+    tmp_path: Path,
+) -> None:
+    """A cycle due while a candidate trades in shadow is skipped by the trainer
+    (ShadowFiles.in_shadow_on) and the demo's pacer alike, whichever of the feedback and the
+    verdict each saw first: the verdict's last shadow bar decides, an event time."""
+    import json
+
+    from services.common.bus_reader import TopicRecord
+    from services.demo.pacing import TrainingPacer
+    from services.trainer.datasets import FeedbackLog, FeedbackRecord
+    from services.trainer.service import Scheduler
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.shadow import Candidate, ShadowFiles
+
+    frame = _frame(120)
+    settings = TrainerSettings(cycle_every_days=20, work_dir=tmp_path)
+    log = FeedbackLog(tmp_path / "feedback.jsonl")
+    scheduler = Scheduler(settings, log, frame, None, run=lambda *a, **k: None)
+    pacer, files = TrainingPacer(20, shadow_bars=5), ShadowFiles(tmp_path)
+    trainer_days, pacer_days = [], []
+
+    def promotion(t: Any, **fields: Any) -> TopicRecord:
+        msg = pb.ModelPromotion(student_version="s1", teacher_version="v0", **fields)
+        envelopes.set_time(msg.window_end, t.to_pydatetime())
+        raw = envelopes.encode(envelopes.wrap(msg, key="s1", event_time=t, source="t"))
+        return TopicRecord(0, 0, "p", raw, {})
+
+    for i, (t, nxt) in enumerate(zip(frame.index[:-1], frame.index[1:], strict=False)):
+        if i == 30:  # a cycle's student passed the backtest gate
+            files.write_candidate(Candidate(
+                version="s1", folder="f", teacher_version="v0", needed=5, staged_at="",
+                backtest_student=[], backtest_teacher=[], periods_per_year=252.0,
+            ))  # fmt: skip
+            pacer.note_promotions([promotion(t, outcome="candidate")])
+        if i == 60:  # its verdict: the stretch ended on this bar
+            files.verdict("s1").parent.mkdir(parents=True, exist_ok=True)
+            files.verdict("s1").write_text(json.dumps({"last_bar": t.isoformat()}))
+            files.candidate.unlink()
+            pacer.note_promotions([promotion(t, outcome="retired", stage="shadow")])
+        log.add(FeedbackRecord(
+            "ACME", t.to_pydatetime(), nxt.to_pydatetime(), "s", "hold", 0.0, 0.0, "v0"
+        ))  # fmt: skip
+        if (day := scheduler.due()) is not None:
+            trainer_days.append(day)
+            scheduler.last_cycle_day = day
+        msg = pb.MarketFeedback(ticker="ACME", action="hold")
+        envelopes.set_time(msg.decision_time, t.to_pydatetime())
+        envelopes.set_time(msg.realised_time, nxt.to_pydatetime())
+        raw = envelopes.encode(envelopes.wrap(msg, key="ACME", event_time=nxt, source="t"))
+        if pacer.due([TopicRecord(0, 0, "x", raw, {})]):
+            pacer_days.append(pacer.last_cycle_day)
+    assert pacer_days == trainer_days
+    staged, judged = frame.index[30].date(), frame.index[60].date()
+    assert not [d for d in trainer_days if staged <= d <= judged], "a cycle ran in shadow"
+    assert len(trainer_days) >= 3
+
+
 # ---------------------------------------------------------------------------------------------
 # The report from plain data
 # ---------------------------------------------------------------------------------------------
