@@ -7,6 +7,10 @@ processes on a shared machine falls on both alike:
   3. bare model, a batch of 8 (= 8 clients), prefix cache -> decisions/s
   4. kserve.ModelServer (subprocess, loopback), 8 concurrent clients of 1 state each, micro-batching
      on -> decisions/s, p50/p99 request latency; ratio to 3 (target >= 0.7x)
+  5. shadow trading: the server with a day cache and a candidate staged beside the teacher; per
+     bar (a new day each), what the simulator asks: plain = the teacher's decision; shadow = the
+     teacher's, the candidate's status and the candidate's decision on its own account -> the
+     shadow/plain time per bar (the candidate reuses the teacher's frozen-base work for the day)
 Iterations are few (a 135M model runs ~0.3-0.6 s per decision on 2 CPU cores); see "iterations".
 Env: BENCH_POLICY_ITERS (batch-1 decisions per mode, default 6), BENCH_POLICY_ROUNDS
 (rounds of 8 concurrent decisions per mode, default 2), BENCH_POLICY_THREADS (torch threads for the
@@ -117,10 +121,13 @@ def batch1_pair(model: LLMActorCritic, states: list[MarketState]) -> tuple[dict,
     return off, on
 
 
-def start_server(artifact: Path, log_file: IO[bytes]) -> tuple[str, subprocess.Popen[bytes]]:
+def start_server(
+    artifact: Path, log_file: IO[bytes], extra: dict[str, str] | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     env = {
         **os.environ,
+        **(extra or {}),
         "RLMF_POLICY_MAX_BATCH": str(CONCURRENCY),
         "RLMF_POLICY_MAX_WAIT_MS": "20",
         "RLMF_POLICY_TORCH_THREADS": str(torch.get_num_threads()),
@@ -182,6 +189,47 @@ def concurrent_pair(
     return summary(bare_lat, n, bare_wall), summary(srv_lat, n, srv_wall)
 
 
+def shadow_pair(url: str, states: list[MarketState]) -> tuple[dict, dict]:
+    """Per bar, plain (the teacher) against shadow (the teacher, the candidate's status, the
+    candidate), alternating bar by bar on fresh days: each mode pays its own frozen-base pass."""
+    predict = f"{url}/v1/models/policy:predict"
+    candidate = f"{url}/v1/models/policy-candidate"
+    times: dict[str, list[float]] = {"plain": [], "shadow": []}
+    with httpx.Client(timeout=300) as client:
+
+        def ask(endpoint: str, state: MarketState) -> None:
+            body = {"instances": [state.model_dump(mode="json")]}
+            client.post(endpoint, json=body).raise_for_status()
+
+        for i, state in enumerate(states):
+            mode = "plain" if i % 2 == 0 else "shadow"
+            start = time.perf_counter()
+            ask(predict, state)
+            if mode == "shadow":
+                client.get(f"{candidate}:status").raise_for_status()
+                own = state.model_copy(update={"position": 0.0, "cash": 10_000.0})
+                ask(f"{candidate}:predict", own)
+            times[mode].append(time.perf_counter() - start)
+    plain, shadow = (summary(times[m], len(times[m]), sum(times[m])) for m in times)
+    return plain, shadow
+
+
+def stage_candidate(url: str, teacher: Path) -> Path:
+    """A student artifact beside the teacher (another value head), staged as the candidate."""
+    from services.policy.artifacts import save_artifact
+    from services.policy.client import request_reload
+
+    model = load_artifact(teacher)
+    with torch.no_grad():
+        for p in model.value_head.parameters():
+            p.add_(0.01)
+    student = teacher.parent / "v1"
+    save_artifact(model, student, {"version": "v1", "parent_version": "v0",
+                                   "base_model": "SmolLM2-135M-Instruct"})  # fmt: skip
+    request_reload(url, student, model_name="policy-candidate")
+    return student
+
+
 def mean_batch(url: str) -> float:
     lines = httpx.get(f"{url}/metrics").text.splitlines()
     count = sum(float(x.split()[-1]) for x in lines if x.startswith("rlmf_policy_batch_size_count"))
@@ -217,6 +265,17 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
+            shadow_states = make_states(2 * iters, seed=1)
+            log(f"shadow: {iters} bars plain and {iters} with a candidate (alternating)")
+            day_cache = {"RLMF_POLICY_DAY_CACHE_DIR": str(Path(tmp) / "day-cache"),
+                         "RLMF_POLICY_RELOAD_ROOT": tmp}  # fmt: skip
+            url, proc = start_server(artifact, server_log, day_cache)
+            try:
+                stage_candidate(url, artifact)
+                plain, shadow = shadow_pair(url, shadow_states)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
     result = {
         "bench": "policy",
         "model": "SmolLM2-135M-Instruct",
@@ -244,7 +303,12 @@ def main() -> None:
             "served_vs_bare_same_concurrency": round(
                 server["decisions_per_s"] / bare["decisions_per_s"], 2
             ),
+            "shadow_vs_plain_time_per_bar": round(
+                plain["decisions_per_s"] / shadow["decisions_per_s"], 2
+            ),
         },
+        "served_plain_per_bar": plain,
+        "served_with_shadow_per_bar": shadow,
         "targets": {"prefix_cache_speedup_batch1": 2.0, "served_vs_bare_same_concurrency": 0.7},
     }
     print(json.dumps(result))

@@ -132,7 +132,12 @@ def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[s
         "features": feast | {"RLMF_FEATURES_APPLY_ON_START": "false"},
         # --tiny is for quick runs: VADER scores news at once where SmolLM2 takes seconds.
         "sentiment": {"RLMF_SENTIMENT_BACKEND": "lexicon"} if tiny else {},
-        "policy": {"RLMF_POLICY_MODEL_DIR": str(teacher.resolve())},
+        # The day cache on disk, shared by the policy server (teacher and candidate) and the
+        # trainer: a day the frozen base encoded once is not encoded again by any of them.
+        "policy": {
+            "RLMF_POLICY_MODEL_DIR": str(teacher.resolve()),
+            "RLMF_POLICY_DAY_CACHE_DIR": str(state.day_cache.resolve()),
+        },
         "simulator": feast
         | {
             "RLMF_SIMULATOR_MODE": "live",
@@ -153,6 +158,7 @@ def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[s
             "RLMF_TRAINER_POLICY_URL": POLICY_URL,
             # The bars the user streams, kept as the cluster's CronJob keeps them, with the
             # features service's features and news read point in time from the same store.
+            "RLMF_TRAINER_DAY_CACHE_DIR": str(state.day_cache.resolve()),
             "RLMF_TRAINER_DATA_SOURCE": "kafka",
             "RLMF_TRAINER_FEATURES_SOURCE": "feast",
             # A student the backtest gate passes trades this many live bars in shadow before

@@ -46,6 +46,10 @@ class StateDir:
         return self.root / "trainer"
 
     @property
+    def day_cache(self) -> Path:
+        return self.root / "day-cache"
+
+    @property
     def simulator_state(self) -> Path:
         return self.root / "simulator-state.json"
 
@@ -55,7 +59,7 @@ class StateDir:
 
     def clear(self) -> None:
         """`up --fresh`: forget the accounts, the trainer's history and the Feast store."""
-        for folder in (self.feast, self.trainer):
+        for folder in (self.feast, self.trainer, self.day_cache):
             if folder.exists():
                 shutil.rmtree(folder)
         for file in (self.simulator_state, self.run_file):
