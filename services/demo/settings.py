@@ -33,9 +33,11 @@ class DemoSettings(BaseSettings):
     """Walk-forward folds of the warm-up's held-out bars (RLMF_TRAINER_WALK_FORWARD_FOLDS):
     each fold's student learns from the history before it, so the gate judges 250 bars out
     of sample while the served student learns from all but the last fold (about 300 bars)."""
-    warm_up_minutes: float = Field(default=0.5, gt=0)
-    """The warm-up's training budget per fold's student (RLMF_TRAINER_CYCLE_MINUTES), half a
-    minute as bench/learning.py measured the recipe: five students fit the demo's 30 minutes."""
+    warm_up_minutes: float = Field(default=7.5, gt=0)
+    """The warm-up cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES), over its five
+    folds' students together: each trains for the recipe's steps (ppo_steps), about half a
+    minute on 2 cores, so 3x the 2.5 minutes they should take. It only stops a warm-up on a
+    machine far slower than expected (the result then says budget_cut)."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"
@@ -47,14 +49,23 @@ class DemoSettings(BaseSettings):
     """Mean synthetic headlines per trading day (Poisson)."""
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
-    cycle_minutes: float = Field(default=0.5, gt=0)
-    """The wall-clock budget of one trainer cycle's training (RLMF_TRAINER_CYCLE_MINUTES):
-    the market-feedback fit, then PPO for the rest. Half a minute, as bench/learning.py
-    measured the recipe and the warm-up's students train: with 350 history bars the whole
-    demo needs the time (docs/trainer.md, "The demo's history")."""
+    ppo_steps: int = Field(default=40, ge=1)
+    """PPO steps of each student a trainer cycle trains (the warm-up's folds' too), after the
+    recipe's market-feedback epochs (RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS): one
+    iteration of the recipe's 40-step rollout. That is what the half-minute wall-clock
+    budget the demo used to give each student ran on 2 cores: the market-feedback phase,
+    then a single PPO iteration (docs/trainer.md, ppo_iterations 1 in run.json), since an
+    iteration of SmolLM2 rollouts (40 decisions with new portfolio tails) and its update
+    outlast the rest of the half minute. A step count makes the demo's students depend on
+    the seed alone, not on how busy the machine was."""
+    quick_ppo_steps: int = Field(default=40, ge=1)
+    """The same with --quick (a tiny model, 20-step rollouts: two iterations)."""
+    cycle_minutes: float = Field(default=1.5, gt=0)
+    """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES): 3x the half
+    minute its student's training takes on 2 cores. Only a machine far slower than expected
+    reaches it; the cycle's result then says budget_cut."""
     quick_cycle_minutes: float = Field(default=3.0, gt=0)
-    """The same with --quick, whose 40 PPO steps on a tiny model end long before: the step
-    count, not the clock, decides its students, so runs with and without a kill compare."""
+    """The same with --quick, whose 40 PPO steps on a tiny model end long before."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)
     """Longest the market waits for one trainer cycle's promotion decision."""
     warm_up_timeout_s: float = Field(default=1200.0, gt=0)

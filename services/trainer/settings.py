@@ -95,6 +95,7 @@ class RecipeSettings(BaseModel):
         ]
         if negative:
             raise ValueError(f"must be >= 0: {', '.join(negative)}")
+        dataclasses.replace(args).derive()  # its own checks, now rather than mid-cycle
         return args
 
     def sha256(self) -> str:

@@ -154,6 +154,17 @@ def test_a_held_out_length_the_gate_would_refuse_is_refused_here(
     assert TrainerSettings(eval_days=eval_days, gate=GateConfig(bootstrap=False))
 
 
+def test_trainer_refuses_a_ppo_shape_ppo_would_refuse_mid_cycle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.trainer.settings import TrainerSettings
+
+    _clear_trainer_env(monkeypatch)
+    monkeypatch.setenv("RLMF_TRAINER_RECIPE__PPO__MINIBATCH_SIZE", "10")  # 8 accumulation steps
+    with pytest.raises(ValidationError, match="multiple of gradient_accumulation_steps"):
+        TrainerSettings()
+
+
 def test_trainer_refuses_a_negative_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.trainer.settings import TrainerSettings
 
