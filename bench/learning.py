@@ -2,7 +2,7 @@
 feedback loss, the day cache, the walk-forward split and the bootstrap gate) on the real
 SmolLM2, with synthetic news of a known informativeness. Prints one JSON line.
 
-    .venv/bin/python bench/learning.py [--ppo-steps 40] [--informative-seeds 3]
+    .venv/bin/python bench/learning.py [--ppo-steps 40] [--mf-max-steps 60] [--informative-seeds 3]
         [--uninformative-cycles 10] [--regime-seeds 8]
 
 The recipe is the trainer's own (RecipeSettings: RLMF_TRAINER_RECIPE__* or its defaults); the
@@ -116,7 +116,9 @@ def bench_recipe(args: argparse.Namespace, seed: int) -> RecipeSettings:
         seed=seed,
         **_given(learning_rate=args.lr, mf_coef=args.mf_coef),
     )
-    update = _given(mf_epochs=args.mf_epochs, mf_learning_rate=args.mf_lr)
+    update = _given(
+        mf_epochs=args.mf_epochs, mf_learning_rate=args.mf_lr, mf_max_steps=args.mf_max_steps
+    )
     return base.model_copy(update={"student": student, "ppo": ppo, **update})
 
 
@@ -362,15 +364,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-train", type=int, default=40)
     parser.add_argument("--holdout", type=int, default=100, help="(a) and (b): the gate's bars")
     parser.add_argument("--embargo", type=int, default=2)
+    # The half-minute wall-clock budget this bench used to give a cycle, counted in steps:
+    # the market-feedback phase's first 60 steps, then one 40-step PPO iteration on 2 cores
+    # (services/demo/settings.py, DemoSettings.ppo_steps, has the measurements).
+    parser.add_argument("--ppo-steps", type=int, default=40, help="PPO steps per student")
     parser.add_argument(
-        "--ppo-steps",
-        type=int,
-        default=40,
-        help="PPO steps per cycle's student: one 40-step iteration, what the half-minute "
-        "wall-clock budget this bench used to give ran on 2 cores (services/demo/settings.py)",
+        "--mf-max-steps", type=int, default=60, help="market-feedback steps per student"
     )
     parser.add_argument(
-        "--minutes", type=float, default=1.5, help="each cycle's wall-clock safety cap"
+        "--minutes", type=float, default=2.0, help="each cycle's wall-clock safety cap"
     )
     # Each knob below overrides the trainer's recipe only when given.
     parser.add_argument("--top-k", type=int, default=None)
@@ -411,6 +413,7 @@ def settings_record(args: argparse.Namespace) -> dict[str, Any]:
     recipe = bench_recipe(args, args.seed)
     keys = [
         "ppo_steps",
+        "mf_max_steps",
         "minutes",
         "min_train",
         "holdout",

@@ -246,6 +246,7 @@ PROMOTION_KEYS = (
     "inputs_sha256",
     "torch_threads",
     "ppo_iterations",
+    "budget_cut",
 )
 
 

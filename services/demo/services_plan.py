@@ -166,10 +166,11 @@ def trainer_env(
 
 
 def _recipe_budget(cfg: DemoConfig) -> dict[str, str]:
-    """The PPO steps of each fold's student (and --quick's rollout shape)."""
+    """The steps of each fold's student (DemoSettings.ppo_steps says why these), and --quick's
+    rollout shape for its tiny model."""
     steps = {"RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS": str(cfg.ppo_steps)}
     if not cfg.quick:
-        return steps
+        return steps | {"RLMF_TRAINER_RECIPE__MF_MAX_STEPS": str(cfg.settings.mf_max_steps)}
     return steps | {
         "RLMF_TRAINER_RECIPE__PPO__NUM_STEPS": "20",
         "RLMF_TRAINER_RECIPE__PPO__MINIBATCH_SIZE": "10",

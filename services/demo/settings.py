@@ -33,11 +33,11 @@ class DemoSettings(BaseSettings):
     """Walk-forward folds of the warm-up's held-out bars (RLMF_TRAINER_WALK_FORWARD_FOLDS):
     each fold's student learns from the history before it, so the gate judges 250 bars out
     of sample while the served student learns from all but the last fold (about 300 bars)."""
-    warm_up_minutes: float = Field(default=7.5, gt=0)
+    warm_up_minutes: float = Field(default=10.0, gt=0)
     """The warm-up cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES), over its five
-    folds' students together: each trains for the recipe's steps (ppo_steps), about half a
-    minute on 2 cores, so 3x the 2.5 minutes they should take. It only stops a warm-up on a
-    machine far slower than expected (the result then says budget_cut)."""
+    folds' students together: each trains for the demo's steps (ppo_steps, mf_max_steps),
+    30-40 s on 2 cores, so about 3x the 3 minutes they should take. It only stops a warm-up
+    on a machine far slower than expected (the decision then says budget_cut)."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"
@@ -50,20 +50,29 @@ class DemoSettings(BaseSettings):
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
     ppo_steps: int = Field(default=40, ge=1)
-    """PPO steps of each student a trainer cycle trains (the warm-up's folds' too), after the
-    recipe's market-feedback epochs (RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS): one
-    iteration of the recipe's 40-step rollout. That is what the half-minute wall-clock
-    budget the demo used to give each student ran on 2 cores: the market-feedback phase,
-    then a single PPO iteration (docs/trainer.md, ppo_iterations 1 in run.json), since an
-    iteration of SmolLM2 rollouts (40 decisions with new portfolio tails) and its update
-    outlast the rest of the half minute. A step count makes the demo's students depend on
-    the seed alone, not on how busy the machine was."""
+    """PPO steps of each student a trainer cycle trains, the warm-up's folds' too
+    (RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS): one iteration of the recipe's 40-step
+    rollout. With mf_max_steps this is what the half-minute wall-clock budget the demo gave
+    each student used to run, counted in steps, so the demo's students depend on the seed
+    and not on how busy the machine was. Measured on SmolLM2 (teacher_config, 2 torch
+    threads, 2 shared cores under a load of about 3.5, where the frozen base's pass took 5.0
+    s a state against 1.4-2 s on a quiet machine): a market-feedback step of 32 states 1.1
+    s, a PPO iteration 8.6-20.8 s; so on a quiet machine about 0.4 s and 3-8 s. The half
+    minute was spent in the market-feedback phase (D_MF holds every training bar: 100-600
+    states, 10 epochs of them 15-90 s) and then PPO ran its one iteration, as run.json's
+    ppo_iterations 1 says (docs/trainer.md)."""
+    mf_max_steps: int = Field(default=60, ge=0)
+    """The market-feedback phase's steps per student (RLMF_TRAINER_RECIPE__MF_MAX_STEPS): the
+    recipe's 10 epochs, but at most 60 steps of 32 states, about the 25-30 s the half minute
+    left it on 2 cores (above); the warm-up's first folds, with fewer states, finish their
+    epochs before."""
     quick_ppo_steps: int = Field(default=40, ge=1)
-    """The same with --quick (a tiny model, 20-step rollouts: two iterations)."""
-    cycle_minutes: float = Field(default=1.5, gt=0)
-    """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES): 3x the half
-    minute its student's training takes on 2 cores. Only a machine far slower than expected
-    reaches it; the cycle's result then says budget_cut."""
+    """The same with --quick (a tiny model, 20-step rollouts: two iterations; the
+    market-feedback phase runs the recipe's epochs)."""
+    cycle_minutes: float = Field(default=2.0, gt=0)
+    """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES): 3x the 30-40 s
+    its student's steps take on 2 cores. Only a machine far slower than expected reaches it;
+    the cycle's decision then says budget_cut."""
     quick_cycle_minutes: float = Field(default=3.0, gt=0)
     """The same with --quick, whose 40 PPO steps on a tiny model end long before."""
     cycle_timeout_s: float = Field(default=900.0, gt=0)

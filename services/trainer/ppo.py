@@ -664,53 +664,67 @@ def fit_market_feedback(
     epochs: int,
     deadline: float | None = None,
     learning_rate: float | None = None,
+    max_steps: int | None = None,
 ) -> FeedbackFit:
     """RLMF addition: epochs of mf_coef * L_MF + kl_coef * KL(student || teacher) on D_MF alone,
     before PPO. Inside PPO, L_MF gets one D_MF minibatch per PPO minibatch, a handful of steps
-    in a cycle's budget; here it gets as many as the epochs ask, on the frozen base's cached
+    in a cycle's budget; here it gets as many as the epochs ask (at most `max_steps` optimizer
+    steps when given: a budget that does not grow with D_MF), on the frozen base's cached
     hidden states (top layers only), so the market's verdict on the window's states is learnt
     first and PPO refines it. A wall-clock safety cap, `deadline` (a time.monotonic() value),
-    stops it between steps (`stopped_by_budget`).
-    `learning_rate` defaults to PPO's."""
+    stops it between steps (`stopped_by_budget`). `learning_rate` defaults to PPO's."""
     fit = FeedbackFit()
-    if not len(feedback) or epochs <= 0 or not args.mf_coef:
+    if not len(feedback) or epochs <= 0 or not args.mf_coef or max_steps == 0:
         return fit
     params = _trainable(agent)
     optimizer = torch.optim.AdamW(params, lr=learning_rate or args.learning_rate, eps=1e-5)
     gen = torch.Generator().manual_seed(args.seed)
     size = max(1, args.mf_minibatch_size)
     planned = epochs * math.ceil(len(feedback) / size)
+    planned = planned if max_steps is None else min(planned, max_steps)
     agent.train(True)
     for epoch in range(epochs):
         losses = []
         for inds in torch.randperm(len(feedback), generator=gen).split(size):
-            logits, labels = feedback_logits(agent, feedback, inds)
-            assert logits is not None and labels is not None
-            with torch.no_grad():
-                rows = inds.tolist()
-                mask = pad_left([feedback.attention_mask[i] for i in rows])
-                teacher_logits, _ = teacher.head_forward(
-                    pad_left([feedback.hidden[i] for i in rows]), mask
-                )
-            kl = kl_to_teacher(logits, teacher_logits)
-            loss = args.mf_coef * F.cross_entropy(logits, labels) + args.kl_coef * kl
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
+            losses.append(_feedback_step(agent, teacher, feedback, inds, args, optimizer))
             fit.steps += 1
-            losses.append(float(loss.detach()))
-            if deadline is not None and fit.steps < planned and time.monotonic() >= deadline:
+            if fit.steps >= planned:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
                 fit.stopped_by_budget = True
                 break
         if epoch == 0:
             fit.first_loss = sum(losses) / len(losses)
         fit.last_loss = sum(losses) / len(losses)
         log.info("market feedback epoch %d/%d: loss %.4f", epoch + 1, epochs, fit.last_loss)
-        if fit.stopped_by_budget:
+        if fit.stopped_by_budget or fit.steps >= planned:
             break
     agent.train(False)
     return fit
+
+
+def _feedback_step(
+    agent: ActorCritic,
+    teacher: ActorCritic,
+    feedback: FeedbackSet,
+    inds: Tensor,
+    args: PPOArgs,
+    optimizer: torch.optim.Optimizer,
+) -> float:
+    """One optimizer step of the market-feedback phase on D_MF rows `inds`; its loss."""
+    logits, labels = feedback_logits(agent, feedback, inds)
+    assert logits is not None and labels is not None
+    with torch.no_grad():
+        rows = inds.tolist()
+        mask = pad_left([feedback.attention_mask[i] for i in rows])
+        teacher_logits, _ = teacher.head_forward(pad_left([feedback.hidden[i] for i in rows]), mask)
+    kl = kl_to_teacher(logits, teacher_logits)
+    loss = args.mf_coef * F.cross_entropy(logits, labels) + args.kl_coef * kl
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(_trainable(agent), args.max_grad_norm)
+    optimizer.step()
+    return float(loss.detach())
 
 
 def update(

@@ -148,7 +148,7 @@ def _market_feedback_phase(
     clock: TrainingClock,
 ) -> None:
     """The state head's start at the labels' base rates, then recipe.mf_epochs of L_MF on
-    D_MF alone."""
+    D_MF alone (at most recipe.mf_max_steps steps)."""
     recipe = settings.recipe
     if recipe.state_head_prior_start:
         shift_state_head_to_prior(student, mf_set)
@@ -160,6 +160,7 @@ def _market_feedback_phase(
         recipe.mf_epochs,
         clock.deadline(),
         learning_rate=recipe.mf_learning_rate,
+        max_steps=recipe.mf_max_steps,
     )
     clock.stop(fit.stopped_by_budget)
     training["mf/fit_steps"] = float(fit.steps)

@@ -51,6 +51,10 @@ class RecipeSettings(BaseModel):
     mf_epochs: int = Field(default=10, ge=0)
     """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
     (ppo.fit_market_feedback); 0: L_MF only inside PPO."""
+    mf_max_steps: int | None = Field(default=None, ge=0)
+    """At most this many optimizer steps in the market-feedback phase (the last epoch then
+    partial): a budget that stays the same as D_MF grows with the history, where an epoch's
+    cost grows with it. None: mf_epochs alone decide."""
     mf_learning_rate: float = Field(default=1e-4, gt=0)
     """The market-feedback phase's learning rate (PPO keeps ppo.learning_rate). With the state
     head started at the labels' base rates, 10 epochs at 1e-4 (docs/trainer.md, "The state

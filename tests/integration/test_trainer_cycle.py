@@ -394,20 +394,29 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
 
 
 def test_a_budgeted_cycle_stops_on_time_and_learns_from_every_labelled_training_bar(
-    teacher_models: Path, tmp_path: Path
+    teacher_models: Path, tmp_path: Path, bus_settings: object, broker: str
 ) -> None:
     """RLMF_TRAINER_CYCLE_MINUTES, the cycle's safety cap: PPO stops after the iteration in
-    which it ran out (no error, the cycle goes on to the gate) and the result says budget_cut;
-    with mf_history every training bar but the last joins D_MF labelled by its own next move,
-    none of them later than the window."""
+    which it ran out (no error, the cycle goes on to the gate) and the result, and its
+    models.promotions.v1 record, say budget_cut; with mf_history every training bar but the
+    last joins D_MF labelled by its own next move, none of them later than the window."""
+    from services.common.bus import Producer, ensure_topics
+
     prices = _uptrend(80)
     settings = _window_of_80_bars(
         teacher_models, tmp_path, recipe={"ppo": {"total_timesteps": 10_000}, "mf_history": True}
     ).model_copy(update={"cycle_minutes": 0.001})
-    result = run_cycle(settings, prices=prices)
+    ensure_topics(bus_settings, [MODELS_PROMOTIONS], "test")  # type: ignore[arg-type]
+    producer = Producer(bus_settings, "trainer-test")  # type: ignore[arg-type]
+    try:
+        result = run_cycle(settings, prices=prices, producer=producer)
+    finally:
+        producer.close()
     assert result.training["ppo/stopped_by_budget"] == 1.0
     assert result.training["ppo/iterations"] == 1.0
     assert result.budget_cut and result.to_dict()["budget_cut"] is True
+    (message,) = _promotions(broker, result.student_version)
+    assert message.budget_cut and message.ppo_iterations == 1
     # training bars 38..67: the labels of 38..66 are moves known inside the window
     assert result.training["mf/history_examples"] == 29
     assert result.training["mf/feedback_examples"] == 29
@@ -477,6 +486,7 @@ def test_the_same_seed_inputs_and_threads_give_the_same_student(
     assert first.inputs_sha256 == second.inputs_sha256
     assert first.torch_threads == second.torch_threads == 1
     assert first.training["ppo/iterations"] == second.training["ppo/iterations"]
+    assert not first.budget_cut and not second.budget_cut  # steps, not the clock, decided
     assert first_weights and first_weights == second_weights
     assert first.student_metrics == second.student_metrics
 
