@@ -32,6 +32,7 @@ from services.policy.artifacts import load_artifact, save_artifact
 from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
 from services.trainer.cycle import current_teacher, run_cycle, set_current
+from services.trainer.gate import GateConfig
 from services.trainer.settings import TrainerSettings
 
 
@@ -103,10 +104,17 @@ def one_seed(opts: argparse.Namespace, seed: int, root: Path) -> dict[str, float
         work_dir=root / f"seed{seed}" / "work",
         train_days=opts.train_days,
         eval_days=opts.eval_days,
-        ppo_steps=opts.cycle_steps,
-        ppo_minibatch_size=8,
-        ppo_gradient_accumulation_steps=2,
-        ppo_learning_rate=opts.cycle_lr,
+        # The settings refuse fewer held-out bars than the gate's minimum (60), which it would
+        # refuse every cycle on: the bench's short blocks lower the minimum to what they hold.
+        gate=GateConfig(min_holdout_bars=opts.eval_days),
+        recipe={
+            "ppo": {
+                "total_timesteps": opts.cycle_steps,
+                "minibatch_size": 8,
+                "gradient_accumulation_steps": 2,
+                "learning_rate": opts.cycle_lr,
+            }
+        },
         seed=seed,
         promotion="none",
         ticker=params.ticker,

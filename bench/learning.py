@@ -2,8 +2,11 @@
 feedback loss, the day cache, the walk-forward split and the bootstrap gate) on the real
 SmolLM2, with synthetic news of a known informativeness. Prints one JSON line.
 
-    .venv/bin/python bench/learning.py [--minutes 0.5] [--informative-seeds 3]
+    .venv/bin/python bench/learning.py [--ppo-steps 40] [--mf-max-steps 60] [--informative-seeds 3]
         [--uninformative-cycles 10] [--regime-seeds 8]
+
+The recipe is the trainer's own (RecipeSettings: RLMF_TRAINER_RECIPE__* or its defaults); the
+options below override a knob only when given.
 
 (a) informative news (MSFT's last bars, informativeness 0.6), one cycle per seed (the news and
     the training seed both change): the cycle trains on the bars before its cut-off; on the
@@ -30,6 +33,7 @@ last bar.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import statistics
@@ -51,12 +55,11 @@ from services.market.baseline_policies import SentimentRule
 from services.market.envs import DiscreteTradingEnv
 from services.market.market_data import load_prices_csv
 from services.market.regime_market import ForcedShift, generate_market, load_params
-from services.policy.actor_critic import ActorCriticConfig
 from services.policy.artifacts import init_artifact, load_artifact
 from services.trainer.cycle import CycleResult, run_cycle, set_current
 from services.trainer.evaluate import evaluate
 from services.trainer.offline_features import BarFeatures
-from services.trainer.settings import TrainerSettings
+from services.trainer.settings import RecipeSettings, TrainerSettings
 
 
 def say(msg: str) -> None:
@@ -90,14 +93,39 @@ def news_features(
     return BarFeatures(pd.DataFrame(index=prices.index), sentiment, summaries)
 
 
-def make_teacher(models: Path, base: Path, args: argparse.Namespace) -> None:
-    """v0: the untrained SmolLM2 as the actor-critic, and the `current` pointer at it."""
-    config = ActorCriticConfig(
-        trainable_top_k=args.top_k,
-        state_head=args.state_head,
-        train_lm_layers=args.train_lm_layers,
+def _given(**fields: Any) -> dict[str, Any]:
+    """The options the run was given (None: the recipe's own value)."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def bench_recipe(args: argparse.Namespace, seed: int) -> RecipeSettings:
+    """The trainer's recipe (RLMF_TRAINER_RECIPE__* from the environment, else its defaults)
+    with the knobs this run's options give, and its step budget; PPO seeded by `seed`."""
+    base = TrainerSettings().recipe
+    student = dataclasses.replace(
+        base.student,
+        **_given(
+            trainable_top_k=args.top_k,
+            state_head=args.state_head,
+            train_lm_layers=args.train_lm_layers,
+        ),
     )
-    init_artifact(base, models / "v0", config=config)
+    ppo = dataclasses.replace(
+        base.ppo,
+        total_timesteps=args.ppo_steps,
+        seed=seed,
+        **_given(learning_rate=args.lr, mf_coef=args.mf_coef),
+    )
+    update = _given(
+        mf_epochs=args.mf_epochs, mf_learning_rate=args.mf_lr, mf_max_steps=args.mf_max_steps
+    )
+    return base.model_copy(update={"student": student, "ppo": ppo, **update})
+
+
+def make_teacher(models: Path, base: Path, recipe: RecipeSettings) -> None:
+    """v0: the untrained SmolLM2 as the actor-critic the recipe's student is, and the
+    `current` pointer at it."""
+    init_artifact(base, models / "v0", config=recipe.student)
     set_current(models, models / "v0")
 
 
@@ -113,7 +141,8 @@ def run_one_cycle(
     """One trainer cycle on `prices` (its last bar is the cycle's day), from a fresh teacher."""
     args = bench.args
     models = bench.work / name / "models"
-    make_teacher(models, args.model, args)
+    recipe = bench_recipe(args, seed)
+    make_teacher(models, args.model, recipe)
     settings = TrainerSettings(
         models_dir=models,
         work_dir=bench.work / name / "trainer",
@@ -122,19 +151,12 @@ def run_one_cycle(
         eval_days=holdout or args.holdout,
         embargo_days=args.embargo,
         expanding_window=True,
-        cycle_minutes=args.minutes,
+        cycle_minutes=args.minutes,  # a safety cap: the recipe's steps are the budget
         promotion="none",
         publish=False,
         seed=seed,
         day_cache_dir=bench.day_cache,
-        mf_epochs=args.mf_epochs,
-        mf_learning_rate=args.mf_lr,
-        ppo={
-            "total_timesteps": 1_000_000,  # the wall-clock budget decides
-            "learning_rate": args.lr,
-            "mf_coef": args.mf_coef,
-            "seed": seed,
-        },
+        recipe=recipe,
     )
     started = time.monotonic()
     result = run_cycle(settings, prices=prices, bar_features=features)
@@ -342,22 +364,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-train", type=int, default=40)
     parser.add_argument("--holdout", type=int, default=100, help="(a) and (b): the gate's bars")
     parser.add_argument("--embargo", type=int, default=2)
-    parser.add_argument("--minutes", type=float, default=0.5, help="each cycle's PPO budget")
-    parser.add_argument("--top-k", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=5e-5, help="PPO's (FLAG-Trader's default)")
-    parser.add_argument("--mf-lr", type=float, default=1e-4, help="the market-feedback phase's")
-    parser.add_argument("--mf-coef", type=float, default=1.0)
-    parser.add_argument("--mf-epochs", type=int, default=10)
+    # The half-minute wall-clock budget this bench used to give a cycle, counted in steps:
+    # the market-feedback phase's first 60 steps, then one 40-step PPO iteration on 2 cores
+    # (services/demo/settings.py, DemoSettings.ppo_steps, has the measurements).
+    parser.add_argument("--ppo-steps", type=int, default=40, help="PPO steps per student")
+    parser.add_argument(
+        "--mf-max-steps", type=int, default=60, help="market-feedback steps per student"
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=2.0, help="each cycle's wall-clock safety cap"
+    )
+    # Each knob below overrides the trainer's recipe only when given.
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="PPO's learning rate")
+    parser.add_argument("--mf-lr", type=float, default=None, help="the market-feedback phase's")
+    parser.add_argument("--mf-coef", type=float, default=None)
+    parser.add_argument("--mf-epochs", type=int, default=None)
     parser.add_argument(
         "--state-head",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="a linear head on the frozen base's last state (ActorCriticConfig.state_head)",
     )
     parser.add_argument(
         "--train-lm-layers",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="also train the top k layers' weights",
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -377,14 +409,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def settings_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's options and the recipe they made (seed 0's; other seeds differ in PPO's)."""
+    recipe = bench_recipe(args, args.seed)
     keys = [
-        "top_k",
-        "state_head",
-        "train_lm_layers",
-        "lr",
-        "mf_coef",
-        "mf_epochs",
-        "mf_lr",
+        "ppo_steps",
+        "mf_max_steps",
         "minutes",
         "min_train",
         "holdout",
@@ -398,7 +427,11 @@ def settings_record(args: argparse.Namespace) -> dict[str, Any]:
         "regime_holdout",
         "live_bars",
     ]
-    return {k: getattr(args, k) for k in keys}
+    return {
+        **{k: getattr(args, k) for k in keys},
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_sha256": recipe.sha256(),
+    }
 
 
 def main() -> None:

@@ -10,10 +10,12 @@ fold of `--eval-days` bars (so the student learns from the bars the warm-up's se
 learnt from), promotion off; then the student trades the window's bars with the simulator's
 execution (next-open fills, 10 bp), as the trainer's `evaluate` trades its held-out bars. The
 baseline (the demo's settings) runs in the same invocation, so each variant is compared on the
-same machine and the same day.
+same machine and the same day. The budget is the demo's: the recipe's steps
+(RLMF_DEMO_PPO_STEPS), so a seed's student depends on the seed, not on how busy the machine
+was; a variant changes a recipe knob by its RLMF_TRAINER_RECIPE__* name.
 
     .venv/bin/python bench/retrain_demo.py --out demo-out --seeds 4 \
-        --variant flat=RLMF_TRAINER_PPO__MF_FLAT_THRESHOLD=0.005
+        --variant flat=RLMF_TRAINER_RECIPE__PPO__MF_FLAT_THRESHOLD=0.005
 
 Prints one JSON line.
 """

@@ -116,6 +116,7 @@ def _promotion(e: Event) -> dict[str, Any]:
         "inputs_sha256": p.inputs_sha256,
         "torch_threads": p.torch_threads,
         "ppo_iterations": p.ppo_iterations,
+        "budget_cut": p.budget_cut,
         "sharpe_diff": p.sharpe_diff if p.HasField("sharpe_diff") else None,
         "sharpe_diff_low": p.sharpe_diff_low if p.HasField("sharpe_diff_low") else None,
         "sharpe_diff_high": p.sharpe_diff_high if p.HasField("sharpe_diff_high") else None,

@@ -98,13 +98,18 @@ class DemoConfig:
 
     @property
     def cycle_minutes(self) -> float:
-        """A trainer cycle's wall-clock budget (RLMF_TRAINER_CYCLE_MINUTES)."""
+        """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES)."""
         return self.settings.quick_cycle_minutes if self.quick else self.settings.cycle_minutes
 
     @property
     def shadow_bars(self) -> int:
         """Bars each candidate trades in shadow before its verdict."""
         return self.settings.quick_shadow_bars if self.quick else self.settings.shadow_bars
+
+    @property
+    def ppo_steps(self) -> int:
+        """PPO steps of each student a cycle trains (RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS)."""
+        return self.settings.quick_ppo_steps if self.quick else self.settings.ppo_steps
 
     @property
     def cycle_windows(self) -> CycleWindows:

@@ -251,6 +251,7 @@ PROMOTION_KEYS = (
     "shadow_bars",
     "shadow_sharpe_diff",
     "shadow_p_value",
+    "budget_cut",
 )
 
 

@@ -137,13 +137,12 @@ def trainer_env(
         "RLMF_TRAINER_EVAL_DAYS": str(windows.holdout),
         "RLMF_TRAINER_EMBARGO_DAYS": str(windows.embargo),
         "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(windows.holdout),
+        # A safety cap only: the recipe's steps and epochs are the budget (DemoSettings).
         "RLMF_TRAINER_CYCLE_MINUTES": str(cfg.cycle_minutes),
         "RLMF_TRAINER_DAY_CACHE_DIR": str(out / "day-cache"),
-        # The full demo's PPO runs until the cycle's wall-clock budget is spent.
-        "RLMF_TRAINER_PPO_STEPS": "40" if cfg.quick else "1000000",
-        "RLMF_TRAINER_PPO_NUM_STEPS": "20" if cfg.quick else "40",
-        "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "10" if cfg.quick else "32",
-        "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "1" if cfg.quick else "8",
+        # The recipe is the trainer's own (RLMF_TRAINER_RECIPE__*); the demo sets only its
+        # step budget, and --quick's smaller rollouts for a tiny model.
+        **_recipe_budget(cfg),
         # The replay is paused while a cycle trains, so the trainer may use both cores.
         "RLMF_TRAINER_TORCH_THREADS": "1" if cfg.quick else "2",
         "RLMF_TRAINER_PROMOTION": "embedded",
@@ -168,6 +167,19 @@ def trainer_env(
             "RLMF_TRAINER_MARKET_SEED": str(seed),
         }
     return env
+
+
+def _recipe_budget(cfg: DemoConfig) -> dict[str, str]:
+    """The steps of each fold's student (DemoSettings.ppo_steps says why these), and --quick's
+    rollout shape for its tiny model."""
+    steps = {"RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS": str(cfg.ppo_steps)}
+    if not cfg.quick:
+        return steps | {"RLMF_TRAINER_RECIPE__MF_MAX_STEPS": str(cfg.settings.mf_max_steps)}
+    return steps | {
+        "RLMF_TRAINER_RECIPE__PPO__NUM_STEPS": "20",
+        "RLMF_TRAINER_RECIPE__PPO__MINIBATCH_SIZE": "10",
+        "RLMF_TRAINER_RECIPE__PPO__GRADIENT_ACCUMULATION_STEPS": "1",
+    }
 
 
 def simulator_env(

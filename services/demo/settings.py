@@ -33,9 +33,11 @@ class DemoSettings(BaseSettings):
     """Walk-forward folds of the warm-up's held-out bars (RLMF_TRAINER_WALK_FORWARD_FOLDS):
     each fold's student learns from the history before it, so the gate judges 250 bars out
     of sample while the served student learns from all but the last fold (about 300 bars)."""
-    warm_up_minutes: float = Field(default=0.5, gt=0)
-    """The warm-up's training budget per fold's student (RLMF_TRAINER_CYCLE_MINUTES), half a
-    minute as bench/learning.py measured the recipe: five students fit the demo's 30 minutes."""
+    warm_up_minutes: float = Field(default=10.0, gt=0)
+    """The warm-up cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES), over its five
+    folds' students together: each trains for the demo's steps (ppo_steps, mf_max_steps),
+    30-40 s on 2 cores, so about 3x the 3 minutes they should take. It only stops a warm-up
+    on a machine far slower than expected (the decision then says budget_cut)."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"
@@ -47,14 +49,32 @@ class DemoSettings(BaseSettings):
     """Mean synthetic headlines per trading day (Poisson)."""
     train_every_bars: int = Field(default=0, ge=0)
     """Bars between trainer cycles; 0 = bars / 3, so at least two cycles run."""
-    cycle_minutes: float = Field(default=0.5, gt=0)
-    """The wall-clock budget of one trainer cycle's training (RLMF_TRAINER_CYCLE_MINUTES):
-    the market-feedback fit, then PPO for the rest. Half a minute, as bench/learning.py
-    measured the recipe and the warm-up's students train: with 350 history bars the whole
-    demo needs the time (docs/trainer.md, "The demo's history")."""
+    ppo_steps: int = Field(default=40, ge=1)
+    """PPO steps of each student a trainer cycle trains, the warm-up's folds' too
+    (RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS): one iteration of the recipe's 40-step
+    rollout. With mf_max_steps this is what the half-minute wall-clock budget the demo gave
+    each student used to run, counted in steps, so the demo's students depend on the seed
+    and not on how busy the machine was. Measured on SmolLM2 (teacher_config, 2 torch
+    threads, 2 shared cores under a load of about 3.5, where the frozen base's pass took 5.0
+    s a state against 1.4-2 s on a quiet machine): a market-feedback step of 32 states 1.1
+    s, a PPO iteration 8.6-20.8 s; so on a quiet machine about 0.4 s and 3-8 s. The half
+    minute was spent in the market-feedback phase (D_MF holds every training bar: 100-600
+    states, 10 epochs of them 15-90 s) and then PPO ran its one iteration, as run.json's
+    ppo_iterations 1 says (docs/trainer.md)."""
+    mf_max_steps: int = Field(default=60, ge=0)
+    """The market-feedback phase's steps per student (RLMF_TRAINER_RECIPE__MF_MAX_STEPS): the
+    recipe's 10 epochs, but at most 60 steps of 32 states, about the 25-30 s the half minute
+    left it on 2 cores (above); the warm-up's first folds, with fewer states, finish their
+    epochs before."""
+    quick_ppo_steps: int = Field(default=40, ge=1)
+    """The same with --quick (a tiny model, 20-step rollouts: two iterations; the
+    market-feedback phase runs the recipe's epochs)."""
+    cycle_minutes: float = Field(default=2.0, gt=0)
+    """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES): 3x the 30-40 s
+    its student's steps take on 2 cores. Only a machine far slower than expected reaches it;
+    the cycle's decision then says budget_cut."""
     quick_cycle_minutes: float = Field(default=3.0, gt=0)
-    """The same with --quick, whose 40 PPO steps on a tiny model end long before: the step
-    count, not the clock, decides its students, so runs with and without a kill compare."""
+    """The same with --quick, whose 40 PPO steps on a tiny model end long before."""
     shadow_bars: int = Field(default=20, ge=0)
     """Live bars a student that passed the backtest gate trades in shadow before the trainer
     decides on it (RLMF_TRAINER_SHADOW_BARS); 0 promotes on the backtest alone."""

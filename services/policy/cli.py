@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,20 +19,28 @@ def init(
     base: Path = typer.Option(Path("models/SmolLM2-135M-Instruct"), help="Plain HF model folder."),
     out: Path = typer.Option(Path("models/policy/v0"), help="Artifact folder to write."),
     version: str = typer.Option("v0", help="Version recorded in the manifest."),
-    trainable_top_k: int = typer.Option(1, help="Top decoder layers above the split."),
-    state_head: bool = typer.Option(True, help="A linear head on the split's last state."),
-    train_lm_layers: bool = typer.Option(False, help="Also train those layers' weights."),
+    trainable_top_k: int | None = typer.Option(
+        None, help="Top decoder layers above the split (default: the recipe's, teacher_config)."
+    ),
+    state_head: bool | None = typer.Option(
+        None, help="A linear head on the split's last state (default: the recipe's)."
+    ),
+    train_lm_layers: bool | None = typer.Option(
+        None, help="Also train those layers' weights (default: the recipe's)."
+    ),
     use_lora: bool = typer.Option(False, help="Train LoRA adapters on those layers instead."),
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Turn a plain Hugging Face folder into the version-0 teacher artifact."""
-    from services.policy.actor_critic import ActorCriticConfig
-    from services.policy.artifacts import ArtifactError, init_artifact
+    from services.policy.artifacts import ArtifactError, init_artifact, teacher_config
 
-    config = ActorCriticConfig(
-        trainable_top_k=trainable_top_k,
-        state_head=state_head,
-        train_lm_layers=train_lm_layers or use_lora,
+    recipe = teacher_config()
+    config = dataclasses.replace(
+        recipe,
+        trainable_top_k=recipe.trainable_top_k if trainable_top_k is None else trainable_top_k,
+        state_head=recipe.state_head if state_head is None else state_head,
+        train_lm_layers=(recipe.train_lm_layers if train_lm_layers is None else train_lm_layers)
+        or use_lora,
         use_lora=use_lora,
     )
     try:

@@ -1,5 +1,7 @@
-"""One RLMF cycle: newest window -> student from teacher -> SFT / RM / PPO+RLMF -> held-out
-evaluation beside Buy & Hold -> gate -> promotion -> models.promotions.v1, the numbers either way.
+"""One RLMF cycle: newest window -> student from teacher by the recipe (services/trainer/
+recipe.py: SFT / RM / market feedback / PPO+RLMF) -> held-out evaluation beside Buy & Hold ->
+gate -> promotion -> models.promotions.v1, the numbers either way. This module orchestrates;
+the training itself is the recipe's.
 
 Resumable: PPO checkpoints and per-stage markers live under work_dir/cycles/<student version>/,
 and a rerun after a kill picks up where it stopped. The teacher's folder is only ever read.
@@ -7,14 +9,12 @@ and a rerun after a kill picks up where it stopped. The teacher's folder is only
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import logging
 import math
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -28,27 +28,20 @@ from services.common.device import resolve_placement
 from services.common.metrics import PROMOTIONS
 from services.market.walk_forward import WalkForwardSplit, walk_forward_folds
 from services.trainer import checkpoint, market_source, ppo
-from services.trainer.datasets import (
-    FeedbackLog,
-    FeedbackRecord,
-    feedback_in_window,
-)
+from services.trainer.datasets import FeedbackLog, FeedbackRecord
 from services.trainer.evaluate import Evaluation, evaluate, held_out_returns, pool_folds
 from services.trainer.gate import GateDecision, HeldOutReturns, decide
-from services.trainer.market_feedback import (
-    feedback_set,
-    labelled_history,
-    shift_state_head_to_prior,
-)
 from services.trainer.offline_features import (
     BarFeatures,
     first_bar_with_features,
     load_bar_features,
-    state_inputs,
 )
+from services.trainer.plan import CycleError as CycleError
+from services.trainer.plan import CycleInterrupted as CycleInterrupted
+from services.trainer.plan import CyclePlan, TrainingClock, student_version
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
 from services.trainer.promotions_topic import publish_decision
-from services.trainer.sep_stages import run_sep_stages
+from services.trainer.recipe import RunControl, train_student
 from services.trainer.settings import TrainerSettings
 from services.trainer.shadow import ShadowFiles, stage_candidate
 
@@ -56,15 +49,6 @@ log = logging.getLogger(__name__)
 
 CURRENT = "current"
 """File in models_dir naming the serving teacher's folder (replaced atomically on promotion)."""
-
-
-class CycleError(RuntimeError):
-    """A cycle cannot run: say what is missing."""
-
-
-class CycleInterrupted(RuntimeError):
-    """A stop was requested mid-cycle: PPO checkpointed, and the next run of the same cycle
-    (same teacher, same window) resumes from there."""
 
 
 @dataclass
@@ -92,6 +76,9 @@ class CycleResult:
     torch_threads: int = 0
     sharpe_test: dict[str, float] = field(default_factory=dict)
     """The gate's paired bootstrap: sharpe_diff, its interval, p_value, confidence, holdout_bars."""
+    budget_cut: bool = False
+    """The wall-clock cap (RLMF_TRAINER_CYCLE_MINUTES) stopped some training short of the
+    recipe's steps and epochs: this student is not the one the seed alone makes."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,64 +116,12 @@ def set_current(models_dir: Path, folder: Path) -> None:
     os.replace(tmp, models_dir / CURRENT)
 
 
-def student_version(teacher_version: str, window_end: pd.Timestamp) -> str:
-    """Deterministic per (teacher, window), so a resumed cycle finds its own checkpoints."""
-    tag = hashlib.sha1(teacher_version.encode()).hexdigest()[:6]
-    return f"s{window_end:%Y%m%d}-{tag}"
-
-
 def make_promoter(settings: TrainerSettings) -> Promoter | None:
     if settings.promotion == "embedded":
         return EmbeddedPromoter(settings.policy_url)
     if settings.promotion == "cluster":
         return ClusterPromoter.from_settings(settings)  # canary, live check, then promote
     return None
-
-
-def ppo_args(settings: TrainerSettings) -> ppo.PPOArgs:
-    """A fresh copy of the settings' PPO hyperparameters: ppo.train derives fields in place."""
-    return dataclasses.replace(settings.ppo)
-
-
-# ---------------------------------------------------------------------------------------------
-# The cycle
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CyclePlan:
-    """What a cycle works on, fixed when it starts: the walk-forward window over the bar
-    indices of `prices`, the teacher, and where the student and its checkpoints go."""
-
-    prices: pd.DataFrame
-    train_start: int
-    train_end: int
-    last: int
-    teacher_dir: Path
-    teacher: Any
-    version: str
-    out: Path
-    work: Path
-    bar_features: BarFeatures | None
-    """The live states' features, read once for the whole cycle (training and held-out bars)."""
-    eval_start: int = 0
-    """The first held-out decision bar: after the training cut-off, the purge and the embargo."""
-    earlier_folds: tuple[CyclePlan, ...] = ()
-    """The walk-forward folds before this one (settings.walk_forward_folds > 1), oldest first:
-    each trains its own student on the bars before it; the gate pools their held-out bars."""
-
-    @property
-    def times(self) -> pd.Index:
-        return self.prices.index
-
-    @property
-    def held_out_start(self) -> int:
-        """The first bar the gate decides on: the first fold's first held-out bar."""
-        return self.earlier_folds[0].eval_start if self.earlier_folds else self.eval_start
-
-    @property
-    def teacher_version(self) -> str:
-        return str(self.teacher.model_version)
 
 
 def run_cycle(
@@ -213,13 +148,12 @@ def run_cycle(
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
     plan = plan_cycle(settings, prices, bar_features)
     training = _feature_stats(plan.bar_features)
-    earlier = [
-        _earlier_fold(settings, fold, records, stop_requested, progress)
-        for fold in plan.earlier_folds
-    ]
-    student, resumed_from = _student(
-        settings, plan, records, training, stop_after_ppo_iterations, stop_requested, progress
-    )
+    # One wall-clock cap for the whole cycle, every fold's training together.
+    clock = TrainingClock(settings.cycle_minutes)
+    control = RunControl(clock, None, stop_requested, progress)
+    earlier = [_earlier_fold(settings, fold, records, control) for fold in plan.earlier_folds]
+    control = dataclasses.replace(control, stop_after_ppo_iterations=stop_after_ppo_iterations)
+    student, resumed_from = train_student(settings, plan, records, training, control)
     student_eval = _evaluate_held_out(settings, plan, student)
     teacher_eval = _evaluate_held_out(settings, plan, plan.teacher)
     _save_student(settings, plan, student, student_eval)
@@ -240,6 +174,7 @@ def run_cycle(
         training=training,
     )
     cycle.outcome = outcome
+    cycle.budget_cut = clock.cut
     if producer is not None:
         publish_decision(producer, cycle)
     checkpoint.clear(plan.work / "ppo")
@@ -283,7 +218,9 @@ def plan_cycle(
     teacher = load_artifact(teacher_dir, dtype=placement.dtype)
     teacher.to(placement.device)
     teacher.attach_day_cache(settings.day_cache_memory_mb << 20, settings.day_cache_dir)
-    version = student_version(teacher.model_version, prices.index[train_end])
+    version = student_version(
+        teacher.model_version, prices.index[train_end], settings.seed, settings.recipe.sha256()
+    )
     log.info(
         "cycle: teacher %s -> student %s, window %s..%s, held out ..%s",
         teacher.model_version,
@@ -354,13 +291,13 @@ def _earlier_fold(
     settings: TrainerSettings,
     fold: CyclePlan,
     records: list[FeedbackRecord],
-    stop_requested: Callable[[], bool] | None,
-    progress: Callable[[ppo.Progress], None],
+    control: RunControl,
 ) -> tuple[Evaluation, Evaluation]:
-    """Train a walk-forward fold's student with the cycle's recipe and budget, and evaluate it
-    and the teacher on the fold's held-out bars. Its training numbers stay in the log."""
+    """Train a walk-forward fold's student with the cycle's recipe (and under its one cap),
+    and evaluate it and the teacher on the fold's held-out bars. Its training numbers stay in
+    the log."""
     training: dict[str, float] = {}
-    student, _ = _student(settings, fold, records, training, None, stop_requested, progress)
+    student, _ = train_student(settings, fold, records, training, control)
     evaluations = (
         _evaluate_held_out(settings, fold, student),
         _evaluate_held_out(settings, fold, fold.teacher),
@@ -382,141 +319,6 @@ def _feature_stats(bar_features: BarFeatures | None) -> dict[str, float]:
     if bar_features is None:
         return {}
     return {"features/feast_columns": float(bar_features.numeric.shape[1])}
-
-
-def _student(
-    settings: TrainerSettings,
-    plan: CyclePlan,
-    records: list[FeedbackRecord],
-    training: dict[str, float],
-    stop_after_ppo_iterations: int | None,
-    stop_requested: Callable[[], bool] | None = None,
-    progress: Callable[[ppo.Progress], None] = ppo.log_progress,
-) -> tuple[Any, int]:
-    """The student and the PPO iteration it resumed from: the saved one when a killed cycle
-    got as far as saving it (the artifact is written atomically), else trained now."""
-    from services.policy.artifacts import load_artifact
-
-    if plan.out.is_dir():
-        return load_artifact(plan.out), 0
-    student = _copy_sharing_day_cache(plan.teacher)
-    # Training data only if its outcome was known by the window's end (no look-ahead).
-    window_records = feedback_in_window(
-        records, plan.times[plan.train_start], plan.times[plan.train_end]
-    )
-    run_sep_stages(settings, student, plan.teacher_dir, window_records, plan.work, training)
-    resumed_from = _train_ppo(
-        settings,
-        plan,
-        student,
-        window_records,
-        training,
-        stop_after_ppo_iterations,
-        stop_requested,
-        progress,
-    )
-    return student, resumed_from
-
-
-def _copy_sharing_day_cache(teacher: Any) -> Any:
-    """The student starts as a copy of the teacher and shares its day cache: the frozen base
-    is the same, so every day either of them computes serves both (and the gate)."""
-    cache, teacher.day_cache = teacher.day_cache, None
-    try:
-        student = copy.deepcopy(teacher)
-    finally:
-        teacher.day_cache = cache
-    if cache is not None:
-        student.attach_day_cache(cache=cache)
-    return student
-
-
-def _train_ppo(
-    settings: TrainerSettings,
-    plan: CyclePlan,
-    student: Any,
-    window_records: list[FeedbackRecord],
-    training: dict[str, float],
-    stop_after_ppo_iterations: int | None,
-    stop_requested: Callable[[], bool] | None = None,
-    progress: Callable[[ppo.Progress], None] = ppo.log_progress,
-) -> int:
-    """PPO + RLMF on the training bars; returns the iteration it resumed from."""
-    from services.market.envs import DiscreteTradingEnv
-
-    args = ppo_args(settings)
-    history = labelled_history(settings, plan, args) if settings.mf_history else []
-    mf_set = feedback_set(student, window_records, args, history)
-    training["mf/feedback_examples"] = len(mf_set)
-    training["mf/history_examples"] = float(len(history))
-    # The budget covers the training itself (the market-feedback phase and PPO), counted from
-    # here: the frozen base's work on new days before it is a one-time cost per day (the day
-    # cache keeps it, and a policy server sharing the cache has usually done it already).
-    deadline = time.monotonic() + 60 * settings.cycle_minutes if settings.cycle_minutes else None
-    if getattr(student, "state_head", None) is not None and len(mf_set) >= 2:
-        # The state head reads standardised states: fitted on this window's training states
-        # (the same every run of the cycle, so a resumed one gets the same statistics).
-        student.state_head.standardise(torch.stack([h[-1] for h in mf_set.hidden]))
-    training["cycle/day_cache_hits"] = float(_cache_hits(student))
-    if checkpoint.load_latest(plan.work / "ppo") is None:
-        # A resumed cycle did this before its first PPO checkpoint, which holds its result.
-        if settings.state_head_prior_start:
-            shift_state_head_to_prior(student, mf_set)
-        fit = ppo.fit_market_feedback(
-            student,
-            plan.teacher,
-            mf_set,
-            args,
-            settings.mf_epochs,
-            deadline,
-            learning_rate=settings.mf_learning_rate,
-        )
-        training["mf/fit_steps"] = float(fit.steps)
-        if fit.steps:  # no step, no loss: a NaN here would read as a diverged run at the gate
-            training["mf/fit_first_loss"] = fit.first_loss
-            training["mf/fit_last_loss"] = fit.last_loss
-    env = DiscreteTradingEnv(
-        plan.prices,
-        ticker=settings.ticker,
-        start=plan.train_start,
-        end=plan.train_end,
-        max_episode_steps=args.max_episode_steps,
-        random_start=True,
-        **state_inputs(plan.bar_features),
-    )
-    result = ppo.train(
-        student,
-        plan.teacher,
-        env,
-        lambda s: student.encode([s]),
-        args,
-        checkpoint_dir=plan.work / "ppo",
-        stop_after_iterations=stop_after_ppo_iterations,
-        feedback=mf_set,
-        deadline=deadline,
-        progress=progress,
-        stop_requested=stop_requested,
-    )
-    student.mark_weights_changed()
-    training["ppo/iterations"] = float(result.iterations_done)
-    training["ppo/stopped_by_budget"] = float(result.stopped_by_budget)
-    if result.interrupted:
-        raise CycleInterrupted(
-            f"stopped on request after PPO iteration {result.iterations_done}, checkpointed in "
-            f"{plan.work / 'ppo'}; the next run of this cycle resumes there"
-        )
-    if result.iterations_done < args.num_iterations and not result.stopped_by_budget:
-        raise CycleError(
-            f"stopped after PPO iteration {result.iterations_done} (as asked); rerun resumes"
-        )
-    training.update({k: v for k, v in result.metrics.items()})
-    training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
-    return result.resumed_from
-
-
-def _cache_hits(model: Any) -> int:
-    cache = getattr(model, "day_cache", None)
-    return 0 if cache is None else cache.stats.hits + cache.stats.disk_hits
 
 
 def _evaluate_held_out(settings: TrainerSettings, plan: CyclePlan, model: Any) -> Evaluation:
@@ -554,8 +356,9 @@ def _save_student(
             },
             "eval_metrics": {k: v for k, v in student_eval.policy.items() if math.isfinite(v)},
             "notes": (
-                f"RLMF cycle: PPO {settings.ppo.total_timesteps} steps, "
-                f"mf_coef {settings.ppo.mf_coef}"
+                f"RLMF cycle: PPO {settings.recipe.ppo.total_timesteps} steps, "
+                f"mf_coef {settings.recipe.ppo.mf_coef}, seed {settings.seed}, "
+                f"recipe {settings.recipe.sha256()[:8]}"
             ),
         },
         # A reward model the cycle trained travels with the student: the policy server

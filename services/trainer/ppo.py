@@ -290,11 +290,11 @@ def rlmf_loss(
     return LossParts(loss, pg_loss, v_loss, entropy, mf_loss, kl_teacher, approx_kl, clipfrac)
 
 
-def annealed_lr(args: PPOArgs, iteration: int, budget_spent: float = 0.0) -> float:
-    """CleanRL's linear decay, over whichever has run further: the iterations or the wall-clock
-    budget (`budget_spent`, 0..1), so the rate still decays when a budget ends the run early."""
-    spent = max((iteration - 1.0) / args.num_iterations, budget_spent)
-    return (1.0 - spent) * args.learning_rate
+def annealed_lr(args: PPOArgs, iteration: int) -> float:
+    """CleanRL's linear decay over the run's iterations. By iterations only, never by the wall
+    clock: the same seed and recipe then anneal alike on any machine (a wall-clock cap that
+    ends the run early leaves the rate where that iteration had it)."""
+    return (1.0 - (iteration - 1.0) / args.num_iterations) * args.learning_rate
 
 
 def pad_left(rows: list[Tensor], value: float = 0) -> Tensor:
@@ -512,13 +512,6 @@ class _RunClock:
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def budget_fraction(self) -> float:
-        """Share of the budget spent (0 without one). A budget already spent at the start
-        counts as 0: its single iteration is the run's first and trains at the full rate."""
-        if self.deadline is None or self.deadline <= self.started:
-            return 0.0
-        return min(1.0, self.elapsed() / (self.deadline - self.started))
-
     def estimate(self, global_step: int) -> tuple[int, float]:
         """(total steps the run will take, seconds left) at this call's steps per second."""
         upper = self.args.num_iterations * self.args.batch_size
@@ -671,40 +664,32 @@ def fit_market_feedback(
     epochs: int,
     deadline: float | None = None,
     learning_rate: float | None = None,
+    max_steps: int | None = None,
 ) -> FeedbackFit:
     """RLMF addition: epochs of mf_coef * L_MF + kl_coef * KL(student || teacher) on D_MF alone,
     before PPO. Inside PPO, L_MF gets one D_MF minibatch per PPO minibatch, a handful of steps
-    in a cycle's budget; here it gets as many as the epochs ask, on the frozen base's cached
+    in a cycle's budget; here it gets as many as the epochs ask (at most `max_steps` optimizer
+    steps when given: a budget that does not grow with D_MF), on the frozen base's cached
     hidden states (top layers only), so the market's verdict on the window's states is learnt
-    first and PPO refines it. Stops at `deadline` (a time.monotonic() value) between steps.
-    `learning_rate` defaults to PPO's."""
+    first and PPO refines it. A wall-clock safety cap, `deadline` (a time.monotonic() value),
+    stops it between steps (`stopped_by_budget`). `learning_rate` defaults to PPO's."""
     fit = FeedbackFit()
-    if not len(feedback) or epochs <= 0 or not args.mf_coef:
+    if not len(feedback) or epochs <= 0 or not args.mf_coef or max_steps == 0:
         return fit
     params = _trainable(agent)
     optimizer = torch.optim.AdamW(params, lr=learning_rate or args.learning_rate, eps=1e-5)
     gen = torch.Generator().manual_seed(args.seed)
     size = max(1, args.mf_minibatch_size)
+    planned = epochs * math.ceil(len(feedback) / size)
+    planned = planned if max_steps is None else min(planned, max_steps)
     agent.train(True)
     for epoch in range(epochs):
         losses = []
         for inds in torch.randperm(len(feedback), generator=gen).split(size):
-            logits, labels = feedback_logits(agent, feedback, inds)
-            assert logits is not None and labels is not None
-            with torch.no_grad():
-                rows = inds.tolist()
-                mask = pad_left([feedback.attention_mask[i] for i in rows])
-                teacher_logits, _ = teacher.head_forward(
-                    pad_left([feedback.hidden[i] for i in rows]), mask
-                )
-            kl = kl_to_teacher(logits, teacher_logits)
-            loss = args.mf_coef * F.cross_entropy(logits, labels) + args.kl_coef * kl
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
+            losses.append(_feedback_step(agent, teacher, feedback, inds, args, optimizer))
             fit.steps += 1
-            losses.append(float(loss.detach()))
+            if fit.steps >= planned:
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 fit.stopped_by_budget = True
                 break
@@ -712,10 +697,34 @@ def fit_market_feedback(
             fit.first_loss = sum(losses) / len(losses)
         fit.last_loss = sum(losses) / len(losses)
         log.info("market feedback epoch %d/%d: loss %.4f", epoch + 1, epochs, fit.last_loss)
-        if fit.stopped_by_budget:
+        if fit.stopped_by_budget or fit.steps >= planned:
             break
     agent.train(False)
     return fit
+
+
+def _feedback_step(
+    agent: ActorCritic,
+    teacher: ActorCritic,
+    feedback: FeedbackSet,
+    inds: Tensor,
+    args: PPOArgs,
+    optimizer: torch.optim.Optimizer,
+) -> float:
+    """One optimizer step of the market-feedback phase on D_MF rows `inds`; its loss."""
+    logits, labels = feedback_logits(agent, feedback, inds)
+    assert logits is not None and labels is not None
+    with torch.no_grad():
+        rows = inds.tolist()
+        mask = pad_left([feedback.attention_mask[i] for i in rows])
+        teacher_logits, _ = teacher.head_forward(pad_left([feedback.hidden[i] for i in rows]), mask)
+    kl = kl_to_teacher(logits, teacher_logits)
+    loss = args.mf_coef * F.cross_entropy(logits, labels) + args.kl_coef * kl
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(_trainable(agent), args.max_grad_norm)
+    optimizer.step()
+    return float(loss.detach())
 
 
 def update(
@@ -829,11 +838,11 @@ def train(
     `stop_requested` is asked after every iteration; when it says yes the run checkpoints and
     returns with `interrupted` set (a service stopping on SIGTERM), and a rerun resumes.
 
-    `deadline` (a `time.monotonic()` value) is a wall-clock budget: the run stops after the
+    `deadline` (a `time.monotonic()` value) is a wall-clock safety cap: the run stops after the
     iteration in which it passes (never mid-update, checkpointed so a rerun resumes) and says so
-    in `stopped_by_budget`; total_timesteps stays the upper bound. With it, the learning rate
-    anneals by whichever has run further, iterations or budget, so it still decays over the
-    run that really happens. The budget counts this call only: a resumed run gets its own.
+    in `stopped_by_budget`; total_timesteps is the budget. The learning rate anneals by
+    iterations alone, so a cap that does not bind changes nothing. The cap counts this call
+    only: a resumed run gets its own.
     `progress` receives a `Progress` after every iteration and whenever `progress_every_s`
     passed since the last one, mid-rollout and mid-update too (`log_progress` logs it).
     RLMF addition: `feedback` is D_MF (`encode_feedback`), sampled into every minibatch's L_MF.
@@ -877,7 +886,7 @@ def train(
     for iteration in range(start_iteration, last + 1):
         clock.iteration = iteration
         if args.anneal_lr:
-            lr = annealed_lr(args, iteration, clock.budget_fraction())
+            lr = annealed_lr(args, iteration)
             optimizer.param_groups[0]["lr"] = lr
 
         agent.train(False)
@@ -933,7 +942,7 @@ def train(
         clock.metrics = metrics
         clock.report(global_step)
         if stopped_by_budget:
-            log.info("PPO budget spent after iteration %d of %d", iteration, last)
+            log.info("PPO wall-clock cap reached after iteration %d of %d", iteration, last)
             break
         if interrupted:
             log.info("PPO stopped on request after iteration %d, checkpointed", iteration)

@@ -34,6 +34,7 @@ def publish_decision(producer: Any, cycle: CycleResult) -> None:
     message.inputs_sha256 = cycle.inputs_sha256
     message.torch_threads = cycle.torch_threads
     message.ppo_iterations = int(cycle.training.get("ppo/iterations", 0))
+    message.budget_cut = cycle.budget_cut
     for name, value in cycle.sharpe_test.items():
         setattr(message, name, int(value) if name == "holdout_bars" else float(value))
     set_time(message.window_start, cycle.window_start)

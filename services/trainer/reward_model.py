@@ -54,7 +54,7 @@ def train_reward_model(
     learning_rate: float,
     batch_size: int,
     seed: int,
-    trainable_top_k: int = 2,
+    trainable_top_k: int,
     max_length: int = 1024,
 ) -> StepReport:
     """Fit the reward model on prompt/chosen/rejected rows and save it atomically at `out`."""

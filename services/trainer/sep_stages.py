@@ -30,18 +30,19 @@ def run_sep_stages(
 
     if not records:
         return
+    recipe = settings.recipe
     done = work / "sft.pt"
-    if settings.sft_steps and done.is_file():
+    if recipe.sft_steps and done.is_file():
         student.load_state_dict(torch.load(done, map_location="cpu"), strict=False)
-    elif settings.sft_steps:
+    elif recipe.sft_steps:
         rows = sft_set(
-            records, student, prompt_prefix(), settings.max_sft_examples, settings.explain_tokens
+            records, student, prompt_prefix(), recipe.max_sft_examples, recipe.explain_tokens
         )
         report = run_sft(
             student,
             rows,
-            max_steps=settings.sft_steps,
-            learning_rate=settings.sft_learning_rate,
+            max_steps=recipe.sft_steps,
+            learning_rate=recipe.sft_learning_rate,
             batch_size=4,
             seed=settings.seed,
         )
@@ -53,14 +54,14 @@ def run_sep_stages(
         torch.save(trainable, work / ".sft.tmp")
         os.replace(work / ".sft.tmp", done)
     rm_dir = work / REWARD_MODEL
-    if settings.rm_steps and not rm_dir.is_dir():
+    if recipe.rm_steps and not rm_dir.is_dir():
         pairs, stats = preference_pairs(
             records,
             student,
             prompt_prefix(),
-            settings.max_pairs,
-            settings.explain_tokens,
-            settings.reflection_tries,
+            recipe.max_pairs,
+            recipe.explain_tokens,
+            recipe.reflection_tries,
             settings.seed,
         )
         training.update(
@@ -70,10 +71,12 @@ def run_sep_stages(
             teacher_dir,
             pairs,
             rm_dir,
-            max_steps=settings.rm_steps,
-            learning_rate=settings.rm_learning_rate,
+            max_steps=recipe.rm_steps,
+            learning_rate=recipe.rm_learning_rate,
             batch_size=4,
             seed=settings.seed,
+            # the teacher's own depth: the reward model starts from the teacher's folder
+            trainable_top_k=student.config.trainable_top_k,
         )
         training["rm/steps"] = report.steps
         if report.steps:  # no resolved pair: no steps, and no NaN loss for the gate to refuse

@@ -1,75 +1,235 @@
-"""Trainer settings from the environment (prefix RLMF_TRAINER_; PPO and the gate nested)."""
+"""Trainer settings from the environment (prefix RLMF_TRAINER_; the recipe and the gate
+nested)."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.policy.actor_critic import ActorCriticConfig
+from services.policy.artifacts import teacher_config
 from services.trainer.canary import CanaryConfig
 from services.trainer.gate import GateConfig
 from services.trainer.ppo import PPOArgs
 
-CYCLE_PPO_DEFAULTS: dict[str, Any] = {"seed": 0, "total_timesteps": 400}
-"""Where a cycle's PPO differs from PPOArgs' defaults (FLAG-Trader's full run): a cycle is a
-400-step budget, seeded like the rest of the cycle."""
+log = logging.getLogger(__name__)
 
-FLAT_NAMES: dict[str, tuple[str, str]] = {
-    "ppo_steps": ("ppo", "total_timesteps"),
-    "ppo_num_steps": ("ppo", "num_steps"),
-    "ppo_learning_rate": ("ppo", "learning_rate"),
-    "ppo_minibatch_size": ("ppo", "minibatch_size"),
-    "ppo_gradient_accumulation_steps": ("ppo", "gradient_accumulation_steps"),
-    "ppo_update_epochs": ("ppo", "update_epochs"),
-    "ppo_mf_minibatch_size": ("ppo", "mf_minibatch_size"),
-    "mf_coef": ("ppo", "mf_coef"),
-    "kl_coef": ("ppo", "kl_coef"),
-    "ent_coef": ("ppo", "ent_coef"),
+RECIPE_PPO: dict[str, Any] = {"seed": 0, "total_timesteps": 400}
+"""Where the recipe's PPO differs from PPOArgs' defaults (FLAG-Trader's full run, 13860 steps):
+a cycle's student gets 400 environment steps, seeded like the rest of the cycle."""
+
+
+def _recipe_ppo() -> PPOArgs:
+    return PPOArgs(**RECIPE_PPO)
+
+
+class RecipeSettings(BaseModel):
+    """The student's training recipe, every knob of it in one place (services/trainer/recipe.py
+    runs it): SEP's supervised stages, the state head's start, the market-feedback phase and
+    PPO + RLMF, with budgets counted in steps and epochs so that the same inputs, seed and
+    recipe give the same student. Env RLMF_TRAINER_RECIPE__<FIELD>,
+    RLMF_TRAINER_RECIPE__PPO__<FIELD>, RLMF_TRAINER_RECIPE__STUDENT__<FIELD>."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ppo: PPOArgs = Field(default_factory=_recipe_ppo)
+    """PPO + RLMF hyperparameters (services/trainer/ppo.py); ppo.total_timesteps is the step
+    budget of each walk-forward fold's student (FLAG-Trader's full run is 13860)."""
+    student: ActorCriticConfig = Field(default_factory=teacher_config)
+    """How a new teacher, and so every student copied from it, wraps the LM (`rlmf policy init`,
+    the demo and the benches build v0 with it; services/policy/artifacts.py: teacher_config).
+    A cycle's student keeps its teacher's shape: a teacher built otherwise is logged."""
+    mf_epochs: int = Field(default=10, ge=0)
+    """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
+    (ppo.fit_market_feedback); 0: L_MF only inside PPO."""
+    mf_max_steps: int | None = Field(default=None, ge=0)
+    """At most this many optimizer steps in the market-feedback phase (the last epoch then
+    partial): a budget that stays the same as D_MF grows with the history, where an epoch's
+    cost grows with it. None: mf_epochs alone decide."""
+    mf_learning_rate: float = Field(default=1e-4, gt=0)
+    """The market-feedback phase's learning rate (PPO keeps ppo.learning_rate). With the state
+    head started at the labels' base rates, 10 epochs at 1e-4 (docs/trainer.md, "The state
+    head's start"); from a zero start 3e-4 did best, and more steps overfit in both."""
+    mf_history: bool = True
+    """RLMF's L_MF also learns from every training bar labelled by the move the market made
+    next (known by the cut-off), not only from the decisions the loop served."""
+    state_head_prior_start: bool = True
+    """Before the market-feedback phase, shift the state head's bias so the student's mean
+    policy over the training states gives the labels' base rates, not the LM's own lean to
+    "buy" (StateHead.shift_to_prior; docs/trainer.md, "The state head's start")."""
+    sft_steps: int = Field(default=0, ge=0)
+    """SFT steps on correct answers per fold (0: skip)."""
+    rm_steps: int = Field(default=0, ge=0)
+    """Reward-model steps on reflection pairs per fold (0: skip)."""
+    sft_learning_rate: float = 1e-5
+    rm_learning_rate: float = 1e-4
+    max_sft_examples: int = 32
+    max_pairs: int = 32
+    reflection_tries: int = 2
+    explain_tokens: int = 16
+
+    @field_validator("ppo", mode="before")
+    @classmethod
+    def _recipe_defaults(cls, value: Any) -> Any:
+        """Fields the environment leaves unset take the recipe's values, not a full run's."""
+        return {**RECIPE_PPO, **value} if isinstance(value, dict) else value
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _teacher_config_defaults(cls, value: Any) -> Any:
+        """Fields the environment leaves unset take teacher_config's, not the bare wrapper's."""
+        return {**_init_fields(teacher_config()), **value} if isinstance(value, dict) else value
+
+    @field_validator("ppo")
+    @classmethod
+    def _budgets_not_negative(cls, args: PPOArgs) -> PPOArgs:
+        negative = [
+            name
+            for name in ("total_timesteps", "mf_coef", "mf_minibatch_size")
+            if getattr(args, name) < 0
+        ]
+        if negative:
+            raise ValueError(f"must be >= 0: {', '.join(negative)}")
+        dataclasses.replace(args).derive()  # its own checks, now rather than mid-cycle
+        return args
+
+    def sha256(self) -> str:
+        """The recipe as one hash (student versions carry it): every field, PPO's given ones."""
+        fields = {name: _init_fields(getattr(self, name)) for name in ("ppo", "student")}
+        rest = self.model_dump(mode="json", exclude={"ppo", "student"})
+        text = json.dumps({**rest, **fields}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+_RECIPE_FIELDS = (
+    "mf_epochs",
+    "mf_learning_rate",
+    "mf_history",
+    "state_head_prior_start",
+    "sft_steps",
+    "rm_steps",
+    "sft_learning_rate",
+    "rm_learning_rate",
+    "max_sft_examples",
+    "max_pairs",
+    "reflection_tries",
+    "explain_tokens",
+)
+
+GROUP_ALIASES: dict[str, tuple[str, ...]] = {"ppo": ("recipe", "ppo")}
+"""Old nested groups and where they now live: RLMF_TRAINER_PPO__<FIELD>, ppo={...}."""
+
+FLAT_NAMES: dict[str, tuple[str, ...]] = {
+    "ppo_steps": ("recipe", "ppo", "total_timesteps"),
+    "ppo_num_steps": ("recipe", "ppo", "num_steps"),
+    "ppo_learning_rate": ("recipe", "ppo", "learning_rate"),
+    "ppo_minibatch_size": ("recipe", "ppo", "minibatch_size"),
+    "ppo_gradient_accumulation_steps": ("recipe", "ppo", "gradient_accumulation_steps"),
+    "ppo_update_epochs": ("recipe", "ppo", "update_epochs"),
+    "ppo_mf_minibatch_size": ("recipe", "ppo", "mf_minibatch_size"),
+    "mf_coef": ("recipe", "ppo", "mf_coef"),
+    "kl_coef": ("recipe", "ppo", "kl_coef"),
+    "ent_coef": ("recipe", "ppo", "ent_coef"),
+    "trainable_top_k": ("recipe", "student", "trainable_top_k"),
+    **{name: ("recipe", name) for name in _RECIPE_FIELDS},
     "gate_metric": ("gate", "metric"),
     "gate_margin": ("gate", "margin"),
     "gate_max_drawdown_worsening": ("gate", "max_drawdown_worsening"),
     "gate_entropy_floor": ("gate", "entropy_floor"),
 }
-"""The names these settings had before PPO and the gate were nested, and where each now lives.
-The demo, deployments and callers set them (RLMF_TRAINER_PPO_STEPS, ppo_steps=...), so they
-keep working; when a flat and a nested name give the same field, the nested one wins."""
+"""Deprecated names of settings that now live in a group, and where each lives. The demo,
+deployments and callers set some of them (RLMF_TRAINER_PPO_STEPS, RLMF_TRAINER_MF_EPOCHS,
+mf_epochs=...), so they keep working, with a warning; a group's own name
+(RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS) wins over an old one for the same field."""
 
-SHARED_NAMES: dict[str, tuple[str, str]] = {"seed": ("ppo", "seed")}
+SHARED_NAMES: dict[str, tuple[str, ...]] = {"seed": ("recipe", "ppo", "seed")}
 """Top-level settings a nested model also takes (unless it is given its own value)."""
 
 
-class FlatEnvNames(PydanticBaseSettingsSource):
-    """RLMF_TRAINER_<FLAT NAME> from the environment, as flat keys for the model to nest: the
+class OldEnvNames(PydanticBaseSettingsSource):
+    """The deprecated names from the environment (RLMF_TRAINER_<FLAT NAME> and
+    RLMF_TRAINER_PPO__<FIELD>) as old keys for the model to move into their groups: the
     environment source reads only the names of declared fields."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ reads FLAT_NAMES; no declared field is one
+        return None, field_name, False  # __call__ reads the old names; no field is one
 
     def __call__(self) -> dict[str, Any]:
-        prefix = str(self.config.get("env_prefix", ""))
+        prefix = str(self.config.get("env_prefix", "")).upper()
         environ = {name.upper(): value for name, value in os.environ.items()}
-        return {
+        found: dict[str, Any] = {
             flat: environ[f"{prefix}{flat}".upper()]
             for flat in FLAT_NAMES
             if f"{prefix}{flat}".upper() in environ
         }
+        for group in GROUP_ALIASES:
+            start = f"{prefix}{group}__".upper()
+            nested = {k[len(start) :].lower(): v for k, v in environ.items() if k.startswith(start)}
+            if nested:
+                found[group] = nested
+        return found
 
 
 def _init_fields(value: Any) -> dict[str, Any]:
-    """A nested model's given values as a dict (a dataclass instance's init fields)."""
+    """A nested model's given values as a dict: a dataclass instance's init fields, a pydantic
+    model's explicitly set ones (the rest keep their defaults, shared ones included)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, BaseModel):
+        return {name: getattr(value, name) for name in value.model_fields_set}
     return dict(value)
 
 
+def _set_default(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """data[path] = value unless the path already holds one (a newer name given it)."""
+    head, *rest = path
+    if not rest:
+        data.setdefault(head, value)
+        return
+    nested = _init_fields(data.get(head, {}))
+    _set_default(nested, tuple(rest), value)
+    data[head] = nested
+
+
+def _new_env_name(old: str) -> str:
+    if old in GROUP_ALIASES:
+        return "RLMF_TRAINER_" + "__".join(GROUP_ALIASES[old]).upper() + "__<FIELD>"
+    return "RLMF_TRAINER_" + "__".join(FLAT_NAMES[old]).upper()
+
+
+def _move_old_names(data: dict[str, Any]) -> dict[str, Any]:
+    """Each deprecated name's value into its group (old groups before flat names, so an old
+    nested name still wins over its flat one), with a warning naming the new one."""
+    old = [name for name in (*GROUP_ALIASES, *FLAT_NAMES) if name in data]
+    for name in old:
+        value = data.pop(name)
+        if name in GROUP_ALIASES:
+            for field, item in _init_fields(value).items():
+                _set_default(data, (*GROUP_ALIASES[name], field), item)
+        else:
+            _set_default(data, FLAT_NAMES[name], value)
+    if old:
+        log.warning(
+            "deprecated trainer settings %s: use %s",
+            ", ".join(f"RLMF_TRAINER_{name.upper()}" for name in old),
+            ", ".join(_new_env_name(name) for name in old),
+        )
+    return data
+
+
 class TrainerSettings(BaseSettings):
-    """Env: RLMF_TRAINER_MODELS_DIR, RLMF_TRAINER_PPO__LEARNING_RATE, RLMF_TRAINER_GATE__MARGIN,
-    ...; the flat names of FLAT_NAMES (RLMF_TRAINER_PPO_STEPS, ...) still work."""
+    """Env: RLMF_TRAINER_MODELS_DIR, RLMF_TRAINER_RECIPE__PPO__LEARNING_RATE,
+    RLMF_TRAINER_GATE__MARGIN, ...; the deprecated names of FLAT_NAMES and GROUP_ALIASES
+    (RLMF_TRAINER_PPO_STEPS, RLMF_TRAINER_PPO__NUM_STEPS, ...) still work."""
 
     model_config = SettingsConfigDict(
         env_prefix="RLMF_TRAINER_", env_nested_delimiter="__", extra="ignore"
@@ -112,8 +272,10 @@ class TrainerSettings(BaseSettings):
     """Train on every bar from the first up to the cut-off (an expanding window), not only the
     last `train_days`."""
     eval_days: int = Field(default=60, ge=5)
-    """Held-out bars after the training cut-off (and the embargo) the gate evaluates on; the
-    gate refuses fewer than gate.min_holdout_bars (60)."""
+    """Held-out bars after the training cut-off (and the embargo) the gate evaluates on, over
+    all walk-forward folds. With the gate's bootstrap on, at least gate.min_holdout_bars (60):
+    fewer would validate here and then be refused by the gate every cycle, so they are refused
+    here."""
     embargo_days: int = Field(default=2, ge=0)
     """Bars skipped between the training cut-off and the held-out block."""
     walk_forward_folds: int = Field(default=1, ge=1)
@@ -124,24 +286,13 @@ class TrainerSettings(BaseSettings):
     (power for the gate) while the served student still trains on all but the last fold: at
     the cost of a training per fold. 1: one held-out block after one training cut-off."""
     cycle_minutes: float | None = Field(default=None, gt=0)
-    """Wall-clock budget of a cycle's training (RLMF_TRAINER_CYCLE_MINUTES): the market-feedback
-    phase and PPO stop once it is spent (PPO after the iteration it ran out in), then the
-    held-out evaluation and the gate run. It starts once D_MF is encoded: days new to the day
-    cache cost the frozen base once, before. Unset: ppo.total_timesteps alone decides."""
-    mf_epochs: int = Field(default=10, ge=0)
-    """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
-    (ppo.fit_market_feedback), within the cycle's budget; 0: L_MF only inside PPO."""
-    mf_learning_rate: float = Field(default=1e-4, gt=0)
-    """The market-feedback phase's learning rate (PPO keeps ppo.learning_rate). With the state
-    head started at the labels' base rates, 10 epochs at 1e-4 (docs/trainer.md, "The state
-    head's start"); from a zero start 3e-4 did best, and more steps overfit in both."""
-    mf_history: bool = True
-    """RLMF's L_MF also learns from every training bar labelled by the move the market made
-    next (known by the cut-off), not only from the decisions the loop served."""
-    state_head_prior_start: bool = True
-    """Before the market-feedback phase, shift the state head's bias so the student's mean
-    policy over the training states gives the labels' base rates, not the LM's own lean to
-    "buy" (StateHead.shift_to_prior; docs/trainer.md, "The state head's start")."""
+    """A wall-clock safety cap on a cycle's training (RLMF_TRAINER_CYCLE_MINUTES), over all
+    its walk-forward folds together: the recipe's budget is its steps and epochs, and this
+    only stops a cycle that runs far longer than they should take (a slow or busy machine).
+    When it cuts the market-feedback phase or PPO (PPO after the iteration it ran out in), the
+    log says so and the cycle's result says budget_cut: that student is not the one the seed
+    alone makes. It counts the training itself, not the frozen base's first pass over new
+    days. Unset: no cap."""
     # -- where the frozen base runs
     device: str = "cpu"
     """cpu, cuda, cuda:N, or auto (CUDA with bfloat16 when a GPU is there)."""
@@ -152,25 +303,12 @@ class TrainerSettings(BaseSettings):
     cycle_every_days: int = Field(default=30, ge=1)
     """Embedded mode: run a cycle every N simulated days of feedback."""
 
-    # -- budgets and hyperparameters
+    # -- the recipe
     seed: int = 0
     """Seeds the whole cycle: torch, SFT, the reward model, evaluation and (unless
-    RLMF_TRAINER_PPO__SEED says otherwise) PPO."""
-    ppo: PPOArgs = Field(default_factory=lambda: PPOArgs(**CYCLE_PPO_DEFAULTS))
-    """PPO + RLMF hyperparameters (services/trainer/ppo.py), env RLMF_TRAINER_PPO__<FIELD>;
-    ppo.total_timesteps is the cycle's step budget (FLAG-Trader's full run is 13860)."""
-    sft_steps: int = Field(default=0, ge=0)
-    """SFT steps on correct answers per cycle (0: skip)."""
-    rm_steps: int = Field(default=0, ge=0)
-    """Reward-model steps on reflection pairs per cycle (0: skip)."""
-    sft_learning_rate: float = 1e-5
-    rm_learning_rate: float = 1e-4
-    max_sft_examples: int = 32
-    max_pairs: int = 32
-    reflection_tries: int = 2
-    explain_tokens: int = 16
-    trainable_top_k: int = Field(default=2, ge=1)
-    """Top layers the student trains (the teacher's own setting wins when it has one)."""
+    RLMF_TRAINER_RECIPE__PPO__SEED says otherwise) PPO; student versions carry it."""
+    recipe: RecipeSettings = Field(default_factory=RecipeSettings)
+    """How a student is trained (services/trainer/recipe.py), env RLMF_TRAINER_RECIPE__<FIELD>."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads for torch; 0 keeps torch's default."""
 
@@ -207,42 +345,31 @@ class TrainerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        flat_env = FlatEnvNames(settings_cls)
-        return init_settings, env_settings, flat_env, dotenv_settings, file_secret_settings
+        old_env = OldEnvNames(settings_cls)
+        return init_settings, env_settings, old_env, dotenv_settings, file_secret_settings
 
     @model_validator(mode="before")
     @classmethod
-    def _nest_flat_names(cls, data: Any) -> Any:
+    def _nest_old_names(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        for flat, (group, name) in FLAT_NAMES.items():
-            if flat in data:
-                nested = _init_fields(data.get(group, {}))
-                nested.setdefault(name, data.pop(flat))
-                data[group] = nested
-        for shared, (group, name) in SHARED_NAMES.items():
-            if shared in data and not dataclasses.is_dataclass(data.get(group)):
-                data[group] = {name: data[shared], **_init_fields(data.get(group, {}))}
+        data = _move_old_names(dict(data))
+        for shared, path in SHARED_NAMES.items():
+            if shared in data:
+                _set_default(data, path, data[shared])
         return data
 
-    @field_validator("ppo", mode="before")
-    @classmethod
-    def _cycle_defaults(cls, value: Any) -> Any:
-        """Fields the environment leaves unset take a cycle's defaults, not a full run's."""
-        return {**CYCLE_PPO_DEFAULTS, **value} if isinstance(value, dict) else value
-
-    @field_validator("ppo")
-    @classmethod
-    def _budgets_not_negative(cls, args: PPOArgs) -> PPOArgs:
-        negative = [
-            name
-            for name in ("total_timesteps", "mf_coef", "mf_minibatch_size")
-            if getattr(args, name) < 0
-        ]
-        if negative:
-            raise ValueError(f"must be >= 0: {', '.join(negative)}")
-        return args
+    @model_validator(mode="after")
+    def _holdout_the_gate_accepts(self) -> TrainerSettings:
+        """One held-out length: the gate's minimum is the floor of eval_days, said here."""
+        if self.gate.bootstrap and self.eval_days < self.gate.min_holdout_bars:
+            raise ValueError(
+                f"eval_days {self.eval_days} (RLMF_TRAINER_EVAL_DAYS, all walk-forward folds "
+                f"together) is below the gate's min_holdout_bars {self.gate.min_holdout_bars} "
+                "(RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS): the gate would refuse every cycle. "
+                "Hold out more bars, or lower the gate's minimum"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shadow_long_enough(self) -> TrainerSettings:

@@ -127,9 +127,12 @@ def _env(models: Path, work: Path, **extra: str) -> dict[str, str]:
         "RLMF_TRAINER_MARKET_DAYS": "100",
         "RLMF_TRAINER_TRAIN_DAYS": "40",
         "RLMF_TRAINER_EVAL_DAYS": "10",
-        "RLMF_TRAINER_PPO_STEPS": "120",
-        "RLMF_TRAINER_PPO_MINIBATCH_SIZE": "8",
-        "RLMF_TRAINER_PPO_GRADIENT_ACCUMULATION_STEPS": "2",
+        # too few for the bootstrap (the settings refuse fewer than the gate's minimum): these
+        # tests are about resuming; the gate has tests of its own
+        "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": "10",
+        "RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS": "120",
+        "RLMF_TRAINER_RECIPE__PPO__MINIBATCH_SIZE": "8",
+        "RLMF_TRAINER_RECIPE__PPO__GRADIENT_ACCUMULATION_STEPS": "2",
         "RLMF_TRAINER_TORCH_THREADS": "1",
         "RLMF_TRAINER_PROMOTION": "none",
         "RLMF_TRAINER_PUBLISH": "false",
@@ -211,6 +214,7 @@ def _feedback(prices: pd.DataFrame, decided: int, realised: int) -> FeedbackReco
 def _window_of_80_bars(models: Path, tmp_path: Path, **budget: Any) -> TrainerSettings:
     """A cycle over 80 bars: PPO trains on bars 38..67 (outcomes known by bar 68's close),
     bar 68 is purged, the gate holds out 69..78 (scored on 70..79)."""
+    recipe = budget.pop("recipe", {})
     return TrainerSettings(
         models_dir=models,
         work_dir=tmp_path / "work",
@@ -218,7 +222,7 @@ def _window_of_80_bars(models: Path, tmp_path: Path, **budget: Any) -> TrainerSe
         eval_days=10,
         embargo_days=0,
         expanding_window=False,
-        mf_history=False,
+        recipe={"mf_history": False, **recipe},
         # 10 held-out bars are too few for the bootstrap (it refuses under 60): these tests are
         # about what a cycle trains on and saves; the gate has tests of its own
         gate=GateConfig(min_holdout_bars=5),
@@ -341,8 +345,14 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
             eval_days=10,
             embargo_days=0,
             expanding_window=False,
-            mf_history=False,
-            ppo={"total_timesteps": 40, "minibatch_size": 8, "gradient_accumulation_steps": 2},
+            recipe={
+                "mf_history": False,
+                "ppo": {
+                    "total_timesteps": 40,
+                    "minibatch_size": 8,
+                    "gradient_accumulation_steps": 2,
+                },
+            },
             # an accept-anything gate: this test is about the promotion path, the gate has its own
             gate=GateConfig(
                 margin=-1e9, entropy_floor=0.0, max_drawdown_worsening=1.0, bootstrap=False
@@ -384,18 +394,29 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
 
 
 def test_a_budgeted_cycle_stops_on_time_and_learns_from_every_labelled_training_bar(
-    teacher_models: Path, tmp_path: Path
+    teacher_models: Path, tmp_path: Path, bus_settings: object, broker: str
 ) -> None:
-    """RLMF_TRAINER_CYCLE_MINUTES: PPO stops after the iteration in which the budget ran out
-    (no error, the cycle goes on to the gate); with mf_history every training bar but the
+    """RLMF_TRAINER_CYCLE_MINUTES, the cycle's safety cap: PPO stops after the iteration in
+    which it ran out (no error, the cycle goes on to the gate) and the result, and its
+    models.promotions.v1 record, say budget_cut; with mf_history every training bar but the
     last joins D_MF labelled by its own next move, none of them later than the window."""
+    from services.common.bus import Producer, ensure_topics
+
     prices = _uptrend(80)
-    settings = _window_of_80_bars(teacher_models, tmp_path, ppo_steps=10_000).model_copy(
-        update={"mf_history": True, "cycle_minutes": 0.001}
-    )
-    result = run_cycle(settings, prices=prices)
+    settings = _window_of_80_bars(
+        teacher_models, tmp_path, recipe={"ppo": {"total_timesteps": 10_000}, "mf_history": True}
+    ).model_copy(update={"cycle_minutes": 0.001})
+    ensure_topics(bus_settings, [MODELS_PROMOTIONS], "test")  # type: ignore[arg-type]
+    producer = Producer(bus_settings, "trainer-test")  # type: ignore[arg-type]
+    try:
+        result = run_cycle(settings, prices=prices, producer=producer)
+    finally:
+        producer.close()
     assert result.training["ppo/stopped_by_budget"] == 1.0
     assert result.training["ppo/iterations"] == 1.0
+    assert result.budget_cut and result.to_dict()["budget_cut"] is True
+    (message,) = _promotions(broker, result.student_version)
+    assert message.budget_cut and message.ppo_iterations == 1
     # training bars 38..67: the labels of 38..66 are moves known inside the window
     assert result.training["mf/history_examples"] == 29
     assert result.training["mf/feedback_examples"] == 29
@@ -465,6 +486,7 @@ def test_the_same_seed_inputs_and_threads_give_the_same_student(
     assert first.inputs_sha256 == second.inputs_sha256
     assert first.torch_threads == second.torch_threads == 1
     assert first.training["ppo/iterations"] == second.training["ppo/iterations"]
+    assert not first.budget_cut and not second.budget_cut  # steps, not the clock, decided
     assert first_weights and first_weights == second_weights
     assert first.student_metrics == second.student_metrics
 

@@ -121,6 +121,7 @@ def test_a_cycle_trains_and_evaluates_on_the_feast_features(
     from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
     from services.policy.artifacts import save_artifact
     from services.trainer.cycle import run_cycle, set_current
+    from services.trainer.gate import GateConfig
     from services.trainer.settings import TrainerSettings
 
     # The trainer reads the store RLMF_FEATURES_* name, as its Deployment/CronJob does.
@@ -139,10 +140,16 @@ def test_a_cycle_trains_and_evaluates_on_the_feast_features(
         work_dir=tmp_path / "work",
         train_days=20,
         eval_days=8,
-        ppo_steps=20,
-        ppo_num_steps=10,
-        ppo_minibatch_size=10,
-        ppo_gradient_accumulation_steps=1,
+        # 8 held-out bars are too few for the bootstrap: this test is about the states' features
+        gate=GateConfig(min_holdout_bars=8),
+        recipe={
+            "ppo": {
+                "total_timesteps": 20,
+                "num_steps": 10,
+                "minibatch_size": 10,
+                "gradient_accumulation_steps": 1,
+            }
+        },
         promotion="none",
         ticker="MSFT",
         features_source="feast",

@@ -428,3 +428,45 @@ def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(tmp_path: P
     assert env["RLMF_TRAINER_CYCLE_MINUTES"] == "0.5"
     assert "RLMF_TRAINER_CYCLE_MINUTES" not in warm_up_env(trainer, 250)
     assert env["RLMF_TRAINER_SEED"] == "0" and trainer["RLMF_TRAINER_EVAL_DAYS"] == "100"
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_demo_trains_the_trainers_recipe_for_its_step_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, quick: bool
+) -> None:
+    """The demo's trainer (and its warm-up) reads the recipe from the trainer's one place: the
+    demo sets only its step budget (and --quick's rollout shape), under new names, and its
+    wall-clock minutes are a cap the recipe's steps are meant never to reach."""
+    import os
+
+    from services.demo.config import DemoConfig, select_window
+    from services.demo.history import warm_up_env
+    from services.demo.services_plan import trainer_env
+    from services.demo.settings import DemoSettings
+    from services.trainer.settings import (
+        FLAT_NAMES,
+        GROUP_ALIASES,
+        RecipeSettings,
+        TrainerSettings,
+    )
+
+    cfg = DemoConfig("real", quick, tmp_path, DemoSettings())
+    env = trainer_env(cfg, select_window(cfg), tmp_path / "models", "http://127.0.0.1:9", tmp_path)
+    old = [f"RLMF_TRAINER_{name}".upper() for name in FLAT_NAMES]
+    old += [f"RLMF_TRAINER_{group}__".upper() for group in GROUP_ALIASES]
+    assert not [k for k in env if any(k.startswith(o) for o in old)]
+    for name in [n for n in os.environ if n.startswith("RLMF_")]:
+        monkeypatch.delenv(name)
+    for name, value in warm_up_env(env, 250, 5, cfg.settings.warm_up_minutes).items():
+        monkeypatch.setenv(name, value)
+    settings, default = TrainerSettings(), RecipeSettings()
+    recipe = settings.recipe
+    assert recipe.ppo.total_timesteps == 40
+    assert recipe.student == default.student and recipe.mf_epochs == default.mf_epochs
+    if quick:
+        assert (recipe.ppo.num_steps, recipe.mf_max_steps) == (20, None)
+    else:  # the trainer's own rollout shape, its first 60 market-feedback steps
+        assert dataclasses.replace(recipe.ppo, seed=0) == dataclasses.replace(
+            default.ppo, total_timesteps=40, seed=0
+        )
+        assert recipe.mf_max_steps == 60 and settings.cycle_minutes == 10.0

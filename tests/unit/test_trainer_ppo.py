@@ -390,3 +390,20 @@ def test_the_market_feedback_phase_learns_the_labels_and_the_kl_holds_it_back() 
     assert before < held < free  # the KL to the teacher keeps the student nearer to it
     budget = ppo.fit_market_feedback(*_agents(0), feedback, PPOArgs(), epochs=20, deadline=0.0)
     assert budget.steps == 1 and budget.stopped_by_budget
+
+
+def test_the_market_feedback_phase_stops_at_its_step_budget_mid_epoch() -> None:
+    """max_steps: a budget in steps that stays put as D_MF grows; the last epoch is partial,
+    and a step budget is no wall-clock cut."""
+    feedback = _feedback(8)
+    args = PPOArgs(mf_minibatch_size=4, seed=1)  # two steps an epoch
+    capped = ppo.fit_market_feedback(*_agents(0), feedback, args, epochs=20, max_steps=5)
+    assert capped.steps == 5 and not capped.stopped_by_budget
+    assert ppo.fit_market_feedback(*_agents(0), feedback, args, epochs=2, max_steps=50).steps == 4
+    assert ppo.fit_market_feedback(*_agents(0), feedback, args, epochs=2, max_steps=0).steps == 0
+    # a spent wall-clock cap cuts the steps still planned, and nothing once none is left
+    done = ppo.fit_market_feedback(*_agents(0), feedback, args, epochs=1, deadline=0.0)
+    assert done.steps == 1 and done.stopped_by_budget  # 2 planned: the second is cut
+    whole = PPOArgs(mf_minibatch_size=8, seed=1)  # one step an epoch
+    last = ppo.fit_market_feedback(*_agents(0), feedback, whole, epochs=1, deadline=0.0)
+    assert last.steps == 1 and not last.stopped_by_budget

@@ -187,7 +187,7 @@ class MarketFeedback(_message.Message):
     def __init__(self, ticker: _Optional[str] = ..., decision_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., realised_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., action: _Optional[str] = ..., reward: _Optional[float] = ..., realised_return: _Optional[float] = ..., model_version: _Optional[str] = ..., probabilities: _Optional[_Mapping[str, float]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class ModelPromotion(_message.Message):
-    __slots__ = ("student_version", "teacher_version", "promoted", "reason", "student_metrics", "teacher_metrics", "buy_and_hold_metrics", "failed_guards", "artifact_path", "window_start", "window_end", "sharpe_diff", "sharpe_diff_low", "sharpe_diff_high", "p_value", "confidence", "holdout_bars", "inputs_sha256", "torch_threads", "outcome", "ppo_iterations", "stage", "shadow_bars", "shadow_sharpe_diff", "shadow_p_value")
+    __slots__ = ("student_version", "teacher_version", "promoted", "reason", "student_metrics", "teacher_metrics", "buy_and_hold_metrics", "failed_guards", "artifact_path", "window_start", "window_end", "sharpe_diff", "sharpe_diff_low", "sharpe_diff_high", "p_value", "confidence", "holdout_bars", "inputs_sha256", "torch_threads", "outcome", "ppo_iterations", "budget_cut", "stage", "shadow_bars", "shadow_sharpe_diff", "shadow_p_value")
     class StudentMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,7 @@ class ModelPromotion(_message.Message):
     TORCH_THREADS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     PPO_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_CUT_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     SHADOW_BARS_FIELD_NUMBER: _ClassVar[int]
     SHADOW_SHARPE_DIFF_FIELD_NUMBER: _ClassVar[int]
@@ -255,11 +256,12 @@ class ModelPromotion(_message.Message):
     torch_threads: int
     outcome: str
     ppo_iterations: int
+    budget_cut: bool
     stage: str
     shadow_bars: int
     shadow_sharpe_diff: float
     shadow_p_value: float
-    def __init__(self, student_version: _Optional[str] = ..., teacher_version: _Optional[str] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., student_metrics: _Optional[_Mapping[str, float]] = ..., teacher_metrics: _Optional[_Mapping[str, float]] = ..., buy_and_hold_metrics: _Optional[_Mapping[str, float]] = ..., failed_guards: _Optional[_Iterable[str]] = ..., artifact_path: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sharpe_diff: _Optional[float] = ..., sharpe_diff_low: _Optional[float] = ..., sharpe_diff_high: _Optional[float] = ..., p_value: _Optional[float] = ..., confidence: _Optional[float] = ..., holdout_bars: _Optional[int] = ..., inputs_sha256: _Optional[str] = ..., torch_threads: _Optional[int] = ..., outcome: _Optional[str] = ..., ppo_iterations: _Optional[int] = ..., stage: _Optional[str] = ..., shadow_bars: _Optional[int] = ..., shadow_sharpe_diff: _Optional[float] = ..., shadow_p_value: _Optional[float] = ...) -> None: ...
+    def __init__(self, student_version: _Optional[str] = ..., teacher_version: _Optional[str] = ..., promoted: _Optional[bool] = ..., reason: _Optional[str] = ..., student_metrics: _Optional[_Mapping[str, float]] = ..., teacher_metrics: _Optional[_Mapping[str, float]] = ..., buy_and_hold_metrics: _Optional[_Mapping[str, float]] = ..., failed_guards: _Optional[_Iterable[str]] = ..., artifact_path: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sharpe_diff: _Optional[float] = ..., sharpe_diff_low: _Optional[float] = ..., sharpe_diff_high: _Optional[float] = ..., p_value: _Optional[float] = ..., confidence: _Optional[float] = ..., holdout_bars: _Optional[int] = ..., inputs_sha256: _Optional[str] = ..., torch_threads: _Optional[int] = ..., outcome: _Optional[str] = ..., ppo_iterations: _Optional[int] = ..., budget_cut: _Optional[bool] = ..., stage: _Optional[str] = ..., shadow_bars: _Optional[int] = ..., shadow_sharpe_diff: _Optional[float] = ..., shadow_p_value: _Optional[float] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
     __slots__ = ("decision", "teacher_version", "teacher_action", "shadow_return", "live_return", "shadow_net_worth", "live_net_worth", "shadow_bar")

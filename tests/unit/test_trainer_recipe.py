@@ -1,0 +1,134 @@
+"""The recipe is deterministic by default: the same inputs, seed and settings give the same
+student, bit for bit, on one machine; another seed gives another student. A tiny random Llama
+with the teacher's shape (state head on the split) runs every phase: the state head's start,
+the market-feedback phase on the window's labelled bars, and PPO."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.policy.artifacts import init_artifact, save_artifact, teacher_config
+from services.trainer.cycle import plan_cycle, set_current
+from services.trainer.gate import GateConfig
+from services.trainer.plan import TrainingClock
+from services.trainer.recipe import RunControl, train_student
+from services.trainer.settings import TrainerSettings
+
+# Tiny models: extra intra-op threads only contend on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _random_walk(days: int = 60) -> pd.DataFrame:
+    """Ups and downs, so the market-feedback labels are not all one action."""
+    rng = np.random.default_rng(0)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, days)))
+    index = pd.bdate_range("2024-01-01", periods=days, tz="UTC", name="time")
+    frame = pd.DataFrame(
+        {"open": close, "high": close, "low": close, "close": close, "volume": 1e6}, index=index
+    )
+    frame.attrs["periods_per_year"] = 252.0
+    return frame
+
+
+def _student_weights(tiny_llama_dir: Path, root: Path, seed: int) -> dict[str, str]:
+    """Train one student from a fresh teacher in its own folders; the sha256 of each weights
+    file of the student's saved artifact."""
+    models = root / "models"
+    init_artifact(tiny_llama_dir, models / "v0", "v0", teacher_config(seed=0))
+    set_current(models, models / "v0")
+    settings = TrainerSettings(
+        models_dir=models,
+        work_dir=root / "work",
+        train_days=30,
+        eval_days=10,
+        embargo_days=0,
+        gate=GateConfig(min_holdout_bars=10),
+        seed=seed,
+        recipe={
+            "mf_epochs": 2,
+            "ppo": {
+                "total_timesteps": 20,
+                "num_steps": 10,
+                "minibatch_size": 10,
+                "gradient_accumulation_steps": 2,
+            },
+        },
+    )
+    plan = plan_cycle(settings, _random_walk())
+    training: dict[str, float] = {}
+    student, _ = train_student(settings, plan, [], training, RunControl(TrainingClock(None)))
+    assert training["mf/fit_steps"] > 0 and training["ppo/iterations"] == 2
+    out = root / "student"
+    save_artifact(student, out, {"version": plan.version, "base_model": "tiny"})
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.glob("*.safetensors"))
+    }
+
+
+def test_the_same_seed_gives_the_same_student_bit_for_bit(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    first = _student_weights(tiny_llama_dir, tmp_path / "first", seed=0)
+    second = _student_weights(tiny_llama_dir, tmp_path / "second", seed=0)
+    assert first and first == second
+
+
+def test_another_seed_gives_another_student(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    zero = _student_weights(tiny_llama_dir, tmp_path / "zero", seed=0)
+    one = _student_weights(tiny_llama_dir, tmp_path / "one", seed=1)
+    # the frozen LM is the same; what the recipe trains (the heads) differs
+    assert zero.keys() == one.keys() and zero != one
+
+
+def test_the_student_version_names_the_seed_and_the_recipe(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """A work folder reused with another seed or recipe must not reload another run's
+    student; the same ones must find theirs again (a resumed cycle)."""
+    models = tmp_path / "models"
+    init_artifact(tiny_llama_dir, models / "v0", "v0", teacher_config())
+    set_current(models, models / "v0")
+
+    def version(**fields: object) -> str:
+        settings = TrainerSettings(
+            models_dir=models,
+            train_days=30,
+            eval_days=10,
+            gate=GateConfig(min_holdout_bars=10),
+            **fields,  # type: ignore[arg-type]
+        )
+        return plan_cycle(settings, _random_walk()).version
+
+    base = version(seed=0)
+    assert base == version(seed=0) and "-seed0-" in base
+    assert version(seed=1) != base
+    assert version(seed=0, recipe={"mf_epochs": 3}) != base
+
+
+def test_one_wall_clock_cap_for_the_whole_cycle() -> None:
+    """RLMF_TRAINER_CYCLE_MINUTES caps a cycle, not each fold: a phase that spent the cap
+    leaves the next fold's phases none, and the clock remembers that it cut."""
+    clock = TrainingClock(minutes=0.001)  # 60 ms
+    first = clock.deadline()
+    assert first is not None and first - time.monotonic() <= 0.06
+    time.sleep(0.08)
+    clock.stop(cut=True)
+    assert clock.cut and clock.spent_s >= 0.06
+    later = clock.deadline()  # the next fold's phase: the cap is spent
+    assert later is not None and later <= time.monotonic()
+    clock.stop(cut=False)
+    assert clock.cut  # once cut, the cycle's result says so
+
+
+def test_without_a_cap_nothing_is_cut() -> None:
+    clock = TrainingClock(minutes=None)
+    assert clock.deadline() is None
+    clock.stop(cut=False)
+    assert not clock.cut
