@@ -218,7 +218,8 @@ def _announce_ready(names: list[str], stop: threading.Event) -> None:
     waiting = list(names)
     while waiting and not stop.wait(1.0):
         for name in list(waiting):
-            url = f"http://127.0.0.1:{DEFAULT_PORTS[name]}{READY_PATHS.get(name, '/readyz')}"
+            port = DEFAULT_PORTS[name.replace("_", "-")]  # promotion_watcher's port is its name's
+            url = f"http://127.0.0.1:{port}{READY_PATHS.get(name, '/readyz')}"
             try:
                 if httpx.get(url, timeout=1.0).status_code == 200:
                     waiting.remove(name)

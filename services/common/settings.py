@@ -113,5 +113,6 @@ DEFAULT_PORTS: dict[str, int] = {
     "features": 8003,
     "simulator": 8004,
     "trainer": 8005,
+    "promotion-watcher": 8006,
     "policy": 8080,
 }

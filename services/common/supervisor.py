@@ -16,7 +16,15 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Start order follows the data flow, so consumers find their topics' producers coming up.
-SERVICE_ORDER = ("ingest", "sentiment", "features", "policy", "simulator", "trainer")
+SERVICE_ORDER = (
+    "ingest",
+    "sentiment",
+    "features",
+    "policy",
+    "simulator",
+    "trainer",
+    "promotion_watcher",
+)
 
 EXIT_CONFIG = 78
 """A child's exit code for "configuration error, do not restart" (sysexits.h's EX_CONFIG): it

@@ -7,7 +7,9 @@ from prometheus_client import Counter, Gauge
 
 from services.common.metrics import PROMOTIONS
 
-OUTCOMES = ("promoted", "rejected", "rolled_back", "failed")
+OUTCOMES = ("promoted", "rejected", "rolled_back", "failed", "candidate", "retired")
+"""candidate: a student passed the backtest gate and trades in shadow; retired: a candidate the
+pooled gate refused after its shadow stretch (services/trainer/shadow.py)."""
 
 LAST_PROMOTION = Gauge(
     "rlmf_promotion_last_timestamp_seconds",

@@ -208,6 +208,18 @@ def test_up_learns_from_the_stream_shadows_the_candidate_and_resumes_after_sigki
         assert len({(s.decision.ticker, s.shadow_bar) for s in shadow}) >= SHADOW_BARS
         assert {s.teacher_version for s in shadow} == {"v0"}, "the teacher kept the live account"
         assert judged["shadow"]["shadow_bars"] == SHADOW_BARS
+        # The promotion watcher runs under up: both decisions are there to scrape.
+        watcher = f"http://127.0.0.1:{DEFAULT_PORTS['promotion-watcher']}/metrics"
+        scraped = wait_until(
+            lambda: (
+                (t := httpx.get(watcher, timeout=5).text)
+                and f'rlmf_promotions_total{{outcome="{judged["outcome"]}"}} 1.0' in t
+                and t
+            ),
+            60,
+            "the watcher to count the verdict",
+        )
+        assert 'rlmf_promotions_total{outcome="candidate"} 1.0' in scraped
 
         def all_traded() -> dict[str, Any] | None:
             status = up.status()
