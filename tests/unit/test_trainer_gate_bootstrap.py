@@ -436,3 +436,40 @@ def test_pooled_folds_carry_every_daily_return_and_their_metrics() -> None:
     assert pooled.policy["share_buy"] == pytest.approx(1.0)
     assert pooled.policy["action_entropy"] == pytest.approx(0.0)
     assert pool_folds(parts[:1]) is parts[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration bench trades as the env does
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_calibration_bench_accounts_as_the_discrete_env_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bench/gate_calibration.py computes its students' returns in numpy, without the env: they
+    must be the env's (next-open fills, 10 bp, all in or all out), or its rates are another
+    market's."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from services.market.envs import DiscreteTradingEnv
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gate_calibration.py"
+    spec = importlib.util.spec_from_file_location("gate_calibration", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up
+    spec.loader.exec_module(bench)
+
+    frame, _ = bench.generate_market(bench.pinned("bear"), 80, 3)
+    positions = bench.random_timing(60, np.random.default_rng(0))
+    assert 0 < positions.sum() < 60 and np.any(np.diff(positions) != 0)
+    env = DiscreteTradingEnv(frame, start=5, end=65)
+    env.reset()
+    worth = [env.net_worth]
+    for long in positions:
+        worth.append(env.step_action("buy" if long else "sell")[4]["net_worth"])
+    expected = np.diff(worth) / np.array(worth[:-1])
+    mine = bench.account_returns(positions, frame["open"].to_numpy(), frame["close"].to_numpy(), 5)
+    np.testing.assert_allclose(mine, expected, rtol=0, atol=1e-12)
