@@ -36,7 +36,7 @@ the best of several tries), decided on its backtest alone and pooled with its sh
 
     PYTHONPATH=. .venv/bin/python bench/gate_calibration.py [--draws 800] [--calibration-draws 300]
 
-Prints one JSON line on stdout; progress on stderr. About 12 minutes on a shared core.
+Prints one JSON line on stdout; progress on stderr. 15 minutes of wall clock, 11 of CPU, here.
 """
 
 from __future__ import annotations
