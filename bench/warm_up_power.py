@@ -8,7 +8,8 @@ any student can do with the demo's news) and trades it as the sentiment rule doe
 the day's mean tone is positive, sell when negative, else hold. For each news seed it runs
 the oracle and Buy & Hold on the held-out block with the demo's execution (next-open fills,
 10 bp costs) and applies the gate's own bootstrap (services/trainer/gate.py, the same
-GateConfig: stationary blocks of 5, 2000 resamples, lower 90% bound above 0).
+default GateConfig, docs/gate.md; its numbers in docs/trainer.md were taken under the earlier
+default: stationary blocks of 5, the teacher alone as the benchmark, lower 90% bound above 0).
 
 It also reports what the same oracle makes over the replayed window from its first bar against
 Buy & Hold: the live loop's ceiling when the warm-up promotes.
@@ -113,7 +114,8 @@ def main() -> None:
     for holdout, p_values in held.items():
         ps = np.array(p_values)
         out[f"holdout_{holdout}"] = {
-            # The gate's rule: the interval's lower bound above 0 (a one-sided 5% test).
+            # The gate's rule: the interval's lower bound above 0 (a one-sided test at
+            # (1 - confidence) / 2).
             "gate_passes": int((np.array(lows[holdout]) > 0).sum()),
             "median_p": round(float(np.median(ps)), 4),
         }

@@ -74,9 +74,9 @@ def test_refuses_a_student_identical_to_the_teacher() -> None:
 def test_pure_noise_edges_rarely_promote() -> None:
     # Independent noise with the same law: the point test alone promotes about half of the
     # students (16 of these 40 beat the better of teacher and cash); the interval's lower bound
-    # promotes none of them (2.5% one-sided, and the student's own Sharpe must clear 0 too).
-    # The old default (90%, the teacher alone) promoted 4: the short-sample bootstrap runs
-    # narrow (bench/gate_calibration.py). Fixed seeds: the counts are exact.
+    # promotes 1 (5% one-sided, and the student's own Sharpe must clear 0 too). Against the
+    # teacher alone it promoted 4: the short-sample bootstrap runs narrow
+    # (bench/gate_calibration.py). Fixed seeds: the counts are exact.
     config = GateConfig(resamples=500)
     verdicts = [gate(noise(100 + s), noise(200 + s), config) for s in range(40)]
     point_wins = sum(v.sharpe_diff is not None and v.sharpe_diff > 0 for v in verdicts)
@@ -95,7 +95,7 @@ def test_accepts_a_planted_edge() -> None:
     verdict = gate(student, teacher, GateConfig())
     assert verdict.promoted, verdict.reason
     assert verdict.sharpe_diff_low is not None and verdict.sharpe_diff_low > 0
-    assert verdict.p_value is not None and verdict.p_value < 0.025
+    assert verdict.p_value is not None and verdict.p_value < 0.05
     # The teacher lost money on these days: the benchmark is cash, the student's own Sharpe.
     assert sharpe(teacher, PPY) < 0
     assert verdict.sharpe_diff == pytest.approx(sharpe(student, PPY))
@@ -234,8 +234,9 @@ def test_a_strongly_better_shadow_passes_and_reports_its_own_test() -> None:
 
 
 def test_no_skill_shadow_evidence_is_refused_at_the_calibrated_rate() -> None:
-    # Student and teacher with the same law on 60 backtest and 20 shadow bars: about half beat
-    # the benchmark on the point, the calibrated gate promotes at most 1 in 40 (2.5%).
+    # Student and teacher with the same law on 60 backtest and 20 shadow bars: 14 of these 40
+    # beat the benchmark on the point, the calibrated gate promotes none (at most 2, 5%, may);
+    # against the teacher alone the same decision promoted 3.
     config = GateConfig(resamples=500)
     verdicts = [
         decide_with_shadow(paired(100 + s, 60, 0.0), paired(200 + s, 20, 0.0), config)
@@ -243,7 +244,7 @@ def test_no_skill_shadow_evidence_is_refused_at_the_calibrated_rate() -> None:
     ]
     point_wins = sum(v.sharpe_diff is not None and v.sharpe_diff > 0 for v in verdicts)
     assert point_wins >= 12, "the seeds no longer give lucky students; the test proves nothing"
-    assert sum(v.promoted for v in verdicts) <= 1, [v.reason for v in verdicts if v.promoted]
+    assert sum(v.promoted for v in verdicts) <= 2, [v.reason for v in verdicts if v.promoted]
 
 
 def test_a_shadow_that_disagrees_refuses_a_backtest_that_alone_would_pass() -> None:
@@ -435,3 +436,40 @@ def test_pooled_folds_carry_every_daily_return_and_their_metrics() -> None:
     assert pooled.policy["share_buy"] == pytest.approx(1.0)
     assert pooled.policy["action_entropy"] == pytest.approx(0.0)
     assert pool_folds(parts[:1]) is parts[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration bench trades as the env does
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_calibration_bench_accounts_as_the_discrete_env_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bench/gate_calibration.py computes its students' returns in numpy, without the env: they
+    must be the env's (next-open fills, 10 bp, all in or all out), or its rates are another
+    market's."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from services.market.envs import DiscreteTradingEnv
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gate_calibration.py"
+    spec = importlib.util.spec_from_file_location("gate_calibration", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look themselves up
+    spec.loader.exec_module(bench)
+
+    frame, _ = bench.generate_market(bench.pinned("bear"), 80, 3)
+    positions = bench.random_timing(60, np.random.default_rng(0))
+    assert 0 < positions.sum() < 60 and np.any(np.diff(positions) != 0)
+    env = DiscreteTradingEnv(frame, start=5, end=65)
+    env.reset()
+    worth = [env.net_worth]
+    for long in positions:
+        worth.append(env.step_action("buy" if long else "sell")[4]["net_worth"])
+    expected = np.diff(worth) / np.array(worth[:-1])
+    mine = bench.account_returns(positions, frame["open"].to_numpy(), frame["close"].to_numpy(), 5)
+    np.testing.assert_allclose(mine, expected, rtol=0, atol=1e-12)
