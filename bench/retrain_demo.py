@@ -67,6 +67,7 @@ def demo_trainer_env(demo_out: Path, work: Path, eval_days: int) -> tuple[dict[s
     env |= {
         "RLMF_TRAINER_WORK_DIR": str(work / "trainer"),
         "RLMF_TRAINER_PROMOTION": "none",
+        "RLMF_TRAINER_SHADOW_BARS": "0",  # nothing serves here: the gate's word is the verdict
         "RLMF_TRAINER_PUBLISH": "false",
     }
     return env, f"{window.history.index[-1]:%Y-%m-%d}"

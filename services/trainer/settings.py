@@ -373,6 +373,11 @@ class TrainerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _shadow_long_enough(self) -> TrainerSettings:
+        if self.shadow_bars and self.promotion != "embedded":
+            raise ValueError(
+                f"shadow_bars {self.shadow_bars} needs RLMF_TRAINER_PROMOTION=embedded: with "
+                f"{self.promotion!r} promotion no service stages and judges a candidate yet"
+            )
         if 0 < self.shadow_bars < self.gate.min_shadow_bars:
             raise ValueError(
                 f"shadow_bars {self.shadow_bars} is below gate.min_shadow_bars "
