@@ -32,7 +32,14 @@ def artifact_with_reward_model(
         for i in range(4)
     ]
     report = train_reward_model(
-        tiny_llama_dir, pairs, root / "rm", max_steps=1, learning_rate=1e-3, batch_size=2, seed=0
+        tiny_llama_dir,
+        pairs,
+        root / "rm",
+        max_steps=1,
+        learning_rate=1e-3,
+        batch_size=2,
+        seed=0,
+        trainable_top_k=2,
     )
     assert report.steps == 1
     model = LLMActorCritic.from_pretrained(
