@@ -1,15 +1,14 @@
-"""End to end: docs/demo.md's "Streaming your own bars", as a new user types it.
+"""End to end: docs/demo.md's "Stream your own market", its first steps as a new user types them.
 
 `rlmf up` runs in a fresh folder (with --tiny, so the policy is quick to build and to serve),
 30 bars of a CSV are published under a ticker no service has seen, and the test reads the bus:
 a decision per bar, made after that bar's features watermark, feedback after each decision,
-and then a SIGINT stops everything `up` started, the broker included.
+and then `rlmf down` stops everything `up` started, the broker included.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -112,8 +111,10 @@ def test_rlmf_up_trades_published_bars_with_features_and_stops_cleanly(workdir: 
         assert all("bars_seen" in f.state for f in feedback), feedback[-1].state
     finally:
         started = _children(up.pid)
-        up.send_signal(signal.SIGINT)
+        # `rlmf down` from another terminal: it finds `up` in the state folder and stops it.
+        down = subprocess.run([str(RLMF), "down"], cwd=workdir, env=env, timeout=120, check=False)
         code = up.wait(timeout=60)
+    assert down.returncode == 0
     output = log.read_text(errors="replace")
     assert code == 0, output[-3000:]
     assert "could not start" not in output, output[-3000:]
