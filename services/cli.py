@@ -20,6 +20,7 @@ from services.common.model_files import ModelFilesError, default_models_dir
 from services.common.settings import DEFAULT_PORTS, BusSettings
 from services.common.supervisor import Supervisor, available_services, service_spec
 from services.common.up_state import RunInfo, StateDir, now, running
+from services.up.files import clear_ledger, ledger_dir
 
 app = typer.Typer(
     no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market."
@@ -145,6 +146,9 @@ def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[s
             # publishes the same file again and the bars already traded are skipped.
             "RLMF_SIMULATOR_STATE_FILE": str(state.simulator_state.resolve()),
             "RLMF_SIMULATOR_REPUBLISHED_BARS": "skip",
+            # One line per traded bar, kept across restarts: `rlmf report` and the live page
+            # draw from it, the broker's topics being gone after a restart.
+            "RLMF_SIMULATOR_LEDGER_DIR": str(ledger_dir(state).resolve()),
         },
         "trainer": feast
         | {
@@ -259,6 +263,7 @@ def up(
         raise typer.Exit(2)
     if fresh:
         state.clear()
+        clear_ledger(state)
     try:
         teacher = _prepare_teacher(default_models_dir(), tiny, fresh)
     except (ModelFilesError, OSError, ValueError) as exc:
