@@ -4,11 +4,9 @@ gives each day a sentiment and, every third day, a news summary."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from services.market.market_data import load_prices_csv
 from services.simulator.service import Trader, build_policy, frame_bars
@@ -17,6 +15,7 @@ from services.simulator.settings import SimulatorSettings
 
 REPO = Path(__file__).resolve().parents[1]
 READER = "tests.ledger_run:news_features"
+FIRST_DAY = "2009-05-22"
 
 
 def news_features(ticker: str, as_of: datetime) -> dict[str, Any]:
@@ -28,9 +27,10 @@ def news_features(ticker: str, as_of: datetime) -> dict[str, Any]:
 
 
 def bars(ticker: str, n: int, source: str = "GOOGL.csv") -> list[BarData]:
-    """The first `n` daily bars of a repo price file, as the simulator receives them."""
+    """The first `n` daily bars of a repo price file from GOOGL.csv's first day (MSFT.csv
+    starts in 1986), as the simulator receives them."""
     frame = load_prices_csv(REPO / "data" / source)
-    return frame_bars(frame.iloc[:n], ticker)
+    return frame_bars(frame.loc[FIRST_DAY:].iloc[:n], ticker)
 
 
 def settings(ledger_dir: Path | None, policy: str = "sentiment-rule") -> SimulatorSettings:
@@ -47,11 +47,3 @@ def settings(ledger_dir: Path | None, policy: str = "sentiment-rule") -> Simulat
 def trader(ledger_dir: Path | None, policy: str = "sentiment-rule") -> Trader:
     chosen = settings(ledger_dir, policy)
     return Trader(chosen, build_policy(chosen), None)
-
-
-def utc_day(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def day_after(when: pd.Timestamp) -> datetime:
-    return (when + timedelta(days=1)).to_pydatetime()
