@@ -81,8 +81,9 @@ def _retire(files: ShadowFiles, log: CycleLog, version: str) -> None:
 
 
 def _stage(files: ShadowFiles, log: CycleLog, live: Trader, version: str, needed: int) -> None:
-    first = bars("ACME", 1)[0].time.isoformat()
-    log.add(CycleRecord(first[:10], "kafka", ["ACME"], first, first, LIVE, "candidate", version,
+    window = bars("ACME", LIVE)
+    first, last = window[0].time.isoformat(), window[-1].time.isoformat()
+    log.add(CycleRecord(last[:10], "kafka", ["ACME"], first, last, LIVE, "candidate", version,
                         "v0", 0.04))  # fmt: skip
     files.write_candidate(_candidate(version, needed))
     live.shadow = ShadowTrader(RuleCandidate(version))  # type: ignore[arg-type]
@@ -96,7 +97,8 @@ def _trainer_bars(state: StateDir, total: int) -> None:
         store.save()
 
 
-def write_up_state(root: Path) -> StateDir:
+def write_up_state(root: Path) -> tuple[StateDir, Trader]:
+    """The state folder, and the simulator's trader to trade more bars with (`trade_more`)."""
     state = StateDir(root)
     files, log = ShadowFiles(state.trainer), CycleLog(state.trainer / "cycles.jsonl")
     live = trader(ledger_dir(state), policy="random")
@@ -116,4 +118,11 @@ def write_up_state(root: Path) -> StateDir:
                    embedded_broker=True, tickers=list(TICKERS), models_root=str(models),
                    log_dir=str(root / "logs"), bars_needed=184, started_at=now())  # fmt: skip
     state.write_run(info)
-    return state
+    return state, live
+
+
+def trade_more(state: StateDir, live: Trader, n: int = 1) -> None:
+    """`n` more bars per ticker, saved as the simulator saves after a flush."""
+    done = LIVE + FIRST_SHADOW + SECOND_SHADOW
+    _trade(live, None, done, n)
+    StateFile(state.simulator_state).save(live.export_state())

@@ -302,7 +302,7 @@ def write_report(state: StateDir, out: Path, *, live: bool = False, refresh_s: i
         "up_report.html",
         out / "report.html",
         search=[TEMPLATES],
-        title=f"RLMF: your stream ({state.root})",
+        title="RLMF: what rlmf up is doing",
         status=status,
         tickers=tickers,
         min_bars=MIN_BARS,
