@@ -3,8 +3,8 @@
 Why a file beside the state file: the embedded broker of `rlmf up` keeps its topics in memory,
 so after a restart the history of decisions and net worth is gone from the bus; `rlmf report`
 and the live page draw from this ledger instead. A line is written when the bar is traded,
-before its outputs are flushed: a bar re-delivered after a kill (traded again because its
-state was not saved) finds its line already there and is not written twice.
+before its outputs are flushed: a bar traded again after a kill (its state was not saved)
+replaces its line and any after it, so the ledger always tells what the saved accounts did.
 """
 
 from __future__ import annotations
@@ -43,18 +43,30 @@ class Ledger:
 
     def record(
         self, step: StepOutput, sentiment: float | None, summary: str, shadow: ShadowBar | None
-    ) -> bool:
-        """Write the bar's line unless the file already holds it; True when written."""
+    ) -> None:
+        """Append the bar's line. A bar the file already holds is being traded again: the
+        session accepted it, so the state a restart resumed from predates it, and the lines
+        from it on describe trading that state undid; they are replaced, never duplicated."""
         ticker, when = step.bar.ticker, step.bar.time
         last = self.last_time(ticker)
         if last is not None and when <= last:
-            return False
+            self._drop_from(ticker, when)
         line = json.dumps(ledger_row(step, sentiment, summary, shadow)) + "\n"
         self.folder.mkdir(parents=True, exist_ok=True)
         with self.path(ticker).open("a", encoding="utf-8") as handle:
             handle.write(line)
         self._last[ticker] = when
-        return True
+
+    def _drop_from(self, ticker: str, when: datetime) -> None:
+        """Rewrite the ticker's file without its lines at or after `when` (after a restart
+        only, so reading the whole file is rare)."""
+        path = self.path(ticker)
+        kept = [r for r in read_ledger(path) if datetime.fromisoformat(r["time"]) < when]
+        log.info("ledger %s: bar %s traded again after a restart; its lines from it replaced",
+                 ticker, when.isoformat())  # fmt: skip
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)  # a kill mid-rewrite leaves the old file, never a half one
 
 
 def ledger_row(

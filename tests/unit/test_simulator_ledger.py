@@ -28,22 +28,27 @@ def test_every_traded_bar_is_one_line_with_the_accounts_and_the_news(tmp_path: P
     assert sum(r["probabilities"][r["action"]] for r in rows) == len(rows)
 
 
-def test_a_restart_that_trades_a_bar_again_does_not_write_it_twice(tmp_path: Path) -> None:
-    """A kill after the ledger line but before the state was saved: the restarted simulator
-    resumes from the last saved state and trades the bar again; its line stays single."""
+def test_a_bar_traded_again_after_a_restart_replaces_its_line(tmp_path: Path) -> None:
+    """A kill after the ledger lines of bars 11 and 12 but before the state was saved: the
+    restarted simulator resumes after bar 10 and trades them again (here with another policy,
+    as a policy whose answer changed would); the ledger keeps one line per bar, the new ones."""
     series = bars("ACME", 20)
-    first = trader(tmp_path)
+    first = trader(tmp_path, "random")
     for bar in series[:10]:
         first.on_bar(bar)
-    saved = first.export_state()  # saved after bar 10; bars 11 and 12 reach the ledger only
+    saved = first.export_state()
     for bar in series[10:12]:
         first.on_bar(bar)
-    restarted = trader(tmp_path)
+    restarted = trader(tmp_path, "sentiment-rule")
     restarted.restore(saved)
     for bar in series[10:]:
         restarted.on_bar(bar)
-    times = [r["time"] for r in read_ledger(tmp_path / "ACME.jsonl")]
-    assert times == [b.time.isoformat() for b in series]
+    rows = read_ledger(tmp_path / "ACME.jsonl")
+    assert [r["time"] for r in rows] == [b.time.isoformat() for b in series]
+    policies = [r["model_version"].split(":")[1] for r in rows]
+    assert policies == ["random"] * 10 + ["sentiment-rule"] * 10
+    session = restarted.sessions["ACME"]
+    assert rows[-1]["net_worth"] == session.book.cash + session.book.position * rows[-1]["close"]
 
 
 def test_a_torn_last_line_is_cut_and_the_bar_written_again(tmp_path: Path) -> None:
