@@ -237,10 +237,19 @@ def write_plots(t: TickerReport, out: Path) -> dict[str, str]:
     name = t.ticker.replace("/", "_")
     marks = version_changes(t.frame)
     # The demo's decisions plot reads only the closes and the decisions of its input.
-    chosen = t.frame[["action", "model_version"]]
-    empty = pd.Series(dtype=float)
-    decisions = ReportInput(t.ticker, [], [], t.frame["close"], chosen, empty, pd.DataFrame(),
-                            [], [], {}, [])  # fmt: skip
+    decisions = ReportInput(
+        title=t.ticker,
+        header_lines=[],
+        curves=[],
+        closes=t.frame["close"],
+        decisions=t.frame[["action", "model_version"]],
+        sentiment=pd.Series(dtype=float),
+        news=pd.DataFrame(),
+        promotions=[],
+        explained=[],
+        accounting={},
+        services=[],
+    )
     paths = {
         "equity": plot_equity(
             t.curves,

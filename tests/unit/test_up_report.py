@@ -4,6 +4,8 @@ shadow stretches, and the page made from a state folder the services' writers wr
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,27 @@ def test_the_report_has_every_ticker_its_metrics_and_plots(
     assert text.count("<td>sentiment rule</td>") == 2 and text.count("<td>Buy &amp; Hold</td>") == 2
     assert "cand-2" in text and "retired" in text
     assert "location.reload" not in text, "only the live page reloads itself"
+
+
+def _rlmf(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "services.cli", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+def test_rlmf_report_writes_the_page_and_refuses_a_missing_folder(
+    up_state: StateDir, tmp_path: Path
+) -> None:
+    done = _rlmf("report", "--state-dir", str(up_state.root), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert len(list((tmp_path / "out" / "plots").glob("*.png"))) == 8
+    missing = _rlmf("report", "--state-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no state folder" in missing.stderr
+
+
+def test_up_gives_the_simulator_a_ledger_in_the_state_folder(tmp_path: Path) -> None:
+    from services.cli import _service_env
+
+    state = StateDir(tmp_path / "rlmf-state")
+    simulator = _service_env(tmp_path / "v0", state, tiny=True)["simulator"]
+    assert simulator["RLMF_SIMULATOR_LEDGER_DIR"] == str((state.root / "ledger").resolve())
