@@ -11,6 +11,7 @@ browser is a failure. RLMF_PAGE_SCREENSHOT=docs/up-live-page.png keeps the page'
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -32,16 +33,15 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 def _require_browser() -> None:
     """Skip when Chromium, its driver or selenium is missing, except under CI."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
+    parts = {
+        CHROMIUM: ("apt-get install chromium", Path(CHROMIUM).is_file()),
+        CHROMEDRIVER: ("apt-get install chromium-driver", Path(CHROMEDRIVER).is_file()),
+        "selenium": ("pip install -e '.[test]'", importlib.util.find_spec("selenium") is not None),
+    }
+    missing = [f"{name} ({how})" for name, (how, there) in parts.items() if not there]
     if not missing:
         return
-    reason = (
-        f"the live page test needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
-    )
+    reason = f"the live page test needs {'; '.join(missing)}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; under CI it must be there (.ci/run installs it)")
     pytest.skip(reason)
