@@ -69,7 +69,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[LivePage, StateDir, Any]]:
     state, live = write_up_state(tmp_path / "rlmf-state")
-    page = LivePage(state, port=free_port(), min_interval_s=1.0, refresh_s=2).start()
+    page = LivePage(state, port=free_port(), min_interval_s=1.0, refresh_s=3).start()
     try:
         yield page, state, live
     finally:
@@ -86,44 +86,51 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _shown(driver: Any, ticker: str) -> dict[str, str]:
-    row = f"tr[data-ticker='{ticker}']"
-    cells = ("bars", "decisions", "net-worth", "buy-and-hold", "last-bar")
-    return {cell: _text(driver, f"{row} td.{cell}") for cell in cells}
-
-
-def _expected(status: dict[str, Any], ticker: str) -> dict[str, str]:
-    t = status["tickers"][ticker]
-    return {
-        "bars": str(t["bars"]),
-        "decisions": str(t["decisions"]),
-        "net-worth": _money(t["net_worth"]),
-        "buy-and-hold": _money(t["buy_and_hold_net_worth"]),
-        "last-bar": t["last_bar"],
-    }
-
-
-def _assert_figures_match(driver: Any, status: dict[str, Any]) -> None:
-    assert _text(driver, "#running") == ("running" if status["running"] else "stopped")
-    assert _text(driver, "#served-version") == status["served"]["version"]
-    assert status["tickers"], "the state folder has tickers to compare"
-    for ticker in status["tickers"]:
-        assert _shown(driver, ticker) == _expected(status, ticker)
-    shadow = status["shadow"]
-    assert _text(driver, "#shadow-version") == shadow["version"]
-    assert _text(driver, "#shadow-bars") == str(shadow["bars"])
-    assert _text(driver, "#shadow-needed") == str(shadow["needed"])
-    assert _text(driver, "#cycles") == str(len(status["cycles"]))
-
-
-def _decisions_while_reloading(driver: Any, ticker: str) -> str | None:
-    """The ticker's decisions on the page; None while the page is between two loads."""
+def _figures(driver: Any, tickers: list[str]) -> dict[str, str] | None:
+    """Every figure the page shows as text, read in one go; None when the page reloaded while
+    it was read (its own timer), so the caller reads again."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
+    ids = ("running", "served-version", "shadow-version", "shadow-bars", "shadow-needed", "cycles")
+    cells = ("bars", "decisions", "net-worth", "buy-and-hold", "last-bar")
     try:
-        return _text(driver, f"tr[data-ticker='{ticker}'] td.decisions")
+        shown = {name: _text(driver, f"#{name}") for name in ids}
+        for ticker in tickers:
+            row = f"tr[data-ticker='{ticker}']"
+            shown |= {f"{ticker} {cell}": _text(driver, f"{row} td.{cell}") for cell in cells}
     except (NoSuchElementException, StaleElementReferenceException):
-        return None  # the reload replaced the document while we read it: look again
+        return None  # the reload replaced the document while we read it: read again
+    return shown
+
+
+def _expected(status: dict[str, Any]) -> dict[str, str]:
+    """The same figures from `rlmf status --json`'s object, as the page writes them."""
+    shadow = status["shadow"]
+    want = {
+        "running": "running" if status["running"] else "stopped",
+        "served-version": status["served"]["version"],
+        "shadow-version": shadow["version"],
+        "shadow-bars": str(shadow["bars"]),
+        "shadow-needed": str(shadow["needed"]),
+        "cycles": str(len(status["cycles"])),
+    }
+    for ticker, t in status["tickers"].items():
+        want |= {
+            f"{ticker} bars": str(t["bars"]),
+            f"{ticker} decisions": str(t["decisions"]),
+            f"{ticker} net-worth": _money(t["net_worth"]),
+            f"{ticker} buy-and-hold": _money(t["buy_and_hold_net_worth"]),
+            f"{ticker} last-bar": t["last_bar"],
+        }
+    return want
+
+
+def _loaded_images(driver: Any) -> list[list[Any]] | None:
+    """(alt, natural width) of every image once all have loaded; None before."""
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete ? i.naturalWidth : 0]);"
+    )
+    return images if images and all(width for _, width in images) else None
 
 
 def _console_errors(driver: Any) -> list[dict[str, Any]]:
@@ -134,25 +141,27 @@ def test_the_live_page_shows_status_and_plots_and_follows_the_state(
     browser: Any, served: tuple[LivePage, StateDir, Any], tmp_path: Path
 ) -> None:
     page, state, live = served
+    status = collect(state)
+    tickers = sorted(status["tickers"])
+    assert tickers == ["ACME", "BETA"] and status["shadow"] is not None
     browser.get(page.url)
-    _assert_figures_match(browser, collect(state))
-    assert httpx.get(page.url + "status.json").json() == collect(state)
-    images = browser.execute_script(
-        "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth]);"
-    )
+    shown = wait_until(lambda: _figures(browser, tickers), 20, "the page's figures")
+    assert shown == _expected(status)
+    assert httpx.get(page.url + "status.json").json() == status
+    images = wait_until(lambda: _loaded_images(browser), 20, "the page's plots")
     assert len(images) == 8 and all(width > 500 for _, width in images), images
     screenshot = tmp_path / "page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 50_000
     if os.environ.get("RLMF_PAGE_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["RLMF_PAGE_SCREENSHOT"])
 
-    before = collect(state)["tickers"]["ACME"]["decisions"]
     trade_more(state, live, 2)
-    # The page reloads itself (every 2 s here) and is made again from the new state.
+    after = collect(state)
+    assert after["tickers"]["ACME"]["decisions"] == status["tickers"]["ACME"]["decisions"] + 2
+    # The page reloads itself (every 3 s here) and is made again from the new state.
     wait_until(
-        lambda: _decisions_while_reloading(browser, "ACME") == str(before + 2),
+        lambda: _figures(browser, tickers) == _expected(after),
         30,
-        "the page to show the two new decisions without a reload from the test",
+        "the page to show the new bars without a reload from the test",
     )
-    _assert_figures_match(browser, collect(state))
     assert _console_errors(browser) == []
