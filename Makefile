@@ -34,6 +34,10 @@ doctor:
 	command -v prometheus >/dev/null 2>&1 || need prometheus "apt-get install prometheus" "tests/integration/test_prometheus_dashboards.py"; \
 	command -v node >/dev/null 2>&1 || need node "apt-get install nodejs" "tests/unit/test_chart_crds.py"; \
 	command -v npm >/dev/null 2>&1 || need npm "apt-get install npm" "make install runs npm ci"; \
+	if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$CI" = true ]; then need "chromium and chromium-driver" "apt-get install chromium chromium-driver" "tests/integration/test_up_live_page.py"; \
+	  else echo "note: no /usr/bin/chromium or /usr/bin/chromedriver, so tests/integration/test_up_live_page.py will skip (apt-get install chromium chromium-driver)" >&2; fi; \
+	fi; \
 	if ! $(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1).close()" 2>/dev/null; then \
 	  if [ "$$CI" = true ]; then need "Redis at 127.0.0.1:6379" "apt-get install redis-server; redis-server --daemonize yes" "the Redis variants of the Feast tests"; \
 	  else echo "note: no Redis at 127.0.0.1:6379, so the Redis variants of the Feast tests will skip (apt-get install redis-server; redis-server --daemonize yes)" >&2; fi; \

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,6 +21,10 @@ from services.common.model_files import ModelFilesError, default_models_dir
 from services.common.settings import DEFAULT_PORTS, BusSettings
 from services.common.supervisor import Supervisor, available_services, service_spec
 from services.common.up_state import RunInfo, StateDir, now, running
+from services.up.files import clear_ledger, ledger_dir
+
+if TYPE_CHECKING:
+    from services.up.page import LivePage
 
 app = typer.Typer(
     no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market."
@@ -150,6 +155,9 @@ def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[s
             # publishes the same file again and the bars already traded are skipped.
             "RLMF_SIMULATOR_STATE_FILE": str(state.simulator_state.resolve()),
             "RLMF_SIMULATOR_REPUBLISHED_BARS": "skip",
+            # One line per traded bar, kept across restarts: `rlmf report` and the live page
+            # draw from it, the broker's topics being gone after a restart.
+            "RLMF_SIMULATOR_LEDGER_DIR": str(ledger_dir(state).resolve()),
         },
         "trainer": feast
         | {
@@ -251,6 +259,9 @@ def up(
         help="Restrict the universe to these tickers, e.g. ACME,GOOGL (default "
         "RLMF_FEATURES_TICKERS, else any ticker you publish).",
     ),
+    page_port: int = typer.Option(
+        8010, help="Serve the live page (`rlmf report`, refreshed) on 127.0.0.1:PORT; 0: off."
+    ),
 ) -> None:
     """Start the broker and every service; restart one that dies; Ctrl-C or `rlmf down` stops
     all. Resumes where the last run in STATE_DIR stopped unless --fresh.
@@ -266,6 +277,7 @@ def up(
         raise typer.Exit(2)
     if fresh:
         state.clear()
+        clear_ledger(state)
     try:
         teacher = _prepare_teacher(default_models_dir(), tiny, fresh)
     except (ModelFilesError, OSError, ValueError) as exc:
@@ -285,23 +297,41 @@ def up(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    embedded = None
+    embedded = page = None
     try:
         if not no_broker:
             embedded = EmbeddedBroker(port=port, log_path=log_dir / "broker.log").start()
             env |= {"RLMF_BUS_BOOTSTRAP": embedded.bootstrap, "RLMF_BUS_GROUP_PROTOCOL": "manual"}
         bootstrap = env.get("RLMF_BUS_BOOTSTRAP") or BusSettings().bootstrap
         state.write_run(_run_info(bootstrap, embedded is not None, universe, teacher, log_dir))
+        page = _start_page(state, page_port)
         failed = _supervise(env, service_env, log_dir, stop)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     finally:
+        if page:
+            page.stop()
         if embedded:
             embedded.stop()
         state.mark_stopped()
     if failed:
         raise typer.Exit(1)
+
+
+def _start_page(state: StateDir, port: int) -> LivePage | None:
+    """The live page on 127.0.0.1:port; a port already taken costs the page, not the run."""
+    if port == 0:
+        return None
+    from services.up.page import LivePage
+
+    try:
+        page = LivePage(state, port).start()
+    except OSError as exc:
+        typer.echo(f"live page not started: cannot listen on 127.0.0.1:{port} ({exc})", err=True)
+        return None
+    typer.echo(f"live page: {page.url} (`rlmf report` writes the same page to files)")
+    return page
 
 
 def _supervise(

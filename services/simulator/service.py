@@ -48,6 +48,7 @@ from services.common.state_block import state_block
 from services.market.baseline_policies import Decision, HttpPolicy, Policy, make_policy
 from services.market.market_data import load_prices_csv
 from services.market.regime_market import generate_market, load_params
+from services.simulator.ledger import Ledger
 from services.simulator.policy_caller import PolicyCaller
 from services.simulator.session import BarData, StepOutput, TradingSession
 from services.simulator.settings import SimulatorSettings
@@ -320,6 +321,7 @@ class Trader:
             if settings.policy_url and settings.shadow
             else None
         )
+        self.ledger = Ledger(settings.ledger_dir) if settings.ledger_dir else None
 
     def decide(self, state: MarketState) -> Decision:
         """The policy's decision; any failure becomes hold, a metric and a log line."""
@@ -383,6 +385,7 @@ class Trader:
         step = session.on_bar(bar, self.decide, features, sentiment, summary)
         BARS_TRADED.labels(bar.ticker, self.settings.mode).inc()
         out = outputs_of(step, bar.ticker, self.run_id)
+        shadow = None
         if account is not None:
             assert self.shadow is not None
             shadow = self.shadow.trade(
@@ -390,6 +393,8 @@ class Trader:
             )
             decision = _decision_pb(bar.ticker, shadow.decision, bar.time)
             out.append(shadow.outgoing(self.run_id, decision))
+        if self.ledger is not None:
+            self.ledger.record(step, sentiment, summary, shadow)
         return out
 
 

@@ -66,6 +66,10 @@ class SimulatorSettings(BaseSettings):
     """Keep the account (cash, positions, price history, the decision whose feedback is
     pending, the policy's progress) in this file, replaced atomically after every flush, so
     a restart, even after SIGKILL, continues exactly (state_store.py); unset: memory only."""
+    ledger_dir: Path | None = None
+    """Append one JSON line per traded bar to `<ledger_dir>/<TICKER>.jsonl` (ledger.py): the
+    decision, both accounts, the news seen and the candidate's shadow account, for `rlmf
+    report` once the in-memory broker's topics are gone; unset: no ledger."""
     republished_bars: Literal["dead-letter", "skip"] = "dead-letter"
     """Live mode: what a bar at or before its ticker's last traded bar is. dead-letter: an
     out-of-order bar, sent to market.bars.v1.dlq with the reason; skip: a bar already traded,

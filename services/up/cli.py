@@ -1,4 +1,5 @@
-"""`rlmf status` and `rlmf down`: look at, and stop, an `rlmf up` from another terminal."""
+"""`rlmf status`, `rlmf report` and `rlmf down`: look at, and stop, an `rlmf up` from another
+terminal."""
 
 from __future__ import annotations
 
@@ -50,6 +51,28 @@ def down(
     typer.echo(f"stopped rlmf up (pid {info.pid})")
 
 
+def report(
+    state_dir: Path = STATE_DIR_OPTION,
+    out: Path = typer.Option(Path("rlmf-report"), help="report.html and plots/ go here."),
+) -> None:
+    """report.html of what `rlmf up` did: per ticker the live loop's equity beside Buy & Hold
+    and the sentiment rule with their metrics, decisions on the price, the promotion timeline
+    with each candidate's shadow stretch, and the sentiment (while it runs or after it stopped)."""
+    from services.up.report import ReportError, write_report
+    from services.up.status import StatusError
+
+    if not state_dir.is_dir():
+        typer.echo(f"error: no state folder {state_dir} (`rlmf up --state-dir` names it)", err=True)
+        raise typer.Exit(2)
+    try:
+        page = write_report(StateDir(state_dir), out)
+    except (StatusError, ReportError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"report: {page}")
+
+
 def register(root: typer.Typer) -> None:
     root.command()(status)
     root.command()(down)
+    root.command()(report)

@@ -22,11 +22,13 @@ SERVICES = ROOT / "services"
 # Packages that are not services: everyone may import them.
 SHARED = {"common", "market"}
 # The composition roots wire services together, so they may import any of them.
+# `rlmf report` reads what the simulator, the trainer and the demo's plots each keep.
 COMPOSITION_ROOTS = {
     "services.cli",
     "services.backtest_cli",
     "services.up.status",
     "services.up.cli",
+    "services.up.report",
 }
 # What a service offers to the others; everything else in its folder is internal.
 PUBLIC = {
