@@ -42,6 +42,7 @@ STATUSES: dict[tuple[str, str], tuple[int, ...]] = {
     ("post", "/v1/models/{model_name}:explain"): (*_POST_DATA, 501),
     ("post", "/v2/models/{model_name}/infer"): (*_POST_DATA, _VERSIONED),
     ("post", "/v1/models/{name}:reload"): (200, 400, 401, 403, 404, 413, 422),
+    ("post", "/v1/models/{name}:retire"): (200, 401, 403, 404, 413),
     ("get", "/v1/models/{name}:status"): (200, 404),
     ("get", "/v1/models/{model_name}"): (200, 404, 503),
     ("get", "/v2/models/{model_name}"): (200, 404, _VERSIONED),

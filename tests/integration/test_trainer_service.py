@@ -252,7 +252,7 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
     big, small = f"B{name}", f"S{name}"
     settings = TrainerSettings(
         data_source="kafka", work_dir=tmp_path, cycle_every_days=5, publish=False,
-        train_days=10, eval_days=5, embargo_days=0,
+        train_days=10, eval_days=5, embargo_days=0, gate={"min_holdout_bars": 5},
     )  # fmt: skip
     needed = service_bars_needed(settings)
     loop, scheduler = build(settings, bus_settings, group_id=f"trainer-stream-{unique}")
