@@ -62,10 +62,21 @@ def test_cycle_due_counts_calendar_days_from_the_last_cycle() -> None:
     assert cycle_due(days, None, 5) == date(2024, 1, 10)
 
 
+def _feedback_record(t: Any, nxt: Any) -> Any:
+    """One market.feedback.v1 record for the decision at `t`, realised at `nxt`, as the pacer
+    reads it off the bus."""
+    from services.common.bus_reader import TopicRecord
+
+    msg = pb.MarketFeedback(ticker="ACME", action="hold")
+    envelopes.set_time(msg.decision_time, t.to_pydatetime())
+    envelopes.set_time(msg.realised_time, nxt.to_pydatetime())
+    raw = envelopes.encode(envelopes.wrap(msg, key="ACME", event_time=nxt, source="t"))
+    return TopicRecord(0, 0, "x", raw, {})
+
+
 def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None:
     """The demo pauses the market when it predicts a cycle; the prediction must be the
     trainer's own (services.trainer.service.Scheduler.due) on the same feedback."""
-    from services.common.bus_reader import TopicRecord
     from services.demo.pacing import TrainingPacer
     from services.trainer.datasets import FeedbackLog, FeedbackRecord
     from services.trainer.service import Scheduler
@@ -87,11 +98,7 @@ def test_training_pacer_agrees_with_the_trainer_schedule(tmp_path: Path) -> None
             trainer_days.append(t.date())
             scheduler.maybe_start()
             scheduler.join()
-        msg = pb.MarketFeedback(ticker="ACME", action="hold")
-        envelopes.set_time(msg.decision_time, t.to_pydatetime())
-        envelopes.set_time(msg.realised_time, nxt.to_pydatetime())
-        raw = envelopes.encode(envelopes.wrap(msg, key="ACME", event_time=nxt, source="t"))
-        if pacer.due([TopicRecord(0, 0, "x", raw, {})]):
+        if pacer.due([_feedback_record(t, nxt)]):
             pacer_days.append(pacer.last_cycle_day)
     assert len(started) == len(trainer_days) >= 4
     assert pacer_days == trainer_days
@@ -143,11 +150,7 @@ def test_pacer_and_trainer_skip_the_same_cycles_while_a_candidate_is_in_shadow(
         if (day := scheduler.due()) is not None:
             trainer_days.append(day)
             scheduler.last_cycle_day = day
-        msg = pb.MarketFeedback(ticker="ACME", action="hold")
-        envelopes.set_time(msg.decision_time, t.to_pydatetime())
-        envelopes.set_time(msg.realised_time, nxt.to_pydatetime())
-        raw = envelopes.encode(envelopes.wrap(msg, key="ACME", event_time=nxt, source="t"))
-        if pacer.due([TopicRecord(0, 0, "x", raw, {})]):
+        if pacer.due([_feedback_record(t, nxt)]):
             pacer_days.append(pacer.last_cycle_day)
     assert pacer_days == trainer_days
     staged, judged = frame.index[30].date(), frame.index[60].date()
