@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ import pandas as pd
 import pytest
 from kafka import KafkaConsumer
 
+from services.common.broker import EmbeddedBroker, free_port
 from services.common.bus import Producer
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
@@ -25,7 +27,7 @@ from services.common.settings import BusSettings
 from services.common.topics import MARKET_BARS, MARKET_FEEDBACK, dlq
 from services.trainer.cycle import CycleResult
 from services.trainer.cycle_log import CycleLog
-from services.trainer.kafka_history import StreamHistory
+from services.trainer.kafka_history import BarStore, StreamHistory
 from services.trainer.service import Scheduler, build
 from services.trainer.service import bars_needed as service_bars_needed
 from services.trainer.settings import TrainerSettings
@@ -241,13 +243,22 @@ def _bar(ticker: str, day: int, close: float) -> pb.Bar:
     return msg
 
 
+@pytest.fixture
+def own_bus(tmp_path: Path) -> Iterator[BusSettings]:
+    """A broker of the test's own (the streaming trainer reads every ticker on the topics)."""
+    with EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log") as embedded:
+        yield BusSettings(bootstrap=embedded.bootstrap, group_protocol="manual")
+
+
 @pytest.mark.slow  # broker round trips
 def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
-    bus_settings: BusSettings, unique: str, tmp_path: Path, broker: str
+    own_bus: BusSettings, unique: str, tmp_path: Path
 ) -> None:
     """data_source kafka (what `rlmf up` runs): the bars of every ticker are kept as they arrive;
     no cycle before the ticker has a walk-forward split's bars; then the cycle trains on the
-    ticker with the most bars, on the streamed bars known by its day only, and is recorded."""
+    streamed bars known by its day only, and is recorded. On a broker of its own: a streaming
+    trainer keeps every ticker's bars and feedback, and the session's broker carries other
+    tests' tickers."""
     name = "".join(chr(65 + int(c, 16) % 26) for c in unique[:5])
     big, small = f"B{name}", f"S{name}"
     settings = TrainerSettings(
@@ -255,7 +266,7 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
         train_days=10, eval_days=5, embargo_days=0, gate={"min_holdout_bars": 5},
     )  # fmt: skip
     needed = service_bars_needed(settings)
-    loop, scheduler = build(settings, bus_settings, group_id=f"trainer-stream-{unique}")
+    loop, scheduler = build(settings, own_bus, group_id=f"trainer-stream-{unique}")
     calls: list[tuple[TrainerSettings, pd.DataFrame]] = []
 
     def record_cycle(cycle_settings: TrainerSettings, **kwargs: Any) -> CycleResult:
@@ -263,7 +274,7 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
         return _result(kwargs["prices"])
 
     scheduler._run = record_cycle  # type: ignore[assignment]  # the cycle runs in test_trainer_cycle
-    producer = Producer(bus_settings, "test")
+    producer = Producer(own_bus, "test")
 
     def publish(bars: range, feedback_days: range) -> None:
         for day in bars:
@@ -295,8 +306,7 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
     loop.close()
     producer.close()
 
-    history = StreamHistory(tmp_path)
-    assert history.bar_counts() == {big: needed + 10, small: 8}
+    assert StreamHistory(tmp_path).bar_counts() == {big: needed + 10, small: 8}
     assert calls, "no cycle ran on the streamed bars"
     cycle_settings, prices = calls[0]
     assert cycle_settings.ticker == big, "the ticker with the most bars"
@@ -306,3 +316,16 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
     records = CycleLog(tmp_path / "cycles.jsonl").records()
     assert records and records[0]["data_source"] == "kafka" and records[0]["tickers"] == [big]
     assert loop.stats.dead_lettered >= 1
+
+
+def test_the_training_ticker_is_the_one_with_the_most_bars(tmp_path: Path) -> None:
+    """Without RLMF_TRAINER_TICKER a streaming trainer trains on the ticker with the most bars
+    (the first by name on a tie); a named one wins; none before any bar."""
+    history = StreamHistory(tmp_path)
+    assert history.training_ticker(None) is None
+    for ticker, bars in (("AAA", 3), ("BBB", 5), ("CCC", 5)):
+        store = history.stores.setdefault(ticker, BarStore(tmp_path / f"{ticker}.csv"))
+        for day in range(bars):
+            store.add(START + timedelta(days=day), (1.0, 1.0, 1.0, 1.0, 1.0))
+    assert history.training_ticker(None) == "BBB"
+    assert history.training_ticker("AAA") == "AAA"
