@@ -471,3 +471,31 @@ class PortfolioEnv(gym.Env):  # type: ignore[misc]
             truncated,
             {"net_worth": nw_now, "cost": cost},
         )
+
+
+class TickerRotationEnv(gym.Env):  # type: ignore[misc]
+    """Several tickers' DiscreteTradingEnvs as one: each episode trades one ticker, drawn at
+    reset from the reset's seed, so one policy learns from all of them and a run resumed at an
+    episode count draws the same tickers again. gymnasium has no wrapper that switches between
+    envs per episode (its vector envs step all of them at once), hence this one."""
+
+    def __init__(self, envs: list[DiscreteTradingEnv]) -> None:
+        if not envs:
+            raise ValueError("TickerRotationEnv needs at least one env")
+        self.envs = envs
+        self.active = envs[0]
+        self.action_space = self.active.action_space
+        self.observation_space = self.active.observation_space
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.active = self.envs[int(self.np_random.integers(len(self.envs)))]
+        return self.active.reset(seed=seed, options=options)
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        return self.active.step(action)
+
+    def current_state(self) -> MarketState:
+        return self.active.current_state()

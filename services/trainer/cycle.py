@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,13 +29,20 @@ from services.common.metrics import PROMOTIONS
 from services.market.walk_forward import WalkForwardSplit, walk_forward_folds
 from services.trainer import checkpoint, market_source, ppo
 from services.trainer.datasets import FeedbackLog, FeedbackRecord
-from services.trainer.evaluate import Evaluation, evaluate, held_out_returns, pool_folds
+from services.trainer.evaluate import (
+    Evaluation,
+    evaluate,
+    held_out_returns,
+    pool_folds,
+    pool_tickers,
+)
 from services.trainer.gate import GateDecision, HeldOutReturns, decide
 from services.trainer.offline_features import (
     BarFeatures,
     first_bar_with_features,
     load_bar_features,
 )
+from services.trainer.peers import PeerBars, with_peers
 from services.trainer.plan import CycleError as CycleError
 from services.trainer.plan import CycleInterrupted as CycleInterrupted
 from services.trainer.plan import CyclePlan, TrainingClock, student_version
@@ -79,6 +86,8 @@ class CycleResult:
     budget_cut: bool = False
     """The wall-clock cap (RLMF_TRAINER_CYCLE_MINUTES) stopped some training short of the
     recipe's steps and epochs: this student is not the one the seed alone makes."""
+    tickers: list[str] = field(default_factory=list)
+    """Every ticker the student trained and was judged on, the cycle's own first."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +144,7 @@ def run_cycle(
     bar_features: BarFeatures | None = None,
     stop_requested: Callable[[], bool] | None = None,
     progress: Callable[[ppo.Progress], None] = ppo.log_progress,
+    peers: Mapping[str, pd.DataFrame] | None = None,
 ) -> CycleResult:
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
@@ -142,11 +152,13 @@ def run_cycle(
     `bar_features` gives the states' features and news directly (a benchmark's synthetic
     news) instead of reading them as settings.features_source says. `stop_requested` (the
     service's SIGTERM) stops PPO after its iteration, checkpointed: CycleInterrupted.
-    `progress` hears from PPO at least every 30 s (default: a log line; the CLI adds a bar)."""
+    `progress` hears from PPO at least every 30 s (default: a log line; the CLI adds a bar).
+    `peers`: other tickers' bars; the one student then learns from every ticker and the gate
+    judges it on all of them, pooled (plan_cycle, evaluate.pool_tickers)."""
     _seed_torch(settings)
     prices = load_prices(settings) if prices is None else prices
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
-    plan = plan_cycle(settings, prices, bar_features)
+    plan = plan_cycle(settings, prices, bar_features, peers)
     training = _feature_stats(plan.bar_features)
     # One wall-clock cap for the whole cycle, every fold's training together.
     clock = TrainingClock(settings.cycle_minutes)
@@ -189,10 +201,14 @@ def _seed_torch(settings: TrainerSettings) -> None:
 
 
 def plan_cycle(
-    settings: TrainerSettings, prices: pd.DataFrame, bar_features: BarFeatures | None = None
+    settings: TrainerSettings,
+    prices: pd.DataFrame,
+    bar_features: BarFeatures | None = None,
+    peers: Mapping[str, pd.DataFrame] | None = None,
 ) -> CyclePlan:
-    """The newest window of `prices`, the teacher, the student's version and folders, and the
-    bars' features."""
+    """The newest window of `prices` (settings.ticker's bars), the teacher, the student's
+    version and folders, and the bars' features. `peers`: other tickers' bars, which the one
+    student learns from and is judged on too, each over the same stretch of time."""
     from services.policy.artifacts import load_artifact
 
     features = bar_features or load_bar_features(settings.features_source, prices, settings.ticker)
@@ -218,17 +234,6 @@ def plan_cycle(
     teacher = load_artifact(teacher_dir, dtype=placement.dtype)
     teacher.to(placement.device)
     teacher.attach_day_cache(settings.day_cache_memory_mb << 20, settings.day_cache_dir)
-    version = student_version(
-        teacher.model_version, prices.index[train_end], settings.seed, settings.recipe.sha256()
-    )
-    log.info(
-        "cycle: teacher %s -> student %s, window %s..%s, held out ..%s",
-        teacher.model_version,
-        version,
-        prices.index[train_start].date(),
-        prices.index[train_end].date(),
-        prices.index[last].date(),
-    )
     plan = CyclePlan(
         prices=prices,
         train_start=train_start,
@@ -236,13 +241,55 @@ def plan_cycle(
         last=last,
         teacher_dir=teacher_dir,
         teacher=teacher,
+        version="",
+        out=settings.models_dir,
+        work=settings.work_dir,
+        bar_features=features,
+        eval_start=eval_start,
+        ticker=settings.ticker,
+    )
+    peer_bars = _peer_bars(settings, plan, peers or {})
+    tickers = tuple(with_peers(plan, peer_bars).tickers)
+    version = student_version(
+        teacher.model_version,
+        prices.index[train_end],
+        settings.seed,
+        settings.recipe.sha256(),
+        tickers,
+    )
+    plan = dataclasses.replace(
+        plan,
         version=version,
         out=settings.models_dir / version,
         work=settings.work_dir / "cycles" / version,
-        bar_features=features,
-        eval_start=eval_start,
     )
-    return dataclasses.replace(plan, earlier_folds=_earlier_fold_plans(plan, splits[:-1], first))
+    log.info(
+        "cycle: teacher %s -> student %s of %s, window %s..%s, held out ..%s",
+        teacher.model_version,
+        version,
+        ", ".join(tickers),
+        prices.index[train_start].date(),
+        prices.index[train_end].date(),
+        prices.index[last].date(),
+    )
+    folds = _earlier_fold_plans(plan, splits[:-1], first)
+    return dataclasses.replace(
+        with_peers(plan, peer_bars),
+        earlier_folds=tuple(with_peers(fold, peer_bars) for fold in folds),
+    )
+
+
+def _peer_bars(
+    settings: TrainerSettings, plan: CyclePlan, peers: Mapping[str, pd.DataFrame]
+) -> PeerBars:
+    """Each peer's bars up to the plan's last bar, with the features its states carry."""
+    out = {}
+    for ticker, bars in peers.items():
+        known = bars[bars.index <= plan.times[plan.last]]
+        if ticker == plan.ticker or len(known) < 2:
+            continue
+        out[ticker] = (known, load_bar_features(settings.features_source, known, ticker))
+    return out
 
 
 def _bars(split: WalkForwardSplit, first: int) -> tuple[int, int, int, int]:
@@ -322,15 +369,21 @@ def _feature_stats(bar_features: BarFeatures | None) -> dict[str, float]:
 
 
 def _evaluate_held_out(settings: TrainerSettings, plan: CyclePlan, model: Any) -> Evaluation:
-    """`model` trades the held-out bars eval_start..last (student and teacher the same ones)."""
-    return evaluate(
-        model,
-        plan.prices,
-        plan.eval_start,
-        plan.last,
-        ticker=settings.ticker,
-        seed=settings.seed,
-        features=plan.bar_features,
+    """`model` trades the held-out bars eval_start..last of each of the plan's tickers (student
+    and teacher the same ones), pooled as an equal-weight book of the tickers."""
+    return pool_tickers(
+        [
+            evaluate(
+                model,
+                one.prices,
+                one.eval_start,
+                one.last,
+                ticker=one.ticker,
+                seed=settings.seed,
+                features=one.bar_features,
+            )
+            for one in plan.ticker_plans
+        ]
     )
 
 
@@ -478,6 +531,7 @@ def _result(
         sharpe_test=_sharpe_test(gate),
         inputs_sha256=inputs_sha256(plan),
         torch_threads=torch.get_num_threads(),
+        tickers=plan.tickers,
     )
 
 
@@ -486,12 +540,14 @@ def inputs_sha256(plan: CyclePlan) -> str:
     news its states carry. Two runs of one seed that train different students either differ
     here (the data did) or not (the arithmetic did: thread counts, kernels)."""
     digest = hashlib.sha256()
-    frames = [plan.prices.iloc[: plan.last + 1]]
-    if plan.bar_features is not None:
-        f = plan.bar_features
-        frames += [f.numeric, f.sentiment.to_frame("sentiment"), f.summaries.to_frame("news")]
-    for frame in frames:
-        digest.update(pd.util.hash_pandas_object(frame.iloc[: plan.last + 1]).to_numpy().tobytes())
+    for one in plan.ticker_plans:  # a single ticker's hash is what it always was
+        frames = [one.prices]
+        if one.bar_features is not None:
+            f = one.bar_features
+            frames += [f.numeric, f.sentiment.to_frame("sentiment"), f.summaries.to_frame("news")]
+        for frame in frames:
+            rows = frame.iloc[: one.last + 1]
+            digest.update(pd.util.hash_pandas_object(rows).to_numpy().tobytes())
     return digest.hexdigest()
 
 

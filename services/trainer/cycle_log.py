@@ -40,12 +40,15 @@ class CycleRecord:
     finished_at: str = ""
 
     @classmethod
-    def starting(cls, day: date, source: str, ticker: str, prices: pd.DataFrame) -> CycleRecord:
+    def starting(
+        cls, day: date, source: str, tickers: list[str], prices: pd.DataFrame
+    ) -> CycleRecord:
+        """`prices`: the cycle's own ticker's bars (the first of `tickers`)."""
         index = prices.index
         return cls(
             as_of=day.isoformat(),
             data_source=source,
-            tickers=[ticker],
+            tickers=list(tickers),
             bars_from=index[0].isoformat() if len(index) else "",
             bars_to=index[-1].isoformat() if len(index) else "",
             bars=len(index),
@@ -56,6 +59,7 @@ class CycleRecord:
             self,
             bars_from=result.window_start.isoformat(),
             bars_to=result.eval_end.isoformat(),
+            tickers=result.tickers or self.tickers,
             outcome=result.outcome or ("promoted" if result.promoted else "rejected"),
             student_version=result.student_version,
             teacher_version=result.teacher_version,

@@ -35,6 +35,9 @@ class Evaluation:
     """Buy & Hold's return on the same bars, so folds can be pooled (pool_folds)."""
     start_worth: float = 10_000.0
     """Net worth before the first held-out bar (the env's starting cash)."""
+    return_times: pd.Index | None = None
+    """The bar each daily return was realised on (decision bar t's return lands at t + 1), so
+    tickers traded over the same stretch can be pooled bar by bar (pool_tickers)."""
 
 
 def held_out_returns(student: Evaluation, teacher: Evaluation) -> HeldOutReturns:
@@ -100,13 +103,15 @@ def evaluate(
         policy[f"share_{action}"] = float(share)
     bench = {k: float(metrics["buy_and_hold"][k]) for k in REPORTED}
     ppy = float(prices.attrs.get("periods_per_year", 252.0))  # as run_backtest reads it
+    returns = period_returns(result.strategy.equity)
     return Evaluation(
         policy,
         bench,
-        period_returns(result.strategy.equity),
+        returns,
         ppy,
         buy_and_hold_returns=period_returns(result.buy_and_hold.equity),
         start_worth=float(result.strategy.equity[0]),
+        return_times=prices.index[start + 1 : start + 1 + len(returns)],
     )
 
 
@@ -122,14 +127,51 @@ def pool_folds(folds: list[Evaluation]) -> Evaluation:
         raise ValueError("walk-forward folds were evaluated on differently sampled prices")
     returns = np.concatenate([f.daily_returns for f in folds])
     bench_returns = np.concatenate([f.buy_and_hold_returns for f in folds])
-    weights = np.array([len(f.daily_returns) for f in folds], dtype=float)
-    policy = _money_metrics(returns, ppy, folds[0].start_worth)
+    times = [f.return_times for f in folds if f.return_times is not None]
+    joined = times[0].append(times[1:]) if len(times) == len(folds) else None
+    return _pooled(folds, returns, bench_returns, joined)
+
+
+def pool_tickers(tickers: list[Evaluation]) -> Evaluation:
+    """Several tickers, each traded by the same student over the same stretch of time, as one
+    held-out evaluation: an equal-weight book of their accounts, so each bar's return is the
+    mean of the returns the tickers realised on that bar (those that traded it). The bars stay
+    in time order, and a bar's tickers stay together: the gate's bootstrap resamples bars, so
+    the tickers' shared moves on a day count once, not once per ticker. Decision metrics are
+    weighted by each ticker's decisions. One ticker is returned as it is."""
+    if len(tickers) == 1:
+        return tickers[0]
+    if any(t.return_times is None for t in tickers):
+        raise ValueError("pooling tickers needs each evaluation's return_times")
+    if any(t.periods_per_year != tickers[0].periods_per_year for t in tickers):
+        raise ValueError("the tickers were evaluated on differently sampled prices")
+
+    def by_bar(values: list[np.ndarray]) -> pd.Series:
+        columns = [pd.Series(v, index=t.return_times) for v, t in zip(values, tickers, strict=True)]
+        return pd.concat(columns, axis=1).sort_index().mean(axis=1)
+
+    returns = by_bar([t.daily_returns for t in tickers])
+    bench_returns = by_bar([t.buy_and_hold_returns for t in tickers])
+    return _pooled(tickers, returns.to_numpy(), bench_returns.to_numpy(), returns.index)
+
+
+def _pooled(
+    parts: list[Evaluation],
+    returns: np.ndarray,
+    bench_returns: np.ndarray,
+    times: pd.Index | None,
+) -> Evaluation:
+    """An evaluation of pooled `returns`: the money metrics of the curve they compound to, the
+    decision metrics of `parts` weighted by their decisions."""
+    ppy, start_worth = parts[0].periods_per_year, parts[0].start_worth
+    weights = np.array([len(p.daily_returns) for p in parts], dtype=float)
+    policy = _money_metrics(returns, ppy, start_worth)
     for key in ("prediction_accuracy", "policy_entropy", *(f"share_{a}" for a in ACTIONS)):
-        policy[key] = float(np.average([f.policy[key] for f in folds], weights=weights))
+        policy[key] = float(np.average([p.policy[key] for p in parts], weights=weights))
     shares = np.array([policy[f"share_{a}"] for a in ACTIONS])
     policy["action_entropy"] = _share_entropy(shares)
-    bench = _money_metrics(bench_returns, ppy, folds[0].start_worth)
-    return Evaluation(policy, bench, returns, ppy, bench_returns, folds[0].start_worth)
+    bench = _money_metrics(bench_returns, ppy, start_worth)
+    return Evaluation(policy, bench, returns, ppy, bench_returns, start_worth, times)
 
 
 def _money_metrics(returns: np.ndarray, ppy: float, start_worth: float) -> dict[str, float]:

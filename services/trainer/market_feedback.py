@@ -56,22 +56,31 @@ def labelled_history(
     settings: TrainerSettings, plan: Any, args: ppo.PPOArgs
 ) -> list[tuple[MarketState, int]]:
     """Every training bar's state with the action its next move rewarded (RLMF's market
-    feedback, read off the market rather than off served decisions). The label of bar t is
-    the move t -> t+1, known by the cut-off for every bar but the window's last, which is left
-    out. The portfolio line is drawn at random per bar, so L_MF sees every tail the policy
-    can be served with."""
+    feedback, read off the market rather than off served decisions), for each of the plan's
+    tickers in turn. The label of bar t is the move t -> t+1, known by the cut-off for every
+    bar but the window's last, which is left out. The portfolio line is drawn at random per
+    bar, so L_MF sees every tail the policy can be served with."""
+    rng = torch.Generator().manual_seed(settings.seed)
+    out: list[tuple[MarketState, int]] = []
+    for one in getattr(plan, "ticker_plans", (plan,)):
+        out += _ticker_history(settings, one, args, rng)
+    return out
+
+
+def _ticker_history(
+    settings: TrainerSettings, plan: Any, args: ppo.PPOArgs, rng: torch.Generator
+) -> list[tuple[MarketState, int]]:
     from services.market.envs import DiscreteTradingEnv
 
     env = DiscreteTradingEnv(
         plan.prices,
-        ticker=settings.ticker,
+        ticker=getattr(plan, "ticker", "") or settings.ticker,
         start=plan.train_start,
         end=plan.train_end,
         **state_inputs(plan.bar_features),
     )
     env.reset(seed=settings.seed)
     closes = plan.prices["close"].to_numpy(dtype=float)
-    rng = torch.Generator().manual_seed(settings.seed)
     out: list[tuple[MarketState, int]] = []
     for t in range(plan.train_start, plan.train_end - 1):
         state = _with_invested_share(env.current_state(), float(torch.rand(1, generator=rng)))

@@ -47,10 +47,26 @@ class CyclePlan:
     earlier_folds: tuple[CyclePlan, ...] = ()
     """The walk-forward folds before this one (settings.walk_forward_folds > 1), oldest first:
     each trains its own student on the bars before it; the gate pools their held-out bars."""
+    ticker: str = ""
+    """The ticker whose bars `prices` holds (the prompt names it)."""
+    peers: tuple[CyclePlan, ...] = ()
+    """The other tickers the one student learns from, each over the same stretch of time as
+    this plan (peers.align_peer): their training bars end by this plan's training cut-off and
+    their held-out bars start no earlier than its held-out start, so no ticker's held-out bar
+    was seen in training through another's. Their own `peers` and `earlier_folds` are empty."""
 
     @property
     def times(self) -> pd.Index:
         return self.prices.index
+
+    @property
+    def ticker_plans(self) -> tuple[CyclePlan, ...]:
+        """This plan and its peers: every ticker the student trains and is judged on."""
+        return (self, *self.peers)
+
+    @property
+    def tickers(self) -> list[str]:
+        return [p.ticker for p in self.ticker_plans]
 
     @property
     def held_out_start(self) -> int:
@@ -63,12 +79,19 @@ class CyclePlan:
 
 
 def student_version(
-    teacher_version: str, window_end: pd.Timestamp, seed: int, recipe_sha256: str
+    teacher_version: str,
+    window_end: pd.Timestamp,
+    seed: int,
+    recipe_sha256: str,
+    tickers: tuple[str, ...] = (),
 ) -> str:
     """s<window end>-<teacher>-seed<seed>-<recipe>: deterministic per (teacher, window, seed,
     recipe), so a resumed cycle finds its own checkpoints, and a work folder reused with
-    another seed or recipe trains a student of its own instead of reloading the other one."""
-    tag = hashlib.sha1(teacher_version.encode()).hexdigest()[:6]
+    another seed or recipe trains a student of its own instead of reloading the other one.
+    A student of several tickers carries them in its teacher tag too (one ticker leaves the
+    tag as it always was)."""
+    named = teacher_version + ("|" + ",".join(sorted(tickers)) if len(tickers) > 1 else "")
+    tag = hashlib.sha1(named.encode()).hexdigest()[:6]
     return f"s{window_end:%Y%m%d}-{tag}-seed{seed}-{recipe_sha256[:8]}"
 
 

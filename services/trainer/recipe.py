@@ -180,17 +180,7 @@ def _ppo_phase(
 ) -> int:
     """PPO + RLMF on the training bars, checkpointed under plan.work/ppo; returns the
     iteration it resumed from."""
-    from services.market.envs import DiscreteTradingEnv
-
-    env = DiscreteTradingEnv(
-        plan.prices,
-        ticker=settings.ticker,
-        start=plan.train_start,
-        end=plan.train_end,
-        max_episode_steps=args.max_episode_steps,
-        random_start=True,
-        **state_inputs(plan.bar_features),
-    )
+    env = _training_env(settings, plan, args)
     result = ppo.train(
         student,
         plan.teacher,
@@ -212,6 +202,26 @@ def _ppo_phase(
     training.update(result.metrics)
     training["ppo/update_tokens_per_s"] = result.update_tokens_per_s
     return result.resumed_from
+
+
+def _training_env(settings: TrainerSettings, plan: CyclePlan, args: ppo.PPOArgs) -> Any:
+    """PPO's env over the training bars: the plan's ticker, or with peers one ticker an
+    episode (TickerRotationEnv), so the one student learns from all of them."""
+    from services.market.envs import DiscreteTradingEnv, TickerRotationEnv
+
+    envs = [
+        DiscreteTradingEnv(
+            one.prices,
+            ticker=one.ticker or settings.ticker,
+            start=one.train_start,
+            end=one.train_end,
+            max_episode_steps=args.max_episode_steps,
+            random_start=True,
+            **state_inputs(one.bar_features),
+        )
+        for one in plan.ticker_plans
+    ]
+    return envs[0] if len(envs) == 1 else TickerRotationEnv(envs)
 
 
 def _check_finished(plan: CyclePlan, args: ppo.PPOArgs, result: ppo.PPOResult) -> None:

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import pandas as pd
@@ -48,6 +49,17 @@ def bars_needed(settings: TrainerSettings) -> int:
     """Bars a ticker needs before its first cycle: one walk-forward split of the settings'
     windows (the teacher serves until then)."""
     return minimum_bars(settings.eval_days, settings.embargo_days, settings.train_days)
+
+
+@dataclass(frozen=True)
+class CycleInputs:
+    """What one cycle runs on: its settings (the training ticker named), that ticker's bars
+    known by its day, the day, and streaming, the other tickers' bars known by it."""
+
+    settings: TrainerSettings
+    prices: pd.DataFrame
+    day: date
+    peers: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -125,19 +137,22 @@ class Scheduler:
                 log.info("warm-up cycle on the history of %s up to %s", ticker, day)
                 self._start(inputs)
 
-    def _start(self, inputs: tuple[TrainerSettings, pd.DataFrame, date]) -> None:
-        self.last_cycle_day = inputs[2]
-        self._worker = threading.Thread(target=self._cycle, args=inputs, name="cycle", daemon=True)
+    def _start(self, inputs: CycleInputs) -> None:
+        self.last_cycle_day = inputs.day
+        self._worker = threading.Thread(
+            target=self._cycle, args=(inputs,), name="cycle", daemon=True
+        )
         self._worker.start()
 
     def _inputs(
         self, day: date, ticker: str | None = None, exact_day: bool = False
-    ) -> tuple[TrainerSettings, pd.DataFrame, date] | None:
+    ) -> CycleInputs | None:
         """The cycle's settings, the bars known by its day (no look-ahead into the replay's
         future) and that day. Streaming, a cycle due before the training ticker had a split's
-        bars runs as of the newest feedback day instead, once that day has them; None until."""
+        bars runs as of the newest feedback day instead, once that day has them; None until.
+        Streaming, the other tickers' bars known by the same day come along (peers)."""
         if not isinstance(self.prices, StreamHistory):
-            return self.settings, known_by(self.prices, day), day
+            return CycleInputs(self.settings, known_by(self.prices, day), day)
         preferred = self.settings.ticker if "ticker" in self.settings.model_fields_set else None
         ticker = ticker or self.prices.training_ticker(preferred)
         if ticker is None:
@@ -156,22 +171,32 @@ class Scheduler:
                 ticker, len(known), day, bars_needed(self.settings),
             )  # fmt: skip
             return None
-        return self.settings.model_copy(update={"ticker": ticker}), known, day
+        settings = self.settings.model_copy(update={"ticker": ticker})
+        return CycleInputs(settings, known, day, self._peers(ticker, day))
 
-    def _cycle(self, settings: TrainerSettings, prices: pd.DataFrame, day: date) -> None:
+    def _peers(self, ticker: str, day: date) -> dict[str, pd.DataFrame]:
+        """Every other streamed ticker's bars known by `day` (none with pool_tickers off)."""
+        assert isinstance(self.prices, StreamHistory)
+        if not self.settings.pool_tickers:
+            return {}
+        others = (t for t in self.prices.bar_counts() if t != ticker)
+        return {t: known_by(self.prices.prices(t), day) for t in others}
+
+    def _cycle(self, inputs: CycleInputs) -> None:
         try:
-            self._run_one(settings, prices, day)
+            self._run_one(inputs)
         finally:
             # Feedback that arrived while this cycle ran may already make the next one due; no
             # new record may come to say so (a paced replay waits for that very decision, as
             # after a restart that re-ran the cycle it had already done), so look now.
             self.maybe_start()
 
-    def _feedback_of(self, ticker: str) -> FeedbackLog | list[FeedbackRecord]:
-        """The feedback a cycle on `ticker` learns from: streaming, the log holds every ticker's."""
+    def _feedback_of(self, tickers: list[str]) -> FeedbackLog | list[FeedbackRecord]:
+        """The feedback a cycle on `tickers` learns from: streaming, the log holds every
+        ticker's."""
         if not isinstance(self.prices, StreamHistory):
             return self.feedback  # it only ever kept settings.ticker's
-        return [r for r in self.feedback.records() if r.ticker == ticker]
+        return [r for r in self.feedback.records() if r.ticker in tickers]
 
     def _source(self) -> str:
         """Where the cycle's bars came from, for its record."""
@@ -193,18 +218,21 @@ class Scheduler:
         partial.write_text(json.dumps({"last_cycle_day": day.isoformat()}))
         partial.replace(self._schedule_file)  # atomic: a kill leaves the old day or the new
 
-    def _run_one(self, settings: TrainerSettings, prices: pd.DataFrame, day: date) -> None:
-        record = CycleRecord.starting(day, self._source(), settings.ticker, prices)
+    def _run_one(self, inputs: CycleInputs) -> None:
+        settings, prices = inputs.settings, inputs.prices
+        tickers = [settings.ticker, *sorted(inputs.peers)]
+        record = CycleRecord.starting(inputs.day, self._source(), tickers, prices)
         try:
             result = self._run(
                 settings,
                 prices=prices,
-                feedback=self._feedback_of(settings.ticker),
+                feedback=self._feedback_of(tickers),
                 producer=self.producer,
                 stop_requested=self._stopping.is_set,
+                **({"peers": inputs.peers} if inputs.peers else {}),
             )
             self.results.append(result)
-            self._save_last_cycle_day(day)
+            self._save_last_cycle_day(inputs.day)
             self.cycle_log.add(record.finished(result))
         except CycleInterrupted as exc:  # SIGTERM: checkpointed, the next start resumes it
             log.info("cycle interrupted: %s", exc)

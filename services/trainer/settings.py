@@ -259,6 +259,12 @@ class TrainerSettings(BaseSettings):
     market_days: int = 400
     market_seed: int = 0
     ticker: str = "SYN"
+    """The ticker a cycle trains on. Streaming (data_source kafka), when not set: the ticker
+    with the most bars."""
+    pool_tickers: bool = True
+    """Streaming: the one student also learns from every other streamed ticker with enough
+    bars over the cycle's stretch of time, and the gate judges it on all of them as an
+    equal-weight book (services/trainer/peers.py). Off: the cycle's ticker alone."""
     features_source: str = Field(default="none", pattern="^(none|feast)$")
     """feast: the training and evaluation states carry the features service's features, read
     point in time from Feast's offline store at each bar's cutoff (RLMF_FEATURES_* say where),

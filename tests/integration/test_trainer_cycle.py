@@ -39,6 +39,7 @@ from services.trainer import ppo
 from services.trainer.cycle import run_cycle, set_current
 from services.trainer.datasets import FeedbackRecord
 from services.trainer.gate import GateConfig
+from services.trainer.plan import student_version
 from services.trainer.promotion import EmbeddedPromoter
 from services.trainer.settings import TrainerSettings
 from tests.helpers import start_policy_server, wait_until
@@ -511,3 +512,42 @@ def test_a_walk_forward_cycle_trains_a_student_per_fold_and_gates_on_all_their_b
     assert saved == [result.student_version]
     # The fold's student left no checkpoints behind: the work folder holds only evaluations.
     assert not list((tmp_path / "work").glob("cycles/*/fold-1/ppo/ckpt-*.pt"))
+
+
+def test_one_student_learns_from_every_ticker_and_the_gate_pools_them_by_bar(
+    teacher_models: Path, tmp_path: Path
+) -> None:
+    """Streamed tickers beside the cycle's own: ACME has bars before and after SYN's window,
+    NEW only its last 15. The student learns from SYN and ACME over SYN's stretch of time (no
+    ACME bar after SYN's last), the gate pools their held-out returns bar by bar (10 bars, not
+    20), and NEW, with too few bars in the stretch, is left out."""
+    prices = _uptrend(80)
+    wider = pd.bdate_range(prices.index[0] - pd.offsets.BDay(5), periods=95, tz="UTC")
+    down = 100 * 0.995 ** np.arange(95)
+    acme = pd.DataFrame(
+        {"open": down, "high": down, "low": down, "close": down, "volume": 1e6},
+        index=wider.rename("time"),
+    )
+    acme.attrs["periods_per_year"] = 252.0
+    settings = _window_of_80_bars(
+        teacher_models,
+        tmp_path,
+        ppo_steps=40,
+        ppo_num_steps=10,
+        ppo_minibatch_size=8,
+        recipe={"mf_history": True},
+    ).model_copy(update={"gate": GateConfig(min_holdout_bars=5, bootstrap=True)})
+    result = run_cycle(
+        settings, prices=prices, peers={"ACME": acme, "NEW": _uptrend(80).iloc[-15:]}
+    )
+    assert result.tickers == ["SYN", "ACME"]
+    # each ticker's training bars 38..67 labelled (the last one's move is after the cut-off)
+    assert result.training["mf/history_examples"] == 2 * 29
+    assert result.sharpe_test["holdout_bars"] == 10  # the same 10 bars, both tickers on each
+    assert result.eval_end == prices.index[79].to_pydatetime()
+    assert result.window_end == prices.index[68].to_pydatetime()
+    # the student's version names its tickers: a single-ticker student of the same window
+    # and seed is another student
+    assert result.student_version != student_version(
+        "v0", prices.index[68], settings.seed, settings.recipe.sha256()
+    )

@@ -100,7 +100,7 @@ def test_a_candidate_whose_shadow_bars_disagree_is_retired(tmp_path: Path) -> No
 def test_the_verdict_becomes_its_cycles_outcome_in_the_cycle_log(tmp_path: Path) -> None:
     log = CycleLog(tmp_path / "cycles.jsonl")
     prices = pd.DataFrame({"close": [1.0, 2.0]}, index=pd.DatetimeIndex([START, START]))
-    record = CycleRecord.starting(START.date(), "kafka", "ACME", prices)
+    record = CycleRecord.starting(START.date(), "kafka", ["ACME"], prices)
     log.add(
         record.__class__(**{**record.__dict__, "outcome": "candidate", "student_version": "s1"})
     )

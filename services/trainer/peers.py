@@ -1,0 +1,89 @@
+"""The other tickers a cycle's one student learns from: each ticker's bars cut to the stretch
+of time the cycle's own walk-forward split covers, so the student trains on every ticker up to
+one cut-off and is judged on every ticker after it.
+
+Why cut by time rather than give each ticker its own split: a ticker with more bars would put
+its training cut-off after another's held-out start, and the student would have seen that
+held-out stretch's market (shared moves, sector news) through the first ticker's bars. One
+cut-off in time for all keeps the held-out bars unseen by every part of the training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+import pandas as pd
+
+from services.trainer.offline_features import BarFeatures, first_bar_with_features
+from services.trainer.plan import CyclePlan
+
+log = logging.getLogger(__name__)
+
+MIN_SHARE = 0.5
+"""A peer must have at least this share of the plan's training and held-out bars in the same
+stretch of time, or it is left out of the cycle (a ticker that started streaming yesterday
+has too little of either to learn from or to judge on)."""
+
+
+def align_peer(
+    plan: CyclePlan, ticker: str, prices: pd.DataFrame, features: BarFeatures | None
+) -> CyclePlan | None:
+    """`ticker`'s plan over `plan`'s stretch of time, or None (logged) when it has too few
+    bars in it. `prices` may run past the plan's last bar: nothing after it is kept."""
+    prices = prices[prices.index <= plan.times[plan.last]]
+    times = prices.index
+    first = first_bar_with_features(_cut(features, len(prices)))
+    train_start = max(first, int(times.searchsorted(plan.times[plan.train_start])))
+    train_end = int(times.searchsorted(plan.times[plan.train_end], side="right")) - 1
+    eval_start = int(times.searchsorted(plan.times[plan.eval_start]))
+    last = len(times) - 1
+    trained, held_out = train_end - train_start, last - eval_start
+    enough = (
+        trained >= MIN_SHARE * (plan.train_end - plan.train_start)
+        and held_out >= MIN_SHARE * (plan.last - plan.eval_start)
+        and trained > 1
+        and held_out > 1
+    )
+    if not enough:
+        log.info(
+            "%s left out of the cycle on %s: %d training and %d held-out bars in its stretch, "
+            "against %d and %d (it needs %.0f%% of each)",
+            ticker, plan.ticker, trained, held_out,
+            plan.train_end - plan.train_start, plan.last - plan.eval_start, 100 * MIN_SHARE,
+        )  # fmt: skip
+        return None
+    return dataclasses.replace(
+        plan,
+        prices=prices,
+        ticker=ticker,
+        train_start=train_start,
+        train_end=train_end,
+        eval_start=eval_start,
+        last=last,
+        bar_features=_cut(features, len(prices)),
+        earlier_folds=(),
+        peers=(),
+    )
+
+
+PeerBars = Mapping[str, tuple[pd.DataFrame, BarFeatures | None]]
+"""Per peer ticker, its bars and the features its states carry (None: prices alone)."""
+
+
+def with_peers(plan: CyclePlan, peers: PeerBars) -> CyclePlan:
+    """`plan` with the peers that have enough bars in its stretch of time, in ticker order."""
+    found = (align_peer(plan, t, bars, f) for t, (bars, f) in sorted(peers.items()))
+    return dataclasses.replace(plan, peers=tuple(p for p in found if p is not None))
+
+
+def _cut(features: BarFeatures | None, bars: int) -> BarFeatures | None:
+    """The features of the first `bars` bars (rows are indexed like the prices)."""
+    if features is None:
+        return None
+    return BarFeatures(
+        numeric=features.numeric.iloc[:bars],
+        sentiment=features.sentiment.iloc[:bars],
+        summaries=features.summaries.iloc[:bars],
+    )
