@@ -268,9 +268,11 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
     needed = service_bars_needed(settings)
     loop, scheduler = build(settings, own_bus, group_id=f"trainer-stream-{unique}")
     calls: list[tuple[TrainerSettings, pd.DataFrame]] = []
+    peers: list[dict[str, pd.DataFrame]] = []
 
     def record_cycle(cycle_settings: TrainerSettings, **kwargs: Any) -> CycleResult:
         calls.append((cycle_settings, kwargs["prices"]))
+        peers.append(kwargs.get("peers", {}))
         return _result(kwargs["prices"])
 
     scheduler._run = record_cycle  # type: ignore[assignment]  # the cycle runs in test_trainer_cycle
@@ -313,8 +315,12 @@ def test_a_streaming_trainer_learns_from_the_bars_on_the_bus(
     assert prices.index[0] == pd.Timestamp(START) and len(prices) >= needed
     newest = max(r.decision_time for r in scheduler.feedback.records()).date()
     assert all(p.index[-1].date() <= newest for _, p in calls), "a bar after the cycle's day"
+    # the other ticker comes along for the one student (the cycle leaves it out if it has
+    # too few bars in the stretch: test_trainer_cycle), known by the same day only
+    assert list(peers[0]) == [small] and len(peers[0][small]) == 8
     records = CycleLog(tmp_path / "cycles.jsonl").records()
-    assert records and records[0]["data_source"] == "kafka" and records[0]["tickers"] == [big]
+    assert records and records[0]["data_source"] == "kafka"
+    assert records[0]["tickers"] == [big, small], "the fake cycle names none: the planned ones"
     assert loop.stats.dead_lettered >= 1
 
 
