@@ -55,7 +55,10 @@ def publish(
     prices: Path = typer.Option(..., exists=True, dir_okay=False, help="OHLCV CSV to publish."),
     ticker: str | None = typer.Option(None, help="Ticker key (default: the file name)."),
     history: int = typer.Option(
-        0, min=0, help="The first N bars are history: learnt from (a warm-up cycle), not traded."
+        0,
+        min=0,
+        help="The first N bars are history: learnt from (a warm-up cycle), not traded. All of "
+        "the file: history alone (publish every ticker's history before any live bar).",
     ),
     news: Path | None = typer.Option(
         None,
@@ -89,8 +92,10 @@ def publish(
     run = StateDir(state_dir).read_run()
     run = run if running(run) else None
     _check_universe(symbol, run)
-    if history >= len(frame):
-        typer.echo(f"error: --history {history} leaves none of the {len(frame)} bars", err=True)
+    # --history equal to the file's length publishes history alone: several tickers' histories
+    # go out first, so the warm-up cycle (on a ticker's first live bar) learns from all of them.
+    if history > len(frame):
+        typer.echo(f"error: --history {history} is more than the {len(frame)} bars", err=True)
         raise typer.Exit(2)
     bus = _bus(bootstrap, run)
     if news is not None:

@@ -1,12 +1,12 @@
 """End to end: the loop closes on the user's own stream (docs/demo.md, "Stream your own market").
 
 `rlmf up --tiny` in a fresh folder; two tickers are published with 50 bars of history each and
-one with a news file. The trainer learns from the streamed bars (its warm-up cycle as of the
-last history bar, data source kafka), the student the gate passes trades in shadow on the
-next live bars (trading.shadow.v1) and is then promoted or retired. Then the whole process
-group is SIGKILLed, `up` restarts without --fresh and the same files are published again with
-new bars: the accounts continue from where they were, no bar is traded twice and the served
-model is the one served before the kill.
+one with a news file. The trainer learns one student from both tickers' streamed bars (its
+warm-up cycle as of the last history bar, data source kafka), the student the gate passes
+trades in shadow on the next live bars (trading.shadow.v1) and is then promoted or retired.
+Then the whole process group is SIGKILLed, `up` restarts without --fresh and the same files
+are published again with new bars: the accounts continue from where they were, no bar is
+traded twice and the served model is the one served before the kill.
 
 The gate is opened wide here (no bootstrap, a margin nobody misses) and the windows are short:
 this tests the path a student takes, not whether a tiny random model has skill.
@@ -85,9 +85,11 @@ def _news(workdir: Path, prices: Path, ticker: str) -> Path:
 class Up:
     """One `rlmf up --tiny` in its own process group (so SIGKILL of the group is total)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], port: int, name: str) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], port: int | None, name: str) -> None:
+        """`port`: the embedded broker's; None: the broker RLMF_BUS_BOOTSTRAP names."""
         self.workdir, self.env, self.log = workdir, env, workdir / f"{name}.out"
-        argv = [str(RLMF), "up", "--tiny", "--port", str(port)]
+        broker = ["--no-broker"] if port is None else ["--port", str(port)]
+        argv = [str(RLMF), "up", "--tiny", *broker]
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -137,7 +139,7 @@ def test_up_learns_from_the_stream_shadows_the_candidate_and_resumes_after_sigki
         pytest.skip(f"`rlmf up` needs its default ports; in use here: {busy}")
     total = HISTORY + FIRST_LIVE + LATER
     first = {"ACME": _csv(workdir, "GOOGL.csv", "acme-1.csv", HISTORY + FIRST_LIVE),
-             "BETA": _csv(workdir, "MSFT.csv", "beta-1.csv", HISTORY + FIRST_LIVE)}  # fmt: skip
+             "BETA": _csv(workdir, "MSFT.csv", "beta-1.csv", HISTORY)}  # fmt: skip
     full = {"ACME": _csv(workdir, "GOOGL.csv", "acme.csv", total),
             "BETA": _csv(workdir, "MSFT.csv", "beta.csv", total)}  # fmt: skip
     news = _news(workdir, full["ACME"], "ACME")
@@ -146,7 +148,10 @@ def test_up_learns_from_the_stream_shadows_the_candidate_and_resumes_after_sigki
     bootstrap = f"127.0.0.1:{port}"
     up = Up(workdir, env, port, "up-1")
     try:
-        # History and a few live bars; the first live bar starts the warm-up cycle.
+        # BETA's history alone, then ACME's history and a few live bars: ACME's first live
+        # bar starts the warm-up cycle, whose one student learns from both tickers.
+        up.rlmf("market", "publish", "--prices", str(first["BETA"]), "--ticker", "BETA",
+                "--history", str(HISTORY), "--as-fast-as-possible")  # fmt: skip
         up.rlmf(
             "market",
             "publish",
@@ -160,8 +165,6 @@ def test_up_learns_from_the_stream_shadows_the_candidate_and_resumes_after_sigki
             str(news),
             "--as-fast-as-possible",
         )
-        up.rlmf("market", "publish", "--prices", str(first["BETA"]), "--ticker", "BETA",
-                "--history", str(HISTORY), "--as-fast-as-possible")  # fmt: skip
 
         def candidate() -> dict[str, Any] | None:
             status = up.status()
@@ -179,7 +182,7 @@ def test_up_learns_from_the_stream_shadows_the_candidate_and_resumes_after_sigki
         )
         assert "version" in staged, f"the wide-open gate refused the student: {staged}"
         cycle = up.status()["cycles"][0]
-        assert cycle["data_source"] == "kafka" and cycle["tickers"] == ["ACME"], cycle
+        assert cycle["data_source"] == "kafka" and cycle["tickers"] == ["ACME", "BETA"], cycle
         history = pd.read_csv(full["ACME"]).iloc[:HISTORY, 0]
         assert str(history.iloc[0])[:10] <= cycle["bars_from"][:10]
         # The trainer keys bars by their end: the last history bar ends a day after it starts.
