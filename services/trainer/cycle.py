@@ -249,7 +249,7 @@ def plan_cycle(
         ticker=settings.ticker,
     )
     peer_bars = _peer_bars(settings, plan, peers or {})
-    tickers = tuple(with_peers(plan, peer_bars).tickers)
+    tickers = tuple(with_peers(plan, peer_bars, settings.train_days).tickers)
     version = student_version(
         teacher.model_version,
         prices.index[train_end],
@@ -274,8 +274,8 @@ def plan_cycle(
     )
     folds = _earlier_fold_plans(plan, splits[:-1], first)
     return dataclasses.replace(
-        with_peers(plan, peer_bars),
-        earlier_folds=tuple(with_peers(fold, peer_bars) for fold in folds),
+        with_peers(plan, peer_bars, settings.train_days),
+        earlier_folds=tuple(with_peers(fold, peer_bars, settings.train_days) for fold in folds),
     )
 
 

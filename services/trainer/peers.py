@@ -22,16 +22,22 @@ from services.trainer.plan import CyclePlan
 log = logging.getLogger(__name__)
 
 MIN_SHARE = 0.5
-"""A peer must have at least this share of the plan's training and held-out bars in the same
-stretch of time, or it is left out of the cycle (a ticker that started streaming yesterday
-has too little of either to learn from or to judge on)."""
+"""A peer must have at least this share of the plan's held-out bars in the same stretch of
+time, and of its training bars (at most `train_bars` of them count: an expanding window may
+reach back further than a peer's features do), or it is left out of the cycle (a ticker that
+started streaming yesterday has too little of either to learn from or to judge on)."""
 
 
 def align_peer(
-    plan: CyclePlan, ticker: str, prices: pd.DataFrame, features: BarFeatures | None
+    plan: CyclePlan,
+    ticker: str,
+    prices: pd.DataFrame,
+    features: BarFeatures | None,
+    train_bars: int | None = None,
 ) -> CyclePlan | None:
     """`ticker`'s plan over `plan`'s stretch of time, or None (logged) when it has too few
-    bars in it. `prices` may run past the plan's last bar: nothing after it is kept."""
+    bars in it. `prices` may run past the plan's last bar: nothing after it is kept.
+    `train_bars`: the training window's nominal length (settings.train_days)."""
     prices = prices[prices.index <= plan.times[plan.last]]
     times = prices.index
     first = first_bar_with_features(_cut(features, len(prices)))
@@ -40,8 +46,10 @@ def align_peer(
     eval_start = int(times.searchsorted(plan.times[plan.eval_start]))
     last = len(times) - 1
     trained, held_out = train_end - train_start, last - eval_start
+    plan_trained = plan.train_end - plan.train_start
+    wanted_train = min(plan_trained, train_bars or plan_trained)
     enough = (
-        trained >= MIN_SHARE * (plan.train_end - plan.train_start)
+        trained >= MIN_SHARE * wanted_train
         and held_out >= MIN_SHARE * (plan.last - plan.eval_start)
         and trained > 1
         and held_out > 1
@@ -49,9 +57,9 @@ def align_peer(
     if not enough:
         log.info(
             "%s left out of the cycle on %s: %d training and %d held-out bars in its stretch, "
-            "against %d and %d (it needs %.0f%% of each)",
-            ticker, plan.ticker, trained, held_out,
-            plan.train_end - plan.train_start, plan.last - plan.eval_start, 100 * MIN_SHARE,
+            "it needs %.0f%% of %d and of %d",
+            ticker, plan.ticker, trained, held_out, 100 * MIN_SHARE, wanted_train,
+            plan.last - plan.eval_start,
         )  # fmt: skip
         return None
     return dataclasses.replace(
@@ -72,9 +80,9 @@ PeerBars = Mapping[str, tuple[pd.DataFrame, BarFeatures | None]]
 """Per peer ticker, its bars and the features its states carry (None: prices alone)."""
 
 
-def with_peers(plan: CyclePlan, peers: PeerBars) -> CyclePlan:
+def with_peers(plan: CyclePlan, peers: PeerBars, train_bars: int | None = None) -> CyclePlan:
     """`plan` with the peers that have enough bars in its stretch of time, in ticker order."""
-    found = (align_peer(plan, t, bars, f) for t, (bars, f) in sorted(peers.items()))
+    found = (align_peer(plan, t, bars, f, train_bars) for t, (bars, f) in sorted(peers.items()))
     return dataclasses.replace(plan, peers=tuple(p for p in found if p is not None))
 
 

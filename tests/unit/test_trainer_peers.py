@@ -12,6 +12,7 @@ import pytest
 
 from services.market.envs import DiscreteTradingEnv, TickerRotationEnv
 from services.trainer.evaluate import Evaluation, pool_tickers
+from services.trainer.offline_features import BarFeatures
 from services.trainer.peers import align_peer
 from services.trainer.plan import CyclePlan
 
@@ -99,3 +100,19 @@ def test_ppo_trades_one_ticker_an_episode_drawn_from_the_resets_seed() -> None:
         rotation.reset(seed=seed)
         again.append(rotation.current_state().ticker)
     assert again == drawn, "the same seed must draw the same ticker (a resumed run)"
+
+
+def test_a_peer_whose_features_start_later_counts_against_the_nominal_training_window() -> None:
+    """An expanding window reaches back to the plan's first bar with news; a peer whose
+    features only start 30 bars later still has a full training window's worth (20 bars)."""
+    plan = _plan(_bars("2024-01-01", 80))
+    plan = CyclePlan(**{**plan.__dict__, "train_start": 0})
+    numeric = pd.DataFrame({"vol": [np.nan] * 30 + [1.0] * 50}, index=plan.times)
+    late = BarFeatures(
+        numeric=numeric,
+        sentiment=pd.Series(np.nan, index=plan.times),
+        summaries=pd.Series("", index=plan.times),
+    )
+    assert align_peer(plan, "LATE", plan.prices, late) is None  # 29 of 59 bars
+    peer = align_peer(plan, "LATE", plan.prices, late, train_bars=20)
+    assert peer is not None and peer.train_start == 30
