@@ -41,6 +41,8 @@ RLMF = Path(sys.executable).parent / "rlmf"
 HISTORY, FIRST_LIVE, LATER = 50, 5, 30
 """Bars of history, live bars published before the candidate exists, and after it."""
 SHADOW_BARS = 5
+FIRST_DAY = "2009-05-22"
+"""data/GOOGL.csv's first day."""
 
 TRAINER_ENV = {
     # One walk-forward split needs 20 + 1 + 1 + 10 + 1 = 33 bars: the history has them.
@@ -64,8 +66,11 @@ TRAINER_ENV = {
 
 
 def _csv(workdir: Path, source: str, name: str, bars: int) -> Path:
+    """The first `bars` rows of data/<source> from GOOGL's first day on: MSFT's file starts in
+    1986, and tickers pooled into one student must trade over the same stretch of time."""
     path = workdir / name
-    pd.read_csv(REPO / "data" / source).head(bars).to_csv(path, index=False)
+    frame = pd.read_csv(REPO / "data" / source)
+    frame[frame.iloc[:, 0] >= FIRST_DAY].head(bars).to_csv(path, index=False)
     return path
 
 
