@@ -67,6 +67,14 @@ class CandidateModel(PolicyModel):
             self.ready = True
             return {"model_version": served.model.model_version, "previous_version": previous}
 
+    def stage_now(self, folder: Path) -> str:
+        """Load, verify and stage `folder` from a plain thread (the candidate pointer's
+        watcher, services/policy/candidate_pointer.py); returns its version."""
+        served = self._load_verified(folder)
+        self._swap(served)
+        self.ready = True
+        return str(served.model.model_version)
+
     def retire(self) -> dict[str, str]:
         """Stop serving the candidate; the next request for it is a 404 again."""
         version = self._current.model.model_version if self._current else ""

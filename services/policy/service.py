@@ -15,6 +15,7 @@ from services.common.service import EXIT_CONFIG
 from services.policy.artifact_signing import SigningError
 from services.policy.artifacts import ArtifactError
 from services.policy.candidate import CandidateModel
+from services.policy.candidate_pointer import CandidatePointer
 from services.policy.server import PolicyModel, install_routes
 from services.policy.settings import PolicySettings
 
@@ -91,5 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         enable_latency_logging=args.enable_latency_logging,
     )
     server.register_model(candidate)  # not ready (404s) until a student is staged in shadow
+    if settings.candidate_pointer is not None:
+        CandidatePointer(candidate, settings.candidate_pointer, settings.candidate_poll_s).start()
     server.start([model])
     return 0

@@ -68,6 +68,13 @@ class PolicySettings(BaseSettings):
     reload_token_file: Path | None = None
     """A file holding the bearer token the reload route requires (`Authorization: Bearer ...`).
     Without it, only loopback clients may reload; with it, every caller needs it."""
+    candidate_pointer: Path | None = None
+    """A file naming the candidate's folder (beside it), as `current` names the teacher's: the
+    server stages what it names and retires the candidate when it goes (services/policy/
+    candidate_pointer.py). The cluster's way to stage a candidate in shadow: the trainer
+    writes it on the models volume. Unset: only the :reload route stages (one machine)."""
+    candidate_poll_s: float = Field(default=5.0, gt=0)
+    """How often the server reads candidate_pointer."""
     artifact_public_key_file: Path | None = None
     """Ed25519 public key (PEM) every served artifact's manifest must be signed with (the
     trainer signs with RLMF_TRAINER_ARTIFACT_SIGNING_KEY_FILE). Unset: signatures are not

@@ -78,6 +78,16 @@ def cycle(
         bus = BusSettings()
         ensure_topics(bus, [MODELS_PROMOTIONS, dlq(MODELS_PROMOTIONS)], "trainer")
         producer = Producer(bus, "trainer")
+    if settings.shadow_bars and settings.promotion == "cluster":
+        in_shadow = _judge_shadow(settings, producer)
+        if in_shadow is not None:
+            typer.echo(
+                f"candidate {in_shadow['version']} in shadow: {in_shadow['bars']} of "
+                f"{in_shadow['needed']} bars; no cycle until its verdict",
+                err=True,
+            )
+            sys.stdout.write(json.dumps({"shadow": in_shadow}) + "\n")
+            return
     bar = tqdm(total=100, unit="%", desc="PPO", file=sys.stderr, dynamic_ncols=True)
 
     def progress(p: ppo.Progress) -> None:
@@ -142,6 +152,18 @@ def _inputs(settings: TrainerSettings, feedback: Path | None) -> tuple[Any, Feed
         err=True,
     )
     return history.prices(), given or history.feedback()
+
+
+def _judge_shadow(settings: TrainerSettings, producer: Any) -> dict[str, Any] | None:
+    """The cluster's shadow step (services/trainer/cluster_shadow.py): the candidate still
+    in shadow after reading trading.shadow.v1, or None."""
+    from services.common.settings import BusSettings
+    from services.trainer.cluster_shadow import shadow_before_cycle
+    from services.trainer.cycle import make_promoter
+
+    promoter = make_promoter(settings)
+    assert promoter is not None  # cluster promotion always makes one
+    return shadow_before_cycle(settings, BusSettings(), promoter, producer)
 
 
 def _known_on(prices: Any, day: date) -> Any:

@@ -28,6 +28,7 @@ from services.common.device import resolve_placement
 from services.common.metrics import PROMOTIONS
 from services.market.walk_forward import WalkForwardSplit, walk_forward_folds
 from services.trainer import checkpoint, market_source, ppo
+from services.trainer.cluster_shadow import PointerStager
 from services.trainer.datasets import FeedbackLog, FeedbackRecord
 from services.trainer.evaluate import (
     Evaluation,
@@ -50,7 +51,7 @@ from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promot
 from services.trainer.promotions_topic import publish_decision
 from services.trainer.recipe import RunControl, train_student
 from services.trainer.settings import TrainerSettings
-from services.trainer.shadow import ShadowFiles, stage_candidate
+from services.trainer.shadow import ShadowFiles, ShadowPromoter, stage_candidate
 
 log = logging.getLogger(__name__)
 
@@ -481,12 +482,12 @@ def _stage(
     promoter: Promoter | None,
     returns: HeldOutReturns,
 ) -> tuple[bool, str, str]:
-    """The student passed the backtest gate: stage it as the candidate (outcome "candidate")."""
-    if not isinstance(promoter, EmbeddedPromoter):
-        raise CycleError("shadow trading needs the embedded promoter (RLMF_TRAINER_PROMOTION)")
+    """The student passed the backtest gate: stage it as the candidate (outcome "candidate"):
+    through the policy server's route on one machine, by the pointer file on a cluster."""
+    stager = shadow_promoter(settings, promoter)
     staged = stage_candidate(
         ShadowFiles(settings.work_dir),
-        promoter,
+        stager,
         folder=plan.out,
         version=plan.version,
         teacher_version=plan.teacher_version,
@@ -497,6 +498,16 @@ def _stage(
     outcome = "candidate" if staged.promoted else "failed"
     PROMOTIONS.labels(outcome).inc()
     return False, f"{gate.reason}; {staged.detail}", outcome
+
+
+def shadow_promoter(settings: TrainerSettings, promoter: Promoter | None) -> ShadowPromoter:
+    """Who stages, promotes and retires a candidate: the embedded promoter (the policy
+    server's routes), or on a cluster the pointer file and the cluster promoter."""
+    if isinstance(promoter, EmbeddedPromoter):
+        return promoter
+    if settings.promotion == "cluster" and promoter is not None:
+        return PointerStager(settings.models_dir, promoter)
+    raise CycleError("shadow trading needs embedded or cluster promotion (RLMF_TRAINER_PROMOTION)")
 
 
 def _result(

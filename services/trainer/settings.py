@@ -335,10 +335,11 @@ class TrainerSettings(BaseSettings):
     canary: CanaryConfig = CanaryConfig()
     """Cluster: the canary stage (services/trainer/canary.py), env RLMF_TRAINER_CANARY__<FIELD>."""
     shadow_bars: int = Field(default=0, ge=0)
-    """Embedded promotion: a student the backtest gate passes becomes the candidate and trades
-    in shadow on this many live bar times before the trainer decides, on the backtest pooled
-    with the shadow bars (services/trainer/shadow.py); 0 promotes on the backtest alone. `rlmf
-    up` sets 20. At least gate.min_shadow_bars when set."""
+    """A student the backtest gate passes becomes the candidate and trades in shadow on this
+    many live bar times before the trainer decides, on the backtest pooled with the shadow
+    bars (services/trainer/shadow.py); 0 promotes on the backtest alone. `rlmf up` sets 20.
+    Embedded or cluster promotion (services/trainer/cluster_shadow.py: the pointer file and
+    the CronJob's judge). At least gate.min_shadow_bars when set."""
     publish: bool = True
     """Publish models.promotions.v1 (needs the bus)."""
 
@@ -379,10 +380,10 @@ class TrainerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _shadow_long_enough(self) -> TrainerSettings:
-        if self.shadow_bars and self.promotion != "embedded":
+        if self.shadow_bars and self.promotion not in ("embedded", "cluster"):
             raise ValueError(
-                f"shadow_bars {self.shadow_bars} needs RLMF_TRAINER_PROMOTION=embedded: with "
-                f"{self.promotion!r} promotion no service stages and judges a candidate yet"
+                f"shadow_bars {self.shadow_bars} needs RLMF_TRAINER_PROMOTION embedded or "
+                f"cluster: with {self.promotion!r} promotion nothing stages a candidate"
             )
         if 0 < self.shadow_bars < self.gate.min_shadow_bars:
             raise ValueError(

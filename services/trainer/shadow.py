@@ -225,9 +225,15 @@ class ShadowJudge:
     def add(self, message: pb.ShadowDecision, ticker: str) -> Verdict | None:
         """Keep one shadow bar of the candidate; decide when it completes the stretch. A bar
         of another version (a candidate already judged, a re-delivery) is ignored."""
+        if not self.record(message, ticker):
+            return None
+        return self.decide_if_complete()
+
+    def record(self, message: pb.ShadowDecision, ticker: str) -> bool:
+        """Keep one shadow bar of the staged candidate; False for another version's."""
         candidate = self.files.read_candidate()
         if candidate is None or message.decision.model_version != candidate.version:
-            return None
+            return False
         when = to_datetime(message.decision.decision_time).isoformat()
         path = self.files.bars(candidate.version)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +241,13 @@ class ShadowJudge:
             row = {"ticker": ticker, "time": when, "shadow_return": message.shadow_return,
                    "live_return": message.live_return}  # fmt: skip
             handle.write(json.dumps(row) + "\n")
+        return True
+
+    def decide_if_complete(self) -> Verdict | None:
+        """Decide on the staged candidate once it has the bar times it waits for."""
+        candidate = self.files.read_candidate()
+        if candidate is None:
+            return None
         bars = self.files.shadow_bars(candidate.version)
         times, _ = shadow_series(bars)
         if len(times) < candidate.needed:
