@@ -217,6 +217,7 @@ def _training_env(settings: TrainerSettings, plan: CyclePlan, args: ppo.PPOArgs)
             end=one.train_end,
             max_episode_steps=args.max_episode_steps,
             random_start=True,
+            reward_config=settings.recipe.reward,
             **state_inputs(one.bar_features),
         )
         for one in plan.ticker_plans

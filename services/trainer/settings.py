@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.market.accounting import RewardConfig
 from services.policy.actor_critic import ActorCriticConfig
 from services.policy.artifacts import teacher_config
 from services.trainer.canary import CanaryConfig
@@ -30,6 +31,10 @@ a cycle's student gets 400 environment steps, seeded like the rest of the cycle.
 
 def _recipe_ppo() -> PPOArgs:
     return PPOArgs(**RECIPE_PPO)
+
+
+ALIGNED_REWARD = RewardConfig(stability_coef=0.0, cost_coef=0.0, sentiment_coef=0.0)
+"""PPO's reward in the recipe: the step's change in net worth (costs paid included), alone."""
 
 
 class RecipeSettings(BaseModel):
@@ -48,6 +53,12 @@ class RecipeSettings(BaseModel):
     """How a new teacher, and so every student copied from it, wraps the LM (`rlmf policy init`,
     the demo and the benches build v0 with it; services/policy/artifacts.py: teacher_config).
     A cycle's student keeps its teacher's shape: a teacher built otherwise is logged."""
+    reward: RewardConfig = Field(default_factory=lambda: ALIGNED_REWARD)
+    """PPO's reward per step. The recipe's: the change in net worth after costs and nothing
+    else, the return whose Sharpe the gate scores. The env's own defaults (RewardConfig: a
+    stability penalty of 0.1 x traded notional, about 100 times the 10 bp cost, and a bonus for
+    trading with the news) pay for something the gate does not score; set
+    RLMF_TRAINER_RECIPE__REWARD__<FIELD> to ask for them."""
     mf_epochs: int = Field(default=10, ge=0)
     """RLMF's L_MF on D_MF alone (with the KL to the teacher) for this many epochs before PPO
     (ppo.fit_market_feedback); 0: L_MF only inside PPO."""
@@ -82,6 +93,13 @@ class RecipeSettings(BaseModel):
     def _recipe_defaults(cls, value: Any) -> Any:
         """Fields the environment leaves unset take the recipe's values, not a full run's."""
         return {**RECIPE_PPO, **value} if isinstance(value, dict) else value
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _aligned_reward_defaults(cls, value: Any) -> Any:
+        """Fields the environment leaves unset take the aligned reward's, not the env's."""
+        aligned = dataclasses.asdict(ALIGNED_REWARD)
+        return {**aligned, **value} if isinstance(value, dict) else value
 
     @field_validator("student", mode="before")
     @classmethod

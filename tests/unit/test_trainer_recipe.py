@@ -132,3 +132,30 @@ def test_without_a_cap_nothing_is_cut() -> None:
     assert clock.deadline() is None
     clock.stop(cut=False)
     assert not clock.cut
+
+
+def test_ppo_is_rewarded_with_the_return_the_gate_scores_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The recipe's PPO env pays each step's change in net worth (costs included) and no
+    stability penalty or news bonus; asking for one term by env keeps the others aligned."""
+    from types import SimpleNamespace
+
+    from services.trainer.recipe import _training_env, ppo_args
+
+    settings = TrainerSettings()
+    prices = _random_walk(40)
+    plan = SimpleNamespace(
+        ticker_plans=(
+            SimpleNamespace(prices=prices, ticker="SYN", train_start=0, train_end=39,
+                            bar_features=None),
+        )
+    )  # fmt: skip
+    env = _training_env(settings, plan, ppo_args(settings))  # type: ignore[arg-type]
+    env.reset(seed=0)
+    before = env.cash + env.position * float(prices["close"].iloc[env._t])
+    _, reward, _, _, info = env.step(2)  # buy: pays the cost and trades the whole account
+    assert reward == pytest.approx(info["net_worth"] / before - 1.0, rel=1e-9, abs=1e-12)
+    monkeypatch.setenv("RLMF_TRAINER_RECIPE__REWARD__STABILITY_COEF", "0.1")
+    asked = TrainerSettings().recipe.reward
+    assert (asked.stability_coef, asked.cost_coef, asked.sentiment_coef) == (0.1, 0.0, 0.0)
