@@ -510,27 +510,33 @@ class ClusterPromoter:
            without the field sends 100% to the latest *ready* revision (the student's) until
            the revision it builds is Ready;
         2. wait until the status routes 100% to `prev`;
-        3. restore the release record (`helm rollback`), wait Ready, then drop the pin if the
-           restore left it (Helm's server-side apply leaves a field it does not own);
-        4. verify the student's revision receives no requests."""
+        3. restore the release record (`helm rollback`). Server-side apply leaves the pin (the
+           trainer's field); a client-side-applied release drops it, so it is put back at once;
+        4. wait until the revision the restore built is Ready, then drop the pin;
+        5. verify the student's revision receives no requests."""
         self._patch_canary_percent(0)
         pinned, obj = self._poll(lambda o: bool(pinned_to_prev(o)))
         student = str(predictor_status(obj).get("latestCreatedRevision") or "")
-        teacher = str(predictor_status(before).get("latestCreatedRevision") or "")
+        new_student = student != str(predictor_status(before).get("latestCreatedRevision") or "")
         pin = f"pinned to {pinned_to_prev(obj)}" if pinned else "the pin to prev is not shown yet"
         failed = self._restore_record(canary_revision)
         if failed is not None:
             return False, f"{pin}; {failed}: the release record and {self.isvc_name} disagree"
-        back = self._poll_ready(generation(obj), None)
-        live = self._read()
-        if back.ready and canary_percent(live) is not None and student != teacher:
+        if canary_percent(self._read()) is None:
+            self._patch_canary_percent(0)
+        # Ready on a revision newer than the student's: the teacher's spec, built again.
+        back = self._poll_ready(generation(obj), student if new_student else None)
+        if back.ready and canary_percent(before) is None:
             self._patch_canary_percent(None)
-            back = self._poll_ready(generation(live), None)
-            live = self._read()
-        serving = serving_revisions(live)
-        if student and student != teacher and student in serving:
+            back = self._poll_ready(back.generation, None)
+        live = self._read()
+        if new_student and student in serving_revisions(live):
             return False, f"{pin}; rolled back, yet revision {student} (the student) still serves"
-        state = "the previous teacher is Ready" if back.ready else f"not Ready yet: {back.why}"
+        state = (
+            "the previous teacher is Ready"
+            if back.ready
+            else f"not Ready yet: {back.why}; prev keeps every request meanwhile"
+        )
         return True, f"{pin}; rolled back to the previous revision ({state})"
 
     def _roll_back_standard(

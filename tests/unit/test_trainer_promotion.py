@@ -97,7 +97,13 @@ PINNED = isvc(
     traffic=[route(R2, 0, True), route(R1, 100, False, "prev")],
 )  # fmt: skip
 PROMOTED = isvc(6, 6, created=R2, rolled_out=R2, prev=R1, uri=STUDENT_URI)
-ROLLED_BACK = isvc(7, 7, created=R3, rolled_out=R1)  # the teacher's spec again: a new revision
+# `helm rollback` restores the teacher's spec: Knative builds a new revision, R3. A client-side-
+# applied release drops the pin with it; the trainer pins again until R3 is Ready, then unpins.
+ROLLED_BACK = isvc(7, 7, created=R3, rolled_out=R1)
+REPINNED = isvc(
+    8, 8, created=R3, canary=0, traffic=[route(R3, 0, True), route(R1, 100, False, "prev")]
+)
+UNPINNED = isvc(9, 9, created=R3, rolled_out=R3, prev=R1)
 
 
 class Events(list[tuple[str, Any]]):
@@ -117,8 +123,12 @@ class RecordedInferenceServices:
         self.states, self.events = states, events if events is not None else Events()
         self.current = states["before"]
         self.reads: list[tuple[str, ...]] = []
+        self.restored = False
 
     def step(self, name: str) -> None:
+        if name == "pin" and self.restored:
+            name = "repin"
+        self.restored = self.restored or name == "rollback"
         self.current = self.states.get(name, self.current)
 
     def get_namespaced_custom_object(
@@ -194,7 +204,7 @@ class LiveFigures:
 
 STATES = {
     "before": TEACHER, "canary": CANARY, "pin": PINNED, "rollback": ROLLED_BACK,
-    "promote": PROMOTED,
+    "repin": REPINNED, "unpin": UNPINNED, "promote": PROMOTED,
 }  # fmt: skip
 
 
@@ -278,7 +288,7 @@ def test_a_bad_live_check_pins_prev_before_anything_else_then_restores_the_recor
     # status routes 100% to prev.
     after = k8s.events[k8s.events.index(("read", "prod-rlmf-policy"), 0) :]
     writes = [e for e in after if e[0] != "read"]
-    assert [w[0] for w in writes] == ["upgrade", "patch", "rollback"], writes
+    assert [w[0] for w in writes] == ["upgrade", "patch", "rollback", "patch", "patch"], writes
     body, kwargs = writes[1][1]
     assert body == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
     assert kwargs["_content_type"] == "application/merge-patch+json"
@@ -295,15 +305,28 @@ def test_the_record_is_not_restored_before_the_pin_shows() -> None:
     outcome = promoter.promote(STUDENT, VERSION)
     assert "the pin to prev is not shown yet" in outcome.detail
     assert slept.count(5) >= 2  # polled for the pin until the timeout
-    assert k8s.events.names() == ["upgrade", "patch", "rollback"]
+    assert k8s.events.names()[:3] == ["upgrade", "patch", "rollback"]
+
+
+def test_a_restore_that_drops_the_pin_is_pinned_again_until_the_teacher_is_ready() -> None:
+    """A client-side-applied release removes canaryTrafficPercent with the restore: the
+    trainer pins again at once, waits for the teacher's new revision to be Ready, and only
+    then lets the latest revision take the traffic."""
+    promoter, _, k8s, _, _ = _promoter(healthy=False)
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.rolled_back and "previous teacher is Ready" in outcome.detail, outcome.detail
+    patches = [e[1][0]["spec"]["predictor"]["canaryTrafficPercent"] for e in k8s.events
+               if e[0] == "patch"]  # fmt: skip
+    assert patches == [0, 0, None]
+    repin, unpin = [i for i, e in enumerate(k8s.events) if e[0] == "patch"][1:]
+    assert k8s.events.index(("rollback", (("prod",), {"version": 7}))) < repin < unpin
 
 
 def test_a_pin_the_restore_left_is_dropped_once_the_teacher_is_ready() -> None:
     """Helm's server-side apply leaves canaryTrafficPercent (the trainer's field) in place."""
     kept = copy.deepcopy(ROLLED_BACK)
     kept["spec"]["predictor"]["canaryTrafficPercent"] = 0
-    unpinned = isvc(8, 8, created=R3, rolled_out=R3, prev=R1)
-    promoter, _, k8s, _, _ = _promoter({"rollback": kept, "unpin": unpinned}, healthy=False)
+    promoter, _, k8s, _, _ = _promoter({"rollback": kept}, healthy=False)
     outcome = promoter.promote(STUDENT, VERSION)
     assert outcome.rolled_back and "previous teacher is Ready" in outcome.detail, outcome.detail
     assert k8s.events.names() == ["upgrade", "patch", "rollback", "patch"]
@@ -313,8 +336,8 @@ def test_a_pin_the_restore_left_is_dropped_once_the_teacher_is_ready() -> None:
 
 
 def test_a_rollback_that_leaves_the_student_serving_is_said() -> None:
-    still = isvc(7, 7, created=R2, uri=TEACHER_URI)  # R2 (the student's) still routed 100%
-    promoter, _, _, _, _ = _promoter({"rollback": still}, healthy=False)
+    still = isvc(9, 9, created=R3, traffic=[route(R2, 100, True)])  # R2 (the student's) serves
+    promoter, _, _, _, _ = _promoter({"unpin": still}, healthy=False)
     outcome = promoter.promote(STUDENT, VERSION)
     assert not outcome.rolled_back and f"revision {R2} (the student) still serves" in outcome.detail
 
@@ -330,10 +353,11 @@ def test_canary_never_ready_rolls_back_without_judging_it() -> None:
 
 def test_rollback_that_does_not_get_ready_is_said() -> None:
     broken = isvc(5, 5, ready=False, created=R2, ready_rev="", canary=20)
-    stuck = isvc(6, 6, ready=False, created=R3, ready_rev=R1, traffic=[route(R1, 100, True)])
+    stuck = isvc(7, 7, ready=False, created=R3, ready_rev=R1, canary=0,
+                 traffic=[route(R1, 0, True), route(R1, 100, False, "prev")])  # fmt: skip
     promoter, _, _, _, _ = _promoter({"canary": broken, "rollback": stuck})
     outcome = promoter.promote(STUDENT, VERSION)
-    assert "not Ready yet" in outcome.detail
+    assert "not Ready yet" in outcome.detail and "prev keeps every request" in outcome.detail
 
 
 def test_serverless_without_revisions_is_not_judged_on_empty_figures() -> None:
@@ -427,7 +451,7 @@ def test_a_partly_failed_upgrade_is_read_back_and_repaired() -> None:
     back: it changed, so it is never reported as "nothing changed"; it is pinned to prev and
     the record restored."""
     forbidden = RuntimeError(
-        'server-side apply failed for object trading/prod-rlmf-ingest apps/v1, Kind=Deployment: '
+        "server-side apply failed for object trading/prod-rlmf-ingest apps/v1, Kind=Deployment: "
         'deployments.apps "prod-rlmf-ingest" is forbidden: User '
         '"system:serviceaccount:trading:prod-rlmf-trainer" cannot patch resource "deployments"'
     )
@@ -438,7 +462,7 @@ def test_a_partly_failed_upgrade_is_read_back_and_repaired() -> None:
     assert "nothing changed" not in outcome.detail
     assert "prod-rlmf-policy changed (generation 4 -> 5" in outcome.detail
     assert f"model {TEACHER_URI} -> {STUDENT_URI}" in outcome.detail
-    assert k8s.events.names() == ["upgrade", "patch", "rollback"]
+    assert k8s.events.names() == ["upgrade", "patch", "rollback", "patch", "patch"]
     assert helm.calls[1][2] == {}  # the failed record is the latest: back to the one before
 
 
