@@ -118,7 +118,12 @@ def _failed_cycle() -> Any:
 
     class ReadyIsvc:
         def get_namespaced_custom_object(self, *_args: str) -> Any:
-            return {"metadata": {"generation": 3}, "status": {"observedGeneration": 3}}
+            mode = {"serving.kserve.io/deploymentMode": "Knative"}
+            return {"metadata": {"generation": 3, "annotations": mode},
+                    "status": {"observedGeneration": 3}}  # fmt: skip
+
+        def patch_namespaced_custom_object(self, *_args: Any, **_kwargs: Any) -> Any:
+            raise AssertionError("nothing to pin: nothing changed")
 
     promoter = ClusterPromoter(
         release="rlmf", chart="charts/rlmf", namespace="default",
