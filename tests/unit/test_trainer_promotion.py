@@ -683,3 +683,32 @@ def test_helm_keeps_its_release_records_in_configmaps(monkeypatch: pytest.Monkey
     assert all(p.startswith("/api/v1/namespaces/trading/configmaps?") for p in records), records
     assert not [p for p in api.paths if "/secrets" in p], api.paths
     assert built == [{"namespace": "trading", "storage_driver": "configmap"}]
+
+
+def test_standard_mode_evidence_is_a_completed_shadow_stretch(tmp_path: Path) -> None:
+    """The shadow files the trainer keeps (services/trainer/shadow.py), real: a candidate of
+    this version with all the bar times it waits for is evidence; fewer bars, or another
+    version, is none."""
+    import json
+
+    from services.trainer.promotion import shadow_evidence
+    from services.trainer.shadow import Candidate, ShadowFiles
+
+    files = ShadowFiles(tmp_path)
+    assert shadow_evidence(tmp_path, VERSION) is None
+    files.write_candidate(
+        Candidate(version=VERSION, folder=str(STUDENT), teacher_version=PARENT, needed=3,
+                  staged_at="2024-03-01T21:00:00+00:00", backtest_student=[0.0],
+                  backtest_teacher=[0.0], periods_per_year=252.0)
+    )  # fmt: skip
+    files.bars(VERSION).parent.mkdir(parents=True)
+    for day in (1, 2, 3):
+        assert shadow_evidence(tmp_path, VERSION) is None  # the stretch is not complete
+        row = {"ticker": "MSFT", "time": f"2024-03-0{day}T21:00:00+00:00",
+               "shadow_return": 0.01, "live_return": 0.0}  # fmt: skip
+        with files.bars(VERSION).open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    assert shadow_evidence(tmp_path, VERSION) == (
+        "3 shadow bars (2024-03-01T21:00:00+00:00 to 2024-03-03T21:00:00+00:00)"
+    )
+    assert shadow_evidence(tmp_path, "s-other") is None
