@@ -430,6 +430,16 @@ class ClusterPromoter:
                 else f"helm upgrade ({what}) failed: {exc}"
             )
             changed = _changes(step_before or before, self._read())
+            if canary_revision is None and busy and changed:
+                # Changed by the operation in progress, not by this upgrade: left to its owner.
+                raise PromotionAborted(
+                    PromotionOutcome(
+                        False,
+                        f"{why}; read back, {self.isvc_name} shows {', '.join(changed)} from "
+                        "that operation, left alone",
+                        stage=stage,
+                    )
+                ) from exc
             if canary_revision is None and not changed:
                 raise PromotionAborted(
                     PromotionOutcome(

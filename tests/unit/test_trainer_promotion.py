@@ -445,6 +445,18 @@ def test_helm_busy_changes_nothing_and_says_so() -> None:
     assert [c[0] for c in helm.calls] == ["upgrade"] and not live.asked
 
 
+def test_helm_busy_leaves_another_operations_change_alone() -> None:
+    """The release is busy with someone else's upgrade, which already changed the object: the
+    trainer reports what it reads and neither pins nor rolls back another's rollout."""
+    busy = RuntimeError(f"UPGRADE FAILED: {HELM_BUSY}")
+    helm = RecordingHelm(fail={1: busy}, partly=True)
+    promoter, _, k8s, _, _ = _promoter(helm=helm)
+    outcome = promoter.promote(STUDENT, VERSION)
+    assert outcome.stage == "helm_busy" and not outcome.rolled_back
+    assert "generation 4 -> 5" in outcome.detail and "left alone" in outcome.detail
+    assert k8s.events.names() == ["upgrade"]
+
+
 def test_a_partly_failed_upgrade_is_read_back_and_repaired() -> None:
     """Helm applies the release object by object: the InferenceService took the canary, a
     later object was refused (forbidden), and the upgrade failed. The live object is read
