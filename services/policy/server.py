@@ -389,8 +389,8 @@ def _versions(*models: Any) -> Callable[[str], str | None]:
 
     def version_of(name: str) -> str | None:
         for served in models:
-            if served is not None and served.name == name and served._current is not None:
-                return str(served._current.model.model_version)
+            if served is not None and served.name == name and served.ready:
+                return str(served.current.model_version)
         return None
 
     return version_of
@@ -476,8 +476,9 @@ def install_routes(app: FastAPI, model: PolicyModel, candidate: Any = None) -> N
         app.add_api_route("/v1/models/{name}:retire", retire_route, methods=["POST"])
     app.add_api_route("/v1/models/{name}:status", status_route, methods=["GET"], **STATUS_DOC)
     app.add_exception_handler(RequestValidationError, bad_body)  # type: ignore[arg-type]
-    app.add_middleware(metrics.RequestMetricsMiddleware, version_of=_versions(model, candidate))
     # Counted while the body streams in: KServe's v1 route and FastAPI's v2 body parsing both
     # read the whole body before our own checks would see it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=model.settings.max_request_bytes)
+    # Outermost, so every inference request counts, a refused body (413) included.
+    app.add_middleware(metrics.RequestMetricsMiddleware, version_of=_versions(model, candidate))
     document_api(app)

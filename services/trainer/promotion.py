@@ -327,6 +327,7 @@ class ClusterPromoter:
                     stage="mode",
                 )
             )
+        teacher_version = self.teacher_version(folder)  # before anything changes: it can fail
         serving_revision = str(predictor_status(before).get("latestCreatedRevision") or "")
         revision = self._upgrade(self.canary_values(folder), f"canary {version}", None, before)
         canary = self._wait_ready(generation(before), serving_revision, "canary", revision, before)
@@ -344,7 +345,7 @@ class ClusterPromoter:
                 "(Knative has not reported the revisions it routes to)",
                 before,
             )
-        verdict = self.live_check(revisions, version, self.teacher_version(folder))
+        verdict = self.live_check(revisions, version, teacher_version)
         if not verdict.healthy:
             self._roll_back(revision, "live_check", verdict.detail, before)
         during = self._read()

@@ -258,16 +258,18 @@ def test_every_inference_request_is_counted_and_timed_by_model_version(
     version = httpx.get(f"{server.url}/v1/models/policy:status").json()["model_version"]
     assert _predict(server.url, {"instances": [STATE]}).status_code == 200
     assert _predict(server.url, {"instances": "not a list"}).status_code == 400
+    assert _predict(server.url, b" " * (LIMIT + 1)).status_code == 413
+    assert httpx.get(f"{server.url}/v1/models/policy:status").status_code == 200
     after = httpx.get(f"{server.url}/metrics").text
     mine = {"model": "policy", "model_version": version}
-    for code in ("200", "400"):
+    for code in ("200", "400", "413"):
         name = "rlmf_policy_requests_total"
         grew = sample(after, name, code=code, **mine) - sample(before, name, code=code, **mine)
         assert grew == 1, (code, grew)
     timed = sample(after, "rlmf_policy_request_seconds_count", **mine) - sample(
         before, "rlmf_policy_request_seconds_count", **mine
     )
-    assert timed == 2
+    assert timed == 3  # the status and metrics reads are not inference: not counted
 
 
 def test_reload_under_load_loses_nothing_and_switches_version(
