@@ -3,8 +3,9 @@ figures against the teacher's over the watch window (promote, or roll back and s
 
 The canary is an operational check: does the new version answer as cleanly and as fast as the
 teacher on the cluster's own requests (error rate, p99 latency)? Whether it trades better is not
-asked here: P&L is judged before, by shadow trading on the live stream (services/trainer/shadow.py
-and gate.decide_with_shadow), on far more bars than a canary window holds."""
+asked here: P&L is judged before, by the backtest gate and shadow trading on the live stream
+(services/trainer/shadow.py, gate.decide_with_shadow), on far more bars than a canary window
+holds (a few decisions a day, a tenth of them to the canary)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ def prometheus_query(url: str, timeout_s: float = 30.0) -> Query:
 @dataclass(frozen=True)
 class LiveCheck:
     """Reads both versions' figures over the canary window and judges them (canary.judge): an
-    operational check of a version that already passed shadow trading; P&L is not judged here."""
+    operational check; P&L is judged by the backtest gate and shadow trading, not here."""
 
     config: CanaryConfig
     namespace: str

@@ -131,7 +131,7 @@ class InferenceServiceApi(Protocol):
 
 LiveCheck = Callable[[Revisions, str, str], Verdict]
 """Judges the canary (its Knative revisions, its model version, the teacher's model version):
-errors and latency only, since P&L was judged in shadow."""
+errors and latency only; P&L is the backtest gate's and shadow trading's to judge."""
 
 FIELD_MANAGER = "rlmf-trainer"
 """The trainer's name in the InferenceService's managedFields for its own patches (the pin)."""
@@ -201,8 +201,8 @@ class ClusterPromoter:
     1. upgrade: the student serves `canary.traffic_percent` of the requests as canary; wait
        until the InferenceService is Ready with a new ready revision for the new generation;
     2. watch for `canary.window_s`, then judge the canary version's error rate and p99 latency
-       against the teacher version's (`live_check`). This is an operational check of a
-       version that already passed shadow trading: P&L is judged there, not here;
+       against the teacher version's (`live_check`). An operational check: P&L is judged
+       before, by the backtest gate and shadow trading, not by a canary window;
     3. upgrade again: the student becomes the teacher and the canary is cleared; wait Ready.
 
     Standard (a Deployment; KServe splits no traffic, `canaryTrafficPercent` does not exist): the

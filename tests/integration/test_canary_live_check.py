@@ -5,7 +5,7 @@ and rlmf_policy_request_seconds, by model version) come from its pods on a clust
 test serves the same series, declared by the policy server's own metric objects' names and
 labels, from a loopback port and lets Prometheus scrape them: a canary answering half its
 requests with 5xx is refused, a slow one too; one as fast and as clean as the teacher passes.
-P&L is not asked: the canary is an operational check of a version that passed shadow.
+P&L is not asked: the canary is an operational check (the backtest gate and shadow judge P&L).
 """
 
 from __future__ import annotations
