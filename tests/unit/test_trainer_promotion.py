@@ -2,10 +2,14 @@
 
 There is no Kubernetes API server on these machines (no cluster, no Docker), so the cluster
 promoter is tested against fakes that record what it sends to Helm (helm-python-sdk's
-Config.upgrade / rollback) and answer the kubernetes client's InferenceService reads with
-recorded KServe status objects, one per read, in order. The live check is a function here;
-its Prometheus queries are tested in tests/unit/test_trainer_live_checks.py. The embedded
-promoter runs against a real policy server in tests/integration/test_trainer_cycle.py.
+Config.upgrade / rollback) and to the API server (the kubernetes client's InferenceService
+read and merge patch), and answer each read with the recorded KServe object of the step the
+rollout is at: spec, metadata and status in the shapes KServe v0.15 to v0.20 write them
+(inference_service_status.go PropagateStatus, ksvc_reconciler.go). Helm's and the API
+server's calls go into one ordered log, so a test can say what came before what. The live
+check is a function here; its PromQL runs against a real Prometheus in
+tests/integration/test_canary_live_check.py. The embedded promoter runs against a real policy
+server in tests/integration/test_trainer_cycle.py.
 """
 
 from __future__ import annotations
