@@ -129,6 +129,7 @@ def _failed_cycle() -> Any:
         release="rlmf", chart="charts/rlmf", namespace="default",
         storage_uri=lambda f: f"pvc://rlmf-models/{f.name}", canary=CanaryConfig(),
         helm=BusyHelm(), k8s=ReadyIsvc(), live_check=lambda *_a: None,  # type: ignore[arg-type,return-value]
+        teacher_version=lambda _folder: "v0",  # the student's manifest names it; none here
     )  # fmt: skip
     outcome = promoter.promote(Path("/models/s20240301-abc"), "s20240301-abc")
     assert outcome.stage == "helm_busy"
