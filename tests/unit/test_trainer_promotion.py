@@ -728,3 +728,16 @@ def test_standard_mode_evidence_is_a_completed_shadow_stretch(tmp_path: Path) ->
         "3 shadow bars (2024-03-01T21:00:00+00:00 to 2024-03-03T21:00:00+00:00)"
     )
     assert shadow_evidence(tmp_path, "s-other") is None
+
+
+def test_the_teacher_version_is_the_students_parent(tmp_path: Path) -> None:
+    """The live check selects the teacher's figures by the version the student's manifest
+    says it was trained from (services/policy/artifacts.py's Manifest, written by the cycle)."""
+    from services.policy.artifacts import MANIFEST, Manifest
+    from services.trainer.promotion import _parent_version
+
+    student = tmp_path / VERSION
+    student.mkdir()
+    manifest = Manifest(version=VERSION, parent_version=PARENT, base_model="tiny-llama")
+    (student / MANIFEST).write_text(manifest.model_dump_json())
+    assert _parent_version(student) == PARENT
