@@ -3,10 +3,11 @@ each model version, from the policy server's own request metrics (services/polic
 which it serves on its HTTP port beside every other metric.
 
 Knative's queue-proxy figures (revision_app_request_*) are not used: they are served on another
-port (9091) that the chart neither scrapes nor admits, Knative 1.19 moved them to OpenTelemetry
-under other names and units, and request metrics are off by default there. The policy server's
-own counter and histogram exist on every Knative version and in Standard mode alike, and are
-labelled by the model version that answered, which is what a canary compares."""
+port (9091) that the chart neither scrapes nor admits, and Knative 1.19 moved them to
+OpenTelemetry under other names and units (kn.serving.*, seconds), to be turned on per
+cluster. The policy server's own counter and histogram exist on every Knative version and in
+Standard mode alike, and are labelled by the model version that answered, which is what a
+canary compares."""
 
 from __future__ import annotations
 
