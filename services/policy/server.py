@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,6 +384,18 @@ async def _reload_body(request: Request) -> str | JSONResponse:
     return str(body["model_dir"])
 
 
+def _versions(*models: Any) -> Callable[[str], str | None]:
+    """The version each named model serves now (None: no such model, or none loaded)."""
+
+    def version_of(name: str) -> str | None:
+        for served in models:
+            if served is not None and served.name == name and served.ready:
+                return str(served.current.model_version)
+        return None
+
+    return version_of
+
+
 def install_routes(app: FastAPI, model: PolicyModel, candidate: Any = None) -> None:
     """Add the reload (when enabled) and status routes, the streaming body limit, the OpenAPI
     document of what the routes answer, and turn FastAPI's 422 body errors into 400s. With a
@@ -466,4 +479,6 @@ def install_routes(app: FastAPI, model: PolicyModel, candidate: Any = None) -> N
     # Counted while the body streams in: KServe's v1 route and FastAPI's v2 body parsing both
     # read the whole body before our own checks would see it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=model.settings.max_request_bytes)
+    # Outermost, so every inference request counts, a refused body (413) included.
+    app.add_middleware(metrics.RequestMetricsMiddleware, version_of=_versions(model, candidate))
     document_api(app)

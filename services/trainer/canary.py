@@ -1,5 +1,11 @@
 """The canary stage of a cluster promotion: its settings, and the judgement of the canary's live
-figures against the teacher's over the watch window (promote, or roll back and say why)."""
+figures against the teacher's over the watch window (promote, or roll back and say why).
+
+The canary is an operational check: does the new version answer as cleanly and as fast as the
+teacher on the cluster's own requests (error rate, p99 latency)? Whether it trades better is not
+asked here: P&L is judged before, by the backtest gate and shadow trading on the live stream
+(services/trainer/shadow.py, gate.decide_with_shadow), on far more bars than a canary window
+holds (a few decisions a day, a tenth of them to the canary)."""
 
 from __future__ import annotations
 
@@ -25,22 +31,18 @@ class CanaryConfig(BaseModel):
     """The canary's share of 5xx answers may exceed the teacher's by at most this much."""
     max_latency_ratio: float = Field(default=1.5, gt=0)
     """The canary's p99 latency may be at most this multiple of the teacher's."""
-    min_edge_difference: float = 0.0
-    """The canary's mean realised edge per decision minus the teacher's must be at least this
-    (0: no worse). Edge = +1 buy / -1 sell / 0 hold times the realised next return."""
-    min_decisions: int = Field(default=1, ge=0)
-    """Fewest canary decisions with market feedback in the window to judge its edge; fewer is a
-    failed check (no evidence is not good evidence)."""
+    min_requests: int = Field(default=1, ge=1)
+    """Fewest requests the canary must have answered in the window; fewer is a failed check
+    (no evidence is not good evidence)."""
 
 
 @dataclass(frozen=True)
 class Figures:
-    """One model's live figures over the window; None where Prometheus had no data."""
+    """One model version's live figures over the window; None where Prometheus had no data."""
 
     error_rate: float | None
     latency_p99_s: float | None
-    mean_edge: float | None
-    decisions: float
+    requests: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,8 @@ def judge(canary: Figures, teacher: Figures, config: CanaryConfig) -> Verdict:
             problems.append("p99 latency above the teacher's")
     else:
         problems.append("no latency figures for both revisions")
-    if canary.decisions < max(config.min_decisions, 1) or not _known(canary.mean_edge):
-        problems.append(f"{canary.decisions:.0f} canary decisions with feedback")
-    elif _known(teacher.mean_edge):
-        assert canary.mean_edge is not None and teacher.mean_edge is not None
-        notes.append(f"edge {canary.mean_edge:.5f} vs {teacher.mean_edge:.5f}")
-        if canary.mean_edge - teacher.mean_edge < config.min_edge_difference:
-            problems.append("realised edge below the teacher's")
+    if canary.requests < config.min_requests:
+        problems.append(f"{canary.requests:.0f} canary requests (fewer than {config.min_requests})")
     summary = "; ".join(notes) or "no figures"
     if problems:
         return Verdict(False, f"live check failed ({', '.join(problems)}): {summary}")

@@ -1,6 +1,13 @@
-"""The canary's and the teacher's live figures from Prometheus: error rate and p99 latency per
-Knative revision (the queue-proxy's request metrics), and the realised edge of each model
-version's decisions (the promotion watcher's counters from market.feedback.v1)."""
+"""The canary's and the teacher's live figures from Prometheus: the error rate and p99 latency of
+each model version, from the policy server's own request metrics (services/policy/metrics.py),
+which it serves on its HTTP port beside every other metric.
+
+Knative's queue-proxy figures (revision_app_request_*) are not used: they are served on another
+port (9091) that the chart neither scrapes nor admits, and Knative 1.19 moved them to
+OpenTelemetry under other names and units (kn.serving.*, seconds), to be turned on per
+cluster. The policy server's own counter and histogram exist on every Knative version and in
+Standard mode alike, and are labelled by the model version that answered, which is what a
+canary compares."""
 
 from __future__ import annotations
 
@@ -14,13 +21,9 @@ import httpx
 from services.trainer.canary import CanaryConfig, Figures, Verdict, judge
 from services.trainer.isvc_status import Revisions
 
-# Knative's queue-proxy sidecar counts every request of a revision, labelled with the revision
-# and the answer's status class; latencies are in milliseconds.
-REQUESTS = "revision_app_request_count"
-LATENCY_BUCKETS = "revision_app_request_latencies_bucket"
-# services/promotion_watcher/metrics.py: edge summed per model version, decisions counted
-EDGE_SUM = "rlmf_feedback_edge_sum"
-DECISIONS = "rlmf_feedback_decisions_total"
+# services/policy/metrics.py: every inference request, by model version and HTTP status code
+REQUESTS = "rlmf_policy_requests_total"
+LATENCY_BUCKETS = "rlmf_policy_request_seconds_bucket"
 
 Query = Callable[[str], float | None]
 
@@ -54,52 +57,40 @@ def prometheus_query(url: str, timeout_s: float = 30.0) -> Query:
 
 @dataclass(frozen=True)
 class LiveCheck:
-    """Reads both models' figures over the canary window and judges them (canary.judge)."""
+    """Reads both versions' figures over the canary window and judges them (canary.judge): an
+    operational check; P&L is judged by the backtest gate and shadow trading, not here."""
 
     config: CanaryConfig
     namespace: str
     query: Query
 
-    def revision_figures(self, revision: str) -> tuple[float | None, float | None]:
-        """(share of 5xx answers, p99 latency in seconds) of one revision over the window."""
+    def version_figures(self, version: str) -> Figures:
+        """Share of 5xx answers, p99 latency in seconds and requests of one model version over
+        the window, in this namespace."""
         window = f"{max(int(self.config.window_s), 60)}s"
-        match = f'namespace="{self.namespace}",revision_name="{revision}"'
-        errors = (
-            f'(sum(increase({REQUESTS}{{{match},response_code_class="5xx"}}[{window}])) '
-            f"or vector(0)) / sum(increase({REQUESTS}{{{match}}}[{window}]))"
-        )
+        match = f'namespace="{self.namespace}",model_version="{version}"'
+        total = f"sum(increase({REQUESTS}{{{match}}}[{window}]))"
+        errors = f'(sum(increase({REQUESTS}{{{match},code=~"5.."}}[{window}])) or vector(0))'
         latency = (
             f"histogram_quantile(0.99, sum by (le) "
             f"(increase({LATENCY_BUCKETS}{{{match}}}[{window}])))"
         )
-        latency_ms = self.query(latency)
-        return self.query(errors), (latency_ms / 1000 if latency_ms is not None else None)
+        requests = self.query(total) or 0.0
+        return Figures(self.query(f"{errors} / {total}"), self.query(latency), requests)
 
-    def edge_figures(self, version: str) -> tuple[tuple[float | None, float], float | None]:
-        """((canary mean edge, canary decisions), teacher mean edge). The canary's version is
-        new, so all of its counters lie in the window; the teacher's are the window's increase
-        of every other version (the only other model serving)."""
-        window = f"{max(int(self.config.window_s), 60)}s"
-        mine = f'model_version="{version}"'
-        decisions = self.query(f"sum({DECISIONS}{{{mine}}})") or 0.0
-        edge = self.query(f"sum({EDGE_SUM}{{{mine}}}) / sum({DECISIONS}{{{mine}}})")
-        others = f'model_version!="{version}"'
-        # The edge sum is a gauge (edge can be negative): delta, not increase.
-        teacher = self.query(
-            f"sum(delta({EDGE_SUM}{{{others}}}[{window}])) / "
-            f"sum(increase({DECISIONS}{{{others}}}[{window}]))"
-        )
-        return (edge, decisions), teacher
-
-    def __call__(self, revisions: Revisions, version: str) -> Verdict:
+    def __call__(self, revisions: Revisions, version: str, teacher_version: str) -> Verdict:
+        if not teacher_version or teacher_version == version:
+            return Verdict(
+                False, f"live check failed: no teacher version to compare {version} with"
+            )
         try:
-            canary_err, canary_p99 = self.revision_figures(revisions.canary)
-            teacher_err, teacher_p99 = self.revision_figures(revisions.teacher)
-            (canary_edge, decisions), teacher_edge = self.edge_figures(version)
+            canary = self.version_figures(version)
+            teacher = self.version_figures(teacher_version)
         except PrometheusError as exc:
             return Verdict(False, f"live check failed: {exc}")
-        canary = Figures(canary_err, canary_p99, canary_edge, decisions)
-        teacher = Figures(teacher_err, teacher_p99, teacher_edge, 0.0)
         verdict = judge(canary, teacher, self.config)
-        names = f"canary {revisions.canary or '?'} vs teacher {revisions.teacher or '?'}"
+        names = (
+            f"canary {version} on {revisions.canary or '?'} vs teacher {teacher_version} on "
+            f"{revisions.teacher or '?'}"
+        )
         return Verdict(verdict.healthy, f"{verdict.detail} ({names})")

@@ -1,10 +1,11 @@
 """The canary's live check runs its PromQL against a real Prometheus (Debian's `prometheus`).
 
-Knative's queue-proxy metrics (revision_app_request_count, revision_app_request_latencies)
-come from a cluster, so this test serves the same series with prometheus_client from a
-loopback port, beside the promotion watcher's edge metrics, and lets Prometheus scrape them:
-a canary answering half its requests with 5xx and losing money is refused; a canary as fast,
-as clean and with a better realised edge than the teacher passes.
+The policy server's request metrics (services/policy/metrics.py: rlmf_policy_requests_total
+and rlmf_policy_request_seconds, by model version) come from its pods on a cluster, so this
+test serves the same series, declared by the policy server's own metric objects' names and
+labels, from a loopback port and lets Prometheus scrape them: a canary answering half its
+requests with 5xx is refused, a slow one too; one as fast and as clean as the teacher passes.
+P&L is not asked: the canary is an operational check (the backtest gate and shadow judge P&L).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from services.common.broker import free_port
+from services.policy import metrics
 from services.trainer.canary import CanaryConfig
 from services.trainer.isvc_status import Revisions
 from services.trainer.live_checks import LiveCheck, prometheus_query
@@ -29,43 +31,32 @@ from tests.helpers import http_ok, stop_process, wait_until
 pytestmark = pytest.mark.slow  # Prometheus needs a few scrapes: several seconds
 
 NS = "trading"
-TEACHER, BAD, GOOD = "policy-predictor-00001", "policy-predictor-00002", "policy-predictor-00003"
+TEACHER, BAD, SLOW, GOOD = "v7", "s-bad", "s-slow", "s-good"
+REVISIONS = Revisions("policy-predictor-00002", "policy-predictor-00001")
 
 
 class Cluster:
-    """The series a cluster's Prometheus would hold, on a private registry."""
+    """The series a cluster's Prometheus would hold, on a private registry: the policy
+    server's request counter and latency histogram, with the `namespace` label the scrape adds."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        # Knative names its request counter without prometheus_client's _total suffix, so it
-        # is a gauge here (PromQL's increase() does not read the type).
-        self.requests = Gauge("revision_app_request_count", "Knative queue-proxy requests",
-                                ["namespace", "revision_name", "response_code_class"],
+        labels = ["namespace", "model", "model_version"]
+        self.requests = Counter(metrics.REQUESTS._name, "policy requests", [*labels, "code"],
                                 registry=self.registry)  # fmt: skip
-        self.latency = Histogram("revision_app_request_latencies", "Knative latency (ms)",
-                                 ["namespace", "revision_name"], registry=self.registry,
-                                 buckets=(10, 25, 50, 100, 250, 500, 1000))  # fmt: skip
-        self.edge = Gauge("rlmf_feedback_edge_sum", "watcher", ["model_version"],
-                          registry=self.registry)  # fmt: skip
-        self.decisions = Counter("rlmf_feedback_decisions", "watcher", ["model_version"],
-                                 registry=self.registry)  # fmt: skip
-        for revision in (TEACHER, BAD, GOOD):
-            self.latency.labels(NS, revision)
-            for code in ("2xx", "5xx"):
-                self.requests.labels(NS, revision, code)
-        for version in ("v0", "s-bad", "s-good"):
-            self.edge.labels(version)
-            self.decisions.labels(version)
+        self.latency = Histogram(metrics.REQUEST_LATENCY._name, "policy latency", labels,
+                                 registry=self.registry,
+                                 buckets=metrics.REQUEST_LATENCY._upper_bounds[:-1])  # fmt: skip
+        for version in (TEACHER, BAD, SLOW, GOOD):
+            self.latency.labels(NS, "policy", version)
+            for code in ("200", "500"):
+                self.requests.labels(NS, "policy", version, code)
 
-    def serve(self, revision: str, ok: int, errors: int, latency_ms: float) -> None:
-        self.requests.labels(NS, revision, "2xx").inc(ok)
-        self.requests.labels(NS, revision, "5xx").inc(errors)
+    def serve(self, version: str, ok: int, errors: int, latency_s: float) -> None:
+        self.requests.labels(NS, "policy", version, "200").inc(ok)
+        self.requests.labels(NS, "policy", version, "500").inc(errors)
         for _ in range(ok + errors):
-            self.latency.labels(NS, revision).observe(latency_ms)
-
-    def feedback(self, version: str, decisions: int, edge_each: float) -> None:
-        self.decisions.labels(version).inc(decisions)
-        self.edge.labels(version).inc(decisions * edge_each)
+            self.latency.labels(NS, "policy", version).observe(latency_s)
 
 
 @pytest.fixture
@@ -108,33 +99,38 @@ def test_live_check_refuses_a_bad_canary_and_passes_a_good_one(
 ) -> None:
     url, cluster = prometheus
     # Two scrapes of the zeros first, so every increase below is one Prometheus can see.
-    wait_until(lambda: _scraped(url, "count_over_time(revision_app_request_count[1m]) >= 2"),
+    wait_until(lambda: _scraped(url, "count_over_time(rlmf_policy_requests_total[1m]) >= 2"),
                30, "two scrapes")  # fmt: skip
-    cluster.serve(TEACHER, ok=200, errors=0, latency_ms=40)
-    cluster.serve(BAD, ok=10, errors=10, latency_ms=40)
-    cluster.serve(GOOD, ok=20, errors=0, latency_ms=40)
-    cluster.feedback("v0", decisions=40, edge_each=0.001)
-    cluster.feedback("s-bad", decisions=5, edge_each=-0.01)
-    cluster.feedback("s-good", decisions=5, edge_each=0.004)
+    cluster.serve(TEACHER, ok=200, errors=0, latency_s=0.04)
+    cluster.serve(BAD, ok=10, errors=10, latency_s=0.04)
+    cluster.serve(SLOW, ok=20, errors=0, latency_s=2.0)
+    cluster.serve(GOOD, ok=20, errors=0, latency_s=0.04)
     time.sleep(0.1)
-    wait_until(lambda: _scraped(url, "sum(rlmf_feedback_decisions_total) >= 50"), 30, "a scrape")
-    wait_until(lambda: _scraped(url, "increase(rlmf_feedback_decisions_total[1m]) > 0"), 30,
+    wait_until(lambda: _scraped(url, "sum(rlmf_policy_requests_total) >= 260"), 30, "a scrape")
+    wait_until(lambda: _scraped(url, "increase(rlmf_policy_requests_total[1m]) > 0"), 30,
                "an increase")  # fmt: skip
     check = LiveCheck(CanaryConfig(window_s=60, prometheus_url=url), NS, prometheus_query(url))
 
-    bad = check(Revisions(BAD, TEACHER), "s-bad")
+    bad = check(REVISIONS, BAD, TEACHER)
     assert not bad.healthy, bad.detail
     assert "error rate above the teacher's" in bad.detail
-    assert "realised edge below the teacher's" in bad.detail
     assert "error rate 0.5000 vs 0.0000" in bad.detail
 
-    good = check(Revisions(GOOD, TEACHER), "s-good")
+    slow = check(REVISIONS, SLOW, TEACHER)
+    assert not slow.healthy and "p99 latency above the teacher's" in slow.detail, slow.detail
+
+    good = check(REVISIONS, GOOD, TEACHER)
     assert good.healthy, good.detail
-    assert "edge 0.00400" in good.detail
+    assert f"canary {GOOD} on policy-predictor-00002 vs teacher {TEACHER}" in good.detail
+
+    # Another namespace's policy (or no teacher version) is no evidence.
+    elsewhere = LiveCheck(CanaryConfig(window_s=60), "staging", prometheus_query(url))
+    assert not elsewhere(REVISIONS, GOOD, TEACHER).healthy
+    assert not check(REVISIONS, GOOD, "").healthy
 
 
 def test_unreachable_prometheus_is_a_failed_check() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     check = LiveCheck(CanaryConfig(prometheus_url=url), NS, prometheus_query(url, timeout_s=1))
-    verdict = check(Revisions(GOOD, TEACHER), "s-good")
+    verdict = check(REVISIONS, GOOD, TEACHER)
     assert not verdict.healthy and "did not answer" in verdict.detail

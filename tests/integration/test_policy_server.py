@@ -239,6 +239,39 @@ def test_concurrent_requests_are_micro_batched_and_metered(server: PolicyServer)
     assert "request_predict_seconds_bucket" in after  # KServe's own histograms
 
 
+def test_every_inference_request_is_counted_and_timed_by_model_version(
+    server: PolicyServer,
+) -> None:
+    """The canary's live check reads these two series (services/trainer/live_checks.py): each
+    request to :predict or /infer counts under the version serving it, with its status code,
+    and other routes (metrics, status) do not count."""
+
+    def sample(text: str, name: str, **labels: str) -> float:
+        wanted = [f'{k}="{v}"' for k, v in labels.items()]
+        return sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") and all(w in line for w in wanted)
+        )
+
+    before = httpx.get(f"{server.url}/metrics").text
+    version = httpx.get(f"{server.url}/v1/models/policy:status").json()["model_version"]
+    assert _predict(server.url, {"instances": [STATE]}).status_code == 200
+    assert _predict(server.url, {"instances": "not a list"}).status_code == 400
+    assert _predict(server.url, b" " * (LIMIT + 1)).status_code == 413
+    assert httpx.get(f"{server.url}/v1/models/policy:status").status_code == 200
+    after = httpx.get(f"{server.url}/metrics").text
+    mine = {"model": "policy", "model_version": version}
+    for code in ("200", "400", "413"):
+        name = "rlmf_policy_requests_total"
+        grew = sample(after, name, code=code, **mine) - sample(before, name, code=code, **mine)
+        assert grew == 1, (code, grew)
+    timed = sample(after, "rlmf_policy_request_seconds_count", **mine) - sample(
+        before, "rlmf_policy_request_seconds_count", **mine
+    )
+    assert timed == 3  # the status and metrics reads are not inference: not counted
+
+
 def test_reload_under_load_loses_nothing_and_switches_version(
     server: PolicyServer, artifacts: dict[str, Path]
 ) -> None:

@@ -118,12 +118,18 @@ def _failed_cycle() -> Any:
 
     class ReadyIsvc:
         def get_namespaced_custom_object(self, *_args: str) -> Any:
-            return {"metadata": {"generation": 3}, "status": {"observedGeneration": 3}}
+            mode = {"serving.kserve.io/deploymentMode": "Knative"}
+            return {"metadata": {"generation": 3, "annotations": mode},
+                    "status": {"observedGeneration": 3}}  # fmt: skip
+
+        def patch_namespaced_custom_object(self, *_args: Any, **_kwargs: Any) -> Any:
+            raise AssertionError("nothing to pin: nothing changed")
 
     promoter = ClusterPromoter(
         release="rlmf", chart="charts/rlmf", namespace="default",
         storage_uri=lambda f: f"pvc://rlmf-models/{f.name}", canary=CanaryConfig(),
         helm=BusyHelm(), k8s=ReadyIsvc(), live_check=lambda *_a: None,  # type: ignore[arg-type,return-value]
+        teacher_version=lambda _folder: "v0",  # the student's manifest names it; none here
     )  # fmt: skip
     outcome = promoter.promote(Path("/models/s20240301-abc"), "s20240301-abc")
     assert outcome.stage == "helm_busy"
