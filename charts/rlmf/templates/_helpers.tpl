@@ -159,7 +159,18 @@ Where the simulator and the trainer reach the policy: KServe's predictor Service
 under Serverless.
 */}}
 {{- define "rlmf.policyUrl" -}}
-{{- printf "http://%s-policy-predictor.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace -}}
+{{- printf "http://%s-policy-predictor.%s.svc.cluster.local" (include "rlmf.fullname" .) (include "rlmf.policyNamespace" .) -}}
+{{- end -}}
+
+{{/* The namespace of the policy's own release (charts/rlmf-policy): the InferenceService and
+Helm's records of that release alone, so the trainer's rights there reach nothing else. */}}
+{{- define "rlmf.policyNamespace" -}}
+{{- default (printf "%s-policy" .Release.Namespace) .Values.policyNamespace.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The policy's InferenceService (charts/rlmf-policy names it the same way). */}}
+{{- define "rlmf.policyIsvc" -}}
+{{- printf "%s-policy" (include "rlmf.fullname" .) -}}
 {{- end -}}
 
 {{- define "rlmf.redisAddress" -}}
@@ -329,7 +340,13 @@ spec:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
           volumeMounts:
             - {name: tmp, mountPath: /tmp}
-            - {name: models, mountPath: /models, readOnly: {{ not .modelsWritable }}}
+            {{- if .feastWritable }}
+            # Feast's offline files only: a subPath of the models volume, so the writer of
+            # features cannot reach the teacher, the students or their manifests.
+            - {name: models, mountPath: /models/feast, subPath: feast}
+            {{- else }}
+            - {name: models, mountPath: /models, readOnly: true}
+            {{- end }}
             {{- if .feast }}
             # The chart's store config replaces the image's copy of the repo's cluster config.
             - {name: feast-config, mountPath: /app/feature_repo/feature_store.cluster.yaml, subPath: feature_store.yaml, readOnly: true}
@@ -337,11 +354,12 @@ spec:
             {{- include "rlmf.kafkaCaMount" $root | nindent 12 }}
       volumes:
         - name: tmp
-          emptyDir: {}
+          emptyDir: {sizeLimit: {{ $root.Values.tmpSizeLimit }}}
         {{- include "rlmf.kafkaCaVolume" $root | nindent 8 }}
         - name: models
           persistentVolumeClaim:
             claimName: {{ include "rlmf.modelsClaim" $root }}
+            readOnly: {{ not .feastWritable }}
         {{- if .feast }}
         - name: feast-config
           configMap:
