@@ -241,6 +241,7 @@ def _configmap(name: str, labels: dict[str, str] | None = None) -> dict[str, Any
     }
 
 
+HELM = {"owner": "helm", "name": "rlmf"}
 RECORD = _configmap(
     "sh.helm.release.v1.rlmf.v7", {"owner": "helm", "name": "rlmf", "status": "deployed"}
 )
@@ -264,10 +265,10 @@ def test_trainer_writes_the_policy_releases_records(
     ("operation", "old", "new"),
     [
         ("UPDATE", _configmap("kube-root-ca.crt"), _configmap("kube-root-ca.crt")),
-        ("CREATE", None, _configmap("rlmf-feast", {"owner": "helm", "name": "rlmf"})),
-        ("CREATE", None, _configmap("sh.helm.release.v1.other.v1", {"owner": "helm", "name": "other"})),
+        ("CREATE", None, _configmap("rlmf-feast", HELM)),
+        ("CREATE", None, _configmap("sh.helm.release.v1.other.v1", HELM | {"name": "other"})),
         ("CREATE", None, _configmap("sh.helm.release.v1.rlmf.v8", {"name": "rlmf"})),
-        ("CREATE", None, _configmap("sh.helm.release.v1.rlmf.v8x", {"owner": "helm", "name": "rlmf"})),
+        ("CREATE", None, _configmap("sh.helm.release.v1.rlmf.v8x", HELM)),
         ("DELETE", _configmap("admin-notes"), None),
     ],
     ids=["ca-bundle", "not-a-record", "another-release", "no-owner", "bad-name", "delete-other"],
