@@ -32,10 +32,12 @@ from tests.helpers import (
     EXTERNAL,
     REPO,
     VALUE_SETS,
+    documents,
     named,
     of_kind,
     render,
     render_install,
+    render_raw,
     strip,
 )
 
@@ -327,11 +329,22 @@ def test_keda_scales_each_consumer_on_its_group_lag() -> None:
             assert trigger["type"] == "kafka"
             assert meta["consumerGroup"] == f"rlmf-{service}"
             assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
-            assert trigger["authenticationRef"] == {"name": "rlmf-kafka"}
-    auth = named(docs, "TriggerAuthentication", "rlmf-kafka")
+            assert trigger["authenticationRef"] == {"name": f"rlmf-kafka-{service}"}
+        # An existing Kafka: one identity for all; Strimzi: each service's own KafkaUser.
+        auth = named(docs, "TriggerAuthentication", f"rlmf-kafka-{service}")
+        refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+        assert refs["password"] == {
+            "parameter": "password",
+            "name": "kafka-rlmf",
+            "key": "password",
+        }
+        assert refs["ca"]["name"] == "kafka-ca"
+    strimzi = render("strimzi") + render("strimzi-plain-keda")
+    assert not of_kind(strimzi, "TriggerAuthentication"), "strimzi-plain-keda has no login"
+    secured = documents(render_raw(VALUE_SETS["strimzi"] | {"keda": {"enabled": True}}))
+    auth = named(secured, "TriggerAuthentication", "rlmf-kafka-features")
     refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
-    assert refs["password"] == {"parameter": "password", "name": "kafka-rlmf", "key": "password"}
-    assert refs["ca"]["name"] == "kafka-ca"
+    assert refs["password"]["name"] == "rlmf-kafka-features"
     without = render("external-kafka")
     assert not of_kind(without, "ScaledObject")
     assert named(without, "Deployment", "rlmf-sentiment")["spec"]["replicas"] == 1
