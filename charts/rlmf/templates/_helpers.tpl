@@ -116,6 +116,12 @@ promotion-watcher:
   reads: [models.promotions.v1, market.feedback.v1]
   writes: [models.promotions.v1.dlq, market.feedback.v1.dlq]
   groups: [rlmf-promotion-watcher]
+# Whatever publishes the bars (your market feed, or `rlmf market publish`): its login is the
+# Secret of this user.
+market-feed:
+  reads: []
+  writes: [market.bars.v1]
+  groups: []
 # `helm test` (files/pipeline_test.py): one news item and one bar in, their results read back
 # without a group.
 test:
