@@ -8,6 +8,10 @@ the objects are checked as a cluster would read them."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -27,6 +31,8 @@ from tests.helpers import (
     render_install,
     render_policy_raw,
     render_raw,
+    stop_process,
+    wait_until,
 )
 
 
@@ -105,17 +111,76 @@ def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_redis_requires_a_password_from_a_secret() -> None:
     docs = render("external-kafka")
-    redis = named(docs, "StatefulSet", "rlmf-redis")["spec"]["template"]["spec"]["containers"][0]
-    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
-    ref = _env(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    pod = named(docs, "StatefulSet", "rlmf-redis")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (redis,) = pod["containers"]
+    ref = _env(init)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "rlmf-redis", "key": "password"}
     assert _env(redis)["REDISCLI_AUTH"]["valueFrom"]["secretKeyRef"] == ref
+    assert "REDIS_PASSWORD" not in _env(redis)
     for name in ("rlmf-features", "rlmf-simulator"):
         container = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
         assert _env(container)["RLMF_FEATURES_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
     external = named(render("external-redis-no-netpol"), "Deployment", "rlmf-features")
     container = external["spec"]["template"]["spec"]["containers"][0]
     assert "RLMF_FEATURES_REDIS_PASSWORD" not in _env(container)
+
+
+def test_redis_password_stays_out_of_its_process_arguments(tmp_path: Path) -> None:
+    """The rendered init command and redis.conf, run with a real redis-server: the password is
+    required and works, and no process argument carries it (they used to: --requirepass)."""
+    import redis as redis_client
+
+    from services.common.broker import free_port
+
+    server_bin = shutil.which("redis-server")
+    if server_bin is None:
+        pytest.skip("no redis-server here (apt-get install redis-server)")
+    docs = render("external-kafka")
+    pod = named(docs, "StatefulSet", "rlmf-redis")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (container,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"] + container["volumeMounts"]}
+    config = named(docs, "ConfigMap", "rlmf-redis")["data"]["redis.conf"]
+    # The pod's paths, moved under tmp_path.
+    moved = {mounts[n]: str(tmp_path / n) for n in ("auth", "config", "data")}
+    for folder in moved.values():
+        Path(folder).mkdir()
+
+    def here(text: str) -> str:
+        for path, local in moved.items():
+            text = text.replace(path, local)
+        return text
+
+    password = "s3cret-" + os.urandom(6).hex()
+    subprocess.run([*init["command"][:2], here(init["command"][2])], check=True,
+                   env={"REDIS_PASSWORD": password, "PATH": os.environ["PATH"]})  # fmt: skip
+    assert oct(Path(moved[mounts["auth"]], "auth.conf").stat().st_mode & 0o777) == "0o600"
+    conf = Path(moved[mounts["config"]], "redis.conf")
+    conf.write_text(here(config))
+    port = free_port()
+    (conf_arg,) = container["args"]
+    args = [server_bin, here(conf_arg), "--port", str(port), "--bind", "127.0.0.1"]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis_client.Redis(port=port, password=password, socket_timeout=2)
+        wait_until(lambda: _pings(client), 10, "redis-server to answer")
+        with pytest.raises(redis_client.AuthenticationError):
+            redis_client.Redis(port=port, socket_timeout=2).set("k", "v")
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert password.encode() not in cmdline
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+    finally:
+        stop_process(server)
+
+
+def _pings(client: Any) -> bool:
+    import redis as redis_client
+
+    try:
+        return bool(client.ping())
+    except redis_client.ConnectionError:
+        return False
 
 
 def test_the_password_reaches_feasts_connection_string(monkeypatch: pytest.MonkeyPatch) -> None:
