@@ -176,3 +176,9 @@ def test_every_object_of_the_install_names_the_namespace_it_lives_in() -> None:
     }
     policy_release = documents(render_policy_raw(EXTERNAL))
     assert [d["metadata"].get("namespace") for d in policy_release] == [None]
+
+
+def test_policy_chart_lints_strictly() -> None:
+    result = helm.lint(str(POLICY_CHART), values=EXTERNAL, strict=True, namespace=POLICY_NAMESPACE)
+    assert result["errors"] == [], result
+    assert [m["error"] for m in result["messages"]] == ["icon is recommended"], result
