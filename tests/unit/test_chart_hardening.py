@@ -8,6 +8,7 @@ them."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -81,6 +82,7 @@ def test_notes_warn_about_an_unguarded_kafka_or_redis() -> None:
     assert "WARNING: the external Redis is used without a password" in plain
     guarded = _notes(VALUE_SETS["external-sasl-keda"])
     assert "WARNING" not in guarded
+    assert "every client logs in to the existing Kafka as rlmf" in guarded
     assert "WARNING" not in _notes(VALUE_SETS["strimzi"])
     assert "no TLS and no login" in _notes(VALUE_SETS["strimzi-plain-keda"])
 
@@ -111,3 +113,19 @@ def test_seed_job_signs_the_teacher_with_the_key_from_values() -> None:
     assert secret["secretName"] == "ed25519-prod"
     assert secret["items"] == [{"key": "tls.key", "path": key_file.rsplit("/", 1)[1]}]
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_each_client_may_have_its_own_login_on_an_existing_kafka() -> None:
+    values = copy.deepcopy(VALUE_SETS["external-sasl-keda"])
+    own = {"username": "rlmf-ingest", "passwordSecret": {"name": "kafka-ingest", "key": "pw"}}
+    values["kafka"]["client"]["clients"] = {"ingest": own}
+    docs = render_install(values)
+    logins = {}
+    for name, pod in pod_specs(docs):
+        env = {e["name"]: e for e in pod["containers"][0].get("env", [])}
+        if "RLMF_BUS_SASL_USERNAME" in env:
+            secret = env["RLMF_BUS_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            logins[name] = (env["RLMF_BUS_SASL_USERNAME"]["value"], secret["name"], secret["key"])
+    assert logins.pop("rlmf-ingest") == ("rlmf-ingest", "kafka-ingest", "pw")
+    assert set(logins.values()) == {("rlmf", "kafka-rlmf", "password")}
+    assert "every client logs in" not in render_raw(values)["rlmf/templates/NOTES.txt"]

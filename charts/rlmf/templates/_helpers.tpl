@@ -173,11 +173,19 @@ caKey: ca.crt
 {{- else -}}
 {{- $c := $root.Values.kafka.client -}}
 {{- $why := "is required when kafka.client.securityProtocol is not PLAINTEXT" -}}
+{{- /* kafka.client.clients.<client>: that client's own login, else the shared one. */ -}}
+{{- $own := index (default (dict) $c.clients) (toString .client) | default (dict) -}}
 protocol: {{ $c.securityProtocol }}
 mechanism: {{ $c.saslMechanism }}
+{{- if $own }}
+username: {{ $own.username | quote }}
+passwordSecret: {{ $own.passwordSecret.name }}
+passwordKey: {{ $own.passwordSecret.key | quote }}
+{{- else }}
 username: {{ required (printf "kafka.client.username %s" $why) $c.username | quote }}
 passwordSecret: {{ required (printf "kafka.client.passwordSecret.name %s" $why) $c.passwordSecret.name }}
 passwordKey: {{ $c.passwordSecret.key | quote }}
+{{- end }}
 caSecret: {{ required (printf "kafka.client.caSecret.name %s" $why) $c.caSecret.name }}
 caKey: {{ $c.caSecret.key | quote }}
 {{- end -}}
