@@ -331,7 +331,10 @@ def require_redis() -> None:
 # ---------------------------------------------------------------------------------------------
 
 CHART = REPO / "charts" / "rlmf"
+# The policy's own release: same release name and values, in the policy namespace.
+POLICY_CHART = REPO / "charts" / "rlmf-policy"
 RELEASE, NAMESPACE = "rlmf", "trading"
+POLICY_NAMESPACE = f"{NAMESPACE}-policy"
 # The trainer's NetworkPolicy needs the API server's address (there is no default).
 API_CIDR = {"networkPolicies": {"apiServerCidr": "10.96.0.1/32"}}
 EXTERNAL = {"kafka": {"bootstrap": "kafka.data.svc:9092"}} | API_CIDR
@@ -414,12 +417,33 @@ def render_raw(values: dict[str, Any]) -> dict[str, str]:
 
 
 @cache
+def load_policy_chart() -> helm.Chart:
+    import helm_python as helm
+
+    return helm.Chart.load(str(POLICY_CHART))
+
+
+def render_policy_raw(values: dict[str, Any]) -> dict[str, str]:
+    """The policy release (charts/rlmf-policy) rendered as docs/cluster.md installs it: the
+    same release name and values file, in the policy namespace."""
+    return load_policy_chart().render(
+        copy.deepcopy(values), name=RELEASE, namespace=POLICY_NAMESPACE, is_install=True
+    )
+
+
+def render_install(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object both releases put on the cluster for one values file."""
+    return documents(render_raw(values)) + documents(render_policy_raw(values))
+
+
+@cache
 def _render_cached(key: str) -> tuple[dict[str, Any], ...]:
-    return tuple(documents(render_raw(VALUE_SETS[key])))
+    return tuple(render_install(VALUE_SETS[key]))
 
 
 def render(key: str) -> list[dict[str, Any]]:
-    """Every Kubernetes object the named value set renders (a fresh copy per call)."""
+    """Every Kubernetes object the named value set installs, both releases' (a fresh copy per
+    call); each carries the template it came from under `_template`."""
     return copy.deepcopy(list(_render_cached(key)))
 
 

@@ -345,7 +345,7 @@ class TrainerSettings(BaseSettings):
     policy_url: str = "http://127.0.0.1:8080"
     """Embedded: the policy server told to reload the promoted folder."""
     helm_release: str = "rlmf"
-    helm_chart: Path = Path("charts/rlmf")
+    helm_chart: Path = Path("charts/rlmf-policy")
     namespace: str = "default"
     models_claim: str = "rlmf-models"
     """Cluster: the PVC holding models_dir; storageUri = pvc://<claim>/<folder name>."""

@@ -36,6 +36,7 @@ from tests.helpers import (
     named,
     of_kind,
     render,
+    render_install,
     render_raw,
     strip,
 )
@@ -328,11 +329,22 @@ def test_keda_scales_each_consumer_on_its_group_lag() -> None:
             assert trigger["type"] == "kafka"
             assert meta["consumerGroup"] == f"rlmf-{service}"
             assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
-            assert trigger["authenticationRef"] == {"name": "rlmf-kafka"}
-    auth = named(docs, "TriggerAuthentication", "rlmf-kafka")
+            assert trigger["authenticationRef"] == {"name": f"rlmf-kafka-{service}"}
+        # An existing Kafka: one identity for all; Strimzi: each service's own KafkaUser.
+        auth = named(docs, "TriggerAuthentication", f"rlmf-kafka-{service}")
+        refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+        assert refs["password"] == {
+            "parameter": "password",
+            "name": "kafka-rlmf",
+            "key": "password",
+        }
+        assert refs["ca"]["name"] == "kafka-ca"
+    strimzi = render("strimzi") + render("strimzi-plain-keda")
+    assert not of_kind(strimzi, "TriggerAuthentication"), "strimzi-plain-keda has no login"
+    secured = documents(render_raw(VALUE_SETS["strimzi"] | {"keda": {"enabled": True}}))
+    auth = named(secured, "TriggerAuthentication", "rlmf-kafka-features")
     refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
-    assert refs["password"] == {"parameter": "password", "name": "kafka-rlmf", "key": "password"}
-    assert refs["ca"]["name"] == "kafka-ca"
+    assert refs["password"]["name"] == "rlmf-kafka-features"
     without = render("external-kafka")
     assert not of_kind(without, "ScaledObject")
     assert named(without, "Deployment", "rlmf-sentiment")["spec"]["replicas"] == 1
@@ -396,23 +408,24 @@ SERVERLESS_SETS = sorted(
 
 
 def test_serverless_predictor_passes_knative_defaults() -> None:
-    """Checked for every Serverless value set, with one Node.js run for all. Only the models
-    volume (the reload route's root) needs a flag, kubernetes.podspec-persistent-volume-claim;
-    docs/cluster.md names it."""
+    """Checked for every Serverless value set, with one Node.js run for all. With the reload
+    route off (the default) nothing needs a Knative flag."""
     services = []
     for key in SERVERLESS_SETS:
         (isvc,) = of_kind(render(key), "InferenceService")
         services.append(_knative_service(isvc["spec"]["predictor"]))
         refused = _refused_by_default_knative(services[-1]["spec"]["template"]["spec"])
-        assert refused == ["volume models: persistentVolumeClaim"], key
+        assert refused == [], key
         assert strict_unknown_keys(services[-1]) == [], key
     assert [r for r in _node_validate(services) if r["error"]] == []
 
 
-def test_without_reload_the_predictor_needs_no_knative_flag() -> None:
+def test_reload_needs_the_pvc_flag_only() -> None:
+    """The models volume (the reload route's root) needs kubernetes.podspec-persistent-volume-
+    claim; docs/cluster.md names it."""
     values = EXTERNAL | {
-        "policy": {"reload": {"enabled": False, "tokenSecret": {"name": "", "key": "token"}}}
+        "policy": {"reload": {"enabled": True, "tokenSecret": {"name": "", "key": "token"}}}
     }
-    (isvc,) = of_kind(documents(render_raw(values)), "InferenceService")
+    (isvc,) = of_kind(render_install(values), "InferenceService")
     pod = _knative_service(isvc["spec"]["predictor"])["spec"]["template"]["spec"]
-    assert _refused_by_default_knative(pod) == []
+    assert _refused_by_default_knative(pod) == ["volume models: persistentVolumeClaim"]

@@ -11,9 +11,18 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from tests.helpers import EXTERNAL, VALUE_SETS, named, of_kind, pod_specs, render, render_raw
+from tests.helpers import (
+    EXTERNAL,
+    VALUE_SETS,
+    named,
+    of_kind,
+    pod_specs,
+    render,
+    render_install,
+    render_raw,
+)
 
-PREDICTOR_URL = "http://rlmf-policy-predictor.trading.svc.cluster.local"
+PREDICTOR_URL = "http://rlmf-policy-predictor.trading-policy.svc.cluster.local"
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +81,7 @@ def test_raw_deployment_keeps_the_pod_security_context() -> None:
 )
 def test_mode_and_autoscaling_mismatches_are_refused(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError, match=message):
-        render_raw(EXTERNAL | values)
+        render_install(EXTERNAL | values)
 
 
 def test_policy_device_follows_the_gpu_option() -> None:

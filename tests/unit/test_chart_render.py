@@ -21,15 +21,18 @@ from tests.helpers import (
     CHART,
     EXTERNAL,
     NAMESPACE,
+    POLICY_CHART,
+    POLICY_NAMESPACE,
     RELEASE,
     REPO,
     VALUE_SETS,
     documents,
-    load_chart,
+    load_policy_chart,
     named,
     of_kind,
     pod_specs,
     render,
+    render_install,
     render_raw,
     strip,
 )
@@ -37,7 +40,8 @@ from tests.helpers import (
 CORE_KINDS = {
     "ConfigMap", "CronJob", "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim",
     "Pod", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount",
-    "StatefulSet",
+    "StatefulSet", "Namespace", "PersistentVolume", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }  # fmt: skip
 CUSTOM_KINDS = {
     "InferenceService", "ServiceMonitor", "PrometheusRule", "Kafka", "KafkaNodePool", "KafkaTopic",
@@ -320,7 +324,7 @@ def test_helm_test_pod_checks_the_pipeline() -> None:
             EXTERNAL | {"policy": {"student": {"canaryTrafficPercent": 150}}},
             "/policy/student/canaryTrafficPercent",
         ),
-        (EXTERNAL | {"policy": {"deploymentMode": "Knative"}}, "/policy/deploymentMode"),
+        (EXTERNAL | {"policy": {"deploymentMode": "Kubernetes"}}, "/policy/deploymentMode"),
         (EXTERNAL | {"trainer": {"schedule": "every night"}}, "/trainer/schedule"),
         ({"kafka": {"bootstrap": "no port here"}}, "/kafka/bootstrap"),
         (EXTERNAL | {"models": {"create": False}}, "models.existingClaim is required"),
@@ -330,7 +334,7 @@ def test_helm_test_pod_checks_the_pipeline() -> None:
 )
 def test_bad_values_are_rejected_clearly(values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmError) as info:
-        render_raw(values)
+        render_install(values)
     assert message in str(info.value)
 
 
@@ -343,7 +347,8 @@ def test_helm_lint_passes() -> None:
 
 def test_notes_render() -> None:
     notes = render_raw(VALUE_SETS["canary-10"])["rlmf/templates/NOTES.txt"]
-    assert "10% of requests go to the student" in notes
+    assert "helm install rlmf charts/rlmf-policy -n trading-policy" in notes
+    assert "helm history rlmf -n trading-policy" in notes
     assert "helm test rlmf -n trading" in notes
 
 
@@ -356,12 +361,12 @@ def test_trainer_promotion_values_render_and_name_the_isvc(release: str) -> None
     from services.trainer.promotion import ClusterPromoter
 
     promoter = ClusterPromoter(
-        release=release, chart=CHART, namespace=NAMESPACE,
+        release=release, chart=POLICY_CHART, namespace=POLICY_NAMESPACE,
         storage_uri=lambda folder: f"pvc://rlmf-models/{folder.name}",
     )  # fmt: skip
     values = VALUE_SETS["canary-10"] | promoter.values(_Path("/models/v7"))
-    rendered = load_chart().render(
-        copy.deepcopy(values), name=release, namespace=NAMESPACE, is_upgrade=True
+    rendered = load_policy_chart().render(
+        copy.deepcopy(values), name=release, namespace=POLICY_NAMESPACE, is_upgrade=True
     )
     docs = documents(rendered)
     isvc = named(docs, "InferenceService", promoter.isvc_name)

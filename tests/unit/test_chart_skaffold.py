@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import CHART, NAMESPACE, REPO, documents, load_chart, pod_specs
+from tests.helpers import (
+    CHART,
+    NAMESPACE,
+    POLICY_CHART,
+    POLICY_NAMESPACE,
+    REPO,
+    documents,
+    load_chart,
+    load_policy_chart,
+    pod_specs,
+)
 
 SKAFFOLD = yaml.safe_load((REPO / "skaffold.yaml").read_text())
 SERVICES = ("ingest", "sentiment", "features", "simulator", "policy", "trainer")
@@ -42,9 +52,12 @@ def _apply_patches(config: dict[str, Any], patches: list[dict[str, Any]]) -> dic
     return config
 
 
-def _values(config: dict[str, Any]) -> dict[str, Any]:
-    (release,) = config["deploy"]["helm"]["releases"]
-    assert (REPO / release["chartPath"]).resolve() == CHART
+def _values(config: dict[str, Any], chart: Path = CHART) -> dict[str, Any]:
+    """The values skaffold deploys `chart` with (the rlmf release, or the policy's own)."""
+    releases = config["deploy"]["helm"]["releases"]
+    assert [(REPO / r["chartPath"]).resolve() for r in releases] == [CHART, POLICY_CHART]
+    assert len({r["name"] for r in releases}) == 1, "the policy release shares the rlmf name"
+    (release,) = [r for r in releases if (REPO / r["chartPath"]).resolve() == chart]
     values: dict[str, Any] = {}
     for dotted, value in release.get("setValues", {}).items():
         _set_dotted(values, dotted, value)
@@ -83,8 +96,16 @@ def test_deploy_values_render_with_the_built_images(profile: str | None) -> None
     if profile is not None:
         (spec,) = [p for p in SKAFFOLD["profiles"] if p["name"] == profile]
         config = _apply_patches(SKAFFOLD, spec.get("patches", []))
-    values = _values(config)
+    values, policy_values = _values(config), _values(config, POLICY_CHART)
     docs = documents(load_chart().render(values, name="rlmf", namespace=NAMESPACE, is_install=True))
+    docs += documents(
+        load_policy_chart().render(
+            policy_values, name="rlmf", namespace=POLICY_NAMESPACE, is_install=True
+        )
+    )
+    # The policy release gets the rlmf release's values for every key it reads.
+    for key in ("deploymentMode", "autoscaling", "gpu"):
+        assert policy_values.get("policy", {}).get(key) == values.get("policy", {}).get(key)
     images = {c["image"] for _, pod in pod_specs(docs) for c in pod["containers"]}
     ours = {i for i in images if "rlmf-" in i}
     assert ours and all(i.startswith("registry.test/rlmf-") for i in ours), ours
@@ -136,8 +157,10 @@ def test_cpu_images_by_default_and_cuda_under_the_gpu_profile() -> None:
 
 
 def test_gpu_profile_runs_the_policy_on_cuda() -> None:
-    values = _values(_profile("gpu"))
-    docs = documents(load_chart().render(values, name="rlmf", namespace=NAMESPACE, is_install=True))
+    values = _values(_profile("gpu"), POLICY_CHART)
+    docs = documents(
+        load_policy_chart().render(values, name="rlmf", namespace=POLICY_NAMESPACE, is_install=True)
+    )
     (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
     env = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
     assert env["RLMF_POLICY_DEVICE"] == "cuda"

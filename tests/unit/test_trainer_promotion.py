@@ -581,14 +581,18 @@ def test_each_upgrade_renders_what_it_says() -> None:
     """The two upgrades' values pass the chart's schema and render as KServe's canary (the
     student's revision at 20%) and then as the student serving alone."""
     from services.trainer.promotion import ClusterPromoter as Promoter
-    from tests.helpers import EXTERNAL, NAMESPACE, documents, load_chart, named
+    from tests.helpers import EXTERNAL, POLICY_NAMESPACE, documents, load_policy_chart, named
 
     promoter, _, _, _, _ = _promoter()
     assert isinstance(promoter, Promoter)
 
     def predictor(values: dict[str, Any]) -> dict[str, Any]:
-        rendered = load_chart().render(
-            copy.deepcopy(EXTERNAL) | values, name="prod", namespace=NAMESPACE, is_upgrade=True
+        # The policy's own release (charts/rlmf-policy), the one the trainer upgrades.
+        rendered = load_policy_chart().render(
+            copy.deepcopy(EXTERNAL) | values,
+            name="prod",
+            namespace=POLICY_NAMESPACE,
+            is_upgrade=True,
         )
         isvc = named(documents(rendered), "InferenceService", promoter.isvc_name)
         return dict(isvc["spec"]["predictor"])

@@ -75,15 +75,71 @@ authenticate), or the given address; stops when neither. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* The KafkaUser every RLMF client authenticates as; its Secret (same name) holds the password. */}}
+{{/* The Strimzi KafkaUser one client authenticates as, <cluster>-<client>; its Secret (same
+name) holds the password. Call with (dict "root" $ "client" "sentiment"). */}}
 {{- define "rlmf.kafkaUser" -}}
-{{- printf "%s-client" (include "rlmf.kafkaCluster" .) -}}
+{{- printf "%s-%s" (include "rlmf.kafkaCluster" .root) .client -}}
+{{- end -}}
+
+{{/*
+What each Kafka client may do, for its own KafkaUser's ACLs (kafka-strimzi.yaml): the topics it
+reads (Read, Describe), the topics it writes (Write, Describe) and its consumer groups. A
+consumer writes the .dlq twin of each topic it reads (bad messages, services/common/bus.py).
+ARCHITECTURE's service table and services/common/topics.py are the source; a test compares.
+*/}}
+{{- define "rlmf.kafkaAccess" -}}
+ingest:
+  reads: []
+  writes: [news.raw.v1, news.raw.v1.dlq]
+  groups: []
+sentiment:
+  reads: [news.raw.v1]
+  writes: [news.enriched.v1, news.raw.v1.dlq]
+  groups: [rlmf-sentiment]
+features:
+  reads: [market.bars.v1, news.enriched.v1]
+  writes: [features.ready.v1, market.bars.v1.dlq, news.enriched.v1.dlq]
+  groups: [rlmf-features]
+simulator:
+  # features.ready.v1: the watermarks, read without a group.
+  reads: [market.bars.v1, features.ready.v1]
+  writes: [trading.decisions.v1, trading.fills.v1, portfolio.snapshots.v1, market.feedback.v1, trading.shadow.v1, market.bars.v1.dlq]
+  groups: [rlmf-simulator]
+trainer:
+  # market.bars.v1 and market.feedback.v1 into its work volume (rlmf-trainer-history), and the
+  # candidate's shadow decisions; models.promotions.v1.dlq only because it makes sure the
+  # promotions topic and its twin exist.
+  reads: [market.bars.v1, market.feedback.v1, trading.shadow.v1]
+  writes: [models.promotions.v1, models.promotions.v1.dlq, market.bars.v1.dlq, market.feedback.v1.dlq, trading.shadow.v1.dlq]
+  groups: [rlmf-trainer, rlmf-trainer-history]
+promotion-watcher:
+  reads: [models.promotions.v1, market.feedback.v1]
+  writes: [models.promotions.v1.dlq, market.feedback.v1.dlq]
+  groups: [rlmf-promotion-watcher]
+# Whatever publishes the bars (your market feed, or `rlmf market publish`): its login is the
+# Secret of this user.
+market-feed:
+  reads: []
+  writes: [market.bars.v1]
+  groups: []
+# `helm test` (files/pipeline_test.py): one news item and one bar in, their results read back
+# without a group.
+test:
+  reads: [news.enriched.v1, features.ready.v1]
+  writes: [news.raw.v1, market.bars.v1]
+  groups: []
+{{- end -}}
+
+{{/* The client name of a values key: promotionWatcher -> promotion-watcher. */}}
+{{- define "rlmf.kafkaClient" -}}
+{{- ternary "promotion-watcher" . (eq . "promotionWatcher") -}}
 {{- end -}}
 
 {{/* Kafka client security settings (services/common/settings.py BusSettings), set on every Kafka
-client when TLS/SCRAM is on; the CA and password come from Secrets, never from values. */}}
+client when TLS/SCRAM is on; the CA and password come from Secrets, never from values. Call
+with (dict "root" $ "client" "sentiment"): under Strimzi each client logs in as its own user. */}}
 {{- define "rlmf.kafkaSecurityEnv" -}}
-{{- if eq (include "rlmf.kafkaSecure" .) "true" -}}
+{{- if eq (include "rlmf.kafkaSecure" .root) "true" -}}
 {{- $login := include "rlmf.kafkaLogin" . | fromYaml -}}
 - name: RLMF_BUS_SECURITY_PROTOCOL
   value: {{ $login.protocol | quote }}
@@ -101,25 +157,35 @@ client when TLS/SCRAM is on; the CA and password come from Secrets, never from v
 {{- end -}}
 {{- end -}}
 
-{{/* Who the clients log in as and where the secrets lie, as YAML: Strimzi's KafkaUser and
-cluster CA, or kafka.client's settings for an existing Kafka (each required there). */}}
+{{/* Who a client logs in as and where the secrets lie, as YAML: its Strimzi KafkaUser and the
+cluster CA, or kafka.client's settings for an existing Kafka (one identity for every client,
+each setting required there). Call with (dict "root" $ "client" "sentiment"). */}}
 {{- define "rlmf.kafkaLogin" -}}
-{{- if .Values.kafka.strimzi.enabled -}}
+{{- $root := .root -}}
+{{- if $root.Values.kafka.strimzi.enabled -}}
 protocol: SASL_SSL
 mechanism: SCRAM-SHA-512
 username: {{ include "rlmf.kafkaUser" . }}
 passwordSecret: {{ include "rlmf.kafkaUser" . }}
 passwordKey: password
-caSecret: {{ include "rlmf.kafkaCluster" . }}-cluster-ca-cert
+caSecret: {{ include "rlmf.kafkaCluster" $root }}-cluster-ca-cert
 caKey: ca.crt
 {{- else -}}
-{{- $c := .Values.kafka.client -}}
+{{- $c := $root.Values.kafka.client -}}
 {{- $why := "is required when kafka.client.securityProtocol is not PLAINTEXT" -}}
+{{- /* kafka.client.clients.<client>: that client's own login, else the shared one. */ -}}
+{{- $own := index (default (dict) $c.clients) (toString .client) | default (dict) -}}
 protocol: {{ $c.securityProtocol }}
 mechanism: {{ $c.saslMechanism }}
+{{- if $own }}
+username: {{ $own.username | quote }}
+passwordSecret: {{ $own.passwordSecret.name }}
+passwordKey: {{ $own.passwordSecret.key | quote }}
+{{- else }}
 username: {{ required (printf "kafka.client.username %s" $why) $c.username | quote }}
 passwordSecret: {{ required (printf "kafka.client.passwordSecret.name %s" $why) $c.passwordSecret.name }}
 passwordKey: {{ $c.passwordSecret.key | quote }}
+{{- end }}
 caSecret: {{ required (printf "kafka.client.caSecret.name %s" $why) $c.caSecret.name }}
 caKey: {{ $c.caSecret.key | quote }}
 {{- end -}}
@@ -128,7 +194,7 @@ caKey: {{ $c.caSecret.key | quote }}
 {{/* The cluster CA's Secret (Strimzi's <cluster>-cluster-ca-cert, or kafka.client.caSecret). */}}
 {{- define "rlmf.kafkaCaVolume" -}}
 {{- if eq (include "rlmf.kafkaSecure" .) "true" -}}
-{{- $login := include "rlmf.kafkaLogin" . | fromYaml -}}
+{{- $login := include "rlmf.kafkaLogin" (dict "root" . "client" "ca") | fromYaml -}}
 - name: kafka-ca
   secret:
     secretName: {{ $login.caSecret }}
@@ -159,7 +225,18 @@ Where the simulator and the trainer reach the policy: KServe's predictor Service
 under Serverless.
 */}}
 {{- define "rlmf.policyUrl" -}}
-{{- printf "http://%s-policy-predictor.%s.svc.cluster.local" (include "rlmf.fullname" .) .Release.Namespace -}}
+{{- printf "http://%s-policy-predictor.%s.svc.cluster.local" (include "rlmf.fullname" .) (include "rlmf.policyNamespace" .) -}}
+{{- end -}}
+
+{{/* The namespace of the policy's own release (charts/rlmf-policy): the InferenceService and
+Helm's records of that release alone, so the trainer's rights there reach nothing else. */}}
+{{- define "rlmf.policyNamespace" -}}
+{{- default (printf "%s-policy" .Release.Namespace) .Values.policyNamespace.name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The policy's InferenceService (charts/rlmf-policy names it the same way). */}}
+{{- define "rlmf.policyIsvc" -}}
+{{- printf "%s-policy" (include "rlmf.fullname" .) -}}
 {{- end -}}
 
 {{- define "rlmf.redisAddress" -}}
@@ -210,7 +287,7 @@ without one has no password. */}}
       fieldPath: metadata.name
 {{- end }}
 {{- if not .noKafka }}
-{{- include "rlmf.kafkaSecurityEnv" .root | nindent 0 }}
+{{- include "rlmf.kafkaSecurityEnv" (dict "root" .root "client" (include "rlmf.kafkaClient" .service)) | nindent 0 }}
 {{- end }}
 {{- range $name, $value := (index .root.Values .service).env }}
 - name: {{ $name }}
@@ -329,7 +406,13 @@ spec:
             {{- toYaml $root.Values.containerSecurityContext | nindent 12 }}
           volumeMounts:
             - {name: tmp, mountPath: /tmp}
-            - {name: models, mountPath: /models, readOnly: {{ not .modelsWritable }}}
+            {{- if .feastWritable }}
+            # Feast's offline files only: a subPath of the models volume, so the writer of
+            # features cannot reach the teacher, the students or their manifests.
+            - {name: models, mountPath: /models/feast, subPath: feast}
+            {{- else }}
+            - {name: models, mountPath: /models, readOnly: true}
+            {{- end }}
             {{- if .feast }}
             # The chart's store config replaces the image's copy of the repo's cluster config.
             - {name: feast-config, mountPath: /app/feature_repo/feature_store.cluster.yaml, subPath: feature_store.yaml, readOnly: true}
@@ -337,11 +420,12 @@ spec:
             {{- include "rlmf.kafkaCaMount" $root | nindent 12 }}
       volumes:
         - name: tmp
-          emptyDir: {}
+          emptyDir: {sizeLimit: {{ $root.Values.tmpSizeLimit }}}
         {{- include "rlmf.kafkaCaVolume" $root | nindent 8 }}
         - name: models
           persistentVolumeClaim:
             claimName: {{ include "rlmf.modelsClaim" $root }}
+            readOnly: {{ not .feastWritable }}
         {{- if .feast }}
         - name: feast-config
           configMap:
