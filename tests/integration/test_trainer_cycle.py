@@ -363,6 +363,11 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         assert result.promoted, result.reason
         assert PolicyClient(url).status()["model_version"] == result.student_version
         assert (teacher_models / "current").read_text().strip() == result.student_version
+        # approved apart from its origin, before the server was asked (it serves no other)
+        approval = json.loads((Path(result.artifact_path) / "approval.json").read_text())
+        assert approval["version"] == result.student_version
+        assert approval["parent_version"] == "v0" and approval["sequence"] == 1
+        assert approval["evidence"]["stage"] == "gate"
         ((event_id, message),) = _promotion_envelopes(broker, result.student_version)
         assert message.promoted and message.teacher_version == "v0"
         # the decision's id is derived from it: a re-run's republication is a duplicate
@@ -384,6 +389,7 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         refused = run_cycle(strict, promoter=EmbeddedPromoter(url), producer=producer)
         assert refused.teacher_version == result.student_version and not refused.promoted
         assert "does not beat" in refused.reason
+        assert not (Path(refused.artifact_path) / "approval.json").exists(), "signed, unapproved"
         assert PolicyClient(url).status()["model_version"] == result.student_version
         (message,) = _promotions(broker, refused.student_version)
         assert not message.promoted and message.reason == refused.reason
