@@ -18,7 +18,7 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 APPROVAL = "approval.json"
 APPROVAL_SIGNATURE = "approval.sig"
-APPROVAL_KIND = "rlmf.policy.approval/v1"
+APPROVAL_KIND: Final = "rlmf.policy.approval/v1"
 """Written into every record, so a signed approval can never pass for a signed manifest (and a
 manifest, which has no such field, never for an approval)."""
 
