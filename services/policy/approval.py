@@ -134,8 +134,8 @@ def read_approval(
         data = (folder / APPROVAL).read_bytes()
     except OSError as exc:
         raise ApprovalError(
-            f"{folder}: not approved to serve (no {APPROVAL}; only a promotion or "
-            "`rlmf policy init` writes one)"
+            f"{folder}: not approved to serve (no {APPROVAL}: a promotion or `rlmf policy init` "
+            "writes one, `rlmf policy sign FOLDER --approve` by hand)"
         ) from exc
     if public_key is not None:
         try:
