@@ -5,6 +5,8 @@ signed and whose approval is valid, and a promotion writes the student's signed 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,27 +39,36 @@ def _keys(settings: TrainerSettings) -> tuple[Ed25519PublicKey | None, Ed25519Pu
     return manifest_key, None if approval_file is None else public_key_of(approval_file)
 
 
-def load_teacher(settings: TrainerSettings, folder: Path, dtype: str | None) -> Any:
-    """The teacher at `folder`, loaded from a verified copy once its manifest's hashes and
-    signature and its approval have been checked. `current` sits on a volume other pods can
-    write, and a student built on a forged teacher would be signed as the trainer's own.
+@contextmanager
+def verified_teacher(settings: TrainerSettings, folder: Path) -> Iterator[tuple[Any, Path]]:
+    """(manifest, a private copy of the teacher at `folder`), once its manifest's hashes and
+    signature and its approval have been checked; the copy is removed on exit. Read the
+    teacher only from the copy: `current` sits on a volume other pods can write, and a student
+    built on a forged teacher would be signed as the trainer's own.
 
     Raises:
         CycleError: naming the folder and what failed.
     """
     from services.policy.approval import ApprovalError, read_approval
     from services.policy.artifact_signing import SigningError
-    from services.policy.artifacts import MANIFEST, ArtifactError, load_verified, verified_copy
+    from services.policy.artifacts import MANIFEST, ArtifactError, verified_copy
 
     try:
         manifest_key, approval_key = _keys(settings)
         with verified_copy(folder, manifest_key) as (manifest, copy):
             approval = read_approval(folder, (copy / MANIFEST).read_bytes(), approval_key)
-            teacher = load_verified(copy, manifest, dtype=dtype, shown=folder)
+            log.info("teacher %s verified (approval %d)", manifest.version, approval.sequence)
+            yield manifest, copy
     except (ArtifactError, ApprovalError, SigningError) as exc:
         raise CycleError(f"teacher refused, nothing trained: {exc}") from exc
-    log.info("teacher %s verified (approval sequence %d)", manifest.version, approval.sequence)
-    return teacher
+
+
+def load_teacher(settings: TrainerSettings, folder: Path, dtype: str | None) -> Any:
+    """The teacher at `folder`, loaded from its verified copy (`verified_teacher`)."""
+    from services.policy.artifacts import load_verified
+
+    with verified_teacher(settings, folder) as (manifest, copy):
+        return load_verified(copy, manifest, dtype=dtype, shown=folder)
 
 
 def gate_evidence(gate: GateDecision) -> Evidence:
