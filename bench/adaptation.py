@@ -28,6 +28,7 @@ from services.market.envs import DiscreteTradingEnv
 from services.market.performance import period_returns, sharpe
 from services.market.regime_market import generate_market, load_params
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+from services.policy.approval import Evidence, approve_artifact
 from services.policy.artifacts import load_artifact, save_artifact
 from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
@@ -65,6 +66,9 @@ def pretrain_teacher(model_dir: Path, prices, shift: int, out: Path, seed: int, 
             "notes": "teacher: PPO+RLMF on the pre-shift bars",
         },
     )
+    # The first teacher is approved by hand, as `rlmf policy init` approves its v0: the cycle
+    # trains only on an approved teacher.
+    approve_artifact(out, sequence=0, evidence=Evidence(stage="init"))
 
 
 def sharpe_after(equity: list[float], ppy: float) -> float:

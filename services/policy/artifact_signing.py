@@ -40,6 +40,12 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
+def public_key_of(private_path: Path) -> Ed25519PublicKey:
+    """The public half of the Ed25519 private key in `private_path`: what holds the private
+    key checks its own signatures without a second file."""
+    return load_private_key(private_path).public_key()
+
+
 def _load_pem(path: Path, private: bool) -> object:
     kind = "private" if private else "public"
     try:

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file, save_model
 
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+from services.policy.approval import APPROVAL, APPROVAL_SIGNATURE, Evidence, approve_artifact
+from services.policy.approval import next_sequence as next_approval_sequence
 from services.policy.artifact_signing import SIGNATURE, SigningError
 from services.policy.prompt import PROMPT_VERSION
 
@@ -89,11 +91,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+UNLISTED = (MANIFEST, SIGNATURE, APPROVAL, APPROVAL_SIGNATURE)
+"""The files a manifest does not list: itself, its signature, and the approval written when
+the version is promoted (approval.py), after the folder was built."""
+
+
 def _listed_files(folder: Path) -> dict[str, Path]:
     return {
         p.relative_to(folder).as_posix(): p
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.relative_to(folder).as_posix() not in (MANIFEST, SIGNATURE)
+        if p.is_file() and p.relative_to(folder).as_posix() not in UNLISTED
     }
 
 
@@ -352,11 +359,23 @@ def init_artifact(
     version: str = "v0",
     config: ActorCriticConfig | None = None,
     overwrite: bool = False,
+    signing_key: Path | None = None,
 ) -> Manifest:
-    """Turn a plain Hugging Face folder into the version-0 teacher artifact (fresh value head)."""
+    """Turn a plain Hugging Face folder into the version-0 teacher artifact (fresh value head)
+    and approve it to serve: the first teacher has no promotion to approve it, so its approval
+    (stage init) comes with it, numbered above any other approval beside it. `signing_key`
+    signs both the manifest and the approval."""
     base = Path(base)
     if not (base / "config.json").is_file():
         raise ArtifactError(f"{base} has no config.json: not a Hugging Face model folder")
     model = LLMActorCritic.from_pretrained(base, config or ActorCriticConfig(), version)
     fields = {"version": version, "base_model": base.name, "notes": f"initialised from {base}"}
-    return save_artifact(model, out, fields, overwrite=overwrite)
+    manifest = save_artifact(model, out, fields, overwrite=overwrite, signing_key=signing_key)
+    out = Path(out)
+    approve_artifact(
+        out,
+        sequence=next_approval_sequence(out.parent),
+        evidence=Evidence(stage="init"),
+        signing_key=signing_key,
+    )
+    return manifest

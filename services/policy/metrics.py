@@ -26,6 +26,15 @@ RELOAD_FAILED = Gauge(
     "rlmf_policy_reload_failed",
     "1 after a refused reload (the old model keeps serving) until one succeeds; alert on it",
 )
+APPROVAL_REFUSED = Counter(
+    "rlmf_policy_approval_refused_total",
+    "Versions refused as the served model: unapproved (no valid approval) or downgrade (an "
+    "approval older than the one served)",
+    ["reason"],
+)
+APPROVAL_SEQUENCE = Gauge(
+    "rlmf_policy_approval_sequence", "Sequence number of the served version's approval"
+)
 BAD_REQUESTS = Counter("rlmf_policy_bad_requests_total", "Requests answered 400", ["protocol"])
 BEST_OF_N_ACTIVE = Gauge(
     "rlmf_policy_best_of_n_active",

@@ -37,8 +37,10 @@ from services.common.device import resolve_placement
 from services.common.market_state import MarketState
 from services.policy import metrics
 from services.policy.actor_critic import LLMActorCritic, PolicyDecision
+from services.policy.approval import Approval, ApprovalError, check_sequence, read_approval
 from services.policy.artifact_signing import load_public_key
 from services.policy.artifacts import (
+    MANIFEST,
     REWARD_MODEL,
     ArtifactError,
     UnverifiedArtifact,
@@ -78,6 +80,9 @@ class ServedModel:
 
     model: LLMActorCritic
     explainer: Explainer
+    approval: Approval | None = None
+    """The approval it serves under (approval.py); None for a candidate, which only trades in
+    shadow."""
 
 
 class PolicyModel(Model):
@@ -96,6 +101,12 @@ class PolicyModel(Model):
             if settings.artifact_public_key_file is not None
             else None
         )
+        approval_key_file = settings.approval_public_key_file or settings.artifact_public_key_file
+        self._approval_key = (
+            load_public_key(approval_key_file) if approval_key_file is not None else None
+        )
+        self._served_sequence: int | None = None
+        """The sequence of the last approval served: nothing older is served after it."""
         self._reload_lock = asyncio.Lock()
         self._batcher: MicroBatcher[MarketState, PolicyDecision] = MicroBatcher(
             self._run_batch, settings.max_batch, settings.max_wait_ms / 1000
@@ -136,6 +147,7 @@ class PolicyModel(Model):
         cycle trained one beside it) ranks explanations with that one."""
         placement = resolve_placement(self.settings.device, self.settings.dtype)
         with verified_copy(folder, self._public_key, self.settings.staging_dir) as (manifest, copy):
+            approval = self._approval(folder, (copy / MANIFEST).read_bytes())
             model = load_verified(copy, manifest, dtype=placement.dtype, shown=folder)
             scorer = self._scorer
             if (copy / REWARD_MODEL).is_dir():
@@ -153,11 +165,33 @@ class PolicyModel(Model):
             scorer,
         )
         model.prefix_cache()
-        return ServedModel(model, explainer)
+        return ServedModel(model, explainer, approval)
+
+    def _approval(self, folder: Path, manifest_bytes: bytes) -> Approval | None:
+        """The folder's approval of its verified manifest, signed (with a public key) and not
+        older than the last one served; checked before the weights are read.
+
+        Raises:
+            ApprovalError: unapproved, badly signed, or a downgrade (counted by reason).
+        """
+        try:
+            record = read_approval(folder, manifest_bytes, self._approval_key)
+        except ApprovalError:
+            metrics.APPROVAL_REFUSED.labels("unapproved").inc()
+            raise
+        try:
+            check_sequence(folder, record, self._served_sequence)
+        except ApprovalError:
+            metrics.APPROVAL_REFUSED.labels("downgrade").inc()
+            raise
+        return record
 
     def _swap(self, served: ServedModel) -> None:
         # One reference assignment: a batch already running keeps the model it started with.
         self._current = served
+        if served.approval is not None:
+            self._served_sequence = served.approval.sequence
+            metrics.APPROVAL_SEQUENCE.set(served.approval.sequence)
         model = served.model
         metrics.BEST_OF_N_ACTIVE.set(1 if served.explainer.best_of_n_active else 0)
         manifest = getattr(model, "manifest", None)

@@ -12,6 +12,7 @@ from kserve import ModelServer
 from pydantic import ValidationError
 
 from services.common.service import EXIT_CONFIG
+from services.policy.approval import ApprovalError
 from services.policy.artifact_signing import SigningError
 from services.policy.artifacts import ArtifactError
 from services.policy.candidate import CandidateModel
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from kserve.model_server import app as kserve_app
 
         install_routes(kserve_app, model, candidate)
-    except (ArtifactError, SigningError, OSError, ValueError) as exc:
+    except (ArtifactError, ApprovalError, SigningError, OSError, ValueError) as exc:
         return _fail(settings.model_dir, exc)
     enable_grpc = args.enable_grpc and not settings.loopback_only
     if args.enable_grpc and not enable_grpc:

@@ -79,6 +79,10 @@ class PolicySettings(BaseSettings):
     """Ed25519 public key (PEM) every served artifact's manifest must be signed with (the
     trainer signs with RLMF_TRAINER_ARTIFACT_SIGNING_KEY_FILE). Unset: signatures are not
     checked, and the server then binds loopback only (and says so in its log)."""
+    approval_public_key_file: Path | None = None
+    """Ed25519 public key (PEM) the served version's approval (approval.json, written on
+    promotion) must be signed with; unset: the artifact public key. Without either, the
+    approval must still be there and current, but its signature is not checked."""
     http_host: str | None = None
     """Address the HTTP server binds. Unset: 0.0.0.0 with a public key, else 127.0.0.1. A
     non-loopback address without a public key is refused at start."""

@@ -103,6 +103,8 @@ def shadow_before_cycle(
     """The CronJob's first step with shadow trading on: judge the candidate on what
     trading.shadow.v1 got since the last run. Returns the candidate still waiting (this run
     trains nothing), or None when no candidate is in shadow (any verdict was just acted on)."""
+    from services.policy.approval import withdraw_approval
+    from services.trainer.approvals import approve_promotion, gate_evidence
     from services.trainer.cycle import set_current
     from services.trainer.shadow import ShadowFiles
 
@@ -112,6 +114,11 @@ def shadow_before_cycle(
         PointerStager(settings.models_dir, promoter),
         on_promoted=lambda folder: set_current(settings.models_dir, folder),
         producer=producer,
+        # Approved before the Helm upgrade: the policy pods serve only an approved version.
+        approve=lambda folder, decision: approve_promotion(
+            settings, folder, gate_evidence(decision)
+        ),
+        withdraw=withdraw_approval,
     )
     if judge.files.read_candidate() is None:
         return None

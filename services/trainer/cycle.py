@@ -27,7 +27,9 @@ import torch
 from services.common.device import resolve_placement
 from services.common.metrics import PROMOTIONS
 from services.market.walk_forward import WalkForwardSplit, walk_forward_folds
+from services.policy.approval import withdraw_approval
 from services.trainer import checkpoint, market_source, ppo
+from services.trainer.approvals import approve_promotion, gate_evidence, load_teacher
 from services.trainer.cluster_shadow import PointerStager
 from services.trainer.datasets import FeedbackLog, FeedbackRecord
 from services.trainer.evaluate import (
@@ -210,8 +212,6 @@ def plan_cycle(
     """The newest window of `prices` (settings.ticker's bars), the teacher, the student's
     version and folders, and the bars' features. `peers`: other tickers' bars, which the one
     student learns from and is judged on too, each over the same stretch of time."""
-    from services.policy.artifacts import load_artifact
-
     features = bar_features or load_bar_features(settings.features_source, prices, settings.ticker)
     # The expanding window starts at the first bar whose state carries features or news: bars
     # before it (years of a CSV the features service never saw) would teach states that the
@@ -232,7 +232,7 @@ def plan_cycle(
     train_start, train_end, eval_start, last = _bars(splits[-1], first)
     teacher_dir = current_teacher(settings)
     placement = resolve_placement(settings.device)
-    teacher = load_artifact(teacher_dir, dtype=placement.dtype)
+    teacher = load_teacher(settings, teacher_dir, placement.dtype)
     teacher.to(placement.device)
     teacher.attach_day_cache(settings.day_cache_memory_mb << 20, settings.day_cache_dir)
     plan = CyclePlan(
@@ -464,12 +464,21 @@ def _promote(
     if gate.promoted and settings.shadow_bars and returns is not None:
         return _stage(settings, plan, gate, promoter, returns)
     promotion: PromotionOutcome | None = None
-    if gate.promoted and promoter is not None:
+    if gate.promoted:
+        # Approved before the server is asked: it serves only an approved version. A
+        # promotion that then does not take withdraws the approval.
+        try:
+            approve_promotion(settings, plan.out, gate_evidence(gate))
+        except CycleError as exc:
+            promotion = PromotionOutcome(False, str(exc))
+    if gate.promoted and promoter is not None and promotion is None:
         promotion = promoter.promote(plan.out, plan.version)
     promoted = promotion.promoted if promotion is not None else gate.promoted
     detail = f"{gate.reason}; {promotion.detail}" if promotion is not None else gate.reason
     if promoted:
         set_current(settings.models_dir, plan.out)
+    elif gate.promoted:
+        withdraw_approval(plan.out)
     outcome = _outcome(gate.promoted, promotion)
     PROMOTIONS.labels(outcome).inc()
     return promoted, detail, outcome

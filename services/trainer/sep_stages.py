@@ -25,6 +25,7 @@ def run_sep_stages(
     self-reflection pairs; each stage once (a resumed cycle reuses what a stage saved)."""
     from services.policy.artifacts import REWARD_MODEL
     from services.policy.prompt import prompt_prefix
+    from services.trainer.approvals import verified_teacher
     from services.trainer.reward_model import train_reward_model
     from services.trainer.sft import run_sft
 
@@ -67,17 +68,20 @@ def run_sep_stages(
         training.update(
             {"rm/wrong": stats.wrong, "rm/pairs": stats.pairs, "rm/unresolved": stats.unresolved}
         )
-        report = train_reward_model(
-            teacher_dir,
-            pairs,
-            rm_dir,
-            max_steps=recipe.rm_steps,
-            learning_rate=recipe.rm_learning_rate,
-            batch_size=4,
-            seed=settings.seed,
-            # the teacher's own depth: the reward model starts from the teacher's folder
-            trainable_top_k=student.config.trainable_top_k,
-        )
+        # The reward model starts from the teacher's weights: read from a copy checked again
+        # here, as the cycle's teacher was, not from the shared folder.
+        with verified_teacher(settings, teacher_dir) as (_, teacher_copy):
+            report = train_reward_model(
+                teacher_copy,
+                pairs,
+                rm_dir,
+                max_steps=recipe.rm_steps,
+                learning_rate=recipe.rm_learning_rate,
+                batch_size=4,
+                seed=settings.seed,
+                # the teacher's own depth: the reward model starts from the teacher's folder
+                trainable_top_k=student.config.trainable_top_k,
+            )
         training["rm/steps"] = report.steps
         if report.steps:  # no resolved pair: no steps, and no NaN loss for the gate to refuse
             training["rm/loss"] = report.loss

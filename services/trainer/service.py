@@ -30,7 +30,9 @@ from services.common.service import run_consumer_service
 from services.common.settings import BusSettings
 from services.common.topics import MARKET_BARS, MARKET_FEEDBACK, MODELS_PROMOTIONS, TRADING_SHADOW
 from services.market.walk_forward import minimum_bars
+from services.policy.approval import withdraw_approval
 from services.trainer import market_source
+from services.trainer.approvals import approve_promotion, gate_evidence
 from services.trainer.cycle import CycleInterrupted, CycleResult, run_cycle, set_current
 from services.trainer.cycle_log import CycleLog, CycleRecord
 from services.trainer.datasets import FeedbackLog, FeedbackRecord, record_from_incoming
@@ -328,6 +330,10 @@ def _shadow_judge(settings: TrainerSettings, producer: Producer | None) -> Shado
         EmbeddedPromoter(settings.policy_url),
         on_promoted=lambda folder: set_current(settings.models_dir, folder),
         producer=producer,
+        approve=lambda folder, decision: approve_promotion(
+            settings, folder, gate_evidence(decision)
+        ),
+        withdraw=withdraw_approval,
     )
 
 

@@ -263,6 +263,13 @@ class TrainerSettings(BaseSettings):
     artifact_signing_key_file: Path | None = None
     """Ed25519 private key (PEM) that signs each student's manifest; a policy server given the
     public key (RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE) serves only artifacts signed with it."""
+    artifact_public_key_file: Path | None = None
+    """Ed25519 public key (PEM) the teacher's manifest must be signed with before a cycle trains
+    on it; unset: the public half of artifact_signing_key_file. Without either, the teacher's
+    hashes and approval are checked but no signature."""
+    approval_signing_key_file: Path | None = None
+    """Ed25519 private key (PEM) that signs the approval a promotion writes (approval.json) and
+    checks the teacher's; unset: artifact_signing_key_file."""
     prices_csv: Path | None = None
     """Bars to train and evaluate on (data_source csv)."""
     data_source: str = Field(default="auto", pattern="^(auto|csv|kafka|synthetic)$")

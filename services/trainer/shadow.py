@@ -217,9 +217,14 @@ class ShadowJudge:
         promoter: ShadowPromoter,
         on_promoted: Callable[[Path], None],
         producer: Any = None,
+        approve: Callable[[Path, GateDecision], None] | None = None,
+        withdraw: Callable[[Path], None] | None = None,
     ) -> None:
         self.files, self.gate, self.promoter = files, gate, promoter
         self.on_promoted = on_promoted
+        self.approve, self.withdraw = approve, withdraw
+        """Write the candidate's approval before the swap (the policy server serves only an
+        approved version) and withdraw it when the swap does not take."""
         self.producer = producer
 
     def add(self, message: pb.ShadowDecision, ticker: str) -> Verdict | None:
@@ -273,11 +278,20 @@ class ShadowJudge:
         if not decision.promoted:
             self.promoter.retire()
             return "retired", decision.reason
-        swapped = self.promoter.promote(Path(candidate.folder), candidate.version)
+        folder = Path(candidate.folder)
+        if self.approve is not None:
+            try:
+                self.approve(folder, decision)
+            except RuntimeError as exc:  # CycleError: the record could not be written
+                self.promoter.retire()
+                return "failed", f"{decision.reason}; {exc}"
+        swapped = self.promoter.promote(folder, candidate.version)
         self.promoter.retire()
         if not swapped.promoted:
+            if self.withdraw is not None:
+                self.withdraw(folder)
             return "failed", f"{decision.reason}; {swapped.detail}"
-        self.on_promoted(Path(candidate.folder))
+        self.on_promoted(folder)
         return "promoted", f"{decision.reason}; {swapped.detail}"
 
 

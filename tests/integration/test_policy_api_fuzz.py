@@ -18,7 +18,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from services.policy.artifact_signing import generate_key_pair
-from services.policy.artifacts import init_artifact, sign_artifact
+from services.policy.artifacts import init_artifact
 from tests.helpers import PolicyServer, start_policy_server
 
 # Starts a model server (~20 s) and fuzzes it for at most 30 s.
@@ -40,8 +40,7 @@ def server(
     generate_key_pair(keys / "signing.pem", keys / "public.pem")
     (keys / "token").write_text(TOKEN + "\n")
     models = root / "models"
-    init_artifact(tiny_llama_dir, models / "v0", "v0")
-    sign_artifact(models / "v0", keys / "signing.pem")
+    init_artifact(tiny_llama_dir, models / "v0", "v0", signing_key=keys / "signing.pem")
     env = {
         "RLMF_POLICY_ARTIFACT_PUBLIC_KEY_FILE": str(keys / "public.pem"),
         "RLMF_POLICY_RELOAD_TOKEN_FILE": str(keys / "token"),

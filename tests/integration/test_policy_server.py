@@ -20,6 +20,7 @@ from services.common import topics
 from services.common.market_state import ACTIONS, MarketState
 from services.common.supervisor import EXIT_CONFIG
 from services.market.baseline_policies import HttpPolicy
+from services.policy.approval import Evidence, approve_artifact, next_sequence
 from services.policy.artifact_signing import generate_key_pair
 from services.policy.artifacts import (
     init_artifact,
@@ -74,12 +75,27 @@ def artifacts(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     save_artifact(
         model, root / "v1", {"version": "v1", "parent_version": "v0", "base_model": "tiny-llama"}
     )
+    approve_artifact(root / "v1", sequence=1, evidence=Evidence(stage="gate", p_value=0.01))
+    unapproved = root / "v1-unapproved"  # a student the gate refused: built, never approved
+    shutil.copytree(root / "v1", unapproved)
+    (unapproved / "approval.json").unlink()
     bad = root / "v2-tampered"
     shutil.copytree(root / "v1", bad)
     with (bad / "model.safetensors").open("r+b") as f:
         f.seek(-8, 2)
         f.write(b"\x00" * 8)
-    return {"v0": root / "v0", "v1": root / "v1", "bad": bad}
+    return {"v0": root / "v0", "v1": root / "v1", "bad": bad, "unapproved": unapproved}
+
+
+def _reapproved(folder: Path, key: Path | None = None) -> Path:
+    """`folder` approved again above every approval beside it (`rlmf policy sign --approve`):
+    how an operator brings an older version back on purpose. Reloading the older version
+    without it is a downgrade, refused."""
+    approve_artifact(
+        folder, sequence=next_sequence(folder.parent), evidence=Evidence(stage="manual"),
+        signing_key=key,
+    )  # fmt: skip
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +304,7 @@ def test_reload_under_load_loses_nothing_and_switches_version(
                 except (PolicyClientError, httpx.HTTPError) as exc:
                     errors.append(exc)
 
-    request_reload(server.url, artifacts["v0"])  # known starting point
+    request_reload(server.url, _reapproved(artifacts["v0"]))  # known starting point
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
 
     def every_worker(answered: Callable[[float, str], bool]) -> bool:
@@ -301,7 +317,7 @@ def test_reload_under_load_loses_nothing_and_switches_version(
         t.start()
     # Under load means every client is busy when the reload comes.
     wait_until(lambda: every_worker(lambda _, v: v == "v0"), 60, "a v0 answer for every client")
-    result = request_reload(server.url, artifacts["v1"])
+    result = request_reload(server.url, _reapproved(artifacts["v1"]))  # the next promotion
     swapped_at = time.monotonic()
     wait_until(
         lambda: every_worker(lambda started, _: started > swapped_at),
@@ -327,8 +343,38 @@ def test_reload_under_load_loses_nothing_and_switches_version(
     assert PolicyClient(server.url).decide([_state(0)])[0].model_version == "v1"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "rlmf_policy_reload_failed 1.0" in metrics
-    assert request_reload(server.url, artifacts["v0"])["model_version"] == "v0"
+    assert request_reload(server.url, _reapproved(artifacts["v0"]))["model_version"] == "v0"
     assert "rlmf_policy_reload_failed 0.0" in httpx.get(f"{server.url}/metrics").text
+
+
+def _refused(url: str, reason: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    line = f'rlmf_policy_approval_refused_total{{reason="{reason}"}}'
+    found = [row for row in metrics.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_only_an_approved_version_not_older_than_the_served_one_is_served(
+    server: PolicyServer, artifacts: dict[str, Path]
+) -> None:
+    """A student built but never approved is refused by name, and so is a version whose
+    approval is older than the one serving (a downgrade); each refusal is counted, the
+    serving model stays, and the older version goes in once approved again."""
+    request_reload(server.url, _reapproved(artifacts["v0"]))
+    before = _refused(server.url, "unapproved"), _refused(server.url, "downgrade")
+    with pytest.raises(PolicyClientError, match="not approved to serve") as unapproved:
+        request_reload(server.url, artifacts["unapproved"])
+    assert unapproved.value.status == 422
+    approve_artifact(artifacts["v1"], sequence=1, evidence=Evidence(stage="gate"))  # old number
+    with pytest.raises(PolicyClientError, match="older than sequence .* a downgrade") as older:
+        request_reload(server.url, artifacts["v1"])
+    assert older.value.status == 422
+    assert PolicyClient(server.url).status()["model_version"] == "v0"
+    assert (_refused(server.url, "unapproved"), _refused(server.url, "downgrade")) == (
+        before[0] + 1,
+        before[1] + 1,
+    )
+    assert request_reload(server.url, _reapproved(artifacts["v1"]))["model_version"] == "v1"
 
 
 def test_reload_refuses_bad_bodies_and_folders_outside_the_root(
@@ -418,9 +464,13 @@ def signed(artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     generate_key_pair(keys / "signing.pem", keys / "public.pem")
     (keys / "token").write_text(TOKEN)
     root = tmp_path_factory.mktemp("signed-models")
-    for version in ("v0", "v1"):
+    for sequence, version in enumerate(("v0", "v1")):
         shutil.copytree(artifacts[version], root / version)
         sign_artifact(root / version, keys / "signing.pem")
+        approve_artifact(
+            root / version, sequence=sequence, evidence=Evidence(stage="gate"),
+            signing_key=keys / "signing.pem",
+        )  # fmt: skip
     forged = root / "v1-forged"
     shutil.copytree(root / "v1", forged)
     with (forged / "value_head.safetensors").open("r+b") as f:
@@ -473,7 +523,24 @@ def test_a_forged_manifest_is_refused_and_the_old_model_keeps_serving(
     r = _reload(signed_server.url, signed["v1"])
     assert r.status_code == 200, r.text
     assert r.json() == {"model_version": "v1", "previous_version": "v0"}
-    assert _reload(signed_server.url, signed["v0"]).status_code == 200
+    reapproved = _reapproved(signed["v0"], signed["keys"] / "signing.pem")
+    assert _reload(signed_server.url, reapproved).status_code == 200
+
+
+def test_an_approval_not_signed_with_the_key_is_refused(
+    signed_server: PolicyServer, signed: dict[str, Path], tmp_path: Path
+) -> None:
+    """A signed student whose approval someone else wrote (the gate never passed it): its
+    origin is the trainer's, its approval is not, and the server refuses it by name."""
+    _reload(signed_server.url, _reapproved(signed["v0"], signed["keys"] / "signing.pem"))
+    self_approved = signed["root"] / "v1-self-approved"
+    shutil.copytree(signed["v1"], self_approved)
+    generate_key_pair(tmp_path / "other.pem", tmp_path / "other.pub")
+    _reapproved(self_approved, tmp_path / "other.pem")
+    r = _reload(signed_server.url, self_approved)
+    assert r.status_code == 422, r.text
+    assert "approval.json's signature does not verify" in r.json()["error"]
+    assert PolicyClient(signed_server.url).status()["model_version"] == "v0"
 
 
 def test_reload_needs_the_bearer_token(
@@ -521,10 +588,11 @@ def test_a_candidate_is_served_beside_the_teacher_until_retired(
     answers as its own version
     while the teacher keeps answering as itself. A tampered folder is refused and the staged
     candidate stays; retired, it is a 404 again."""
-    request_reload(server.url, artifacts["v0"])  # known teacher
+    request_reload(server.url, _reapproved(artifacts["v0"]))  # known teacher
     assert _candidate(server.url, "predict", json={"instances": [STATE]}).status_code == 503
     assert httpx.get(f"{server.url}/v1/models/policy-candidate:status").status_code == 404
-    staged = request_reload(server.url, artifacts["v1"], model_name="policy-candidate")
+    # A candidate only trades in shadow: it needs no approval.
+    staged = request_reload(server.url, artifacts["unapproved"], model_name="policy-candidate")
     assert staged["model_version"] == "v1"
     shadow = _candidate(server.url, "predict", json={"instances": [STATE]})
     assert shadow.status_code == 200, shadow.text
@@ -551,7 +619,7 @@ def test_the_simulator_trades_a_staged_candidate_in_a_shadow_account(
     from services.simulator.session import BarData
     from services.simulator.settings import SimulatorSettings
 
-    request_reload(server.url, artifacts["v0"])
+    request_reload(server.url, _reapproved(artifacts["v0"]))
     _candidate(server.url, "retire")
     settings = SimulatorSettings(
         policy_url=server.url, wait_for_features=False, policy_timeout_s=60

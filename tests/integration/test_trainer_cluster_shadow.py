@@ -18,6 +18,8 @@ from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
 from services.common.topics import TRADING_SHADOW
+from services.policy.approval import read_approval
+from services.policy.artifacts import init_artifact
 from services.trainer.cluster_shadow import CANDIDATE_POINTER, PointerStager, shadow_before_cycle
 from services.trainer.gate import GateConfig, HeldOutReturns
 from services.trainer.promotion import PromotionOutcome
@@ -51,10 +53,11 @@ def _shadow(version: str, day: int, edge: float, rng: np.random.Generator) -> pb
 
 
 def test_the_cronjob_judges_the_candidate_from_the_shadow_topic_across_runs(
-    bus_settings: BusSettings, unique: str, tmp_path: Path
+    bus_settings: BusSettings, unique: str, tmp_path: Path, tiny_llama_dir: Path
 ) -> None:
     models = tmp_path / "models"
-    (models / "s1").mkdir(parents=True)
+    init_artifact(tiny_llama_dir, models / "v0", "v0")  # approved at init
+    init_artifact(tiny_llama_dir, models / "s1", "s1")  # the student: approved on promotion
     settings = TrainerSettings(
         work_dir=tmp_path / "work", models_dir=models, promotion="cluster",
         canary={"prometheus_url": "http://prometheus.invalid"}, shadow_bars=NEEDED,
@@ -95,3 +98,6 @@ def test_the_cronjob_judges_the_candidate_from_the_shadow_topic_across_runs(
     assert (models / "current").read_text().strip() == "s1"
     verdict = ShadowFiles(settings.work_dir).verdict("s1")
     assert verdict.is_file() and '"outcome": "promoted"' in verdict.read_text()
+    manifest = (models / "s1" / "manifest.json").read_bytes()
+    approval = read_approval(models / "s1", manifest, None)
+    assert approval.evidence.stage == "shadow", "approved on the shadow verdict"

@@ -36,7 +36,7 @@ from services.policy.artifacts import init_artifact
 from services.policy.client import PolicyClient
 from services.policy.folder_policy import FolderPolicy
 from services.trainer import ppo
-from services.trainer.cycle import run_cycle, set_current
+from services.trainer.cycle import CycleError, run_cycle, set_current
 from services.trainer.datasets import FeedbackRecord
 from services.trainer.gate import GateConfig
 from services.trainer.plan import student_version
@@ -303,6 +303,37 @@ def test_sft_and_reward_model_stages_run_and_the_reward_model_travels_with_the_s
     assert f"{REWARD_MODEL}/config.json" in manifest.files
 
 
+def test_a_teacher_file_swapped_after_the_cycles_check_never_reaches_the_reward_model(
+    teacher_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reward model starts from the teacher's weights, read after the cycle verified the
+    teacher: a file swapped on the shared volume in between is caught by a second check of a
+    private copy, and the cycle stops naming the file instead of training on it."""
+    from services.trainer import sep_stages
+
+    prices = _uptrend(80)
+    settings = _window_of_80_bars(
+        teacher_models, tmp_path, ppo_steps=10, ppo_num_steps=10, ppo_minibatch_size=10,
+        ppo_gradient_accumulation_steps=1, rm_steps=1, max_pairs=2, explain_tokens=2,
+        reflection_tries=1,
+    )  # fmt: skip
+    real_pairs = sep_stages.preference_pairs
+
+    def pairs_after_a_swap(*args: Any, **kwargs: Any) -> Any:
+        with (teacher_models / "v0" / "model.safetensors").open("r+b") as f:
+            f.seek(-8, 2)
+            f.write(b"\x00" * 8)
+        return real_pairs(*args, **kwargs)
+
+    monkeypatch.setattr(sep_stages, "preference_pairs", pairs_after_a_swap)
+    records = [
+        dataclasses.replace(_feedback(prices, t, t + 1), action="buy", realised_return=-0.01)
+        for t in range(40, 69)
+    ]
+    with pytest.raises(CycleError, match="model.safetensors does not match its manifest hash"):
+        run_cycle(settings, prices=prices, feedback=records)
+
+
 def _promotions(bootstrap: str, student_version: str) -> list[pb.ModelPromotion]:
     return [payload for _, payload in _promotion_envelopes(bootstrap, student_version)]
 
@@ -364,6 +395,11 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         assert result.promoted, result.reason
         assert PolicyClient(url).status()["model_version"] == result.student_version
         assert (teacher_models / "current").read_text().strip() == result.student_version
+        # approved apart from its origin, before the server was asked (it serves no other)
+        approval = json.loads((Path(result.artifact_path) / "approval.json").read_text())
+        assert approval["version"] == result.student_version
+        assert approval["parent_version"] == "v0" and approval["sequence"] == 1
+        assert approval["evidence"]["stage"] == "gate"
         ((event_id, message),) = _promotion_envelopes(broker, result.student_version)
         assert message.promoted and message.teacher_version == "v0"
         # the decision's id is derived from it: a re-run's republication is a duplicate
@@ -385,6 +421,7 @@ def test_embedded_promotion_switches_the_live_servers_model_version(
         refused = run_cycle(strict, promoter=EmbeddedPromoter(url), producer=producer)
         assert refused.teacher_version == result.student_version and not refused.promoted
         assert "does not beat" in refused.reason
+        assert not (Path(refused.artifact_path) / "approval.json").exists(), "signed, unapproved"
         assert PolicyClient(url).status()["model_version"] == result.student_version
         (message,) = _promotions(broker, refused.student_version)
         assert not message.promoted and message.reason == refused.reason

@@ -119,6 +119,7 @@ def test_a_cycle_trains_and_evaluates_on_the_feast_features(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+    from services.policy.approval import Evidence, approve_artifact
     from services.policy.artifacts import save_artifact
     from services.trainer.cycle import run_cycle, set_current
     from services.trainer.gate import GateConfig
@@ -134,6 +135,7 @@ def test_a_cycle_trains_and_evaluates_on_the_feast_features(
         tiny_llama_dir, ActorCriticConfig(trainable_top_k=1), "v0"
     )
     save_artifact(teacher, models / "v0", {"version": "v0", "base_model": "tiny"})
+    approve_artifact(models / "v0", sequence=0, evidence=Evidence(stage="init"))  # a teacher
     set_current(models, models / "v0")
     settings = TrainerSettings(
         models_dir=models,

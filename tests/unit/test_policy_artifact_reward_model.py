@@ -10,6 +10,7 @@ import torch
 
 from services.policy import metrics
 from services.policy.actor_critic import ActorCriticConfig, LLMActorCritic
+from services.policy.approval import Evidence, approve_artifact
 from services.policy.artifacts import REWARD_MODEL, ArtifactError, save_artifact, verify_artifact
 from services.policy.server import PolicyModel
 from services.policy.settings import PolicySettings
@@ -48,6 +49,7 @@ def artifact_with_reward_model(
     save_artifact(
         model, root / "v1", {"version": "v1", "base_model": "tiny"}, reward_model=root / "rm"
     )
+    approve_artifact(root / "v1", sequence=1, evidence=Evidence(stage="gate"))  # served below
     return root / "v1"
 
 

@@ -16,9 +16,12 @@ import pytest
 
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.policy.approval import APPROVAL, Approval, read_approval, withdraw_approval
+from services.policy.artifacts import MANIFEST, init_artifact, teacher_config
 from services.trainer.cycle_log import CycleLog, CycleRecord
 from services.trainer.gate import GateConfig, HeldOutReturns
 from services.trainer.promotion import PromotionOutcome
+from services.trainer.settings import TrainerSettings
 from services.trainer.shadow import ShadowFiles, ShadowJudge, shadow_series, stage_candidate
 
 START = datetime(2024, 1, 2, 21, tzinfo=UTC)
@@ -116,3 +119,59 @@ def test_several_tickers_pool_into_one_series_by_bar_time() -> None:
     assert times == when
     assert series.student.tolist() == pytest.approx([0.01, 0.01])
     assert series.teacher.tolist() == pytest.approx([0.01, 0.0])
+
+
+@dataclass
+class ApprovalReadingPromoter(RecordingPromoter):
+    """Reads the candidate's approval when asked to promote it, as the policy server does;
+    `swap_fails` answers as a server that refused the reload."""
+
+    swap_fails: bool = False
+    seen: list[Approval] = field(default_factory=list)
+
+    def promote(self, folder: Path, version: str) -> PromotionOutcome:
+        self.seen.append(read_approval(folder, (folder / MANIFEST).read_bytes(), None))
+        if self.swap_fails:
+            return PromotionOutcome(False, "policy server refused the reload")
+        return super().promote(folder, version)
+
+
+@pytest.mark.parametrize("swap_fails", [False, True])
+def test_the_trainers_shadow_judge_approves_before_the_swap_and_withdraws_a_failed_one(
+    tiny_llama_dir: Path, tmp_path: Path, swap_fails: bool
+) -> None:
+    """The judge the trainer service builds writes the candidate's approval (stage shadow, the
+    pooled p-value, the next sequence) before the server is asked to serve it: the server
+    serves only approved versions. A swap that fails leaves no approval behind."""
+    from services.trainer.service import _shadow_judge
+
+    models = tmp_path / "models"
+    init_artifact(tiny_llama_dir, models / "v0", "v0", teacher_config())  # approval 0
+    init_artifact(tiny_llama_dir, models / "s1", "s1", teacher_config())
+    withdraw_approval(models / "s1")  # a student: built, not approved
+    settings = TrainerSettings(
+        models_dir=models, work_dir=tmp_path / "work", promotion="embedded", shadow_bars=NEEDED
+    )
+    judge = _shadow_judge(settings, None)
+    assert judge is not None
+    promoter = ApprovalReadingPromoter(swap_fails=swap_fails)
+    judge.promoter = promoter
+    stage_candidate(
+        judge.files, promoter, folder=models / "s1", version="s1", teacher_version="v0",
+        returns=_returns(0.004, 80, seed=1), needed=NEEDED, p_value=0.01,
+    )  # fmt: skip
+    verdict = _feed(judge, edge=0.004, seed=2)[-1]
+    assert verdict is not None
+    (approval,) = promoter.seen
+    assert approval.version == "s1" and approval.sequence == 1
+    assert approval.evidence.stage == "shadow"
+    assert approval.evidence.p_value == pytest.approx(verdict.decision.p_value)  # type: ignore[attr-defined]
+    assert "shadow_p_value" in approval.evidence.figures
+    if swap_fails:
+        assert verdict.outcome == "failed"  # type: ignore[attr-defined]
+        assert not (models / "s1" / APPROVAL).exists()
+        assert not (models / "current").exists()
+    else:
+        assert verdict.outcome == "promoted"  # type: ignore[attr-defined]
+        assert (models / "current").read_text().strip() == "s1"
+        assert (models / "s1" / APPROVAL).exists()
