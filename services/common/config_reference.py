@@ -110,7 +110,7 @@ def _settings(
             key=".".join((*table, *path, name)),
             path=(*path, name),
             type=type_name(annotation, _constraints(cls, name)),
-            default=show(value),
+            default=show(_relative(value)),
             doc=docs.get(name, ""),
         )
 
@@ -170,6 +170,14 @@ def _type_text(annotation: Any) -> str:
             return "one of " + ", ".join(str(m.value) for m in annotation)
         return annotation.__name__
     return str(annotation).replace("typing.", "")
+
+
+def _relative(value: Any) -> Any:
+    """A default path under the working directory, relative to it: the reference then reads
+    the same in every checkout (docs/configuration.md is generated from the repository root)."""
+    if isinstance(value, Path) and value.is_absolute() and value.is_relative_to(Path.cwd()):
+        return value.relative_to(Path.cwd())
+    return value
 
 
 def show(value: Any) -> str:
