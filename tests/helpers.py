@@ -314,6 +314,13 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+def skip_without(name: str, install: str) -> pytest.MarkDecorator:
+    """A mark that skips a test needing the tool when it is not on PATH, decided at collection
+    so that none of the test's fixtures start; never under CI, where require_tool fails it."""
+    missing = shutil.which(name) is None and not under_ci()
+    return pytest.mark.skipif(missing, reason=f"{name} is missing: {install}")
+
+
 def require_tool(name: str, install: str) -> str:
     """The tool's path. Skip when it is not on PATH, naming the command that installs it,
     except under CI (CI=true): .ci/run installs it, so there a missing tool is a broken machine

@@ -50,11 +50,12 @@ from services.common.bus import Producer, ensure_topics
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
-from tests.helpers import of_kind, render, require_tool
+from tests.helpers import of_kind, render, require_tool, skip_without
 
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE_S = 1
 PROMETHEUS_INSTALL = "apt-get install prometheus"
+needs_prometheus = skip_without("prometheus", PROMETHEUS_INSTALL)
 BARS = 12
 TEST_TICKER = "ZTEST"  # the chart's tests.ticker
 # Five service processes, a model server and Prometheus: over a minute to start.
@@ -425,6 +426,7 @@ def _refused_reload(run: Run, artifact: Path, tmp: Path) -> None:
 
 
 @pytest.mark.timeout(240)
+@needs_prometheus
 def test_every_dashboard_query_returns_data(
     run: Run, policy_artifact: Path, tmp_path: Path
 ) -> None:
@@ -501,6 +503,7 @@ def test_topics_job_script_creates_topics_idempotently(broker: str, tmp_path: Pa
     assert missing.returncode == 2 and "RLMF_BUS_BOOTSTRAP is not set" in missing.stderr
 
 
+@needs_prometheus
 def test_helm_test_script_passes_on_the_embedded_run(run: Run, tmp_path: Path) -> None:
     """The chart's `helm test` pod script, rendered from the chart, against the running services."""
     docs = render("external-kafka")
@@ -525,6 +528,7 @@ def _firing(run: Run) -> set[str]:
     return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
 
+@needs_prometheus
 def test_reload_refused_alert_fires_on_real_metrics(
     run: Run, policy_artifact: Path, tmp_path: Path
 ) -> None:
