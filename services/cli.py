@@ -129,12 +129,9 @@ def _module_exists(name: str) -> bool:
         return False
 
 
-_mounted: list[str] = []
-
-
 def _mount_groups() -> None:
     """Mount every service's commands once (the module does on load; main() again is a no-op)."""
-    if _mounted:
+    if app.registered_groups:
         return
     for module_name in GROUP_MODULES:
         if not _module_exists(module_name):
@@ -149,7 +146,6 @@ def _mount_groups() -> None:
         register = getattr(module, "register", None)
         if callable(register):
             register(app)
-        _mounted.append(module_name)
     _set_help_panels()
 
 
