@@ -82,9 +82,10 @@ protos: install
 
 # docs/cli.md and docs/configuration.md, generated from the commands and the settings classes
 # (tests/unit/test_config_reference.py fails when either is stale).
+# Run without the caller's RLMF_ variables, which some defaults follow (RLMF_MODELS_DIR).
 docs: install
-	$(VENV)/bin/typer services.cli utils docs --name rlmf --title "$(CLI_DOCS_TITLE)" --output docs/cli.md
-	$(VENV)/bin/rlmf config --markdown > docs/configuration.md
+	env -i PATH="$$PATH" $(VENV)/bin/typer services.cli utils docs --name rlmf --title "$(CLI_DOCS_TITLE)" --output docs/cli.md
+	env -i PATH="$$PATH" $(VENV)/bin/rlmf config --markdown > docs/configuration.md
 
 lint: install
 	$(VENV)/bin/ruff check services tests bench monitoring

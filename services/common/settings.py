@@ -53,7 +53,7 @@ class ConfigFileSource(TomlConfigSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         self.table = config_table(settings_cls)
-        super().__init__(settings_cls, toml_file=path, toml_table_header=())
+        super().__init__(settings_cls, toml_file=path)
 
     def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
         data: Any = super()._read_file(file_path)
