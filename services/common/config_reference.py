@@ -62,10 +62,6 @@ class Section:
     def table(self) -> str:
         return ".".join(config_table(self.cls))
 
-    @property
-    def source(self) -> str:
-        return inspect.getfile(self.cls)
-
 
 # ---------------------------------------------------------------------------------------------
 # The reference
@@ -188,6 +184,8 @@ def show(value: Any) -> str:
         return "(secret)"
     if isinstance(value, bool):
         return str(value).lower()
+    if value == "":
+        return '""'
     if isinstance(value, enum.Enum):
         return str(value.value)
     if isinstance(value, PurePath | str | int | float):
