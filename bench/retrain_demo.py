@@ -5,7 +5,7 @@ over training seeds, without another 30-minute demo.
 It reads the demo's own inputs from its output folder: the Feast store (the features and scored
 news the live states carried), the day cache (the frozen base's pass over every history and
 window day, so a retrained student costs minutes) and teacher v0. Each run is one
-`rlmf train cycle --as-of <the warm-up's day>` with the demo's trainer settings, one held-out
+`rlmf trainer cycle --as-of <the warm-up's day>` with the demo's trainer settings, one held-out
 fold of `--eval-days` bars (so the student learns from the bars the warm-up's served student
 learnt from), promotion off; then the student trades the window's bars with the simulator's
 execution (next-open fills, 10 bp), as the trainer's `evaluate` trades its held-out bars. The
@@ -75,7 +75,7 @@ def demo_trainer_env(demo_out: Path, work: Path, eval_days: int) -> tuple[dict[s
 
 def retrain(env: dict[str, str], as_of: str) -> dict[str, object]:
     """One warm-up cycle in its own process; its CycleResult line."""
-    argv = [sys.executable, "-m", "services.cli", "train", "cycle", "--as-of", as_of]
+    argv = [sys.executable, "-m", "services.cli", "trainer", "cycle", "--as-of", as_of]
     done = subprocess.run(
         argv, env={**os.environ, **env}, capture_output=True, text=True, cwd=REPO, check=False
     )

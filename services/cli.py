@@ -1,4 +1,7 @@
-"""The `rlmf` command: one sub-command group per service, plus the broker and `up`."""
+"""The `rlmf` command: one sub-command group per service (each with `run`), plus the broker,
+`up`, the demo and the configuration reference, grouped in `rlmf --help` by the job they serve.
+
+docs/cli.md is generated from this app (`make docs`), so it is built when the module loads."""
 
 from __future__ import annotations
 
@@ -11,14 +14,15 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperGroup
 
 from services.common import json_logging
 from services.common.broker import BrokerError, EmbeddedBroker
 from services.common.model_files import ModelFilesError, default_models_dir
-from services.common.settings import DEFAULT_PORTS, BusSettings
+from services.common.settings import CONFIG_FILE_ENV, DEFAULT_PORTS, BusSettings
 from services.common.supervisor import Supervisor, available_services, service_spec
 from services.common.up_state import RunInfo, StateDir, now, running
 from services.up.files import clear_ledger, ledger_dir
@@ -26,9 +30,76 @@ from services.up.files import clear_ledger, ledger_dir
 if TYPE_CHECKING:
     from services.up.page import LivePage
 
-app = typer.Typer(
-    no_args_is_help=True, help="RLMF: trade with an LLM policy, re-align it to the market."
+# `rlmf --help` lists the commands by the job they serve; a command in none goes last.
+DEMO, STREAM, SERVICES, MODELS, CONFIG = (
+    "Run the demo",
+    "Stream your own market",
+    "Services: `rlmf SERVICE run` runs one in the foreground",
+    "Models and evaluation",
+    "Configuration",
 )
+HELP_PANELS = {
+    "demo": DEMO,
+    "up": STREAM,
+    "status": STREAM,
+    "report": STREAM,
+    "down": STREAM,
+    "market": STREAM,
+    "broker": STREAM,
+    "ingest": SERVICES,
+    "sentiment": SERVICES,
+    "features": SERVICES,
+    "policy": SERVICES,
+    "simulator": SERVICES,
+    "trainer": SERVICES,
+    "promotion-watcher": SERVICES,
+    "models": MODELS,
+    "backtest": MODELS,
+    "config": CONFIG,
+}
+PANEL_ORDER = (DEMO, STREAM, SERVICES, MODELS, CONFIG)
+
+
+class JobGroup(TyperGroup):
+    """Lists the commands panel by panel in PANEL_ORDER (help shows the panels in the order
+    their first command comes), each panel's in the order HELP_PANELS names them."""
+
+    # Any: typer's Context type lives in its private copy of click.
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(HELP_PANELS)
+        rank = {panel: i for i, panel in enumerate(PANEL_ORDER)}
+
+        def key(name: str) -> tuple[int, int]:
+            panel = HELP_PANELS.get(name)
+            if panel is None:
+                return len(PANEL_ORDER), 0
+            return rank[panel], names.index(name)
+
+        return sorted(super().list_commands(ctx), key=key)
+
+
+app = typer.Typer(
+    cls=JobGroup,
+    no_args_is_help=True,
+    help="RLMF: trade with an LLM policy, re-align it to the market.",
+)
+
+
+@app.callback()
+def root(
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help=f"Configuration file (TOML; `rlmf config` lists its keys). Sets {CONFIG_FILE_ENV} "
+        "for this command and every process it starts. Default: ./rlmf.toml if present.",
+    ),
+) -> None:
+    """RLMF: trade with an LLM policy, re-align it to the market."""
+    if config is not None:
+        os.environ[CONFIG_FILE_ENV] = str(config.resolve())
+
 
 # Each service may ship a `cli.py` (and the simulator a `market_cli.py`) holding a Typer `app`,
 # mounted under the module's GROUP_NAME (default: the service's name), and/or a
@@ -43,6 +114,8 @@ GROUP_MODULES = (
     "services.backtest_cli",
     "services.simulator.market_cli",
     "services.trainer.cli",
+    "services.promotion_watcher.cli",
+    "services.config_cli",
     "services.common.models_cli",
     "services.demo.cli",
     "services.up.cli",
@@ -57,6 +130,9 @@ def _module_exists(name: str) -> bool:
 
 
 def _mount_groups() -> None:
+    """Mount every service's commands once (the module does on load; main() again is a no-op)."""
+    if app.registered_groups:
+        return
     for module_name in GROUP_MODULES:
         if not _module_exists(module_name):
             continue
@@ -65,9 +141,20 @@ def _mount_groups() -> None:
         if isinstance(group, typer.Typer):
             default_name = module_name.split(".")[1]
             app.add_typer(group, name=getattr(module, "GROUP_NAME", default_name))
+            for old in getattr(module, "OLD_GROUP_NAMES", ()):
+                app.add_typer(group, name=old, hidden=True, deprecated=True)
         register = getattr(module, "register", None)
         if callable(register):
             register(app)
+    _set_help_panels()
+
+
+def _set_help_panels() -> None:
+    for group in app.registered_groups:
+        group.rich_help_panel = HELP_PANELS.get(group.name or "", group.rich_help_panel)
+    for command in app.registered_commands:
+        name = command.name or (command.callback.__name__ if command.callback else "")
+        command.rich_help_panel = HELP_PANELS.get(name, command.rich_help_panel)
 
 
 @app.command()
@@ -366,6 +453,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     _mount_groups()
     app()
+
+
+_mount_groups()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -305,8 +306,33 @@ def publish(bus: BusSettings, items: list[pb.NewsItem]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Redis
+# What pip cannot install: Debian's tools, Redis
 # ---------------------------------------------------------------------------------------------
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def skip_without(name: str, install: str) -> pytest.MarkDecorator:
+    """A mark that skips a test needing the tool when it is not on PATH, decided at collection
+    so that none of the test's fixtures start; never under CI, where require_tool fails it."""
+    missing = shutil.which(name) is None and not under_ci()
+    return pytest.mark.skipif(missing, reason=f"{name} is missing: {install}")
+
+
+def require_tool(name: str, install: str) -> str:
+    """The tool's path. Skip when it is not on PATH, naming the command that installs it,
+    except under CI (CI=true): .ci/run installs it, so there a missing tool is a broken machine
+    and its tests must fail, not pass by skipping."""
+    found = shutil.which(name)
+    if found:
+        return found
+    reason = f"{name} is missing: {install}"
+    if under_ci():
+        pytest.fail(f"{reason}; under CI it must be there (.ci/run installs it)")
+    pytest.skip(reason)
+
 
 REDIS = "127.0.0.1:6379"
 
@@ -321,7 +347,7 @@ def require_redis() -> None:
         redis.Redis(host=host, port=int(port), socket_timeout=1).ping()
     except redis.RedisError as exc:
         reason = f"no Redis answers at {REDIS} ({exc}); the SQLite variant still runs"
-        if os.environ.get("CI", "").lower() == "true":
+        if under_ci():
             pytest.fail(f"{reason}; under CI a Redis must be running (.ci/run starts one)")
         pytest.skip(reason)
 

@@ -14,7 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import RlmfSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ class ModelFilesError(RuntimeError):
     pass
 
 
-class ModelSettings(BaseSettings):
+class ModelSettings(RlmfSettings):
     """Where model folders live. Env: RLMF_MODELS_DIR."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_", extra="ignore")

@@ -1,15 +1,87 @@
-"""Settings read from the environment (prefix RLMF_), shared by every service."""
+"""Settings read from the environment (prefix RLMF_) and the optional configuration file,
+shared by every service."""
 
 from __future__ import annotations
 
+import os
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "RLMF_CONFIG_FILE"
+"""The variable naming the configuration file (`rlmf --config FILE` sets it for the command
+and every process it starts)."""
+DEFAULT_CONFIG_FILE = Path("rlmf.toml")
+"""Read from the working directory when RLMF_CONFIG_FILE is unset, if it is there."""
 
 
-class BusSettings(BaseSettings):
+class ConfigFileError(ValueError):
+    pass
+
+
+def config_file() -> Path | None:
+    """The configuration file in force: RLMF_CONFIG_FILE (which must exist), else ./rlmf.toml
+    where there is one, else none."""
+    named = os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigFileError(f"{CONFIG_FILE_ENV}={named}: no such file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def config_table(settings_cls: type[BaseSettings]) -> tuple[str, ...]:
+    """Where a settings class reads its values in the file: the table its env prefix names
+    (RLMF_BUS_BOOTSTRAP is `bootstrap` in [bus]); RLMF_ alone: the file's top level."""
+    prefix = str(settings_cls.model_config.get("env_prefix", "")).lower()
+    name = prefix.removeprefix("rlmf_").strip("_")
+    return (name,) if name else ()
+
+
+class ConfigFileSource(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, giving a class its own table of the file (an absent
+    table gives nothing, where the source's toml_table_header would refuse the file)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        self.table = config_table(settings_cls)
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        data: Any = super()._read_file(file_path)
+        for key in self.table:
+            data = data.get(key, {})
+            if not isinstance(data, dict):
+                raise ConfigFileError(f"{file_path}: `{key}` is not a table")
+        return dict(data)
+
+
+class RlmfSettings(BaseSettings):
+    """Every RLMF settings class: values from the init arguments, then the environment, then
+    the configuration file (config_file), then the defaults."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_settings = ConfigFileSource(settings_cls, config_file())
+        return init_settings, env_settings, dotenv_settings, file_settings, file_secret_settings
+
+
+class BusSettings(RlmfSettings):
     """How a service talks to Kafka. Env: RLMF_BUS_BOOTSTRAP, RLMF_BUS_..."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_BUS_", extra="ignore")
@@ -89,7 +161,7 @@ class BusSettings(BaseSettings):
         return kwargs
 
 
-class HttpSettings(BaseSettings):
+class HttpSettings(RlmfSettings):
     """The health/metrics HTTP server. Env: RLMF_HTTP_HOST, RLMF_HTTP_PORT."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_HTTP_", extra="ignore")
@@ -99,7 +171,7 @@ class HttpSettings(BaseSettings):
     """0 picks the service's default port."""
 
 
-class LogSettings(BaseSettings):
+class LogSettings(RlmfSettings):
     model_config = SettingsConfigDict(env_prefix="RLMF_LOG_", extra="ignore")
 
     level: str = "INFO"

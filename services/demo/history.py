@@ -5,7 +5,7 @@ the trainer can learn from them before the policy trades. The demo does the same
 just before its window (`Window.history`): their synthetic news goes out with the window's
 (orchestrator's news stage), then the feed publishes the history bars on market.bars.v1, so the
 features service computes and stores their features exactly as it will the live ones, and then
-the trainer runs one cycle (`rlmf train cycle --as-of <last history day>`) on them. That cycle
+the trainer runs one cycle (`rlmf trainer cycle --as-of <last history day>`) on them. That cycle
 is the trainer's own, gated like every other: its student serves from the first replayed bar
 only when the bootstrap gate says it beat the untrained teacher on the history's held-out bars.
 """
@@ -41,7 +41,7 @@ class WarmUpCycle:
     exit_code: int
     seconds: float
     result: dict[str, Any] | None
-    """The cycle's CycleResult line (`rlmf train cycle` prints it), None when it failed."""
+    """The cycle's CycleResult line (`rlmf trainer cycle` prints it), None when it failed."""
 
     @property
     def promoted(self) -> bool:
@@ -79,11 +79,11 @@ def warm_up_env(
 def run_warm_up_cycle(
     trainer_env: dict[str, str], as_of: str, log_path: Path, timeout_s: float
 ) -> WarmUpCycle:
-    """One `rlmf train cycle` with `trainer_env` (warm_up_env), knowing the bars up to
+    """One `rlmf trainer cycle` with `trainer_env` (warm_up_env), knowing the bars up to
     `as_of` only. It promotes through the policy server and publishes its decision on
     models.promotions.v1 like the service's cycles. A timeout or failure leaves the teacher
     serving; the caller reports it."""
-    argv = [sys.executable, "-m", "services.cli", "train", "cycle", "--as-of", as_of]
+    argv = [sys.executable, "-m", "services.cli", "trainer", "cycle", "--as-of", as_of]
     started = time.monotonic()
     with open(log_path, "ab") as log:
         try:

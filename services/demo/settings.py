@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import RlmfSettings
 
 
-class DemoSettings(BaseSettings):
+class DemoSettings(RlmfSettings):
     """Env: RLMF_DEMO_SEED, RLMF_DEMO_BARS, RLMF_DEMO_NEWS_INFORMATIVENESS, ..."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_DEMO_", extra="ignore")

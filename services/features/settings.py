@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common import topics
+from services.common.settings import RlmfSettings
 
 # The checked-in definitions live at the repository root; an image copies them alongside.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +19,7 @@ REDIS_PASSWORD_ENV = f"{ENV_PREFIX}REDIS_PASSWORD"
 """The variable `redis_password` is read from, and the one the rendered Feast config names."""
 
 
-class FeaturesSettings(BaseSettings):
+class FeaturesSettings(RlmfSettings):
     """Where the Feast repo is, where it is applied to, and how features are computed."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")

@@ -1,4 +1,4 @@
-"""`rlmf ingest ...`: generate synthetic news, publish a news file or feed once."""
+"""`rlmf ingest ...`: generate synthetic news, publish a news file or feed once, run the service."""
 
 from __future__ import annotations
 
@@ -66,3 +66,11 @@ def publish(
     finally:
         pipeline.close()
     typer.echo(json.dumps(pipeline.snapshot().__dict__))
+
+
+@app.command()
+def run() -> None:
+    """Run the ingest service in the foreground (same as `python -m services.ingest`)."""
+    from services.ingest.service import main
+
+    raise typer.Exit(main())

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from services.common.settings import RlmfSettings
 
 
-class IngestSettings(BaseSettings):
+class IngestSettings(RlmfSettings):
     """Env: RLMF_INGEST_FILES='["a.jsonl","b.csv"]', RLMF_INGEST_FEEDS='["http://..."]', ..."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_INGEST_", extra="ignore")

@@ -1,5 +1,5 @@
-"""`rlmf policy ...`: make the version-0 artifact, sign, approve and verify one, serve, ask for a
-decision."""
+"""`rlmf policy ...`: make the version-0 artifact, sign, approve and verify one, run the server,
+ask for decisions."""
 
 from __future__ import annotations
 
@@ -172,8 +172,11 @@ def verify(
     typer.echo(f"approved: sequence {record.sequence}, stage {record.evidence.stage}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def serve(
+KSERVE_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=KSERVE_ARGS)
+def run(
     ctx: typer.Context,
     model_dir: Path = typer.Option(None, help="Artifact folder (default RLMF_POLICY_MODEL_DIR)."),
     http_port: int = typer.Option(8080, help="HTTP port."),
@@ -186,6 +189,10 @@ def serve(
     if model_dir is not None:
         argv += ["--model_dir", str(model_dir)]
     raise typer.Exit(main(argv))
+
+
+# The verb before `run`: kept, hidden and deprecated, for one release.
+app.command("serve", context_settings=KSERVE_ARGS, hidden=True, deprecated=True)(run)
 
 
 @app.command()

@@ -6,7 +6,9 @@ import ipaddress
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import RlmfSettings
 
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 -- only with signed artifacts (see bind_host)
@@ -22,7 +24,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class PolicySettings(BaseSettings):
+class PolicySettings(RlmfSettings):
     """Env: RLMF_POLICY_MODEL_DIR, RLMF_POLICY_MAX_BATCH, ..."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_POLICY_", extra="ignore")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import RlmfSettings
 
 
-class WatcherSettings(BaseSettings):
+class WatcherSettings(RlmfSettings):
     """Env: RLMF_WATCHER_GROUP_ID. The bus and HTTP settings are the shared RLMF_BUS_* and
     RLMF_HTTP_* ones."""
 

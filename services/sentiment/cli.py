@@ -1,4 +1,4 @@
-"""`rlmf sentiment ...`: score a CSV of headlines with the LLM or the lexicon."""
+"""`rlmf sentiment ...`: score a CSV of headlines with the LLM or the lexicon, run the service."""
 
 from __future__ import annotations
 
@@ -39,3 +39,11 @@ def score(
         raise typer.Exit(2) from exc
     scored.to_csv(out_path, index=False)
     typer.echo(f"wrote {len(scored)} rows to {out_path}")
+
+
+@app.command()
+def run() -> None:
+    """Run the sentiment service in the foreground (same as `python -m services.sentiment`)."""
+    from services.sentiment.service import main
+
+    raise typer.Exit(main())

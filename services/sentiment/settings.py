@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.common.model_files import smollm2_dir
+from services.common.settings import RlmfSettings
 
 
-class SentimentSettings(BaseSettings):
+class SentimentSettings(RlmfSettings):
     """Env: RLMF_SENTIMENT_BACKEND, RLMF_SENTIMENT_MODEL_DIR, ..."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_SENTIMENT_", extra="ignore")

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from services.common.settings import RlmfSettings
 from services.market.accounting import ExecutionConfig
 
 
-class SimulatorSettings(BaseSettings):
+class SimulatorSettings(RlmfSettings):
     """Env: RLMF_SIMULATOR_MODE, RLMF_SIMULATOR_PRICES_CSV, RLMF_SIMULATOR_POLICY_URL, ..."""
 
     model_config = SettingsConfigDict(env_prefix="RLMF_SIMULATOR_", extra="ignore")

@@ -1,4 +1,4 @@
-"""`rlmf train ...`: one RLMF cycle (the CronJob's command), and the embedded feedback consumer."""
+"""`rlmf trainer ...`: one RLMF cycle (the CronJob's command), and the embedded service."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from services.trainer.datasets import FeedbackLog
     from services.trainer.settings import TrainerSettings
 
-GROUP_NAME = "train"
+GROUP_NAME = "trainer"
+OLD_GROUP_NAMES = ("train",)
+"""Earlier names of the group, still answering (hidden, deprecated) for one release."""
 
 app = typer.Typer(no_args_is_help=True, help="Re-align the policy to market feedback (RLMF).")
 
@@ -179,11 +181,15 @@ def _known_on(prices: Any, day: date) -> Any:
 
 
 @app.command()
-def serve() -> None:
+def run() -> None:
     """The embedded mode: consume market.feedback.v1 and run a cycle every N simulated days."""
     from services.trainer.service import main
 
     raise typer.Exit(main())
+
+
+# The verb before `run`: kept, hidden and deprecated, for one release.
+app.command("serve", hidden=True, deprecated=True)(run)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from services.common.settings import RlmfSettings
 from services.market.accounting import RewardConfig
 from services.policy.actor_critic import ActorCriticConfig
 from services.policy.artifacts import teacher_config
@@ -169,6 +170,16 @@ deployments and callers set some of them (RLMF_TRAINER_PPO_STEPS, RLMF_TRAINER_M
 mf_epochs=...), so they keep working, with a warning; a group's own name
 (RLMF_TRAINER_RECIPE__PPO__TOTAL_TIMESTEPS) wins over an old one for the same field."""
 
+DEPRECATED_ON: dict[str, str] = {
+    **dict.fromkeys((*GROUP_ALIASES, *FLAT_NAMES), "2026-12-07"),
+    **dict.fromkeys(
+        (name for name, path in FLAT_NAMES.items() if path[0] == "gate" or path[1] == "ppo"),
+        "2026-11-30",
+    ),
+}
+"""When each old name was deprecated (the PPO and gate names when they were nested, the rest
+when the recipe became one group). Each goes in the first release after its date."""
+
 SHARED_NAMES: dict[str, tuple[str, ...]] = {"seed": ("recipe", "ppo", "seed")}
 """Top-level settings a nested model also takes (unless it is given its own value)."""
 
@@ -194,7 +205,24 @@ class OldEnvNames(PydanticBaseSettingsSource):
             nested = {k[len(start) :].lower(): v for k, v in environ.items() if k.startswith(start)}
             if nested:
                 found[group] = nested
-        return found
+        # Moved into their groups here, not only by the model: the sources are merged by rank
+        # first, and these rank above the configuration file's values for the same fields.
+        return _move_old_names(found)
+
+
+class OldNamesMoved(PydanticBaseSettingsSource):
+    """Another source's values with its deprecated names (ppo_steps=..., ppo={...}) moved into
+    their groups."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the wrapped source
+
+    def __call__(self) -> dict[str, Any]:
+        return _move_old_names(dict(self.source()))
 
 
 def _init_fields(value: Any) -> dict[str, Any]:
@@ -244,7 +272,7 @@ def _move_old_names(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(RlmfSettings):
     """Env: RLMF_TRAINER_MODELS_DIR, RLMF_TRAINER_RECIPE__PPO__LEARNING_RATE,
     RLMF_TRAINER_GATE__MARGIN, ...; the deprecated names of FLAT_NAMES and GROUP_ALIASES
     (RLMF_TRAINER_PPO_STEPS, RLMF_TRAINER_PPO__NUM_STEPS, ...) still work."""
@@ -377,8 +405,13 @@ class TrainerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        old_env = OldEnvNames(settings_cls)
-        return init_settings, env_settings, old_env, dotenv_settings, file_secret_settings
+        # The deprecated names rank with the source that gives them (init, then the
+        # environment: above the file and the defaults), so each source's are moved into their
+        # groups before the sources are merged by rank.
+        init, env, *rest = super().settings_customise_sources(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        )
+        return OldNamesMoved(settings_cls, init), env, OldEnvNames(settings_cls), *rest
 
     @model_validator(mode="before")
     @classmethod

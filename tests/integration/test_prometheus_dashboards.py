@@ -16,6 +16,7 @@ is allowed only if it is listed in PENDING with the reason (a metric another ser
 defined yet, or an event this run does not provoke); the test writes what returned data and
 what was missing to prometheus-report.json in its tmp dir and prints it.
 
+Without prometheus on PATH the test skips, naming the install command, except under CI.
 Not run here: Kubernetes service discovery (ServiceMonitors) and Grafana itself - no cluster.
 """
 
@@ -49,10 +50,12 @@ from services.common.bus import Producer, ensure_topics
 from services.common.envelope import set_time
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
-from tests.helpers import of_kind, render
+from tests.helpers import of_kind, render, require_tool, skip_without
 
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE_S = 1
+PROMETHEUS_INSTALL = "apt-get install prometheus"
+needs_prometheus = skip_without("prometheus", PROMETHEUS_INSTALL)
 BARS = 12
 TEST_TICKER = "ZTEST"  # the chart's tests.ticker
 # Five service processes, a model server and Prometheus: over a minute to start.
@@ -188,8 +191,7 @@ class Kubelet(threading.Thread):
 
 
 def _prometheus(procs: list[Proc], tmp: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is missing: apt-get install prometheus (.ci/run does)"
+    binary = require_tool("prometheus", PROMETHEUS_INSTALL)
     config = {
         "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
         "scrape_configs": [
@@ -251,6 +253,7 @@ def run(
     tiny_llama_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Run]:
+    require_tool("prometheus", PROMETHEUS_INSTALL)  # before any service starts
     tmp = tmp_path_factory.mktemp("prometheus")
     # Ingest accepts tickers of 1-5 letters; a fresh one keeps this run apart on the shared broker.
     ticker = "".join(random.Random(time.time_ns()).choices(string.ascii_uppercase, k=5))
@@ -423,6 +426,7 @@ def _refused_reload(run: Run, artifact: Path, tmp: Path) -> None:
 
 
 @pytest.mark.timeout(240)
+@needs_prometheus
 def test_every_dashboard_query_returns_data(
     run: Run, policy_artifact: Path, tmp_path: Path
 ) -> None:
@@ -499,6 +503,7 @@ def test_topics_job_script_creates_topics_idempotently(broker: str, tmp_path: Pa
     assert missing.returncode == 2 and "RLMF_BUS_BOOTSTRAP is not set" in missing.stderr
 
 
+@needs_prometheus
 def test_helm_test_script_passes_on_the_embedded_run(run: Run, tmp_path: Path) -> None:
     """The chart's `helm test` pod script, rendered from the chart, against the running services."""
     docs = render("external-kafka")
@@ -523,6 +528,7 @@ def _firing(run: Run) -> set[str]:
     return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
 
+@needs_prometheus
 def test_reload_refused_alert_fires_on_real_metrics(
     run: Run, policy_artifact: Path, tmp_path: Path
 ) -> None:

@@ -1,5 +1,5 @@
 """The trainer with real parts: a tiny random Llama actor-critic in the simulator's env, a real
-`rlmf train cycle` process killed mid-PPO and resumed, and embedded promotion switching a live
+`rlmf trainer cycle` process killed mid-PPO and resumed, and embedded promotion switching a live
 kserve policy server's model_version, with models.promotions.v1 on the real broker."""
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def test_killed_cycle_resumes_and_never_touches_the_teacher(
     work = tmp_path / "work"
     env = _env(teacher_models, work)
     teacher_before = _tree_hashes(teacher_models / "v0")
-    cmd = [sys.executable, "-m", "services.cli", "train", "cycle"]
+    cmd = [sys.executable, "-m", "services.cli", "trainer", "cycle"]
     first = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
@@ -480,11 +480,11 @@ def test_a_cycle_stopped_on_request_checkpoints_and_the_next_run_resumes_it(
 def test_sigterm_to_the_cycle_command_checkpoints_exits_0_and_the_rerun_resumes(
     teacher_models: Path, tmp_path: Path
 ) -> None:
-    """The CronJob's `rlmf train cycle` gets SIGTERM when its pod stops: it checkpoints PPO after
+    """The CronJob's `rlmf trainer cycle` gets SIGTERM when its pod stops: it checkpoints PPO after
     the running iteration and exits 0; the next run resumes from that checkpoint."""
     work = tmp_path / "work"
     env = _env(teacher_models, work)
-    cmd = [sys.executable, "-m", "services.cli", "train", "cycle"]
+    cmd = [sys.executable, "-m", "services.cli", "trainer", "cycle"]
     first = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -1,6 +1,6 @@
 """The trainer's cluster data source against the real embedded broker: market.bars.v1 and
 market.feedback.v1 read under its own group into the store on its volume, bad messages
-dead-lettered with the counts reconciling, nothing read twice, and `rlmf train cycle` refusing
+dead-lettered with the counts reconciling, nothing read twice, and `rlmf trainer cycle` refusing
 to run (exit 2, a clear message) when there are no bars, never falling back to a synthetic
 market."""
 
@@ -124,7 +124,7 @@ def test_synthetic_market_only_when_asked_for(tmp_path: Path) -> None:
 def test_a_cycle_as_of_a_day_before_every_bar_is_refused_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`rlmf train cycle --as-of DAY` trains on the bars of DAY and before (the demo's warm-up
+    """`rlmf trainer cycle --as-of DAY` trains on the bars of DAY and before (the demo's warm-up
     cycle on the history); a day before the first bar is exit 2 naming it, before any model
     loads (there is none here to load)."""
     from services.trainer.cli import app

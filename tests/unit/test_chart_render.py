@@ -247,7 +247,7 @@ def test_trainer_may_only_touch_this_namespace() -> None:
     assert pod["serviceAccountName"] == "rlmf-trainer"
     assert pod["containers"][0]["image"].endswith("rlmf-trainer:0.1.0")
     # One cycle per run: the image's default is the long-running service (python -m).
-    assert pod["containers"][0]["command"] == ["rlmf", "train", "cycle"]
+    assert pod["containers"][0]["command"] == ["rlmf", "trainer", "cycle"]
     role = named(docs, "Role", "rlmf-trainer")
     binding = named(docs, "RoleBinding", "rlmf-trainer")
     assert binding["roleRef"] == {

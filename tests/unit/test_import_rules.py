@@ -22,10 +22,12 @@ SERVICES = ROOT / "services"
 # Packages that are not services: everyone may import them.
 SHARED = {"common", "market"}
 # The composition roots wire services together, so they may import any of them.
-# `rlmf report` reads what the simulator, the trainer and the demo's plots each keep.
+# `rlmf report` reads what the simulator, the trainer and the demo's plots each keep;
+# `rlmf config` reads every service's settings.
 COMPOSITION_ROOTS = {
     "services.cli",
     "services.backtest_cli",
+    "services.config_cli",
     "services.up.status",
     "services.up.cli",
     "services.up.report",
