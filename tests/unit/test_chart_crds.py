@@ -407,17 +407,26 @@ SERVERLESS_SETS = sorted(
 )
 
 
+SHADOW_VOLUME = ["volume models: persistentVolumeClaim"]
+"""What shadow trading (policy.shadow.enabled, the default) needs of Knative: the models volume,
+where the trainer's candidate pointer lies (kubernetes.podspec-persistent-volume-claim)."""
+
+
 def test_serverless_predictor_passes_knative_defaults() -> None:
-    """Checked for every Serverless value set, with one Node.js run for all. With the reload
-    route off (the default) nothing needs a Knative flag."""
+    """Checked for every Serverless value set, with one Node.js run for all. Shadow trading
+    (on by default) needs the PVC flag and nothing else; with it off, nothing needs a flag."""
     services = []
     for key in SERVERLESS_SETS:
         (isvc,) = of_kind(render(key), "InferenceService")
         services.append(_knative_service(isvc["spec"]["predictor"]))
         refused = _refused_by_default_knative(services[-1]["spec"]["template"]["spec"])
-        assert refused == [], key
+        assert refused == SHADOW_VOLUME, key
         assert strict_unknown_keys(services[-1]) == [], key
     assert [r for r in _node_validate(services) if r["error"]] == []
+    shadow_off = EXTERNAL | {"policy": {"shadow": {"enabled": False}}}
+    (isvc,) = of_kind(render_install(shadow_off), "InferenceService")
+    pod = _knative_service(isvc["spec"]["predictor"])["spec"]["template"]["spec"]
+    assert _refused_by_default_knative(pod) == []
 
 
 def test_reload_needs_the_pvc_flag_only() -> None:

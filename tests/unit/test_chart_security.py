@@ -235,13 +235,21 @@ def test_policy_is_cluster_local() -> None:
 
 
 def test_reload_route_is_off_by_default() -> None:
-    """Nothing on a cluster calls it; off, the predictor needs no models volume and Knative no
-    persistent-volume-claim flag."""
+    """Nothing on a cluster calls it. The models volume is there for shadow trading alone (the
+    candidate pointer), read-only; with shadow off too, the predictor has no models volume."""
     (isvc,) = of_kind(render("external-kafka"), "InferenceService")
     container = isvc["spec"]["predictor"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["RLMF_POLICY_RELOAD_ENABLED"] == "false"
+    assert env["RLMF_POLICY_CANDIDATE_POINTER"] == "/models/candidate"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["models"]["readOnly"] is True
+    values = EXTERNAL | {"policy": {"shadow": {"enabled": False}}}
+    (isvc,) = of_kind(render_install(values), "InferenceService")
     assert "models" not in {v["name"] for v in isvc["spec"]["predictor"]["volumes"]}
+    trainer = named(render_install(values), "CronJob", "rlmf-trainer")
+    cron_env = trainer["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "RLMF_TRAINER_SHADOW_BARS", "value": "0"} in cron_env
 
 
 def test_policy_serves_only_signed_artifacts_and_guards_reload() -> None:

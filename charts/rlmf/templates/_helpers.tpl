@@ -107,11 +107,11 @@ simulator:
   groups: [rlmf-simulator]
 trainer:
   # market.bars.v1 and market.feedback.v1 into its work volume (rlmf-trainer-history), and the
-  # candidate's shadow decisions; models.promotions.v1.dlq only because it makes sure the
-  # promotions topic and its twin exist.
+  # candidate's shadow decisions (rlmf-trainer-history-shadow); models.promotions.v1.dlq only
+  # because it makes sure the promotions topic and its twin exist.
   reads: [market.bars.v1, market.feedback.v1, trading.shadow.v1]
   writes: [models.promotions.v1, models.promotions.v1.dlq, market.bars.v1.dlq, market.feedback.v1.dlq, trading.shadow.v1.dlq]
-  groups: [rlmf-trainer, rlmf-trainer-history]
+  groups: [rlmf-trainer, rlmf-trainer-history, rlmf-trainer-history-shadow]
 promotion-watcher:
   reads: [models.promotions.v1, market.feedback.v1]
   writes: [models.promotions.v1.dlq, market.feedback.v1.dlq]
