@@ -13,6 +13,7 @@ is not lower than the one it served before, so an old, rejected or copied folder
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -54,6 +55,12 @@ class Evidence(BaseModel):
     """Further numbers of that decision (sharpe_diff, shadow_p_value, shadow_bars ...)."""
 
 
+MANIFEST = "manifest.json"
+"""The artifact's manifest (services/policy/artifacts.py's MANIFEST), named here too: the
+artifact module imports approvals (init_artifact approves v0), so approvals read the manifest
+as JSON rather than import it back."""
+
+
 class Approval(BaseModel):
     """approval.json."""
 
@@ -83,17 +90,16 @@ def approve_artifact(
     Raises:
         ApprovalError: no readable manifest, or the key cannot sign.
     """
-    from services.policy.artifacts import MANIFEST, read_manifest
-
     folder = Path(folder)
     try:
         manifest_bytes = (folder / MANIFEST).read_bytes()
-    except OSError as exc:
-        raise ApprovalError(f"cannot approve {folder}: no readable {MANIFEST}") from exc
-    manifest = read_manifest(folder)
+        manifest = json.loads(manifest_bytes)
+        version, parent = str(manifest["version"]), manifest.get("parent_version")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ApprovalError(f"cannot approve {folder}: no readable {MANIFEST} ({exc})") from exc
     record = Approval(
-        version=manifest.version,
-        parent_version=manifest.parent_version,
+        version=version,
+        parent_version=parent,
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         sequence=sequence,
         evidence=evidence,

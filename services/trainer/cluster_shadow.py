@@ -17,15 +17,15 @@ that runs all day, and it cannot reach each policy pod:
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from services.common.bus import ConsumerLoop, Incoming, Outgoing, one_by_one
 from services.common.settings import BusSettings
 from services.common.topics import TRADING_SHADOW
-from services.trainer.promotion import Promoter, PromotionOutcome
+from services.trainer.promotion import Promoter
+from services.trainer.promotion_outcome import PromotionOutcome
+from services.trainer.serving_pointer import write_pointer
 from services.trainer.shadow import ShadowJudge, Verdict
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,7 @@ class PointerStager:
         self.promoter = promoter
 
     def stage(self, folder: Path, version: str) -> PromotionOutcome:
-        fd, tmp = tempfile.mkstemp(prefix=".candidate-", dir=self.pointer.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(folder.name + "\n")
-        os.replace(tmp, self.pointer)  # atomic: a pod reads the old name or the new
+        write_pointer(self.pointer, folder)  # atomic: a pod reads the old name or the new
         return PromotionOutcome(
             True, f"staged {version} in shadow: the policy pods follow {self.pointer}"
         )
@@ -105,7 +102,7 @@ def shadow_before_cycle(
     trains nothing), or None when no candidate is in shadow (any verdict was just acted on)."""
     from services.policy.approval import withdraw_approval
     from services.trainer.approvals import approve_promotion, gate_evidence
-    from services.trainer.cycle import set_current
+    from services.trainer.serving_pointer import set_current
     from services.trainer.shadow import ShadowFiles
 
     judge = ShadowJudge(

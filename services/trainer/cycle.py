@@ -13,8 +13,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -52,13 +50,12 @@ from services.trainer.plan import CyclePlan, TrainingClock, student_version
 from services.trainer.promotion import ClusterPromoter, EmbeddedPromoter, Promoter, PromotionOutcome
 from services.trainer.promotions_topic import publish_decision
 from services.trainer.recipe import RunControl, train_student
+from services.trainer.serving_pointer import CURRENT as CURRENT
+from services.trainer.serving_pointer import set_current as set_current
 from services.trainer.settings import TrainerSettings
 from services.trainer.shadow import ShadowFiles, ShadowPromoter, stage_candidate
 
 log = logging.getLogger(__name__)
-
-CURRENT = "current"
-"""File in models_dir naming the serving teacher's folder (replaced atomically on promotion)."""
 
 
 @dataclass
@@ -118,14 +115,6 @@ def current_teacher(settings: TrainerSettings) -> Path:
             "(`rlmf policy init` makes a version-0 artifact)"
         )
     return settings.models_dir / pointer.read_text().strip()
-
-
-def set_current(models_dir: Path, folder: Path) -> None:
-    """Point `current` at `folder`, atomically (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".current-", dir=models_dir)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(folder.name + "\n")
-    os.replace(tmp, models_dir / CURRENT)
 
 
 def make_promoter(settings: TrainerSettings) -> Promoter | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,21 +26,9 @@ from services.trainer.isvc_status import (
     serving_revisions,
     storage_uri,
 )
+from services.trainer.promotion_outcome import PromotionOutcome as PromotionOutcome
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PromotionOutcome:
-    promoted: bool
-    """The new model serves."""
-    detail: str
-    """What happened, for people; code reads the fields, never these words."""
-    served_version: str = ""
-    rolled_back: bool = False
-    """The new model was rolled out, then the previous one restored (cluster: `helm rollback`)."""
-    stage: str = ""
-    """Cluster: the step that decided it (canary, ready, live_check, promote, helm_busy, helm)."""
 
 
 class Promoter(Protocol):

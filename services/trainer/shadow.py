@@ -33,7 +33,7 @@ from services.common.metrics import PROMOTIONS
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.topics import MODELS_PROMOTIONS
 from services.trainer.gate import GateConfig, GateDecision, HeldOutReturns, decide_with_shadow
-from services.trainer.promotion import PromotionOutcome
+from services.trainer.promotion_outcome import PromotionOutcome
 
 log = logging.getLogger(__name__)
 

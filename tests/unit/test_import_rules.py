@@ -34,7 +34,18 @@ COMPOSITION_ROOTS = {
 }
 # What a service offers to the others; everything else in its folder is internal.
 PUBLIC = {
-    "policy": {"actor_critic", "artifacts", "prompt", "client", "folder_policy", "day_cache"},
+    # approval and artifact_signing: the artifact format's signatures and approvals, which the
+    # trainer writes and checks as the policy server does.
+    "policy": {
+        "actor_critic",
+        "artifacts",
+        "approval",
+        "artifact_signing",
+        "prompt",
+        "client",
+        "folder_policy",
+        "day_cache",
+    },
     "features": {"store"},
 }
 # Pairs that may not talk in-process at all, whatever is public.
