@@ -205,7 +205,7 @@ def _prepare_teacher(models_dir: Path, tiny: bool, fresh: bool = False) -> Path:
     # promotes a student, so a restarted `up` serves the promoted model.
     pointer = root / "current"
     if pointer.is_file() and not fresh:
-        return root / pointer.read_text().strip()
+        return _approved_locally(root / pointer.read_text().strip())
     teacher = root / "v0"
     if not teacher.exists():
         from services.policy.artifacts import init_artifact, teacher_config
@@ -213,7 +213,22 @@ def _prepare_teacher(models_dir: Path, tiny: bool, fresh: bool = False) -> Path:
         typer.echo(f"creating the version-0 teacher {teacher} from {base}")
         init_artifact(base, teacher, "v0", teacher_config())
     pointer.write_text(f"{teacher.name}\n")
-    return teacher
+    return _approved_locally(teacher)
+
+
+def _approved_locally(folder: Path) -> Path:
+    """`folder`, approved to serve. The policy server serves only approved versions; a folder
+    an earlier rlmf made and served on this machine (before approvals existed) has none, and
+    `up` approves it as it found it (stage init, unsigned: on one machine nothing is signed),
+    saying so, rather than refuse the user's own state."""
+    from services.policy.approval import APPROVAL, Evidence, approve_artifact, next_sequence
+
+    if folder.is_dir() and not (folder / APPROVAL).is_file():
+        typer.echo(f"approving {folder} to serve: it was served before approvals existed")
+        approve_artifact(
+            folder, sequence=next_sequence(folder.parent), evidence=Evidence(stage="init")
+        )
+    return folder
 
 
 def _service_env(teacher: Path, state: StateDir, tiny: bool) -> dict[str, dict[str, str]]:

@@ -114,7 +114,7 @@ def approve_artifact(
     else:
         (folder / APPROVAL_SIGNATURE).unlink(missing_ok=True)
     _write_atomically(folder / APPROVAL, data)
-    log.info("approved %s as sequence %d (%s)", manifest.version, sequence, evidence.stage)
+    log.info("approved %s as sequence %d (%s)", version, sequence, evidence.stage)
     return record
 
 
