@@ -8,7 +8,7 @@ any student can do with the demo's news) and trades it as the sentiment rule doe
 the day's mean tone is positive, sell when negative, else hold. For each news seed it runs
 the oracle and Buy & Hold on the held-out block with the demo's execution (next-open fills,
 10 bp costs) and applies the gate's own bootstrap (services/trainer/gate.py, the same
-default GateConfig, docs/gate.md; its numbers in docs/trainer.md were taken under the earlier
+default GateConfig, docs/gate.md; its numbers in docs/results.md were taken under the earlier
 default: stationary blocks of 5, the teacher alone as the benchmark, lower 90% bound above 0).
 
 It also reports what the same oracle makes over the replayed window from its first bar against

@@ -130,7 +130,7 @@ class DemoConfig:
         luck (bench/warm_up_power.py: a student that reads every headline's tone exactly
         passes on 5 of 12 news draws with 100 of the 350 bars before the window held out, on
         10 of 12 with a trading year, 252). A longer block leaves fewer bars to train on, and
-        every history bar costs a pass of the frozen base: docs/trainer.md, "The demo's
+        every history bar costs a pass of the frozen base: docs/results.md, "The demo's
         history", has the run that held out a year and what its student then did live.
         """
         w = self.cycle_windows

@@ -26,7 +26,7 @@ class DemoSettings(RlmfSettings):
     system starts with the market's history (the `real` scenario; as many as the CSV holds).
     350: the warm-up's gate holds out its last 250 in walk-forward folds and its first fold
     still learns from about 100. Every history bar costs the warm-up a pass of the frozen base
-    (1.4-2 s on 2 cores): with 500 the warm-up ran past its 15 minutes (docs/trainer.md, "The
+    (1.4-2 s on 2 cores): with 500 the warm-up ran past its 15 minutes (docs/results.md, "The
     demo's history")."""
     warm_up_holdout_bars: int = Field(default=250, ge=1)
     """History bars the warm-up cycle's gate holds out (at least a replay cycle's, and the

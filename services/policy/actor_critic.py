@@ -72,7 +72,8 @@ class ActorCriticConfig:
     """A linear head on the frozen base's state at the last position (the split, where the
     trainable layers start), added to the action logits; zero at first, so an untrained
     policy is the LM's own. A linear read of that state generalises from a few hundred market
-    days where retraining a transformer layer memorises them (docs/trainer.md, the sweep)."""
+    days where retraining a transformer layer memorises them (docs/results.md, "choosing the
+    recipe")."""
     train_lm_layers: bool = True
     """Train the top k layers' weights (False: they run, frozen, and only the heads train)."""
     dtype: str = "float32"

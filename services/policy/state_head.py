@@ -40,7 +40,7 @@ class StateHead(nn.Module):
         Why: the untrained LM prefers "buy" by about one logit on every state. From there, the
         few dozen small optimiser steps a cycle affords leave most of that preference in
         place, and the student buys on days its own read of the news says sell
-        (docs/trainer.md, "The state head's start")."""
+        (docs/results.md, "The state head's start")."""
         counts = label_counts.float()
         prior = torch.log((counts + 1.0) / (counts.sum() + len(counts)))
         self.linear.bias.add_(prior - mean_logits.float())

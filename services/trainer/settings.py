@@ -69,7 +69,7 @@ class RecipeSettings(BaseModel):
     cost grows with it. None: mf_epochs alone decide."""
     mf_learning_rate: float = Field(default=1e-4, gt=0)
     """The market-feedback phase's learning rate (PPO keeps ppo.learning_rate). With the state
-    head started at the labels' base rates, 10 epochs at 1e-4 (docs/trainer.md, "The state
+    head started at the labels' base rates, 10 epochs at 1e-4 (docs/results.md, "The state
     head's start"); from a zero start 3e-4 did best, and more steps overfit in both."""
     mf_history: bool = True
     """RLMF's L_MF also learns from every training bar labelled by the move the market made
@@ -77,7 +77,7 @@ class RecipeSettings(BaseModel):
     state_head_prior_start: bool = True
     """Before the market-feedback phase, shift the state head's bias so the student's mean
     policy over the training states gives the labels' base rates, not the LM's own lean to
-    "buy" (StateHead.shift_to_prior; docs/trainer.md, "The state head's start")."""
+    "buy" (StateHead.shift_to_prior; docs/results.md, "The state head's start")."""
     sft_steps: int = Field(default=0, ge=0)
     """SFT steps on correct answers per fold (0: skip)."""
     rm_steps: int = Field(default=0, ge=0)
