@@ -348,8 +348,9 @@ def load_verified(
 def teacher_config(seed: int = 0) -> ActorCriticConfig:
     """What a new teacher is built with (`rlmf policy init`, `rlmf up`, the demo): what the
     recipe sweep in docs/results.md chose. The split sits below the last layer, which runs
-    frozen, and a standardised linear state head on the split's last state learns the market's feedback;
-    retraining the top layer instead memorised the training days (held-out accuracy 0.37)."""
+    frozen, and a standardised linear state head on the split's last state learns the market's
+    feedback; retraining the top layer instead memorised the training days (held-out accuracy
+    0.37)."""
     return ActorCriticConfig(trainable_top_k=1, state_head=True, train_lm_layers=False, seed=seed)
 
 
