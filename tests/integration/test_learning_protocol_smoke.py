@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow  # about 3 minutes on 2 shared cores
+pytestmark = pytest.mark.slow  # 30-90 s on 2 shared cores
 
 SHARPE_MEANS = (
     "forward_served_sharpe_mean",
