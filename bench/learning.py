@@ -1,33 +1,17 @@
-"""Does the loop learn? The trainer's own cycle (services/trainer/cycle.py: PPO + RLMF's market
-feedback loss, the day cache, the walk-forward split and the bootstrap gate) on the real
-SmolLM2, with synthetic news of a known informativeness. Prints one JSON line.
+"""Does the loop learn? The pre-registered evaluation of bench/learning_protocol.md, run as
+written there: 20 draws (a market, a news seed, a training seed), four arms on each (the
+recipe, head-only, shuffled news, no news), every arm trained and gated by the trainer's own
+cycle and then trading a forward stretch neither training nor the gate saw; 8 re-alignment
+seeds; the gate's false-promotion rate against no-skill students; a same-seed rerun.
 
-    .venv/bin/python bench/learning.py [--ppo-steps 40] [--mf-max-steps 60] [--informative-seeds 3]
-        [--uninformative-cycles 10] [--regime-seeds 8]
+    PYTHONPATH=. .venv/bin/python bench/learning.py [--out DIR]     # the protocol (SmolLM2)
+    PYTHONPATH=. .venv/bin/python bench/learning.py --smoke --model TINY_LLAMA_DIR
 
-The recipe is the trainer's own (RecipeSettings: RLMF_TRAINER_RECIPE__* or its defaults); the
-options below override a knob only when given.
-
-(a) informative news (MSFT's last bars, informativeness 0.6), one cycle per seed (the news and
-    the training seed both change): the cycle trains on the bars before its cut-off; on the
-    held-out bars after it (purged, embargoed) the policy the loop serves afterwards (the student
-    if the gate promoted it, else the teacher) is compared with the sentiment rule and Buy & Hold
-    on the same bars. Reported per seed and as mean, standard deviation and range.
-(b) uninformative news (informativeness 0.0): cycles at cut-offs spaced `--window-step` bars
-    apart over one news series (so the day cache is filled once for all of them; neighbouring
-    held-out blocks overlap, so the cycles are not independent trials) with a training seed
-    each: how often the gate promotes noise.
-(c) regime shift: per seed, a synthetic market (the "regime-shift" scenario: calm bull, then a
-    volatile bear from bar `--shift-bar`) with informative news; one cycle after the shift, and
-    then the policy the loop serves and the frozen teacher trade the next `--live-bars` bars,
-    which neither the cycle nor its gate saw. "Re-aligned better" counts the seeds on which the
-    served policy's Sharpe on those live bars beats the frozen teacher's.
-(d) cost: decisions per second on the same states with and without the day cache, same run,
-    and the wall time of each cycle.
-
-No look-ahead: the cycle's own split (services/market/walk_forward.py) keeps every training
-outcome before the embargo and the held-out block, and (c)'s live bars come after the cycle's
-last bar.
+Prints one JSON line (the protocol's summary keys, its targets met or missed, and `rows`: the
+JSONL file of per-draw and per-seed rows). Progress on stderr. --smoke runs the same code on 2
+draws, 1 re-alignment seed and tiny budgets with a tiny model: it checks the plumbing and says
+nothing about learning. The protocol itself takes the trainer's shipped recipe and refuses to
+run with any RLMF_TRAINER_RECIPE__* (or gate) setting in the environment.
 """
 
 from __future__ import annotations
@@ -36,10 +20,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
+import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,41 +36,168 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
-from services.common.market_state import MarketState
 from services.ingest.news_generator import generate_news
 from services.market.backtest import run_backtest
 from services.market.baseline_policies import SentimentRule
-from services.market.envs import DiscreteTradingEnv
 from services.market.market_data import load_prices_csv
 from services.market.regime_market import ForcedShift, generate_market, load_params
-from services.policy.artifacts import init_artifact, load_artifact
-from services.trainer.cycle import CycleResult, run_cycle, set_current
+from services.market.walk_forward import minimum_bars
+from services.policy.artifacts import MANIFEST, init_artifact, load_artifact
+from services.trainer.cycle import CycleResult, run_cycle
 from services.trainer.evaluate import evaluate
+from services.trainer.gate import GateConfig, comparable
 from services.trainer.offline_features import BarFeatures
-from services.trainer.settings import RecipeSettings, TrainerSettings
+from services.trainer.settings import FLAT_NAMES, RecipeSettings, TrainerSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gate_calibration  # noqa: E402  (bench/gate_calibration.py: the no-skill students)
+
+ARMS = ("recipe", "head_only", "shuffled_news", "no_news")
 
 
 def say(msg: str) -> None:
     print(f"[bench/learning] {msg}", file=sys.stderr, flush=True)
 
 
-@dataclass
-class Bench:
-    """What every cycle of the run shares: the arguments, a work folder and one day-cache
-    folder (a day's frozen-base states are filled once, whichever cycle or evaluation needs
-    them first)."""
+# --- the protocol's constants -----------------------------------------------------------------
 
-    args: argparse.Namespace
-    work: Path
+
+@dataclass(frozen=True)
+class Protocol:
+    """bench/learning_protocol.md in numbers; `smoke()` is the same shape, small."""
+
+    min_train: int = 100
+    embargo: int = 2
+    holdout: int = 60
+    forward: int = 60
+    real_series: tuple[str, ...] = ("MSFT", "GOOGL")
+    real_windows: int = 5
+    """Windows per real series."""
+    synthetic_draws: int = 10
+    informativeness: float = 0.6
+    msft_span: tuple[str, str] = ("1995-01-01", "2013-01-01")
+    """MSFT bars allowed: the cents era before, the tuned and demo span after, excluded."""
+    realign_seeds: int = 8
+    realign_shift: int = 124
+    realign_teacher_train: int = 60
+    realign_post_train: int = 60
+    gate_min_holdout_bars: int | None = None
+    """None: the trainer's default gate; --smoke lowers its minimum to hold out fewer bars."""
+    gate_draws: int = 400
+    """No-skill students per market kind for the gate's false-promotion rate (always at the
+    gate's default 60 held-out bars)."""
+    gate_seed_set: int = 5
+    cycle_minutes: float = 30.0
+    news_seed: int = 7000
+    train_seed: int = 8000
+    market_seed: int = 5000
+    realign_market_seed: int = 6000
+    realign_news_seed: int = 7100
+    realign_train_seed: int = 8100
 
     @property
-    def day_cache(self) -> Path:
-        return self.args.day_cache or self.work / "day-cache"
+    def cycle_bars(self) -> int:
+        return minimum_bars(self.holdout, self.embargo, self.min_train)
+
+    @property
+    def draw_bars(self) -> int:
+        return self.cycle_bars + self.forward
+
+    @property
+    def draws(self) -> int:
+        return len(self.real_series) * self.real_windows + self.synthetic_draws
+
+    @classmethod
+    def smoke(cls) -> Protocol:
+        return cls(
+            min_train=20,
+            holdout=20,
+            forward=10,
+            real_series=("GOOGL",),
+            real_windows=1,
+            synthetic_draws=1,
+            realign_seeds=1,
+            realign_shift=44,
+            realign_teacher_train=20,
+            realign_post_train=10,
+            gate_min_holdout_bars=20,
+            gate_draws=10,
+            cycle_minutes=5.0,
+        )
+
+
+def smoke_recipe() -> RecipeSettings:
+    """Tiny budgets for --smoke: every phase runs, briefly."""
+    return RecipeSettings(
+        mf_epochs=1,
+        ppo={
+            "total_timesteps": 4,
+            "num_steps": 4,
+            "minibatch_size": 4,
+            "gradient_accumulation_steps": 2,
+        },
+    )
+
+
+def refuse_recipe_overrides() -> None:
+    """The protocol evaluates the shipped recipe and gate: no setting of theirs from the env."""
+    prefixes = ("RLMF_TRAINER_RECIPE__", "RLMF_TRAINER_PPO__", "RLMF_TRAINER_GATE__")
+    flat = {f"RLMF_TRAINER_{name}".upper() for name in FLAT_NAMES}
+    given = sorted(k for k in os.environ if k.upper().startswith(prefixes) or k.upper() in flat)
+    if given:
+        sys.exit(f"the protocol runs the shipped recipe and gate; unset {', '.join(given)}")
+
+
+# --- draws ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Draw:
+    index: int
+    market: str
+    ticker: str
+    prices: pd.DataFrame
+    news_seed: int
+    train_seed: int
+
+
+def even_windows(prices: pd.DataFrame, count: int, bars: int) -> list[pd.DataFrame]:
+    """`count` windows of `bars` spread evenly from the first bar to the last."""
+    room = len(prices) - bars
+    if room < 0 or (count > 1 and room < (count - 1) * bars):
+        raise ValueError(f"{len(prices)} bars hold no {count} separate windows of {bars}")
+    steps = max(count - 1, 1)
+    return [prices.iloc[k * room // steps :][:bars] for k in range(count)]
+
+
+def make_draws(protocol: Protocol, data: Path) -> list[Draw]:
+    """Draws 0.. MSFT windows, then GOOGL windows, then default-scenario markets."""
+    markets: list[tuple[str, str, pd.DataFrame]] = []
+    for ticker in protocol.real_series:
+        series = load_prices_csv(data / f"{ticker}.csv")
+        if ticker == "MSFT":
+            low, high = (pd.Timestamp(t, tz="UTC") for t in protocol.msft_span)
+            series = series[(series.index >= low) & (series.index < high)]
+        for window in even_windows(series, protocol.real_windows, protocol.draw_bars):
+            span = f"{window.index[0]:%Y-%m-%d}..{window.index[-1]:%Y-%m-%d}"
+            markets.append((f"{ticker} {span}", ticker, window))
+    for k in range(protocol.synthetic_draws):
+        seed = protocol.market_seed + k
+        frame, _ = generate_market(load_params("default"), protocol.draw_bars, seed)
+        markets.append((f"default scenario, seed {seed}", "SYN", frame))
+    return [
+        Draw(i, name, ticker, prices, protocol.news_seed + i, protocol.train_seed + i)
+        for i, (name, ticker, prices) in enumerate(markets)
+    ]
+
+
+# --- news -------------------------------------------------------------------------------------
 
 
 def news_features(
-    prices: pd.DataFrame, informativeness: float, seed: int, ticker: str = "MSFT"
+    prices: pd.DataFrame, informativeness: float, seed: int, ticker: str
 ) -> BarFeatures:
     """Per bar: the headline's tone as a scorer's mean would give it, and the headline."""
     items = generate_news(prices, ticker, informativeness=informativeness, seed=seed)
@@ -93,405 +209,515 @@ def news_features(
     return BarFeatures(pd.DataFrame(index=prices.index), sentiment, summaries)
 
 
-def _given(**fields: Any) -> dict[str, Any]:
-    """The options the run was given (None: the recipe's own value)."""
-    return {name: value for name, value in fields.items() if value is not None}
+def shuffled(news: BarFeatures, bars: int, seed: int) -> BarFeatures:
+    """The first `bars` days' news (headline and tone together) permuted across those days."""
+    order = np.random.default_rng([seed, 1]).permutation(bars)
+    sentiment, summaries = news.sentiment.copy(), news.summaries.copy()
+    sentiment.iloc[:bars] = news.sentiment.iloc[:bars].to_numpy()[order]
+    summaries.iloc[:bars] = news.summaries.iloc[:bars].to_numpy()[order]
+    return BarFeatures(news.numeric, sentiment, summaries)
 
 
-def bench_recipe(args: argparse.Namespace, seed: int) -> RecipeSettings:
-    """The trainer's recipe (RLMF_TRAINER_RECIPE__* from the environment, else its defaults)
-    with the knobs this run's options give, and its step budget; PPO seeded by `seed`."""
-    base = TrainerSettings().recipe
-    student = dataclasses.replace(
-        base.student,
-        **_given(
-            trainable_top_k=args.top_k,
-            state_head=args.state_head,
-            train_lm_layers=args.train_lm_layers,
-        ),
+def no_news(prices: pd.DataFrame) -> BarFeatures:
+    return BarFeatures(
+        pd.DataFrame(index=prices.index),
+        pd.Series(np.nan, index=prices.index),
+        pd.Series("", index=prices.index, dtype=object),
     )
-    ppo = dataclasses.replace(
-        base.ppo,
-        total_timesteps=args.ppo_steps,
-        seed=seed,
-        **_given(learning_rate=args.lr, mf_coef=args.mf_coef),
+
+
+def first_bars(features: BarFeatures, bars: int) -> BarFeatures:
+    return BarFeatures(
+        features.numeric.iloc[:bars], features.sentiment.iloc[:bars], features.summaries.iloc[:bars]
     )
-    update = _given(
-        mf_epochs=args.mf_epochs, mf_learning_rate=args.mf_lr, mf_max_steps=args.mf_max_steps
-    )
-    return base.model_copy(update={"student": student, "ppo": ppo, **update})
 
 
-def make_teacher(models: Path, base: Path, recipe: RecipeSettings) -> None:
-    """v0: the untrained SmolLM2 as the actor-critic the recipe's student is, and the
-    `current` pointer at it."""
-    init_artifact(base, models / "v0", config=recipe.student)
-    set_current(models, models / "v0")
+# --- one cycle, the forward stretch -----------------------------------------------------------
 
 
-def run_one_cycle(
-    bench: Bench,
+@dataclass
+class Run:
+    """What the whole run shares: the protocol, the recipe, the v0 teacher (folder and the
+    loaded model), the work folder and the gate."""
+
+    protocol: Protocol
+    recipe: RecipeSettings
+    teacher_dir: Path
+    work: Path
+    gate: GateConfig
+    budget_cut_cycles: int = 0
+
+
+def cycle(
+    run: Run,
+    name: Path,
     prices: pd.DataFrame,
     features: BarFeatures,
-    name: str,
+    ticker: str,
     seed: int,
-    ticker: str = "MSFT",
-    holdout: int | None = None,
-) -> tuple[CycleResult, float]:
-    """One trainer cycle on `prices` (its last bar is the cycle's day), from a fresh teacher."""
-    args = bench.args
-    models = bench.work / name / "models"
-    recipe = bench_recipe(args, seed)
-    make_teacher(models, args.model, recipe)
+    day_cache: Path,
+    teacher_dir: Path,
+    train_days: int,
+    recipe: RecipeSettings,
+) -> CycleResult:
+    """One trainer cycle on `prices` (its last bar is the cycle's day) from `teacher_dir`,
+    the whole cycle seeded by `seed` (PPO's and the market-feedback phase's draws too)."""
+    recipe = recipe.model_copy(update={"ppo": dataclasses.replace(recipe.ppo, seed=seed)})
     settings = TrainerSettings(
-        models_dir=models,
-        work_dir=bench.work / name / "trainer",
+        models_dir=name / "models",
+        teacher_dir=teacher_dir,
+        work_dir=name / "trainer",
         ticker=ticker,
-        train_days=args.min_train,
-        eval_days=holdout or args.holdout,
-        embargo_days=args.embargo,
+        train_days=train_days,
+        eval_days=run.protocol.holdout,
+        embargo_days=run.protocol.embargo,
         expanding_window=True,
-        cycle_minutes=args.minutes,  # a safety cap: the recipe's steps are the budget
+        cycle_minutes=run.protocol.cycle_minutes,
         promotion="none",
         publish=False,
         seed=seed,
-        day_cache_dir=bench.day_cache,
+        day_cache_dir=day_cache,
         recipe=recipe,
+        gate=run.gate,
     )
-    started = time.monotonic()
     result = run_cycle(settings, prices=prices, bar_features=features)
-    return result, time.monotonic() - started
+    run.budget_cut_cycles += int(result.budget_cut)
+    return result
 
 
-def cycle_summary(result: CycleResult, seed: int, seconds: float) -> dict[str, Any]:
-    served = result.student_metrics if result.promoted else result.teacher_metrics
-    return {
-        "seed": seed,
-        "promoted": result.promoted,
-        "reason": result.reason,
-        "served_sharpe": round(served["sharpe"], 3),
-        "student_sharpe": round(result.student_metrics["sharpe"], 3),
-        "teacher_sharpe": round(result.teacher_metrics["sharpe"], 3),
-        "buy_and_hold_sharpe": round(result.buy_and_hold_metrics["sharpe"], 3),
-        "student_accuracy": round(result.student_metrics["prediction_accuracy"], 3),
-        "teacher_accuracy": round(result.teacher_metrics["prediction_accuracy"], 3),
-        "student_share_buy": round(result.student_metrics.get("share_buy", float("nan")), 3),
-        "sharpe_test": {k: round(v, 4) for k, v in result.sharpe_test.items()},
-        "ppo_iterations": result.training.get("ppo/iterations"),
-        "mf_examples": result.training.get("mf/feedback_examples"),
-        "seconds": round(seconds, 1),
-    }
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": round(statistics.fmean(values), 3),
-        "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0,
-        "min": round(min(values), 3),
-        "max": round(max(values), 3),
-    }
-
-
-# --- (a) informative news ---------------------------------------------------------------------
-
-
-def informative(bench: Bench, prices: pd.DataFrame) -> dict[str, Any]:
-    args = bench.args
-    runs = []
-    for seed in range(args.seed, args.seed + args.informative_seeds):
-        features = news_features(prices, 0.6, seed)
-        result, seconds = run_one_cycle(bench, prices, features, f"informative-{seed}", seed)
-        summary = cycle_summary(result, seed, seconds)
-        eval_start = prices.index.get_loc(pd.Timestamp(result.eval_start))
-        rule = run_backtest(
-            prices,
-            SentimentRule(),
-            ticker="MSFT",
-            sentiment=features.sentiment,
-            summaries=features.summaries,
-            start=eval_start,
-            end=len(prices) - 1,
-        ).metrics["strategy"]
-        summary["held_out_bars"] = len(prices) - 1 - eval_start
-        summary["sentiment_rule_sharpe"] = round(float(rule["sharpe"]), 3)
-        summary["meets_target"] = bool(
-            summary["served_sharpe"] >= 0.8 * summary["sentiment_rule_sharpe"]
-            and summary["served_sharpe"] > summary["buy_and_hold_sharpe"]
-        )
-        runs.append(summary)
-        say(f"informative seed {seed}: {summary}")
-    return {
-        "runs": runs,
-        "served_sharpe": spread([r["served_sharpe"] for r in runs]),
-        "sentiment_rule_sharpe": spread([r["sentiment_rule_sharpe"] for r in runs]),
-        "buy_and_hold_sharpe": runs[0]["buy_and_hold_sharpe"],  # the same bars every seed
-        "promotions": sum(r["promoted"] for r in runs),
-        "seeds_meeting_target": sum(r["meets_target"] for r in runs),
-    }
-
-
-# --- (b) uninformative news -------------------------------------------------------------------
-
-
-def uninformative(bench: Bench, prices: pd.DataFrame) -> list[dict[str, Any]]:
-    """Cycles whose last bars step back `window_step` bars at a time over one noise series."""
-    args = bench.args
-    news = news_features(prices, 0.0, 100 + args.seed)
-    runs = []
-    for k in range(args.uninformative_cycles):
-        end = len(prices) - k * args.window_step
-        window = prices.iloc[:end]
-        features = BarFeatures(
-            news.numeric.iloc[:end], news.sentiment.iloc[:end], news.summaries.iloc[:end]
-        )
-        seed = args.seed + k
-        result, seconds = run_one_cycle(bench, window, features, f"noise-{k}", seed)
-        summary = cycle_summary(result, seed, seconds)
-        summary["cycle_day"] = str(window.index[-1].date())
-        runs.append(summary)
-        say(f"uninformative {k}: {summary}")
-    return runs
-
-
-# --- (c) regime shift -------------------------------------------------------------------------
-
-
-def regime_market(seed: int, bars: int, shift_bar: int) -> pd.DataFrame:
-    """The regime-shift scenario with its shift moved to `shift_bar`, `bars` long."""
-    params = load_params("regime-shift")
-    params = params.model_copy(
-        update={"forced_shifts": [ForcedShift(day=shift_bar, regime="volatile_bear")]}
-    )
-    frame, _ = generate_market(params, bars, seed)
-    return frame
-
-
-def served_folder(result: CycleResult, models: Path) -> Path:
-    return Path(result.artifact_path) if result.promoted else models / "v0"
-
-
-def live_sharpe(
-    bench: Bench, folder: Path, prices: pd.DataFrame, start: int, features: BarFeatures, seed: int
+def forward_sharpe(
+    folder: Path,
+    prices: pd.DataFrame,
+    start: int,
+    features: BarFeatures,
+    ticker: str,
+    seed: int,
+    day_cache: Path,
 ) -> float:
-    """The policy in `folder` trades bars start..end of `prices`, with the shared day cache."""
+    """The policy in `folder` trades the decisions start..len(prices)-2 (a flat curve: 0)."""
     model = load_artifact(folder)
-    model.attach_day_cache(folder=bench.day_cache)
+    model.attach_day_cache(folder=day_cache)
     evaluation = evaluate(
-        model, prices, start, len(prices) - 1, ticker="SYN", seed=seed, features=features
+        model, prices, start, len(prices) - 1, ticker=ticker, seed=seed, features=features
     )
-    return evaluation.policy["sharpe"]
+    return comparable(evaluation.policy["sharpe"])
 
 
-def regime_shift(bench: Bench) -> list[dict[str, Any]]:
-    args = bench.args
-    runs = []
-    for seed in range(args.seed, args.seed + args.regime_seeds):
-        prices = regime_market(seed, args.regime_bars, args.shift_bar)
-        features = news_features(prices, 0.6, seed, ticker="SYN")
-        cut = len(prices) - args.live_bars  # the cycle's day is bar cut - 1
-        window = prices.iloc[:cut]
-        window_features = BarFeatures(
-            features.numeric.iloc[:cut],
-            features.sentiment.iloc[:cut],
-            features.summaries.iloc[:cut],
-        )
-        name = f"regime-{seed}"
-        result, seconds = run_one_cycle(
-            bench, window, window_features, name, seed, ticker="SYN", holdout=args.regime_holdout
-        )
-        summary = cycle_summary(result, seed, seconds)
-        models = bench.work / name / "models"
-        served = live_sharpe(bench, served_folder(result, models), prices, cut - 1, features, seed)
-        frozen = live_sharpe(bench, models / "v0", prices, cut - 1, features, seed)
-        summary["live_bars"] = args.live_bars
-        summary["live_served_sharpe"] = round(served, 3)
-        summary["live_frozen_teacher_sharpe"] = round(frozen, 3)
-        summary["realigned_better"] = bool(served > frozen)
-        runs.append(summary)
-        say(f"regime seed {seed}: {summary}")
-    return runs
-
-
-# --- (d) cost ---------------------------------------------------------------------------------
-
-
-def day_cache_speedup(
-    teacher: Path, prices: pd.DataFrame, features: BarFeatures, n: int
+def baselines(
+    prices: pd.DataFrame, start: int, features: BarFeatures, ticker: str
 ) -> dict[str, float]:
-    """Decisions per second on the same n states: the day cache filled (every day seen before,
-    as in a cycle's later episodes, epochs and its gate), and without it (the prefix cache
-    only: how the policy decided before the day cache)."""
-    model = load_artifact(teacher)
-    env = DiscreteTradingEnv(
+    """The sentiment rule and Buy & Hold on the same decisions."""
+    metrics = run_backtest(
         prices,
-        ticker="MSFT",
+        SentimentRule(),
+        ticker=ticker,
         sentiment=features.sentiment,
         summaries=features.summaries,
-        start=len(prices) - n - 1,
+        start=start,
         end=len(prices) - 1,
-    )
-    env.reset(seed=0)
-    states: list[MarketState] = []
-    for _ in range(n):
-        states.append(env.current_state())
-        env.step(2)
-    started = time.perf_counter()
-    for s in states:
-        model.policy_outputs([s])
-    uncached = n / (time.perf_counter() - started)
-    model.attach_day_cache()
-    for s in states:
-        model.policy_outputs([s])  # fills
-    started = time.perf_counter()
-    for s in states:
-        model.policy_outputs([s])
-    cached = n / (time.perf_counter() - started)
+    ).metrics
     return {
-        "uncached_per_s": round(uncached, 2),
-        "cached_per_s": round(cached, 2),
-        "speedup": round(cached / uncached, 1),
+        "rule": comparable(float(metrics["strategy"]["sharpe"])),
+        "buy_and_hold": comparable(float(metrics["buy_and_hold"]["sharpe"])),
     }
+
+
+def weight_hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of each weights file, from the artifact's manifest."""
+    files = json.loads((folder / MANIFEST).read_text())["files"]
+    return {k: v for k, v in files.items() if k.endswith(".safetensors")}
+
+
+def gate_row(result: CycleResult) -> dict[str, Any]:
+    return {
+        "promoted": result.promoted,
+        "reason": result.reason,
+        "sharpe_test": {k: _r(v) for k, v in result.sharpe_test.items()},
+        "held_out_student_sharpe": _r(result.student_metrics["sharpe"]),
+        "held_out_teacher_sharpe": _r(result.teacher_metrics["sharpe"]),
+        "mf_fit_steps": result.training.get("mf/fit_steps"),
+        "ppo_iterations": result.training.get("ppo/iterations"),
+        "budget_cut": result.budget_cut,
+        "student_version": result.student_version,
+    }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+# --- a draw: four arms ------------------------------------------------------------------------
+
+
+def arm_recipe(run: Run, arm: str) -> RecipeSettings:
+    if arm != "head_only":
+        return run.recipe
+    ppo = dataclasses.replace(run.recipe.ppo, total_timesteps=0)
+    return run.recipe.model_copy(update={"ppo": ppo})
+
+
+def run_draw(run: Run, draw: Draw, rerun: bool) -> dict[str, Any]:
+    """The draw's four arms, its baselines and (draw 0) the same-seed rerun's verdict."""
+    p = run.protocol
+    folder = run.work / f"draw-{draw.index}"
+    cache = folder / "day-cache"
+    start = p.cycle_bars - 1
+    news = news_features(draw.prices, p.informativeness, draw.news_seed, draw.ticker)
+    conditions = {
+        "recipe": (news, news),
+        "head_only": (news, news),
+        "shuffled_news": (shuffled(news, p.cycle_bars, draw.news_seed), news),
+        "no_news": (no_news(draw.prices), no_news(draw.prices)),
+    }
+    teacher: dict[str, float] = {}
+    row: dict[str, Any] = {
+        "draw": draw.index,
+        "market": draw.market,
+        "news_seed": draw.news_seed,
+        "train_seed": draw.train_seed,
+        "forward_decisions": len(draw.prices) - 1 - start,
+        **{k: _r(v) for k, v in baselines(draw.prices, start, news, draw.ticker).items()},
+    }
+    for arm in ARMS:
+        trained_on, traded_on = conditions[arm]
+        began = time.monotonic()
+        result = cycle(
+            run,
+            folder / arm,
+            draw.prices.iloc[: p.cycle_bars],
+            first_bars(trained_on, p.cycle_bars),
+            draw.ticker,
+            draw.train_seed,
+            cache,
+            run.teacher_dir,
+            p.min_train,
+            arm_recipe(run, arm),
+        )
+        key = "news" if traded_on is news else "no_news"
+        if key not in teacher:  # v0 on these decisions with this news: the same for every arm
+            teacher[key] = forward_sharpe(
+                run.teacher_dir, draw.prices, start, traded_on, draw.ticker, draw.train_seed, cache
+            )
+        student = forward_sharpe(
+            Path(result.artifact_path),
+            draw.prices,
+            start,
+            traded_on,
+            draw.ticker,
+            draw.train_seed,
+            cache,
+        )
+        row[arm] = {
+            **gate_row(result),
+            "forward_student_sharpe": _r(student),
+            "forward_teacher_sharpe": _r(teacher[key]),
+            "forward_served_sharpe": _r(student if result.promoted else teacher[key]),
+            "seconds": round(time.monotonic() - began, 1),
+        }
+        if arm == "recipe" and rerun:
+            row["same_seed_same_student"] = same_seed(run, draw, result, cache)
+        say(f"draw {draw.index} ({draw.market}) {arm}: {row[arm]}")
+    shutil.rmtree(folder)  # a SmolLM2 student is a full model copy; the day cache is per draw
+    return row
+
+
+def same_seed(run: Run, draw: Draw, first: CycleResult, cache: Path) -> bool:
+    """The recipe arm once more in a fresh folder, same seed and settings: equal weights?"""
+    p = run.protocol
+    news = news_features(draw.prices, p.informativeness, draw.news_seed, draw.ticker)
+    again = cycle(
+        run,
+        run.work / "same-seed",
+        draw.prices.iloc[: p.cycle_bars],
+        first_bars(news, p.cycle_bars),
+        draw.ticker,
+        draw.train_seed,
+        cache,
+        run.teacher_dir,
+        p.min_train,
+        run.recipe,
+    )
+    first_hashes = weight_hashes(Path(first.artifact_path))
+    equal = bool(first_hashes) and first_hashes == weight_hashes(Path(again.artifact_path))
+    shutil.rmtree(run.work / "same-seed")
+    return equal
+
+
+# --- re-alignment -----------------------------------------------------------------------------
+
+
+def realign(run: Run, j: int) -> dict[str, Any]:
+    """A teacher trained before the shift and frozen; the student re-aligned after it; both,
+    the served policy, the rule and Buy & Hold on the forward stretch after the student's
+    gate."""
+    p = run.protocol
+    shift = p.realign_shift
+    post_bars = minimum_bars(p.holdout, p.embargo, shift + p.realign_post_train)
+    total = post_bars + p.forward
+    if minimum_bars(p.holdout, p.embargo, p.realign_teacher_train) != shift:
+        raise ValueError("the teacher's cycle must end at the shift")
+    market_seed = p.realign_market_seed + j
+    params = load_params("regime-shift").model_copy(
+        update={"forced_shifts": [ForcedShift(day=shift, regime="volatile_bear")]}
+    )
+    prices, _ = generate_market(params, total, market_seed)
+    news = news_features(prices, p.informativeness, p.realign_news_seed + j, "SYN")
+    seed = p.realign_train_seed + j
+    folder = run.work / f"realign-{j}"
+    cache = folder / "day-cache"
+    before = cycle(
+        run,
+        folder / "teacher",
+        prices.iloc[:shift],
+        first_bars(news, shift),
+        "SYN",
+        seed,
+        cache,
+        run.teacher_dir,
+        p.realign_teacher_train,
+        run.recipe,
+    )
+    frozen = Path(before.artifact_path)
+    after = cycle(
+        run,
+        folder / "student",
+        prices.iloc[:post_bars],
+        first_bars(news, post_bars),
+        "SYN",
+        seed,
+        cache,
+        frozen,
+        p.realign_teacher_train,
+        run.recipe,
+    )
+    start = post_bars - 1
+    student = forward_sharpe(Path(after.artifact_path), prices, start, news, "SYN", seed, cache)
+    teacher = forward_sharpe(frozen, prices, start, news, "SYN", seed, cache)
+    row = {
+        "realign_seed": j,
+        "market": f"regime-shift, shift at bar {shift}, seed {market_seed}",
+        "news_seed": p.realign_news_seed + j,
+        "train_seed": seed,
+        "teacher_gate": gate_row(before),
+        "student_gate": gate_row(after),
+        "forward_decisions": len(prices) - 1 - start,
+        "forward_student_sharpe": _r(student),
+        "forward_frozen_teacher_sharpe": _r(teacher),
+        "forward_served_sharpe": _r(student if after.promoted else teacher),
+        **{k: _r(v) for k, v in baselines(prices, start, news, "SYN").items()},
+    }
+    shutil.rmtree(folder)
+    say(f"realign {j}: {row}")
+    return row
+
+
+# --- the gate against no-skill students -------------------------------------------------------
+
+
+def gate_false_promotions(protocol: Protocol, config: GateConfig) -> dict[str, dict[str, Any]]:
+    """bench/gate_calibration.py's random-timing students at the protocol's held-out length,
+    decided by `config`, on a seed set not used to choose it."""
+    layout = next(lay for lay in gate_calibration.LAYOUTS if lay.backtest == (60,))
+    out = {}
+    for kind in gate_calibration.KINDS:
+        promoted = 0
+        for i in range(protocol.gate_draws):
+            seed = gate_calibration.draw_seed(protocol.gate_seed_set, kind, layout, i)
+            backtest, shadow = gate_calibration.segments(layout, kind, seed)
+            promoted += gate_calibration.gate(backtest, shadow, config).promoted
+        out[kind] = gate_calibration.rate(promoted, protocol.gate_draws)
+    return out
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+
+def mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(statistics.fmean(kept), 4) if kept else None
+
+
+def ci90(differences: list[float]) -> list[float | None]:
+    """The 90% Student-t interval of the mean difference (paired by draw)."""
+    if len(differences) < 2:
+        return [None, None]
+    centre = statistics.fmean(differences)
+    half = stats.t.ppf(0.95, len(differences) - 1) * statistics.stdev(differences)
+    half /= math.sqrt(len(differences))
+    return [round(float(centre - half), 4), round(float(centre + half), 4)]
+
+
+def summary(
+    rows: list[dict[str, Any]], realigned: list[dict[str, Any]], gate_rates: dict[str, Any]
+) -> dict[str, Any]:
+    ok = [r for r in rows if "error" not in r]
+
+    def arm(name: str, field: str) -> list[float | None]:
+        return [r[name][field] for r in ok]
+
+    served_minus_bh = [
+        r["recipe"]["forward_served_sharpe"] - r["buy_and_hold"]
+        for r in ok
+        if r["recipe"]["forward_served_sharpe"] is not None and r["buy_and_hold"] is not None
+    ]
+    ppo_minus_head = [
+        r["recipe"]["forward_student_sharpe"] - r["head_only"]["forward_student_sharpe"]
+        for r in ok
+        if None
+        not in (r["recipe"]["forward_student_sharpe"], r["head_only"]["forward_student_sharpe"])
+    ]
+    rates = {kind: cell["rate"] for kind, cell in gate_rates.items()}
+    same = [r["same_seed_same_student"] for r in ok if "same_seed_same_student" in r]
+    realign_ok = [r for r in realigned if "error" not in r]
+    out: dict[str, Any] = {
+        "draws": len(rows),
+        "draws_failed": len(rows) - len(ok),
+        "forward_served_sharpe_mean": mean(arm("recipe", "forward_served_sharpe")),
+        "forward_buy_and_hold_sharpe_mean": mean([r["buy_and_hold"] for r in ok]),
+        "forward_rule_sharpe_mean": mean([r["rule"] for r in ok]),
+        "forward_student_sharpe_mean": mean(arm("recipe", "forward_student_sharpe")),
+        "forward_served_minus_bh_ci90": ci90(served_minus_bh),
+        "promotions": sum(r["recipe"]["promoted"] for r in ok),
+        "shuffled_news_draws": len(ok),
+        "shuffled_news_promotions": sum(r["shuffled_news"]["promoted"] for r in ok),
+        "head_only_forward_sharpe_mean": mean(arm("head_only", "forward_student_sharpe")),
+        "head_ppo_forward_sharpe_mean": mean(arm("recipe", "forward_student_sharpe")),
+        "head_ppo_minus_head_only": {
+            "mean": mean(list(ppo_minus_head)),
+            "ci90": ci90(ppo_minus_head),
+            "ppo_better": sum(d > 0 for d in ppo_minus_head),
+            "head_only_better": sum(d < 0 for d in ppo_minus_head),
+        },
+        "realign_seeds": len(realigned),
+        "realign_better": sum(
+            r["forward_student_sharpe"] > r["forward_frozen_teacher_sharpe"] for r in realign_ok
+        ),
+        "realign_served_better": sum(
+            r["forward_served_sharpe"] > r["forward_frozen_teacher_sharpe"] for r in realign_ok
+        ),
+        "realign_rule_better": sum(
+            r["rule"] > r["forward_frozen_teacher_sharpe"] for r in realign_ok
+        ),
+        "gate_false_promotion_rate": rates,
+        "gate_false_promotion_wilson90": {k: c["wilson90"] for k, c in gate_rates.items()},
+        "same_seed_same_student": bool(same) and all(same),
+        "arms": {
+            name: {
+                "forward_served_sharpe_mean": mean(arm(name, "forward_served_sharpe")),
+                "forward_student_sharpe_mean": mean(arm(name, "forward_student_sharpe")),
+                "forward_teacher_sharpe_mean": mean(arm(name, "forward_teacher_sharpe")),
+                "promotions": sum(r[name]["promoted"] for r in ok),
+            }
+            for name in ARMS
+        },
+    }
+    low = out["forward_served_minus_bh_ci90"][0]
+    out["targets"] = {
+        "forward_served_minus_bh_ci90_low_above_0": low is not None and low > 0,
+        "shuffled_news_promotions_at_most_1_in_20": out["shuffled_news_promotions"] <= 1,
+        "gate_false_promotion_rate_at_most_0.05": all(v <= 0.05 for v in rates.values()),
+        "same_seed_same_student": out["same_seed_same_student"],
+        "realign_better_at_least_6_of_8": out["realign_better"] >= 6,
+    }
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/SmolLM2-135M-Instruct"))
-    parser.add_argument("--prices", type=Path, default=Path("data/MSFT.csv"))
-    parser.add_argument("--bars", type=int, default=300, help="(a): bars up to the cycle's day")
-    parser.add_argument("--min-train", type=int, default=40)
-    parser.add_argument("--holdout", type=int, default=100, help="(a) and (b): the gate's bars")
-    parser.add_argument("--embargo", type=int, default=2)
-    # The half-minute wall-clock budget this bench used to give a cycle, counted in steps:
-    # the market-feedback phase's first 60 steps, then one 40-step PPO iteration on 2 cores
-    # (services/demo/settings.py, DemoSettings.ppo_steps, has the measurements).
-    parser.add_argument("--ppo-steps", type=int, default=40, help="PPO steps per student")
+    parser.add_argument("--data", type=Path, default=Path("data"), help="MSFT.csv, GOOGL.csv")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/learning"))
+    parser.add_argument("--work", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument(
-        "--mf-max-steps", type=int, default=60, help="market-feedback steps per student"
+        "--smoke", action="store_true", help="2 draws, 1 re-alignment seed, tiny budgets"
     )
-    parser.add_argument(
-        "--minutes", type=float, default=2.0, help="each cycle's wall-clock safety cap"
-    )
-    # Each knob below overrides the trainer's recipe only when given.
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="PPO's learning rate")
-    parser.add_argument("--mf-lr", type=float, default=None, help="the market-feedback phase's")
-    parser.add_argument("--mf-coef", type=float, default=None)
-    parser.add_argument("--mf-epochs", type=int, default=None)
-    parser.add_argument(
-        "--state-head",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a linear head on the frozen base's last state (ActorCriticConfig.state_head)",
-    )
-    parser.add_argument(
-        "--train-lm-layers",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="also train the top k layers' weights",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--informative-seeds", type=int, default=3)
-    parser.add_argument("--uninformative-cycles", type=int, default=10)
-    parser.add_argument("--uninformative-bars", type=int, default=250)
-    parser.add_argument("--uninformative-holdout", type=int, default=60)
-    parser.add_argument("--window-step", type=int, default=15)
-    parser.add_argument("--regime-seeds", type=int, default=8)
-    parser.add_argument("--regime-bars", type=int, default=240)
-    parser.add_argument("--shift-bar", type=int, default=50)
-    parser.add_argument("--regime-holdout", type=int, default=80)
-    parser.add_argument("--live-bars", type=int, default=30)
-    parser.add_argument("--speed-states", type=int, default=20)
-    parser.add_argument("--day-cache", type=Path, default=None, help="keep fills across runs")
     return parser.parse_args()
 
 
-def settings_record(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's options and the recipe they made (seed 0's; other seeds differ in PPO's)."""
-    recipe = bench_recipe(args, args.seed)
-    keys = [
-        "ppo_steps",
-        "mf_max_steps",
-        "minutes",
-        "min_train",
-        "holdout",
-        "embargo",
-        "bars",
-        "uninformative_bars",
-        "uninformative_holdout",
-        "window_step",
-        "regime_bars",
-        "shift_bar",
-        "regime_holdout",
-        "live_bars",
-    ]
-    return {
-        **{k: getattr(args, k) for k in keys},
-        "recipe": recipe.model_dump(mode="json"),
-        "recipe_sha256": recipe.sha256(),
-    }
+@contextmanager
+def work_folder(given: Path | None) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix="rlmf-learning-") as tmp:
+        yield Path(tmp)
+
+
+def guarded(what: str, fn: Any, *args: Any) -> dict[str, Any]:
+    """A draw or seed that fails is reported with its error and counts as missed."""
+    try:
+        row: dict[str, Any] = fn(*args)
+    except Exception as error:  # noqa: BLE001 - recorded in the row, the run goes on
+        logging.getLogger("bench.learning").exception("%s failed", what)
+        return {"error": f"{type(error).__name__}: {error}", "what": what}
+    return row
 
 
 def main() -> None:
     args = parse_args()
-    # The cycle's own progress lines (services.trainer) on stderr, beside this script's.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("services.trainer").setLevel(logging.INFO)
     if not (args.model / "config.json").is_file():
         sys.exit(f"{args.model} is missing: run `rlmf models prepare` first")
-    torch.manual_seed(args.seed)
-    started = time.monotonic()
-    all_prices = load_prices_csv(args.prices)
-    with tempfile.TemporaryDirectory(prefix="rlmf-learning-") as tmp:
-        bench = Bench(args, Path(tmp))
-        prices = all_prices.iloc[-args.bars :]
-        a = informative(bench, prices) if args.informative_seeds else None
-        first = bench.work / f"informative-{args.seed}" / "models" / "v0"
-        speed = (
-            day_cache_speedup(
-                first, prices, news_features(prices, 0.6, args.seed), args.speed_states
-            )
-            if a
-            else None
+    if not args.smoke:
+        refuse_recipe_overrides()
+    protocol = Protocol.smoke() if args.smoke else Protocol()
+    recipe = smoke_recipe() if args.smoke else TrainerSettings().recipe
+    began = time.monotonic()
+    phases: dict[str, float] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows_path = args.out / f"learning-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    with work_folder(args.work) as work, rows_path.open("w") as rows_file:
+        teacher_dir = work / "v0"
+        init_artifact(args.model, teacher_dir, "v0", recipe.student, overwrite=True)
+        gate = (
+            GateConfig()
+            if protocol.gate_min_holdout_bars is None
+            else GateConfig(min_holdout_bars=protocol.gate_min_holdout_bars)
         )
-        say(f"day cache: {speed}")
-        saved_holdout = args.holdout
-        args.holdout = args.uninformative_holdout
-        b = uninformative(bench, all_prices.iloc[-args.uninformative_bars :])
-        args.holdout = saved_holdout
-        c = regime_shift(bench)
-    cycle_seconds = [r["seconds"] for r in (a["runs"] if a else []) + b + c]
-    print(
-        json.dumps(
-            {
-                "bench": "learning",
-                "model": args.model.name,
-                "device": "cpu",
-                "threads": torch.get_num_threads(),
-                "seed": args.seed,
-                "data": f"(a) {args.prices} last {args.bars} bars; (b) its last "
-                f"{args.uninformative_bars}; (c) regime-shift scenario, {args.regime_bars} bars",
-                "settings": settings_record(args),
-                "informative_sharpe": a["served_sharpe"]["mean"] if a else None,
-                "sentiment_rule_sharpe": a["sentiment_rule_sharpe"]["mean"] if a else None,
-                "buy_and_hold_sharpe": a["buy_and_hold_sharpe"] if a else None,
-                "informative": a,
-                "uninformative_cycles": len(b),
-                "uninformative_promotions": sum(r["promoted"] for r in b),
-                "uninformative": b,
-                "regime_seeds": len(c),
-                "regime_seeds_realigned_better": sum(r["realigned_better"] for r in c),
-                "regime_seeds_promoted": sum(r["promoted"] for r in c),
-                "regime": c,
-                "day_cache_speedup": speed["speedup"] if speed else None,
-                "day_cache": speed,
-                "cycle_seconds": spread(cycle_seconds) if cycle_seconds else None,
-                "seconds": round(time.monotonic() - started, 1),
-            }
-        )
-    )
+        run = Run(protocol, recipe, teacher_dir, work, gate)
+
+        def keep(row: dict[str, Any]) -> dict[str, Any]:
+            rows_file.write(json.dumps(row) + "\n")
+            rows_file.flush()
+            return row
+
+        started = time.monotonic()
+        gate_rates = gate_false_promotions(protocol, run.gate)
+        phases["gate_false_promotion"] = time.monotonic() - started
+        say(f"gate false promotions: {gate_rates}")
+        started = time.monotonic()
+        draws = make_draws(protocol, args.data)
+        rows = [
+            keep({**guarded(f"draw {d.index}", run_draw, run, d, d.index == 0), "draw": d.index})
+            for d in draws
+        ]
+        phases["draws"] = time.monotonic() - started
+        started = time.monotonic()
+        realigned = [
+            keep({**guarded(f"realign {j}", realign, run, j), "realign_seed": j})
+            for j in range(protocol.realign_seeds)
+        ]
+        phases["realign"] = time.monotonic() - started
+    result = {
+        "bench": "learning",
+        "protocol": "bench/learning_protocol.md",
+        "smoke": args.smoke,
+        "model": args.model.name,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "recipe_sha256": recipe.sha256(),
+        **summary(rows, realigned, gate_rates),
+        "budget_cut_cycles": run.budget_cut_cycles,
+        "rows": str(rows_path),
+        "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
+        "seconds": round(time.monotonic() - began, 1),
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,12 @@ def _ppo_phase(
     control: RunControl,
 ) -> int:
     """PPO + RLMF on the training bars, checkpointed under plan.work/ppo; returns the
-    iteration it resumed from."""
+    iteration it resumed from. A budget of 0 steps skips the phase: the student is the state
+    head's start and the market-feedback phase alone (the head-only ablation)."""
+    if args.total_timesteps == 0:
+        training["ppo/iterations"] = 0.0
+        training["ppo/stopped_by_budget"] = 0.0
+        return 0
     env = _training_env(settings, plan, args)
     result = ppo.train(
         student,

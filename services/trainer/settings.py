@@ -49,7 +49,8 @@ class RecipeSettings(BaseModel):
 
     ppo: PPOArgs = Field(default_factory=_recipe_ppo)
     """PPO + RLMF hyperparameters (services/trainer/ppo.py); ppo.total_timesteps is the step
-    budget of each walk-forward fold's student (FLAG-Trader's full run is 13860)."""
+    budget of each walk-forward fold's student (FLAG-Trader's full run is 13860); 0 skips the
+    PPO phase (the student is the market-feedback phase's alone)."""
     student: ActorCriticConfig = Field(default_factory=teacher_config)
     """How a new teacher, and so every student copied from it, wraps the LM (`rlmf policy init`,
     the demo and the benches build v0 with it; services/policy/artifacts.py: teacher_config).

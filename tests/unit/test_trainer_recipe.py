@@ -36,7 +36,9 @@ def _random_walk(days: int = 60) -> pd.DataFrame:
     return frame
 
 
-def _student_weights(tiny_llama_dir: Path, root: Path, seed: int) -> dict[str, str]:
+def _student_weights(
+    tiny_llama_dir: Path, root: Path, seed: int, ppo_steps: int = 20
+) -> dict[str, str]:
     """Train one student from a fresh teacher in its own folders; the sha256 of each weights
     file of the student's saved artifact."""
     models = root / "models"
@@ -53,7 +55,7 @@ def _student_weights(tiny_llama_dir: Path, root: Path, seed: int) -> dict[str, s
         recipe={
             "mf_epochs": 2,
             "ppo": {
-                "total_timesteps": 20,
+                "total_timesteps": ppo_steps,
                 "num_steps": 10,
                 "minibatch_size": 10,
                 "gradient_accumulation_steps": 2,
@@ -63,7 +65,8 @@ def _student_weights(tiny_llama_dir: Path, root: Path, seed: int) -> dict[str, s
     plan = plan_cycle(settings, _random_walk())
     training: dict[str, float] = {}
     student, _ = train_student(settings, plan, [], training, RunControl(TrainingClock(None)))
-    assert training["mf/fit_steps"] > 0 and training["ppo/iterations"] == 2
+    assert training["mf/fit_steps"] > 0 and training["ppo/iterations"] == ppo_steps // 10
+    assert any(root.rglob("ckpt-*.pt")) == (ppo_steps > 0)
     out = root / "student"
     save_artifact(student, out, {"version": plan.version, "base_model": "tiny"})
     return {
@@ -78,6 +81,14 @@ def test_the_same_seed_gives_the_same_student_bit_for_bit(
     first = _student_weights(tiny_llama_dir, tmp_path / "first", seed=0)
     second = _student_weights(tiny_llama_dir, tmp_path / "second", seed=0)
     assert first and first == second
+
+
+def test_no_ppo_steps_is_the_head_only_student(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A PPO budget of 0 skips the phase (no iteration, no checkpoint): the market-feedback
+    phase's student alone, which the same seed's PPO then changes."""
+    head_only = _student_weights(tiny_llama_dir, tmp_path / "head", seed=0, ppo_steps=0)
+    with_ppo = _student_weights(tiny_llama_dir, tmp_path / "ppo", seed=0, ppo_steps=20)
+    assert head_only.keys() == with_ppo.keys() and head_only != with_ppo
 
 
 def test_another_seed_gives_another_student(tiny_llama_dir: Path, tmp_path: Path) -> None:
