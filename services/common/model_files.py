@@ -34,6 +34,8 @@ class ModelSettings(RlmfSettings):
     model_config = SettingsConfigDict(env_prefix="RLMF_", extra="ignore")
 
     models_dir: Path = Path("models")
+    """The folder holding the model folders (SmolLM2 and the policy's teacher); relative paths
+    are taken from the working directory."""
 
 
 def default_models_dir() -> Path:

@@ -100,6 +100,8 @@ class BusSettings(RlmfSettings):
     """Also the group's rebalance timeout; a join waits this long on the embedded broker, so
     keep it short there, and longer than the slowest handler batch."""
     session_timeout_ms: int = 10_000
+    """How long the group waits for a consumer's heartbeat before dropping it and rebalancing;
+    heartbeats go every quarter of it (at least 100 ms)."""
     poll_timeout_ms: int = 200
     """How long one poll waits for records; doubles as a micro-batch's max wait."""
     max_records: int = 100
@@ -109,7 +111,11 @@ class BusSettings(RlmfSettings):
     retry_attempts: int = 8
     """Attempts for a transient broker error before the service stops (never drops)."""
     retry_max_wait_s: float = 5.0
+    """Longest wait, in seconds, between retries of a transient broker error; the waits grow
+    exponentially from 0.1 s up to it."""
     auto_offset_reset: str = "earliest"
+    """Where a consumer group with no committed offset starts: `earliest` (the oldest record
+    kept) or `latest` (only records produced after it joins); kafka-python's option."""
     producer_batch_bytes: int = 262_144
     """Most bytes per produce batch and partition. kafka-python's default (16 KiB) holds fewer
     than a hundred enveloped messages, and each batch is a broker round trip: measured in
@@ -126,7 +132,9 @@ class BusSettings(RlmfSettings):
     )
     """With a SASL_* protocol: PLAIN or SCRAM-SHA-256/512 (Strimzi's `scram-sha-512`)."""
     sasl_username: str | None = None
+    """SASL user name; needed with a SASL_* security_protocol."""
     sasl_password: SecretStr | None = None
+    """SASL password; needed with a SASL_* security_protocol."""
     ssl_cafile: Path | None = None
     """CA bundle that signed the brokers' certificates (Strimzi's <cluster>-cluster-ca-cert);
     unset: the system's trust store."""
@@ -167,15 +175,22 @@ class HttpSettings(RlmfSettings):
     model_config = SettingsConfigDict(env_prefix="RLMF_HTTP_", extra="ignore")
 
     host: str = "127.0.0.1"
+    """Address the health/metrics server binds to (0.0.0.0 to be reached beyond this
+    machine)."""
     port: int = 0
     """0 picks the service's default port."""
 
 
 class LogSettings(RlmfSettings):
+    """How a service logs. Env: RLMF_LOG_LEVEL, RLMF_LOG_JSON_FORMAT."""
+
     model_config = SettingsConfigDict(env_prefix="RLMF_LOG_", extra="ignore")
 
     level: str = "INFO"
+    """Root logger level, a Python logging level name: DEBUG, INFO, WARNING, ERROR or
+    CRITICAL."""
     json_format: bool = True
+    """Log one JSON object per line on stdout; false: plain text lines."""
 
 
 # Default HTTP ports, one per service, so `rlmf up` and the chart agree.

@@ -45,6 +45,8 @@ class DemoSettings(RlmfSettings):
     prices_csv: str = "data/MSFT.csv"
     """The real daily bars replayed by the `real` scenario (relative to the repository root)."""
     ticker: str = "MSFT"
+    """The ticker the `real` scenario's bars (prices_csv) trade as; the synthetic scenario uses
+    its own."""
     news_informativeness: float = Field(default=0.6, ge=0.0, le=1.0)
     """Synthetic news: P(a headline's tone matches the next day's move) = 0.5 + this / 2."""
     news_per_day: float = Field(default=1.5, gt=0.0)
@@ -94,6 +96,8 @@ class DemoSettings(RlmfSettings):
     drain_timeout_s: float = Field(default=300.0, gt=0)
     """Longest wait for consumers to catch up (news enriched, feedback trained on)."""
     replay_timeout_s: float = Field(default=3600.0, gt=0)
+    """Longest the replay may take, pauses for trainer cycles included; past it the simulator
+    is killed and the demo fails."""
     features_timeout_s: float = Field(default=60.0, gt=0)
     """The simulator's longest wait for a bar's features watermark."""
     offline_model_backtests: bool = False

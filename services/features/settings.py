@@ -62,8 +62,11 @@ class FeaturesSettings(RlmfSettings):
 
     # --- the stream --------------------------------------------------------------------------
     bars_topic: str = topics.MARKET_BARS
+    """Topic the market bars (rlmf.v1.Bar) are read from."""
     news_topic: str = topics.NEWS_ENRICHED
+    """Topic the scored news (rlmf.v1.EnrichedNews) is read from."""
     ready_topic: str = topics.FEATURES_READY
+    """Topic a features.ready event goes to when a ticker's day is served (created if absent)."""
     push_attempts: int = Field(default=3, ge=1)
     """Attempts for one push to Feast before the batch's messages are dead-lettered."""
 

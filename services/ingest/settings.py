@@ -21,6 +21,7 @@ class IngestSettings(RlmfSettings):
     feeds: list[str] = Field(default_factory=list)
     """RSS/Atom feed URLs or file paths, polled with ETag/Last-Modified."""
     feed_poll_s: float = Field(default=300.0, gt=0)
+    """Seconds between polls of every feed, after the files are replayed."""
     tickers_file: Path | None = None
     """CSV with columns ticker,name[,aliases]: company names that map to tickers (aliases are
     separated by `|`); explicit and cashtag tickers must then be in it too."""

@@ -65,7 +65,10 @@ class ActorCriticConfig:
     use_lora: bool = False
     """Train LoRA adapters on the top k layers instead of their full weights."""
     lora_r: int = 8
+    """LoRA adapter rank (with use_lora), on the attention projections of the top layers."""
     lora_alpha: int = 16
+    """LoRA scaling numerator: the adapters' update is scaled by lora_alpha / lora_r (with
+    use_lora)."""
     value_hidden: int = 128
     """Width of the value MLP's hidden layer."""
     state_head: bool = False

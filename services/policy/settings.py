@@ -41,6 +41,8 @@ class PolicySettings(RlmfSettings):
     """Where the day cache (services/policy/day_cache.py) keeps its files; a trainer on the same
     machine given the same folder reuses every day this server computed. Unset: no day cache."""
     day_cache_memory_mb: int = Field(default=1024, ge=1)
+    """Memory bound of the day cache in MiB; past it the least recently used days are dropped
+    from memory (their files stay). Used only with day_cache_dir."""
     use_prefix_cache: bool = True
     """Reuse the constant prompt prefix's key/value cache for every decision."""
     max_batch: int = Field(default=8, ge=1)
@@ -93,6 +95,8 @@ class PolicySettings(RlmfSettings):
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads for torch; 0 keeps torch's default."""
     seed: int = 0
+    """Seeds torch when the model loads and the sampling of best-of-n rationale candidates, so
+    runs repeat."""
 
     @model_validator(mode="after")
     def _signed_off_loopback(self) -> PolicySettings:

@@ -23,16 +23,21 @@ class SimulatorSettings(RlmfSettings):
     prices_csv: Path | None = None
     """Replay this OHLCV CSV; when unset, replay the regime-switching generator."""
     price_column: str | None = None
+    """The CSV column that becomes the close, matched case-insensitively (e.g. `adj close`);
+    unset: `close`."""
     scenario: str = "default"
     """Generator parameters: a shipped scenario (default, regime-shift) or a YAML path."""
     days: int = Field(default=500, ge=3)
     """Bars the generator produces."""
     seed: int = 0
+    """Seed of the generator's series and of the `random` baseline policy; also part of the run
+    id the output events' ids derive from."""
     ticker: str | None = None
     """Ticker of the replayed series (default: the CSV's file name, or the scenario's ticker)."""
     tickers: list[str] = Field(default_factory=list)
     """Live mode: only trade these tickers (empty: every ticker on market.bars.v1)."""
     start_bar: int = Field(default=0, ge=0)
+    """Replay from this bar (0-based) of the CSV or generated series; earlier bars are skipped."""
     max_bars: int | None = None
     """Replay at most this many bars (from start_bar)."""
     speed: float = Field(default=0.0, ge=0.0)
@@ -40,6 +45,8 @@ class SimulatorSettings(RlmfSettings):
     policy_url: str | None = None
     """KServe v1 policy server root URL; unset trades with `baseline_policy`."""
     policy_timeout_s: float = Field(default=5.0, gt=0)
+    """HTTP timeout in seconds of each decision request to the policy server (the served
+    model and the shadow candidate); rationale requests have their own, longer one."""
     shadow: bool = True
     """With a policy_url: ask the policy server's candidate (`candidate_model`) on every bar and,
     while one is staged, trade its decisions in a shadow account (services/simulator/shadow.py)
@@ -63,6 +70,7 @@ class SimulatorSettings(RlmfSettings):
     """Optional "module:function" called as f(ticker, as_of) -> dict of features (may include
     "sentiment" and "news_summary"); e.g. the features service's online-store reader."""
     group_id: str = "rlmf-simulator"
+    """Kafka consumer group of live mode's market.bars.v1 consumer."""
     state_file: Path | None = None
     """Keep the account (cash, positions, price history, the decision whose feedback is
     pending, the policy's progress) in this file, replaced atomically after every flush, so
@@ -80,9 +88,14 @@ class SimulatorSettings(RlmfSettings):
     """Ask a policy server that does not answer (down, restarting) again for up to this long
     before holding; 0 holds at once. A restarted server then decides what it would have."""
     cost_bps: float = Field(default=10.0, ge=0)
+    """Proportional cost in basis points of the traded notional (10 bps = 0.1 %)."""
     fixed_fee: float = Field(default=0.0, ge=0)
+    """Fixed fee per executed trade, in cash units."""
     fill_at: Literal["next_open", "close"] = "next_open"
+    """`next_open`: a decision made on bar t fills at bar t+1's open; `close`: at bar t's close."""
     initial_cash: float = Field(default=10_000.0, gt=0)
+    """Cash, in cash units, each ticker's trading session starts with (the policy's account and
+    its buy-and-hold benchmark)."""
 
     def execution(self) -> ExecutionConfig:
         return ExecutionConfig(

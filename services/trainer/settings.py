@@ -84,11 +84,21 @@ class RecipeSettings(BaseModel):
     rm_steps: int = Field(default=0, ge=0)
     """Reward-model steps on reflection pairs per fold (0: skip)."""
     sft_learning_rate: float = 1e-5
+    """The SFT stage's learning rate (with sft_steps)."""
     rm_learning_rate: float = 1e-4
+    """The reward-model stage's learning rate (with rm_steps)."""
     max_sft_examples: int = 32
+    """At most this many correct answers, each with the student's own explanation, make the SFT
+    set."""
     max_pairs: int = 32
+    """At most this many chosen/rejected pairs from self-reflection on wrong answers make the
+    reward model's set."""
     reflection_tries: int = 2
+    """Sampled reflections per wrong answer until one leads to the market's answer; none that
+    does: no pair for that answer."""
     explain_tokens: int = 16
+    """Most tokens of each explanation and reflection generated for the SFT set and the
+    preference pairs."""
 
     @field_validator("ppo", mode="before")
     @classmethod
@@ -310,8 +320,12 @@ class TrainerSettings(RlmfSettings):
     history_group: str = "rlmf-trainer-history"
     """data_source kafka: the trainer's own consumer group on the two topics."""
     market_scenario: str = "regime-shift"
+    """data_source synthetic: the generator's parameters, a shipped scenario (default,
+    regime-shift) or a YAML path."""
     market_days: int = 400
+    """data_source synthetic: bars the generator produces."""
     market_seed: int = 0
+    """data_source synthetic: the generator's seed."""
     ticker: str = "SYN"
     """The ticker a cycle trains on. Streaming (data_source kafka), when not set: the ticker
     with the most bars."""
@@ -360,6 +374,8 @@ class TrainerSettings(RlmfSettings):
     """The day cache's folder (services/policy/day_cache.py): give the policy server the same
     one and every day it served is reused here. Unset: an in-memory cache for the cycle."""
     day_cache_memory_mb: int = Field(default=2048, ge=1)
+    """Memory bound of the day cache in MiB; past it the least recently used days are dropped
+    from memory (with day_cache_dir their files stay)."""
     cycle_every_days: int = Field(default=30, ge=1)
     """Embedded mode: run a cycle every N simulated days of feedback."""
 
@@ -378,14 +394,24 @@ class TrainerSettings(RlmfSettings):
 
     # -- promotion
     promotion: str = Field(default="embedded", pattern="^(embedded|cluster|none)$")
+    """What serves a student the gate passes. embedded: the policy server at policy_url reloads
+    it; cluster: a Helm upgrade of the policy release (services/trainer/promotion.py); none:
+    no server is told (the `current` pointer in models_dir still moves to it)."""
     policy_url: str = "http://127.0.0.1:8080"
     """Embedded: the policy server told to reload the promoted folder."""
     helm_release: str = "rlmf"
+    """Cluster: the Helm release upgraded to serve the student (its InferenceService is
+    <release>-rlmf-policy, or <release>-policy when the name holds `rlmf`)."""
     helm_chart: Path = Path("charts/rlmf-policy")
+    """Cluster: the chart the release is upgraded with (`helm upgrade --reuse-values`)."""
     namespace: str = "default"
+    """Cluster: the Kubernetes namespace of the release, its InferenceService and the canary's
+    metrics."""
     models_claim: str = "rlmf-models"
     """Cluster: the PVC holding models_dir; storageUri = pvc://<claim>/<folder name>."""
     ready_timeout_s: float = 600.0
+    """Cluster: seconds to wait for the InferenceService to become Ready after each upgrade
+    step before it is rolled back."""
     canary: CanaryConfig = CanaryConfig()
     """Cluster: the canary stage (services/trainer/canary.py), env RLMF_TRAINER_CANARY__<FIELD>."""
     shadow_bars: int = Field(default=0, ge=0)
