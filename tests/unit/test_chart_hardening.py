@@ -76,14 +76,19 @@ def _notes(values: dict[str, Any]) -> str:
     return render_raw(values)["rlmf/templates/NOTES.txt"]
 
 
+def _guard_warnings(notes: str) -> list[str]:
+    """The NOTES' warnings about Kafka and Redis (not the image registry's)."""
+    return [line for line in notes.splitlines() if "WARNING" in line and "image." not in line]
+
+
 def test_notes_warn_about_an_unguarded_kafka_or_redis() -> None:
     plain = _notes(EXTERNAL | {"feast": {"redis": {"external": "redis.data.svc:6379"}}})
     assert "WARNING: the existing Kafka is reached over PLAINTEXT" in plain
     assert "WARNING: the external Redis is used without a password" in plain
     guarded = _notes(VALUE_SETS["external-sasl-keda"])
-    assert "WARNING" not in guarded
+    assert _guard_warnings(guarded) == []
     assert "every client logs in to the existing Kafka as rlmf" in guarded
-    assert "WARNING" not in _notes(VALUE_SETS["strimzi"])
+    assert _guard_warnings(_notes(VALUE_SETS["strimzi"])) == []
     assert "no TLS and no login" in _notes(VALUE_SETS["strimzi-plain-keda"])
 
 
@@ -129,3 +134,11 @@ def test_each_client_may_have_its_own_login_on_an_existing_kafka() -> None:
     assert logins.pop("rlmf-ingest") == ("rlmf-ingest", "kafka-ingest", "pw")
     assert set(logins.values()) == {("rlmf", "kafka-rlmf", "password")}
     assert "every client logs in" not in render_raw(values)["rlmf/templates/NOTES.txt"]
+
+
+def test_notes_warn_when_the_image_registry_is_the_placeholder() -> None:
+    """No images are published: an install that keeps the default registry is told so."""
+    assert "image.registry is the placeholder" in _notes(EXTERNAL)
+    pushed = EXTERNAL | {"image": {"registry": "registry.example/rlmf", "tag": "",
+                                   "pullPolicy": "IfNotPresent", "overrides": {}}}  # fmt: skip
+    assert "image.registry is the placeholder" not in _notes(pushed)
