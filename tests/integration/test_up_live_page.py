@@ -76,31 +76,39 @@ def served(tmp_path: Path) -> Iterator[tuple[LivePage, StateDir, Any]]:
         page.stop()
 
 
-def _text(driver: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
-
-
 def _money(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
 def _figures(driver: Any, tickers: list[str]) -> dict[str, str] | None:
-    """Every figure the page shows as text, read in one go; None when the page reloaded while
-    it was read (its own timer), so the caller reads again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """Every figure the page shows as text, read in one script so that one document answers
+    them all; None when the page was reloading (its own timer), so the caller reads again.
+
+    Reading element by element raced the reload: Chromium then answers with a stale element or
+    with "Node with given id does not belong to the document", both WebDriverExceptions."""
+    from selenium.common.exceptions import WebDriverException
 
     ids = ("running", "served-version", "shadow-version", "shadow-bars", "shadow-needed", "cycles")
     cells = ("bars", "decisions", "net-worth", "buy-and-hold", "last-bar")
+    selectors = {name: f"#{name}" for name in ids}
+    for ticker in tickers:
+        row = f"tr[data-ticker='{ticker}']"
+        selectors |= {f"{ticker} {cell}": f"{row} td.{cell}" for cell in cells}
+    script = """
+        if (document.readyState !== 'complete') return null;
+        const shown = {};
+        for (const [name, css] of Object.entries(arguments[0])) {
+            const element = document.querySelector(css);
+            if (element === null) return null;
+            shown[name] = element.innerText.trim();
+        }
+        return shown;
+    """
     try:
-        shown = {name: _text(driver, f"#{name}") for name in ids}
-        for ticker in tickers:
-            row = f"tr[data-ticker='{ticker}']"
-            shown |= {f"{ticker} {cell}": _text(driver, f"{row} td.{cell}") for cell in cells}
-    except (NoSuchElementException, StaleElementReferenceException):
-        return None  # the reload replaced the document while we read it: read again
-    return shown
+        shown = driver.execute_script(script, selectors)
+    except WebDriverException:
+        return None  # the reload replaced the document while the script ran: read again
+    return dict(shown) if shown is not None else None
 
 
 def _expected(status: dict[str, Any]) -> dict[str, str]:
