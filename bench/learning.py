@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -622,7 +624,8 @@ def summary(
     out["targets"] = {
         "forward_served_minus_bh_ci90_low_above_0": low is not None and low > 0,
         "shuffled_news_promotions_at_most_1_in_20": out["shuffled_news_promotions"] <= 1,
-        "gate_false_promotion_rate_at_most_0.05": all(v <= 0.05 for v in rates.values()),
+        "gate_false_promotion_rate_at_most_0.05": bool(rates)
+        and all(v <= 0.05 for v in rates.values()),
         "same_seed_same_student": out["same_seed_same_student"],
         "realign_better_at_least_6_of_8": out["realign_better"] >= 6,
     }
@@ -640,6 +643,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument(
         "--smoke", action="store_true", help="2 draws, 1 re-alignment seed, tiny budgets"
+    )
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="the rows file to resume: units already in it are not run again (default: a new "
+        "file in --out)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="start no unit after this many minutes; the summary then says what is left",
     )
     return parser.parse_args()
 
@@ -664,6 +680,53 @@ def guarded(what: str, fn: Any, *args: Any) -> dict[str, Any]:
     return row
 
 
+def unit_order(protocol: Protocol) -> list[str]:
+    """The run order of bench/learning_protocol.md's third amendment: the gate's simulation,
+    then the draws with a real window and a scenario market in turn (MSFT 0, scenario 10,
+    GOOGL 0, scenario 11, MSFT 1, ...) and the re-alignment seeds spread evenly among them, so a run stopped part-way holds evidence on
+    every claim instead of on the first market only."""
+    real = [
+        series * protocol.real_windows + k
+        for k in range(protocol.real_windows)
+        for series in range(len(protocol.real_series))
+    ]
+    first_synthetic = len(protocol.real_series) * protocol.real_windows
+    synthetic = list(range(first_synthetic, first_synthetic + protocol.synthetic_draws))
+    per_real = max(len(real), 1)
+    draws: list[int] = []
+    for k in range(max(len(real), 1)):
+        draws += real[k : k + 1]
+        share = synthetic[k * len(synthetic) // per_real : (k + 1) * len(synthetic) // per_real]
+        draws += share
+    ranked = [((i + 0.5) / len(draws), f"draw {d}") for i, d in enumerate(draws)]
+    seeds = protocol.realign_seeds
+    ranked += [((j + 0.5) / seeds + 1e-9, f"realign {j}") for j in range(seeds)]
+    return ["gate"] + [unit for _, unit in sorted(ranked)]
+
+
+def git_commit() -> str | None:
+    """The code's commit, so a row says which code made it (None outside a git checkout)."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def earlier_rows(path: Path, identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows an earlier part of this run wrote; refuses rows of another recipe or teacher,
+    which would mix two evaluations in one summary."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:
+        theirs = {key: row.get(key) for key in identity}
+        if theirs != identity:
+            sys.exit(f"{path} holds a row ({row.get('unit')}) made with {theirs}, not {identity}")
+    return rows
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -675,56 +738,87 @@ def main() -> None:
     protocol = Protocol.smoke() if args.smoke else Protocol()
     recipe = smoke_recipe() if args.smoke else TrainerSettings().recipe
     began = time.monotonic()
-    phases: dict[str, float] = {}
     args.out.mkdir(parents=True, exist_ok=True)
-    rows_path = args.out / f"learning-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
-    with work_folder(args.work) as work, rows_path.open("w") as rows_file:
+    rows_path = args.rows or args.out / f"learning-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    rows_path.parent.mkdir(parents=True, exist_ok=True)
+    with work_folder(args.work) as work:
         teacher_dir = work / "v0"
         init_artifact(args.model, teacher_dir, "v0", recipe.student, overwrite=True)
+        identity = {
+            "smoke": args.smoke,
+            "model": args.model.name,
+            "recipe_sha256": recipe.sha256(),
+            "teacher_sha256": hashlib.sha256(
+                json.dumps(weight_hashes(teacher_dir), sort_keys=True).encode()
+            ).hexdigest(),
+        }
+        done = {row["unit"]: row for row in earlier_rows(rows_path, identity)}
         gate = (
             GateConfig()
             if protocol.gate_min_holdout_bars is None
             else GateConfig(min_holdout_bars=protocol.gate_min_holdout_bars)
         )
         run = Run(protocol, recipe, teacher_dir, work, gate)
-
-        def keep(row: dict[str, Any]) -> dict[str, Any]:
-            rows_file.write(json.dumps(row) + "\n")
-            rows_file.flush()
-            return row
-
-        started = time.monotonic()
-        gate_rates = gate_false_promotions(protocol, run.gate)
-        phases["gate_false_promotion"] = time.monotonic() - started
-        say(f"gate false promotions: {gate_rates}")
-        started = time.monotonic()
-        draws = make_draws(protocol, args.data)
-        rows = [
-            keep({**guarded(f"draw {d.index}", run_draw, run, d, d.index == 0), "draw": d.index})
-            for d in draws
-        ]
-        phases["draws"] = time.monotonic() - started
-        started = time.monotonic()
-        realigned = [
-            keep({**guarded(f"realign {j}", realign, run, j), "realign_seed": j})
-            for j in range(protocol.realign_seeds)
-        ]
-        phases["realign"] = time.monotonic() - started
+        draws = {f"draw {d.index}": d for d in make_draws(protocol, args.data)}
+        order = unit_order(protocol)
+        with rows_path.open("a") as rows_file:
+            for unit in order:
+                if unit in done:
+                    continue
+                minutes = (time.monotonic() - began) / 60
+                if args.minutes is not None and minutes >= args.minutes:
+                    say(f"{minutes:.0f} minutes gone: {unit} and after are left for a later part")
+                    break
+                started = time.monotonic()
+                say(f"{unit} begins")
+                row = run_unit(run, unit, draws)
+                row |= {
+                    "unit": unit,
+                    **identity,
+                    "commit": git_commit(),
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "unit_seconds": round(time.monotonic() - started, 1),
+                    "threads": torch.get_num_threads(),
+                }
+                rows_file.write(json.dumps(row) + "\n")
+                rows_file.flush()
+                done[unit] = row
+    rows = [done[u] for u in order if u.startswith("draw ") and u in done]
+    realigned = [done[u] for u in order if u.startswith("realign ") and u in done]
+    gate_rates = done["gate"]["rates"] if "gate" in done else {}
+    left = [u for u in order if u not in done]
     result = {
         "bench": "learning",
         "protocol": "bench/learning_protocol.md",
-        "smoke": args.smoke,
-        "model": args.model.name,
+        **identity,
         "device": "cpu",
         "threads": torch.get_num_threads(),
-        "recipe_sha256": recipe.sha256(),
+        "complete": not left,
+        "units_done": len(order) - len(left),
+        "units_left": left,
         **summary(rows, realigned, gate_rates),
-        "budget_cut_cycles": run.budget_cut_cycles,
+        "budget_cut_cycles": sum(row.get("budget_cut_cycles", 0) for row in done.values()),
         "rows": str(rows_path),
-        "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
+        "commits": sorted({str(row.get("commit")) for row in done.values()}),
+        "unit_seconds": round(sum(row.get("unit_seconds", 0.0) for row in done.values()), 1),
         "seconds": round(time.monotonic() - began, 1),
     }
     print(json.dumps(result))
+
+
+def run_unit(run: Run, unit: str, draws: dict[str, Draw]) -> dict[str, Any]:
+    """One unit of the run: the gate's simulation, a draw or a re-alignment seed."""
+    cut_before = run.budget_cut_cycles
+    if unit == "gate":
+        row: dict[str, Any] = {"rates": gate_false_promotions(run.protocol, run.gate)}
+        say(f"gate false promotions: {row['rates']}")
+    elif unit.startswith("draw "):
+        draw = draws[unit]
+        row = {**guarded(unit, run_draw, run, draw, draw.index == 0), "draw": draw.index}
+    else:
+        j = int(unit.removeprefix("realign "))
+        row = {**guarded(unit, realign, run, j), "realign_seed": j}
+    return row | {"budget_cut_cycles": run.budget_cut_cycles - cut_before}
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ ARM_FIELDS = (
 )
 
 
-def _smoke(tiny_llama_dir: Path, tmp_path: Path) -> dict:
+def _smoke(tiny_llama_dir: Path, tmp_path: Path, *more: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [
@@ -50,6 +50,7 @@ def _smoke(tiny_llama_dir: Path, tmp_path: Path) -> dict:
             str(tmp_path / "out"),
             "--work",
             str(tmp_path / "work"),
+            *more,
         ],
         cwd=REPO,
         env=env,
@@ -62,7 +63,13 @@ def _smoke(tiny_llama_dir: Path, tmp_path: Path) -> dict:
 
 
 def test_smoke_prints_every_key_of_the_protocol(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    out = _smoke(tiny_llama_dir, tmp_path)
+    rows_file = tmp_path / "rows.jsonl"
+    # A part that may start nothing: the run is left whole for the next part.
+    nothing = _smoke(tiny_llama_dir, tmp_path, "--rows", str(rows_file), "--minutes", "0")
+    assert nothing["complete"] is False and nothing["units_done"] == 0
+    assert nothing["units_left"] == ["gate", "draw 0", "realign 0", "draw 1"]
+    out = _smoke(tiny_llama_dir, tmp_path, "--rows", str(rows_file))
+    assert out["complete"] is True and out["units_left"] == [] and out["units_done"] == 4
     assert out["smoke"] is True and out["draws"] == 2 and out["draws_failed"] == 0
     for key in SHARPE_MEANS:
         assert isinstance(out[key], float) and math.isfinite(out[key]), key
@@ -101,3 +108,12 @@ def test_smoke_prints_every_key_of_the_protocol(tiny_llama_dir: Path, tmp_path: 
     assert draws[0]["same_seed_same_student"] is True
     assert seeds[0]["forward_decisions"] == 10
     assert isinstance(seeds[0]["forward_frozen_teacher_sharpe"], float)
+
+    # Resuming a complete run runs nothing and summarises the same rows the same way.
+    rows_before = rows_file.read_text()
+    again = _smoke(tiny_llama_dir, tmp_path, "--rows", str(rows_file))
+    assert rows_file.read_text() == rows_before
+    moving = {"seconds"}
+    assert {k: v for k, v in again.items() if k not in moving} == {
+        k: v for k, v in out.items() if k not in moving
+    }
