@@ -753,6 +753,7 @@ def main() -> None:
             ).hexdigest(),
         }
         done = {row["unit"]: row for row in earlier_rows(rows_path, identity)}
+        commit = git_commit()  # once: the code this process runs, whatever is committed later
         gate = (
             GateConfig()
             if protocol.gate_min_holdout_bars is None
@@ -775,7 +776,7 @@ def main() -> None:
                 row |= {
                     "unit": unit,
                     **identity,
-                    "commit": git_commit(),
+                    "commit": commit,
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "unit_seconds": round(time.monotonic() - started, 1),
                     "threads": torch.get_num_threads(),
