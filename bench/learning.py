@@ -681,10 +681,10 @@ def guarded(what: str, fn: Any, *args: Any) -> dict[str, Any]:
 
 
 def unit_order(protocol: Protocol) -> list[str]:
-    """The run order of bench/learning_protocol.md's third amendment: the gate's simulation,
+    """The run order of bench/learning_protocol.md's fourth amendment: the gate's simulation,
     then the draws with a real window and a scenario market in turn (MSFT 0, scenario 10,
-    GOOGL 0, scenario 11, MSFT 1, ...) and the re-alignment seeds spread evenly among them, so a run stopped part-way holds evidence on
-    every claim instead of on the first market only."""
+    GOOGL 0, scenario 11, MSFT 1, ...) and the re-alignment seeds spread evenly among them,
+    so a run stopped part-way holds evidence on every claim, not on the first market only."""
     real = [
         series * protocol.real_windows + k
         for k in range(protocol.real_windows)

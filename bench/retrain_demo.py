@@ -39,7 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.demo.config import DemoConfig, select_window  # noqa: E402
-from services.demo.history import warm_up_env  # noqa: E402
 from services.demo.services_plan import trainer_env  # noqa: E402
 from services.demo.settings import DemoSettings  # noqa: E402
 
@@ -63,8 +62,12 @@ def demo_trainer_env(demo_out: Path, work: Path, eval_days: int) -> tuple[dict[s
     shutil.copytree(demo_out / "models" / "policy" / "v0", models / "v0")
     (models / "current").write_text("v0\n")
     env = trainer_env(cfg, window, models, "http://127.0.0.1:9", demo_out)
-    env = warm_up_env(env, eval_days, folds=1, minutes=cfg.settings.warm_up_minutes)
+    # Not the warm-up's rule (it would hold out 250 in 5 folds): one block of `eval_days`.
     env |= {
+        "RLMF_TRAINER_EVAL_DAYS": str(eval_days),
+        "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(eval_days),
+        "RLMF_TRAINER_WALK_FORWARD_FOLDS": "1",
+        "RLMF_TRAINER_CYCLE_MINUTES": str(cfg.settings.warm_up_minutes),
         "RLMF_TRAINER_WORK_DIR": str(work / "trainer"),
         "RLMF_TRAINER_PROMOTION": "none",
         "RLMF_TRAINER_SHADOW_BARS": "0",  # nothing serves here: the gate's word is the verdict

@@ -14,6 +14,7 @@ import pandas as pd
 
 from services.demo.settings import DemoSettings
 from services.market import walk_forward
+from services.trainer.warm_up import warm_up_windows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ("real", "regime-shift")
@@ -121,9 +122,9 @@ class DemoConfig:
         return CycleWindows(min_train=40, embargo=2, holdout=100)
 
     def warm_up_windows(self, history_bars: int) -> CycleWindows:
-        """The warm-up cycle's windows: `warm_up_holdout_bars` of the history held out (never
-        fewer than a replay cycle holds out), the rest trained on: at least twice `min_train`,
-        as the history's first bars may carry no features yet.
+        """The warm-up cycle's windows, by the trainer's own rule (services/trainer/warm_up.py,
+        the one `rlmf up` uses): `warm_up_holdout_bars` of the history held out (never fewer
+        than a replay cycle holds out) in `warm_up_folds` folds, the rest trained on.
 
         Why a setting: the warm-up's teacher, the untrained model, buys every bar, and on 100
         held-out bars the gate's bootstrap often cannot tell an edge of the news' size from
@@ -134,14 +135,20 @@ class DemoConfig:
         history", has the run that held out a year and what its student then did live.
         """
         w = self.cycle_windows
-        spare = history_bars - CycleWindows(2 * w.min_train, w.embargo, 0).minimum_bars
-        wanted = min(self.settings.warm_up_holdout_bars, spare)
-        holdout = max(w.holdout, wanted)
-        # Walk-forward folds of the held-out block (trainer's walk_forward_folds): each
-        # fold's student learns from the history before it, so the gate judges every held-out
-        # bar out of sample and the served student still learns from all but the last fold.
-        folds = 1 if self.quick else min(self.settings.warm_up_folds, holdout)
-        return CycleWindows(w.min_train, w.embargo, holdout, folds)
+        warm_up = warm_up_windows(
+            history_bars,
+            train_days=w.min_train,
+            embargo_days=w.embargo,
+            eval_days=w.holdout,
+            holdout_bars=self.settings.warm_up_holdout_bars,
+            folds=self.warm_up_folds,
+        )
+        return CycleWindows(w.min_train, w.embargo, warm_up.holdout, warm_up.folds)
+
+    @property
+    def warm_up_folds(self) -> int:
+        """Folds of the warm-up's held-out bars (RLMF_TRAINER_WARM_UP__FOLDS); --quick, 1."""
+        return 1 if self.quick else self.settings.warm_up_folds
 
     @property
     def minimum_bars(self) -> int:

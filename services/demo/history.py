@@ -60,30 +60,29 @@ class WarmUpCycle:
 
 
 def warm_up_env(
-    trainer_env: dict[str, str], holdout: int, folds: int = 1, minutes: float | None = None
+    trainer_env: dict[str, str], holdout_bars: int, folds: int, minutes: float | None = None
 ) -> dict[str, str]:
-    """The trainer service's settings with the warm-up's held-out block (and the gate's minimum
-    held-out bars) set to `holdout`, cut into `folds` walk-forward folds, each fold's student
-    trained for `minutes` (DemoConfig.warm_up_windows says why)."""
+    """The trainer service's settings with the warm-up's: hold out up to `holdout_bars` of the
+    history in `folds` walk-forward folds (the trainer's rule, services/trainer/warm_up.py,
+    the one `rlmf up` uses), all folds trained within `minutes` (a safety cap)."""
     env = {
         **trainer_env,
-        "RLMF_TRAINER_EVAL_DAYS": str(holdout),
-        "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": str(holdout),
-        "RLMF_TRAINER_WALK_FORWARD_FOLDS": str(folds),
+        "RLMF_TRAINER_WARM_UP__HOLDOUT_BARS": str(holdout_bars),
+        "RLMF_TRAINER_WARM_UP__FOLDS": str(folds),
     }
     if minutes is not None:
-        env["RLMF_TRAINER_CYCLE_MINUTES"] = str(minutes)
+        env["RLMF_TRAINER_WARM_UP__MINUTES"] = str(minutes)
     return env
 
 
 def run_warm_up_cycle(
     trainer_env: dict[str, str], as_of: str, log_path: Path, timeout_s: float
 ) -> WarmUpCycle:
-    """One `rlmf trainer cycle` with `trainer_env` (warm_up_env), knowing the bars up to
-    `as_of` only. It promotes through the policy server and publishes its decision on
+    """One `rlmf trainer cycle --warm-up` with `trainer_env` (warm_up_env), knowing the bars
+    up to `as_of` only. It promotes through the policy server and publishes its decision on
     models.promotions.v1 like the service's cycles. A timeout or failure leaves the teacher
     serving; the caller reports it."""
-    argv = [sys.executable, "-m", "services.cli", "trainer", "cycle", "--as-of", as_of]
+    argv = [sys.executable, "-m", "services.cli", "trainer", "cycle", "--as-of", as_of, "--warm-up"]
     started = time.monotonic()
     with open(log_path, "ab") as log:
         try:

@@ -226,7 +226,10 @@ class Demo:
         minutes = None if self.cfg.quick else self.cfg.settings.warm_up_minutes
         warm_up = run_warm_up_cycle(
             warm_up_env(
-                self.state.plans["trainer"].env, w.warm_up_holdout, w.warm_up_folds, minutes
+                self.state.plans["trainer"].env,
+                self.cfg.settings.warm_up_holdout_bars,
+                self.cfg.warm_up_folds,
+                minutes,
             ),
             w.warm_up_day,
             self.logs / "trainer-warm-up.log",

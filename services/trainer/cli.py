@@ -44,6 +44,12 @@ def cycle(
         formats=["%Y-%m-%d"],
         help="Train as on this day: only bars of this day and before (default: all of them).",
     ),
+    warm_up: bool = typer.Option(
+        False,
+        "--warm-up",
+        help="The warm-up cycle on the history before live trading: hold out up to "
+        "RLMF_TRAINER_WARM_UP__HOLDOUT_BARS in RLMF_TRAINER_WARM_UP__FOLDS folds.",
+    ),
 ) -> None:
     """Run one cycle on the newest window; print the CycleResult as one JSON line."""
     from tqdm import tqdm
@@ -111,6 +117,7 @@ def cycle(
             producer=producer,
             progress=progress,
             stop_requested=stop.is_set,
+            warm_up=warm_up,
         )
     except CycleInterrupted as exc:
         typer.echo(f"cycle interrupted: {exc}", err=True)

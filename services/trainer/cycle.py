@@ -54,6 +54,7 @@ from services.trainer.serving_pointer import CURRENT as CURRENT
 from services.trainer.serving_pointer import set_current as set_current
 from services.trainer.settings import TrainerSettings
 from services.trainer.shadow import ShadowFiles, ShadowPromoter, stage_candidate
+from services.trainer.warm_up import warm_up_settings
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def run_cycle(
     stop_requested: Callable[[], bool] | None = None,
     progress: Callable[[ppo.Progress], None] = ppo.log_progress,
     peers: Mapping[str, pd.DataFrame] | None = None,
+    warm_up: bool = False,
 ) -> CycleResult:
     """Run one cycle on the newest window of `prices` (default: from settings). `promoter`
     defaults to the one settings name; `producer` (a services.common.bus.Producer) publishes
@@ -146,9 +148,20 @@ def run_cycle(
     service's SIGTERM) stops PPO after its iteration, checkpointed: CycleInterrupted.
     `progress` hears from PPO at least every 30 s (default: a log line; the CLI adds a bar).
     `peers`: other tickers' bars; the one student then learns from every ticker and the gate
-    judges it on all of them, pooled (plan_cycle, evaluate.pool_tickers)."""
+    judges it on all of them, pooled (plan_cycle, evaluate.pool_tickers). `warm_up`: the
+    warm-up cycle on the history before live trading, with its longer held-out block
+    (services/trainer/warm_up.py)."""
     _seed_torch(settings)
     prices = load_prices(settings) if prices is None else prices
+    if warm_up:
+        if bar_features is None:
+            bar_features = load_bar_features(settings.features_source, prices, settings.ticker)
+        usable = len(prices) - first_bar_with_features(bar_features)
+        settings = warm_up_settings(settings, usable)
+        log.info(
+            "warm-up cycle on %d bars: %d held out in %d walk-forward fold(s)",
+            usable, settings.eval_days, settings.walk_forward_folds,
+        )  # fmt: skip
     records = feedback.records() if isinstance(feedback, FeedbackLog) else list(feedback or [])
     plan = plan_cycle(settings, prices, bar_features, peers)
     training = _feature_stats(plan.bar_features)

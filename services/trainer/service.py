@@ -12,6 +12,7 @@ failed, is one line of work_dir/cycles.jsonl (what `rlmf status` reads).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -62,6 +63,8 @@ class CycleInputs:
     prices: pd.DataFrame
     day: date
     peers: dict[str, pd.DataFrame] = field(default_factory=dict)
+    warm_up: bool = False
+    """The warm-up cycle on a ticker's history (services/trainer/warm_up.py)."""
 
 
 class Scheduler:
@@ -137,7 +140,7 @@ class Scheduler:
             inputs = self._inputs(day, ticker=ticker, exact_day=True)
             if inputs is not None and not self._stopping.is_set():
                 log.info("warm-up cycle on the history of %s up to %s", ticker, day)
-                self._start(inputs)
+                self._start(dataclasses.replace(inputs, warm_up=True))
 
     def _start(self, inputs: CycleInputs) -> None:
         self.last_cycle_day = inputs.day
@@ -232,6 +235,7 @@ class Scheduler:
                 producer=self.producer,
                 stop_requested=self._stopping.is_set,
                 **({"peers": inputs.peers} if inputs.peers else {}),
+                **({"warm_up": True} if inputs.warm_up else {}),
             )
             self.results.append(result)
             self._save_last_cycle_day(inputs.day)

@@ -195,6 +195,26 @@ SHARED_NAMES: dict[str, tuple[str, ...]] = {"seed": ("recipe", "ppo", "seed")}
 """Top-level settings a nested model also takes (unless it is given its own value)."""
 
 
+class WarmUpSettings(BaseModel):
+    """The warm-up cycle: the one cycle on the history before live trading starts
+    (`rlmf market publish --history N` under `rlmf up`, the demo's history), which holds out
+    more bars than a regular cycle when the history has them (services/trainer/warm_up.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    holdout_bars: int = Field(default=250, ge=1)
+    """History bars the warm-up's gate holds out at most (never fewer than eval_days; the
+    warm-up always trains on at least twice train_days). On 60 held-out bars the bootstrap
+    often cannot tell an edge of the news' size from luck against a teacher that buys every
+    bar (bench/warm_up_power.py); a trading year of history held out can."""
+    folds: int = Field(default=5, ge=1)
+    """Walk-forward folds of those held-out bars when they are more than eval_days: each
+    fold's student learns from the history before it, so the gate judges every held-out bar
+    out of sample and the served student still learns from all but the last fold."""
+    minutes: float | None = Field(default=None, gt=0)
+    """The warm-up's wall-clock safety cap over all its folds; unset: cycle_minutes."""
+
+
 class OldEnvNames(PydanticBaseSettingsSource):
     """The deprecated names from the environment (RLMF_TRAINER_<FLAT NAME> and
     RLMF_TRAINER_PPO__<FIELD>) as old keys for the model to move into their groups: the
@@ -387,6 +407,9 @@ class TrainerSettings(RlmfSettings):
     """How a student is trained (services/trainer/recipe.py), env RLMF_TRAINER_RECIPE__<FIELD>."""
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads for torch; 0 keeps torch's default."""
+
+    warm_up: WarmUpSettings = Field(default_factory=WarmUpSettings)
+    """The warm-up cycle on the history before live trading, env RLMF_TRAINER_WARM_UP__<FIELD>."""
 
     # -- gate
     gate: GateConfig = GateConfig()

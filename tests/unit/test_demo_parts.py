@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from datetime import date
@@ -405,10 +406,14 @@ def test_the_history_bars_are_the_bars_the_simulator_would_publish() -> None:
     assert frame_bar_messages(frame, "ACME") == [bar_to_pb(b) for b in frame_bars(frame, "ACME")]
 
 
-def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(tmp_path: Path) -> None:
+def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from services.demo.config import CycleWindows, DemoConfig
     from services.demo.history import warm_up_env
     from services.demo.settings import DemoSettings
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.warm_up import warm_up_settings
 
     # By default 250 of the 350 bars held out, in 5 walk-forward folds of 50.
     default = DemoConfig("real", False, tmp_path).warm_up_windows(350)
@@ -424,13 +429,25 @@ def test_the_warm_up_holds_out_what_it_is_told_and_tells_the_trainer(tmp_path: P
     assert cfg.warm_up_windows(150).holdout == 100
     quick = DemoConfig("real", True, tmp_path, DemoSettings(warm_up_holdout_bars=252))
     assert quick.warm_up_windows(30) == CycleWindows(min_train=10, embargo=0, holdout=8)
-    trainer = {"RLMF_TRAINER_EVAL_DAYS": "100", "RLMF_TRAINER_SEED": "0"}
+    trainer = {
+        "RLMF_TRAINER_EVAL_DAYS": "100",
+        "RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS": "100",
+        "RLMF_TRAINER_TRAIN_DAYS": "40",
+        "RLMF_TRAINER_SEED": "0",
+    }
     env = warm_up_env(trainer, 250, 5, 0.5)
-    assert env["RLMF_TRAINER_EVAL_DAYS"] == env["RLMF_TRAINER_GATE__MIN_HOLDOUT_BARS"] == "250"
-    assert env["RLMF_TRAINER_WALK_FORWARD_FOLDS"] == "5"
-    assert env["RLMF_TRAINER_CYCLE_MINUTES"] == "0.5"
-    assert "RLMF_TRAINER_CYCLE_MINUTES" not in warm_up_env(trainer, 250)
+    assert "RLMF_TRAINER_WARM_UP__MINUTES" not in warm_up_env(trainer, 250, 5)
     assert env["RLMF_TRAINER_SEED"] == "0" and trainer["RLMF_TRAINER_EVAL_DAYS"] == "100"
+    # The trainer process applies the same rule to the bars it finds (`cycle --warm-up`).
+    for name in [n for n in os.environ if n.startswith("RLMF_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = TrainerSettings()
+    warm = warm_up_settings(settings, 350)
+    assert (warm.eval_days, warm.gate.min_holdout_bars, warm.walk_forward_folds) == (250, 250, 5)
+    assert warm.cycle_minutes == 0.5 and settings.eval_days == 100
+    assert CycleWindows(40, 2, warm.eval_days, warm.walk_forward_folds) == default
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -472,4 +489,4 @@ def test_the_demo_trains_the_trainers_recipe_for_its_step_budget(
         assert dataclasses.replace(recipe.ppo, seed=0) == dataclasses.replace(
             default.ppo, total_timesteps=40, seed=0
         )
-        assert recipe.mf_max_steps == 60 and settings.cycle_minutes == 10.0
+        assert recipe.mf_max_steps == 60 and settings.warm_up.minutes == 10.0
