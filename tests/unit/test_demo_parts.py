@@ -370,7 +370,9 @@ def test_the_real_window_comes_after_its_history_and_the_warm_up_knows_only_the_
     first = full.index.get_loc(window.frame.index[0])
     assert window.history.index.equals(full.index[first - 300 : first])  # right before it
     assert window.warm_up and window.warm_up_day == f"{full.index[first - 1]:%Y-%m-%d}"
-    assert window.warm_up_holdout == 100 and window.warm_up_folds == 5
+    # Holding out no more than a replay cycle does, the warm-up is cut as a replay cycle is:
+    # one fold (services/trainer/warm_up.py); folds cut only a longer block.
+    assert window.warm_up_holdout == 100 and window.warm_up_folds == 1
     assert window.warm_up_day < f"{window.frame.index[0]:%Y-%m-%d}"
     assert window.history.attrs["bar_seconds"] == 86_400.0  # the feed publishes it as bars
     assert "300 bars of history" in window.description

@@ -47,6 +47,9 @@ PUBLIC = {
         "day_cache",
     },
     "features": {"store"},
+    # warm_up: the warm-up cycle's windows, which the demo plans and reports as the trainer
+    # will apply them (`rlmf trainer cycle --warm-up`).
+    "trainer": {"warm_up"},
 }
 # Pairs that may not talk in-process at all, whatever is public.
 FORBIDDEN = {("simulator", "policy")}
