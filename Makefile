@@ -74,10 +74,11 @@ test: doctor test-deps
 test-fast: doctor test-deps
 	$(VENV)/bin/pytest -m "not slow and not e2e" tests
 
-# Every bench but the learning protocol, which takes hours (bench/learning_protocol.md).
+# Every bench but the learning protocol, which takes hours (bench/learning_protocol.md), and
+# compare_demos.py, which compares two finished demos you name.
 bench: install
 	@for b in bench/*.py; do \
-	  [ "$$b" = bench/learning.py ] && continue; \
+	  case "$$b" in bench/learning.py|bench/compare_demos.py) continue;; esac; \
 	  echo "# $$b" >&2; PYTHONPATH=. $(PY) $$b || exit 1; \
 	done
 
