@@ -35,11 +35,13 @@ class DemoSettings(RlmfSettings):
     """Walk-forward folds of the warm-up's held-out bars (RLMF_TRAINER_WALK_FORWARD_FOLDS):
     each fold's student learns from the history before it, so the gate judges 250 bars out
     of sample while the served student learns from all but the last fold (about 300 bars)."""
-    warm_up_minutes: float = Field(default=10.0, gt=0)
-    """The warm-up cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES), over its five
+    warm_up_minutes: float = Field(default=20.0, gt=0)
+    """The warm-up cycle's wall-clock safety cap (RLMF_TRAINER_WARM_UP__MINUTES), over its five
     folds' students together: each trains for the demo's steps (ppo_steps, mf_max_steps),
-    30-40 s on 2 cores, so about 3x the 3 minutes they should take. It only stops a warm-up
-    on a machine far slower than expected (the decision then says budget_cut)."""
+    30-40 s on 2 quiet cores, so about 6x the 3 minutes they take. A busy machine (a demo
+    beside `make test` runs 2-3x slower) must not reach it, or the same seed would give
+    another student; it only stops a warm-up on a machine far slower than that (the decision
+    then says budget_cut)."""
     quick_history_bars: int = Field(default=30, ge=0)
     """The same with --quick."""
     prices_csv: str = "data/MSFT.csv"
@@ -73,10 +75,11 @@ class DemoSettings(RlmfSettings):
     quick_ppo_steps: int = Field(default=40, ge=1)
     """The same with --quick (a tiny model, 20-step rollouts: two iterations; the
     market-feedback phase runs the recipe's epochs)."""
-    cycle_minutes: float = Field(default=2.0, gt=0)
-    """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES): 3x the 30-40 s
-    its student's steps take on 2 cores. Only a machine far slower than expected reaches it;
-    the cycle's decision then says budget_cut."""
+    cycle_minutes: float = Field(default=4.0, gt=0)
+    """A trainer cycle's wall-clock safety cap (RLMF_TRAINER_CYCLE_MINUTES): 6x the 30-40 s
+    its student's steps take on 2 quiet cores, so a machine 2-3x slower than that (beside
+    `make test`) trains the same student. Only a machine far slower reaches it; the cycle's
+    decision then says budget_cut."""
     quick_cycle_minutes: float = Field(default=3.0, gt=0)
     """The same with --quick, whose 40 PPO steps on a tiny model end long before."""
     shadow_bars: int = Field(default=20, ge=0)
@@ -84,18 +87,21 @@ class DemoSettings(RlmfSettings):
     decides on it (RLMF_TRAINER_SHADOW_BARS); 0 promotes on the backtest alone."""
     quick_shadow_bars: int = Field(default=5, ge=0)
     """The same with --quick (its window is 80 bars)."""
-    cycle_timeout_s: float = Field(default=900.0, gt=0)
-    """Longest the market waits for one trainer cycle's promotion decision."""
-    warm_up_timeout_s: float = Field(default=1200.0, gt=0)
+    cycle_timeout_s: float = Field(default=2400.0, gt=0)
+    """Longest the market waits for one trainer cycle's promotion decision (about 5 minutes on
+    2 quiet cores); past it the teacher keeps serving, which a busy machine must not reach."""
+    warm_up_timeout_s: float = Field(default=3600.0, gt=0)
     """Longest the warm-up cycle may take: it passes every history bar through the frozen base
-    once (1.4-2 s a bar on 2 cores) before its folds' students train."""
+    once (1.4-2 s a bar on 2 cores) before its folds' students train, 535 s in all on 2 quiet
+    cores. Beside `make test` it took more than 1200 s (the earlier default), and the demo then
+    went on with the teacher: a timeout a busy machine reaches changes the outcome."""
     regime_days: int = Field(default=450, ge=20)
     """Bars the regime-shift scenario generates (quick uses quick_bars)."""
     service_start_timeout_s: float = Field(default=240.0, gt=0)
     """Longest wait for every service to report ready."""
     drain_timeout_s: float = Field(default=300.0, gt=0)
     """Longest wait for consumers to catch up (news enriched, feedback trained on)."""
-    replay_timeout_s: float = Field(default=3600.0, gt=0)
+    replay_timeout_s: float = Field(default=7200.0, gt=0)
     """Longest the replay may take, pauses for trainer cycles included; past it the simulator
     is killed and the demo fails."""
     features_timeout_s: float = Field(default=60.0, gt=0)

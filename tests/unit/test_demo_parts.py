@@ -491,4 +491,4 @@ def test_the_demo_trains_the_trainers_recipe_for_its_step_budget(
         assert dataclasses.replace(recipe.ppo, seed=0) == dataclasses.replace(
             default.ppo, total_timesteps=40, seed=0
         )
-        assert recipe.mf_max_steps == 60 and settings.warm_up.minutes == 10.0
+        assert recipe.mf_max_steps == 60 and settings.warm_up.minutes == 20.0
