@@ -36,6 +36,7 @@ def _demo_out(root: Path, weights: str = "aa", sharpe: float = 1.41, action: str
 def test_two_equal_runs_agree_whatever_their_folders_and_times(tmp_path: Path) -> None:
     result = compare_demos.compare(_demo_out(tmp_path / "a"), _demo_out(tmp_path / "bb"))
     assert result["agree"] and result["differences"] == {} and result["students_compared"] == 1
+    assert result["same_event_ids"]
 
 
 def test_other_weights_a_metric_or_an_event_are_named(tmp_path: Path) -> None:
