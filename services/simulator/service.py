@@ -14,6 +14,7 @@ for t-1 (only now that t is known), trading.decisions.v1 for t, portfolio.snapsh
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import math
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -311,7 +313,7 @@ class Trader:
             from services.simulator.feature_source import FeastFeatures
 
             self.reader = FeastFeatures()
-        self.run_id = f"{settings.mode}:{settings.prices_csv or settings.scenario}:{settings.seed}"
+        self.run_id = run_id(settings)
         self.shadow = (
             ShadowTrader(
                 CandidateClient(
@@ -429,6 +431,18 @@ def build_policy(settings: SimulatorSettings) -> Policy:
             settings.policy_url, settings.policy_timeout_s, explain_every=settings.explain_every
         )
     return make_policy(settings.baseline_policy, seed=settings.seed)
+
+
+def run_id(settings: SimulatorSettings) -> str:
+    """What the run's event ids derive from: its mode, its market and its seed. A prices file
+    (or a scenario's YAML) counts by its content, not its path, so the same file replayed from
+    two clones gives the same ids, and a file edited in place gives new ones that consumers do
+    not drop as duplicates of the old run's."""
+    source = settings.prices_csv or Path(settings.scenario)
+    market = settings.scenario
+    if source.is_file():
+        market = f"{source.name}@{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
+    return f"{settings.mode}:{market}:{settings.seed}"
 
 
 # ---------------------------------------------------------------------------------------------
