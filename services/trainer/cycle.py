@@ -252,13 +252,14 @@ def plan_cycle(
         ticker=settings.ticker,
     )
     peer_bars = _peer_bars(settings, plan, peers or {})
-    tickers = tuple(with_peers(plan, peer_bars, settings.train_days).tickers)
+    peered = with_peers(plan, peer_bars, settings.train_days)
     version = student_version(
         teacher.model_version,
         prices.index[train_end],
         settings.seed,
         settings.recipe.sha256(),
-        tickers,
+        tuple(peered.tickers),
+        inputs_sha256(peered),
     )
     plan = dataclasses.replace(
         plan,
@@ -270,7 +271,7 @@ def plan_cycle(
         "cycle: teacher %s -> student %s of %s, window %s..%s, held out ..%s",
         teacher.model_version,
         version,
-        ", ".join(tickers),
+        ", ".join(peered.tickers),
         prices.index[train_start].date(),
         prices.index[train_end].date(),
         prices.index[last].date(),

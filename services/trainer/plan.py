@@ -84,13 +84,15 @@ def student_version(
     seed: int,
     recipe_sha256: str,
     tickers: tuple[str, ...] = (),
+    inputs_sha256: str = "",
 ) -> str:
-    """s<window end>-<teacher>-seed<seed>-<recipe>: deterministic per (teacher, window, seed,
-    recipe), so a resumed cycle finds its own checkpoints, and a work folder reused with
-    another seed or recipe trains a student of its own instead of reloading the other one.
-    A student of several tickers carries them in its teacher tag too (one ticker leaves the
-    tag as it always was)."""
+    """s<window end>-<tag>-seed<seed>-<recipe>: deterministic per (teacher, tickers, data,
+    seed, recipe), so a resumed cycle finds its own checkpoints, and a work folder reused with
+    another seed, recipe or data (news corrected, a shuffled-news control) trains a student of
+    its own instead of reloading the other one. The tag hashes the teacher, the tickers when
+    there are several, and the cycle's inputs_sha256 (its bars, features and news)."""
     named = teacher_version + ("|" + ",".join(sorted(tickers)) if len(tickers) > 1 else "")
+    named += f"|{inputs_sha256}" if inputs_sha256 else ""
     tag = hashlib.sha1(named.encode()).hexdigest()[:6]
     return f"s{window_end:%Y%m%d}-{tag}-seed{seed}-{recipe_sha256[:8]}"
 

@@ -16,12 +16,22 @@ import pytest
 from services.policy.artifacts import init_artifact, save_artifact, teacher_config
 from services.trainer.cycle import plan_cycle, set_current
 from services.trainer.gate import GateConfig
+from services.trainer.offline_features import BarFeatures
 from services.trainer.plan import TrainingClock
 from services.trainer.recipe import RunControl, train_student
 from services.trainer.settings import TrainerSettings
 
 # Tiny models: extra intra-op threads only contend on the shared 2-core machine.
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _news(tones: pd.Series) -> BarFeatures:
+    """Features with a day's tone and a headline per bar."""
+    return BarFeatures(
+        numeric=pd.DataFrame(index=tones.index),
+        sentiment=tones,
+        summaries=pd.Series([f"tone {t:+.2f}" for t in tones], index=tones.index),
+    )
 
 
 def _random_walk(days: int = 60) -> pd.DataFrame:
@@ -101,13 +111,15 @@ def test_another_seed_gives_another_student(tiny_llama_dir: Path, tmp_path: Path
 def test_the_student_version_names_the_seed_and_the_recipe(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
-    """A work folder reused with another seed or recipe must not reload another run's
+    """A work folder reused with another seed, recipe or news must not reload another run's
     student; the same ones must find theirs again (a resumed cycle)."""
     models = tmp_path / "models"
     init_artifact(tiny_llama_dir, models / "v0", "v0", teacher_config())
     set_current(models, models / "v0")
 
-    def version(**fields: object) -> str:
+    prices = _random_walk()
+
+    def version(news: BarFeatures | None = None, **fields: object) -> str:
         settings = TrainerSettings(
             models_dir=models,
             train_days=30,
@@ -115,12 +127,18 @@ def test_the_student_version_names_the_seed_and_the_recipe(
             gate=GateConfig(min_holdout_bars=10),
             **fields,  # type: ignore[arg-type]
         )
-        return plan_cycle(settings, _random_walk()).version
+        return plan_cycle(settings, prices, news).version
 
     base = version(seed=0)
     assert base == version(seed=0) and "-seed0-" in base
     assert version(seed=1) != base
     assert version(seed=0, recipe={"mf_epochs": 3}) != base
+    tones = pd.Series(np.linspace(-0.5, 0.5, len(prices)), index=prices.index)
+    with_news = version(_news(tones), seed=0)
+    assert with_news not in (base, version(_news(-tones), seed=0))
+    assert with_news == version(_news(tones.copy()), seed=0)
+    shuffled = tones.sample(frac=1.0, random_state=0).set_axis(prices.index)
+    assert version(_news(shuffled), seed=0) != with_news, "a shuffled-news control would reload"
 
 
 def test_one_wall_clock_cap_for_the_whole_cycle() -> None:
