@@ -632,6 +632,63 @@ def summary(
     return out
 
 
+# --- the rows as tables -----------------------------------------------------------------------
+
+
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _gate_cell(arm: dict[str, Any], forward: bool = True) -> str:
+    """`promoted (p 0.003): 3.04`: the gate's word, its p-value and the forward Sharpe."""
+    word = "**promoted**" if arm["promoted"] else "refused"
+    p = (arm.get("sharpe_test") or {}).get("p_value")
+    cell = f"{word} (p {_number(p, 3)})"
+    return f"{cell}: {_number(arm.get('forward_student_sharpe'))}" if forward else cell
+
+
+def markdown_tables(rows: list[dict[str, Any]]) -> str:
+    """The rows file as two markdown tables, draws and re-alignment seeds, for results.md and a
+    closing note: each arm's gate, p-value and forward Sharpe beside the rule and Buy & Hold."""
+    draws = [r for r in rows if str(r.get("unit", "")).startswith("draw ")]
+    seeds = [r for r in rows if str(r.get("unit", "")).startswith("realign ")]
+    lines = [
+        "| draw | market | " + " | ".join(a.replace("_", " ") for a in ARMS) + " | served | rule "
+        "| Buy & Hold |",
+        "| --- " * (len(ARMS) + 5) + "|",
+    ]
+    for r in draws:
+        if "error" in r:
+            lines.append(f"| {r['draw']} | error: {r['error']} |" + " |" * (len(ARMS) + 3))
+            continue
+        cells = [_gate_cell(r[arm]) for arm in ARMS]
+        served = _number(r["recipe"]["forward_served_sharpe"])
+        lines.append(
+            f"| {r['draw']} | {r['market']} | " + " | ".join(cells) + f" | {served} | "
+            f"{_number(r['rule'])} | {_number(r['buy_and_hold'])} |"
+        )
+    lines += [
+        "",
+        "| seed | market | teacher before the shift | re-aligned student | forward: student "
+        "| frozen teacher | rule | Buy & Hold |",
+        "| --- " * 8 + "|",
+    ]
+    for r in seeds:
+        if "error" in r:
+            lines.append(f"| {r['realign_seed']} | error: {r['error']} |" + " |" * 6)
+            continue
+        teacher, student = r["teacher_gate"], r["student_gate"]
+        lines.append(
+            f"| {r['realign_seed']} | {r['market']} | "
+            f"{_gate_cell(teacher, forward=False)} | "
+            f"{_gate_cell(student, forward=False)} | "
+            f"{_number(r['forward_student_sharpe'])} | "
+            f"{_number(r['forward_frozen_teacher_sharpe'])} | {_number(r['rule'])} | "
+            f"{_number(r['buy_and_hold'])} |"
+        )
+    return "\n".join(lines)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -650,6 +707,11 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="the rows file to resume: units already in it are not run again (default: a new "
         "file in --out)",
+    )
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print the --rows file as markdown tables (draws, re-alignment seeds) and stop",
     )
     parser.add_argument(
         "--minutes",
@@ -729,6 +791,12 @@ def earlier_rows(path: Path, identity: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     args = parse_args()
+    if args.table:
+        if args.rows is None or not args.rows.is_file():
+            sys.exit("--table reads the rows file --rows names")
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+        print(markdown_tables(rows))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("services.trainer").setLevel(logging.INFO)
     if not (args.model / "config.json").is_file():
