@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter, Gauge
 
 from services.common import envelope as envelopes
@@ -104,12 +105,15 @@ BUY_AND_HOLD_VALUE = Gauge(
 
 
 class WatermarkTracker:
-    """Follows features.ready.v1 from its end and remembers each ticker's highest watermark."""
+    """Follows features.ready.v1 from its end and remembers each ticker's highest watermark.
+    A message it cannot decode goes to features.ready.v1.dlq, as every consumer's does."""
 
     def __init__(self, bus: BusSettings, start: dict[int, int] | None = None) -> None:
         """Follow from `start` (partition -> offset: a resumed replay re-reads its own run's
         watermarks) or from the end (a new run must not take an older run's watermarks)."""
-        ensure_topics(bus, [topics.FEATURES_READY], SERVICE)
+        ensure_topics(bus, [topics.FEATURES_READY, topics.dlq(topics.FEATURES_READY)], SERVICE)
+        self._bus = bus
+        self._dead_letters: Producer | None = None  # opened at the first bad message
         self._consumer = KafkaConsumer(
             bootstrap_servers=bus.bootstrap,
             client_id=f"{SERVICE}-watermarks",
@@ -138,21 +142,39 @@ class WatermarkTracker:
             while not self._stop.is_set():
                 for records in self._consumer.poll(timeout_ms=100).values():
                     for record in records:
-                        self._record(record.value or b"")
+                        self._record(record)
         finally:
             self._consumer.close()
+            if self._dead_letters is not None:
+                self._dead_letters.close()
 
-    def _record(self, raw: bytes) -> None:
+    def _record(self, record: ConsumerRecord) -> None:
         try:
-            msg = envelopes.decode(raw, pb.FeaturesReady).payload
+            msg = envelopes.decode(record.value or b"", pb.FeaturesReady).payload
         except envelopes.EnvelopeError as exc:
-            log.warning("ignoring an undecodable features.ready message: %s", exc)
+            self._dead_letter(record, exc)
             return
         mark = envelopes.to_datetime(msg.watermark)
         with self._cond:
             if msg.ticker not in self._marks or mark > self._marks[msg.ticker]:
                 self._marks[msg.ticker] = mark
             self._cond.notify_all()
+
+    def _dead_letter(self, record: ConsumerRecord, error: Exception) -> None:
+        """The bytes and headers as they came, to the .dlq twin, flushed at once: the tracker
+        commits no offsets, so nothing else would say the message was handled. A later
+        watermark of the ticker supersedes the lost one, so the wait goes on."""
+        log.warning("dead-lettering an undecodable features.ready message: %s", error)
+        if self._dead_letters is None:
+            self._dead_letters = Producer(self._bus, SERVICE)
+        self._dead_letters.dead_letter(
+            topics.FEATURES_READY,
+            record.value or b"",
+            key=record.key,
+            headers=list(record.headers or []),
+            error=error,
+        )
+        self._dead_letters.flush()
 
     def wait(self, ticker: str, until: datetime, timeout_s: float) -> bool:
         """True once `ticker`'s watermark reaches `until`; False after `timeout_s`."""

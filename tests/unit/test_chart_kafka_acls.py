@@ -95,11 +95,9 @@ def test_every_documented_flow_is_granted() -> None:
         user = users[service]
         assert consumes <= _granted(user, "Read"), service
         assert produces <= _granted(user, "Write"), service
-        # A consumer dead-letters what it cannot handle into the topic's .dlq twin. Not the
-        # simulator's watermarks: it follows features.ready.v1 from its end without a group,
-        # and a later watermark supersedes an unreadable one (logged, nothing to lose).
-        dead_lettered = consumes - ({"features.ready.v1"} if service == "simulator" else set())
-        assert {dlq(t) for t in dead_lettered} <= _granted(user, "Write"), service
+        # A consumer dead-letters what it cannot handle into the topic's .dlq twin (the
+        # simulator's watermarks too, read without a group).
+        assert {dlq(t) for t in consumes} <= _granted(user, "Write"), service
 
 
 def test_each_topic_has_one_writer_the_one_the_docs_name() -> None:

@@ -308,9 +308,8 @@ def test_clients_log_in_with_scram_over_tls() -> None:
         for a in user["spec"]["authorization"]["acls"] if a["resource"]["type"] == "topic"
     }  # fmt: skip
     assert topics == set(all_topics_with_dlq()) - {
-        "features.ready.v1.dlq", "trading.decisions.v1.dlq", "trading.fills.v1.dlq",
-        "portfolio.snapshots.v1.dlq",
-    }, "the .dlq twins of topics nobody consumes through the bus are nobody's"  # fmt: skip
+        "trading.decisions.v1.dlq", "trading.fills.v1.dlq", "portfolio.snapshots.v1.dlq",
+    }, "the .dlq twins of topics nobody consumes are nobody's"  # fmt: skip
     clients = 0
     for name, pod in pod_specs(docs):
         volumes = {v["name"]: v for v in pod.get("volumes", [])}

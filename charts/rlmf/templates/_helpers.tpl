@@ -101,9 +101,10 @@ features:
   writes: [features.ready.v1, market.bars.v1.dlq, news.enriched.v1.dlq]
   groups: [rlmf-features]
 simulator:
-  # features.ready.v1: the watermarks, read without a group.
+  # features.ready.v1: the watermarks, read without a group; one it cannot decode goes to
+  # features.ready.v1.dlq.
   reads: [market.bars.v1, features.ready.v1]
-  writes: [trading.decisions.v1, trading.fills.v1, portfolio.snapshots.v1, market.feedback.v1, trading.shadow.v1, market.bars.v1.dlq]
+  writes: [trading.decisions.v1, trading.fills.v1, portfolio.snapshots.v1, market.feedback.v1, trading.shadow.v1, market.bars.v1.dlq, features.ready.v1.dlq]
   groups: [rlmf-simulator]
 trainer:
   # market.bars.v1 and market.feedback.v1 into its work volume (rlmf-trainer-history), and the

@@ -1,0 +1,51 @@
+"""The simulator's features.ready.v1 follower (services/simulator/service.WatermarkTracker) over
+the real broker: a watermark it cannot decode goes to the .dlq twin with its bytes, key and the
+reason, and the ticker's next good watermark still releases the wait."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from services.common import topics
+from services.common.bus import Producer
+from services.common.pb.rlmf.v1 import payloads_pb2 as pb
+from services.common.settings import BusSettings
+from services.simulator.service import WatermarkTracker
+from tests.helpers import read_topic, wait_until
+
+
+def test_an_undecodable_watermark_is_dead_lettered_and_the_next_one_counts(
+    bus_settings: BusSettings,
+) -> None:
+    ticker = f"WM{uuid.uuid4().hex[:8].upper()}"
+    close = datetime(2024, 3, 4, 21, tzinfo=UTC)
+    tracker = WatermarkTracker(bus_settings)
+    producer = Producer(bus_settings, "test")
+    try:
+        garbage = b"\x00not an envelope"
+        producer.send_raw(topics.FEATURES_READY, garbage, key=ticker, headers=[("h", b"1")])
+        producer.flush()
+        assert not tracker.wait(ticker, close, timeout_s=1.0), "garbage must not release a wait"
+        mark = pb.FeaturesReady(ticker=ticker, feature_service="test")
+        mark.watermark.FromDatetime(close)
+        producer.publish(topics.FEATURES_READY, mark, key=ticker, event_time=close)
+        producer.flush()
+        assert tracker.wait(ticker, close, timeout_s=20.0)
+
+        def dead_letters() -> list:
+            return [
+                r
+                for r in read_topic(bus_settings.bootstrap, topics.dlq(topics.FEATURES_READY))
+                if r.key == ticker.encode()
+            ]
+
+        wait_until(dead_letters, timeout_s=20.0, what="the garbage on features.ready.v1.dlq")
+        (letter,) = dead_letters()
+        assert letter.value == garbage and letter.headers["h"] == b"1"
+        assert letter.headers["rlmf-source-topic"] == topics.FEATURES_READY.encode()
+        assert letter.headers["rlmf-failed-by"] == b"simulator"
+        assert letter.headers["rlmf-error"], "the reason travels with the message"
+    finally:
+        producer.close()
+        tracker.close()
