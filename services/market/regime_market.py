@@ -72,17 +72,21 @@ class MarketParams(BaseModel):
         return self
 
 
-def load_params(name_or_path: str | Path = "default") -> MarketParams:
-    """A shipped scenario by name, or a YAML file."""
+def scenario_text(name_or_path: str | Path = "default") -> str:
+    """The YAML of a shipped scenario by name (a file of that name in the working folder does
+    not shadow it), or of a YAML file."""
     if str(name_or_path) in SHIPPED:
-        text = (
+        return (
             resources.files("services.market.scenarios")
             .joinpath(f"{name_or_path}.yaml")
             .read_text()
         )
-    else:
-        text = Path(name_or_path).read_text()
-    return MarketParams.model_validate(yaml.safe_load(text))
+    return Path(name_or_path).read_text()
+
+
+def load_params(name_or_path: str | Path = "default") -> MarketParams:
+    """A shipped scenario by name, or a YAML file."""
+    return MarketParams.model_validate(yaml.safe_load(scenario_text(name_or_path)))
 
 
 def _regime_path(params: MarketParams, n_days: int, rng: np.random.Generator) -> list[str]:

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from services.common import envelope as envelopes
@@ -50,7 +51,12 @@ from services.common.settings import BusSettings, LogSettings
 from services.common.state_block import state_block
 from services.market.baseline_policies import Decision, HttpPolicy, Policy, make_policy
 from services.market.market_data import load_prices_csv
-from services.market.regime_market import generate_market, load_params
+from services.market.regime_market import (
+    SHIPPED,
+    generate_market,
+    load_params,
+    scenario_text,
+)
 from services.simulator.ledger import Ledger
 from services.simulator.policy_caller import PolicyCaller
 from services.simulator.session import BarData, StepOutput, TradingSession
@@ -104,6 +110,10 @@ BUY_AND_HOLD_VALUE = Gauge(
 # ---------------------------------------------------------------------------------------------
 
 
+DEAD_LETTER_RETRY_S = 5.0
+"""How long the watermark follower waits before trying an unreachable broker's .dlq again."""
+
+
 class WatermarkTracker:
     """Follows features.ready.v1 from its end and remembers each ticker's highest watermark.
     A message it cannot decode goes to features.ready.v1.dlq, as every consumer's does."""
@@ -114,6 +124,10 @@ class WatermarkTracker:
         ensure_topics(bus, [topics.FEATURES_READY, topics.dlq(topics.FEATURES_READY)], SERVICE)
         self._bus = bus
         self._dead_letters: Producer | None = None  # opened at the first bad message
+        # Bad messages not yet on the .dlq twin: the tracker commits no offsets, so until they
+        # land these are their only copy, kept while the broker is unreachable.
+        self._undelivered: list[tuple[ConsumerRecord, Exception]] = []
+        self._next_delivery = 0.0
         self._consumer = KafkaConsumer(
             bootstrap_servers=bus.bootstrap,
             client_id=f"{SERVICE}-watermarks",
@@ -143,16 +157,18 @@ class WatermarkTracker:
                 for records in self._consumer.poll(timeout_ms=100).values():
                     for record in records:
                         self._record(record)
+                self._deliver_dead_letters()
         finally:
             self._consumer.close()
-            if self._dead_letters is not None:
-                self._dead_letters.close()
+            self._close_dead_letters()
 
     def _record(self, record: ConsumerRecord) -> None:
         try:
             msg = envelopes.decode(record.value or b"", pb.FeaturesReady).payload
         except envelopes.EnvelopeError as exc:
-            self._dead_letter(record, exc)
+            log.warning("dead-lettering an undecodable features.ready message: %s", exc)
+            self._undelivered.append((record, exc))
+            self._next_delivery = 0.0  # now, not after an earlier failure's pause
             return
         mark = envelopes.to_datetime(msg.watermark)
         with self._cond:
@@ -160,21 +176,49 @@ class WatermarkTracker:
                 self._marks[msg.ticker] = mark
             self._cond.notify_all()
 
-    def _dead_letter(self, record: ConsumerRecord, error: Exception) -> None:
-        """The bytes and headers as they came, to the .dlq twin, flushed at once: the tracker
-        commits no offsets, so nothing else would say the message was handled. A later
-        watermark of the ticker supersedes the lost one, so the wait goes on."""
-        log.warning("dead-lettering an undecodable features.ready message: %s", error)
-        if self._dead_letters is None:
-            self._dead_letters = Producer(self._bus, SERVICE)
-        self._dead_letters.dead_letter(
-            topics.FEATURES_READY,
-            record.value or b"",
-            key=record.key,
-            headers=list(record.headers or []),
-            error=error,
-        )
-        self._dead_letters.flush()
+    def _deliver_dead_letters(self) -> None:
+        """The held bad messages, their bytes and headers as they came, to the .dlq twin,
+        flushed at once. A broker that cannot be reached keeps them held, to try again after
+        DEAD_LETTER_RETRY_S, and the follower goes on: a later watermark of the ticker
+        supersedes the bad one, so waits are released meanwhile."""
+        if not self._undelivered or time.monotonic() < self._next_delivery:
+            return
+        try:
+            if self._dead_letters is None:
+                self._dead_letters = Producer(self._bus, SERVICE)
+            for record, error in self._undelivered:
+                self._dead_letters.dead_letter(
+                    topics.FEATURES_READY,
+                    record.value or b"",
+                    key=record.key,
+                    headers=list(record.headers or []),
+                    error=error,
+                )
+            self._dead_letters.flush()
+        except KafkaError as exc:
+            # At least once: a retry may send again what landed before the failure.
+            log.error(
+                "could not dead-letter %d features.ready message(s) (%s); trying again in %.0f s",
+                len(self._undelivered), exc, DEAD_LETTER_RETRY_S,
+            )  # fmt: skip
+            self._next_delivery = time.monotonic() + DEAD_LETTER_RETRY_S
+            return
+        self._undelivered.clear()
+
+    def _close_dead_letters(self) -> None:
+        self._next_delivery = 0.0
+        self._deliver_dead_letters()
+        if self._undelivered:
+            log.error(
+                "closing with %d features.ready message(s) not dead-lettered: the broker was "
+                "unreachable; the raw bytes were: %r",
+                len(self._undelivered), [r.value for r, _ in self._undelivered],
+            )  # fmt: skip
+        if self._dead_letters is not None:
+            try:
+                self._dead_letters.close()
+            except KafkaError as exc:
+                log.error("closing the dead-letter producer failed: %s", exc)
 
     def wait(self, ticker: str, until: datetime, timeout_s: float) -> bool:
         """True once `ticker`'s watermark reaches `until`; False after `timeout_s`."""
@@ -459,12 +503,19 @@ def run_id(settings: SimulatorSettings) -> str:
     """What the run's event ids derive from: its mode, its market and its seed. A prices file
     (or a scenario's YAML) counts by its content, not its path, so the same file replayed from
     two clones gives the same ids, and a file edited in place gives new ones that consumers do
-    not drop as duplicates of the old run's."""
-    source = settings.prices_csv or Path(settings.scenario)
-    market = settings.scenario
-    if source.is_file():
-        market = f"{source.name}@{hashlib.sha256(source.read_bytes()).hexdigest()[:16]}"
+    not drop as duplicates of the old run's. A shipped scenario counts by its shipped YAML,
+    whatever lies in the working folder under its name."""
+    market = settings.scenario  # live mode names a scenario it never reads
+    if settings.prices_csv is not None:
+        market = _named_by_content(settings.prices_csv.name, settings.prices_csv.read_bytes())
+    elif settings.scenario in SHIPPED or Path(settings.scenario).is_file():
+        text = scenario_text(settings.scenario)
+        market = _named_by_content(Path(settings.scenario).name, text.encode())
     return f"{settings.mode}:{market}:{settings.seed}"
+
+
+def _named_by_content(name: str, content: bytes) -> str:
+    return f"{name}@{hashlib.sha256(content).hexdigest()[:16]}"
 
 
 # ---------------------------------------------------------------------------------------------

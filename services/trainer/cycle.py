@@ -252,35 +252,45 @@ def plan_cycle(
         ticker=settings.ticker,
     )
     peer_bars = _peer_bars(settings, plan, peers or {})
-    peered = with_peers(plan, peer_bars, settings.train_days)
-    version = student_version(
-        teacher.model_version,
-        prices.index[train_end],
-        settings.seed,
-        settings.recipe.sha256(),
-        tuple(peered.tickers),
-        inputs_sha256(peered),
-    )
-    plan = dataclasses.replace(
-        plan,
-        version=version,
-        out=settings.models_dir / version,
-        work=settings.work_dir / "cycles" / version,
-    )
+    plan = with_peers(plan, peer_bars, settings.train_days)
+    plan = _named(plan, settings, inputs_sha256(plan))
     log.info(
         "cycle: teacher %s -> student %s of %s, window %s..%s, held out ..%s",
         teacher.model_version,
-        version,
-        ", ".join(peered.tickers),
+        plan.version,
+        ", ".join(plan.tickers),
         prices.index[train_start].date(),
         prices.index[train_end].date(),
         prices.index[last].date(),
     )
     folds = _earlier_fold_plans(plan, splits[:-1], first)
     return dataclasses.replace(
-        with_peers(plan, peer_bars, settings.train_days),
+        plan,
         earlier_folds=tuple(with_peers(fold, peer_bars, settings.train_days) for fold in folds),
     )
+
+
+def _named(plan: CyclePlan, settings: TrainerSettings, inputs: str) -> CyclePlan:
+    """`plan` and its peers with the student's version, and the folders named after it."""
+    version = student_version(
+        plan.teacher.model_version,
+        plan.prices.index[plan.train_end],
+        settings.seed,
+        settings.recipe.sha256(),
+        tuple(plan.tickers),
+        inputs,
+    )
+
+    def name(one: CyclePlan) -> CyclePlan:
+        return dataclasses.replace(
+            one,
+            version=version,
+            out=settings.models_dir / version,
+            work=settings.work_dir / "cycles" / version,
+            inputs_sha256=inputs,
+        )
+
+    return dataclasses.replace(name(plan), peers=tuple(name(peer) for peer in plan.peers))
 
 
 def _peer_bars(
@@ -552,7 +562,7 @@ def _result(
         training=training,
         promotion_detail=detail,
         sharpe_test=_sharpe_test(gate),
-        inputs_sha256=inputs_sha256(plan),
+        inputs_sha256=plan.inputs_sha256,
         torch_threads=torch.get_num_threads(),
         tickers=plan.tickers,
     )

@@ -54,6 +54,8 @@ class CyclePlan:
     this plan (peers.align_peer): their training bars end by this plan's training cut-off and
     their held-out bars start no earlier than its held-out start, so no ticker's held-out bar
     was seen in training through another's. Their own `peers` and `earlier_folds` are empty."""
+    inputs_sha256: str = ""
+    """The cycle's data as one hash (cycle.inputs_sha256), which the version names."""
 
     @property
     def times(self) -> pd.Index:

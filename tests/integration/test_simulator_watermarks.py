@@ -7,10 +7,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+from kafka.errors import KafkaConnectionError
+
 from services.common import topics
 from services.common.bus import Producer
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
+from services.simulator import service
 from services.simulator.service import WatermarkTracker
 from tests.helpers import read_topic, wait_until
 
@@ -46,6 +50,50 @@ def test_an_undecodable_watermark_is_dead_lettered_and_the_next_one_counts(
         assert letter.headers["rlmf-source-topic"] == topics.FEATURES_READY.encode()
         assert letter.headers["rlmf-failed-by"] == b"simulator"
         assert letter.headers["rlmf-error"], "the reason travels with the message"
+    finally:
+        producer.close()
+        tracker.close()
+
+
+def test_a_dead_letter_the_broker_refuses_is_kept_and_sent_later(
+    bus_settings: BusSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead-letter producer's first connect fails (injected: the broker cannot be made to
+    refuse one client here). The follower keeps following, and the bad message lands later."""
+    real_producer = service.Producer
+    refusals: list[str] = []
+
+    def refuse_once(bus: BusSettings, name: str) -> Producer:
+        if not refusals:
+            refusals.append(name)
+            raise KafkaConnectionError("injected: the broker is unreachable")
+        return real_producer(bus, name)
+
+    monkeypatch.setattr(service, "Producer", refuse_once)
+    monkeypatch.setattr(service, "DEAD_LETTER_RETRY_S", 0.5)
+    ticker = f"WM{uuid.uuid4().hex[:8].upper()}"
+    close = datetime(2024, 3, 5, 21, tzinfo=UTC)
+    tracker = WatermarkTracker(bus_settings)
+    producer = real_producer(bus_settings, "test")
+    try:
+        producer.send_raw(topics.FEATURES_READY, b"\x00bad", key=ticker, headers=[])
+        producer.flush()
+        wait_until(lambda: refusals, timeout_s=20.0, what="the injected refusal")
+        mark = pb.FeaturesReady(ticker=ticker, feature_service="test")
+        mark.watermark.FromDatetime(close)
+        producer.publish(topics.FEATURES_READY, mark, key=ticker, event_time=close)
+        producer.flush()
+        assert tracker.wait(ticker, close, timeout_s=20.0), "the follower died with the refusal"
+
+        def dead_letters() -> list:
+            return [
+                r
+                for r in read_topic(bus_settings.bootstrap, topics.dlq(topics.FEATURES_READY))
+                if r.key == ticker.encode()
+            ]
+
+        wait_until(dead_letters, timeout_s=20.0, what="the held message on the .dlq twin")
+        assert [r.value for r in dead_letters()] == [b"\x00bad"]
     finally:
         producer.close()
         tracker.close()

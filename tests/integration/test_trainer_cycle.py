@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import signal
@@ -552,7 +553,7 @@ def test_a_walk_forward_cycle_trains_a_student_per_fold_and_gates_on_all_their_b
 
 
 def test_one_student_learns_from_every_ticker_and_the_gate_pools_them_by_bar(
-    teacher_models: Path, tmp_path: Path
+    teacher_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Streamed tickers beside the cycle's own: ACME has bars before and after SYN's window,
     NEW only its last 15. The student learns from SYN and ACME over SYN's stretch of time (no
@@ -574,10 +575,13 @@ def test_one_student_learns_from_every_ticker_and_the_gate_pools_them_by_bar(
         ppo_minibatch_size=8,
         recipe={"mf_history": True},
     ).model_copy(update={"gate": GateConfig(min_holdout_bars=5, bootstrap=True)})
-    result = run_cycle(
-        settings, prices=prices, peers={"ACME": acme, "NEW": _uptrend(80).iloc[-15:]}
-    )
+    with caplog.at_level(logging.INFO, logger="services.trainer.peers"):
+        result = run_cycle(
+            settings, prices=prices, peers={"ACME": acme, "NEW": _uptrend(80).iloc[-15:]}
+        )
     assert result.tickers == ["SYN", "ACME"]
+    left_out = [r for r in caplog.records if r.getMessage().startswith("NEW left out")]
+    assert len(left_out) == 1, "the peers are aligned once per cycle"
     # each ticker's training bars 38..67 labelled (the last one's move is after the cut-off)
     assert result.training["mf/history_examples"] == 2 * 29
     assert result.sharpe_test["holdout_bars"] == 10  # the same 10 bars, both tickers on each
