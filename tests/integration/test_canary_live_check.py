@@ -10,7 +10,6 @@ P&L is not asked: the canary is an operational check (the backtest gate and shad
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from services.policy import metrics
 from services.trainer.canary import CanaryConfig
 from services.trainer.isvc_status import Revisions
 from services.trainer.live_checks import LiveCheck, prometheus_query
-from tests.helpers import http_ok, stop_process, wait_until
+from tests.helpers import http_ok, require_tool, stop_process, wait_until
 
 pytestmark = pytest.mark.slow  # Prometheus needs a few scrapes: several seconds
 
@@ -61,8 +60,7 @@ class Cluster:
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[tuple[str, Cluster]]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is missing: apt-get install prometheus (.ci/run does)"
+    binary = require_tool("prometheus", "apt-get install prometheus")
     cluster, port, prom_port = Cluster(), free_port(), free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=cluster.registry)
     config = {

@@ -12,7 +12,6 @@ PrometheusRule. A rejected promotion first must leave the alert quiet.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -31,7 +30,15 @@ from services.common.bus import Producer, ensure_topics
 from services.common.pb.rlmf.v1 import payloads_pb2 as pb
 from services.common.settings import BusSettings
 from services.common.topics import MARKET_FEEDBACK, MODELS_PROMOTIONS, dlq
-from tests.helpers import REPO, http_ok, of_kind, render, stop_process, wait_until
+from tests.helpers import (
+    REPO,
+    http_ok,
+    of_kind,
+    render,
+    require_tool,
+    stop_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow  # a service process and Prometheus: several seconds
 
@@ -62,8 +69,7 @@ def _prometheus_config(tmp: Path, watcher_port: int) -> Path:
 
 @pytest.fixture
 def stack(broker: str, tmp_path: Path) -> Iterator[Stack]:
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is missing: apt-get install prometheus (.ci/run does)"
+    binary = require_tool("prometheus", "apt-get install prometheus")
     bus = BusSettings(bootstrap=broker, group_protocol="manual")
     ensure_topics(bus, [MODELS_PROMOTIONS, MARKET_FEEDBACK, dlq(MODELS_PROMOTIONS)], "test")
     watcher_port, prom_port = free_port(), free_port()
