@@ -253,7 +253,7 @@ def plan_cycle(
     )
     peer_bars = _peer_bars(settings, plan, peers or {})
     plan = with_peers(plan, peer_bars, settings.train_days)
-    plan = _named(plan, settings, inputs_sha256(plan))
+    plan = _named(plan, settings)
     log.info(
         "cycle: teacher %s -> student %s of %s, window %s..%s, held out ..%s",
         teacher.model_version,
@@ -270,8 +270,10 @@ def plan_cycle(
     )
 
 
-def _named(plan: CyclePlan, settings: TrainerSettings, inputs: str) -> CyclePlan:
-    """`plan` and its peers with the student's version, and the folders named after it."""
+def _named(plan: CyclePlan, settings: TrainerSettings) -> CyclePlan:
+    """`plan` and its peers with the cycle's inputs hash, the student's version that names it,
+    and the folders named after the version."""
+    inputs = inputs_sha256(plan)
     version = student_version(
         plan.teacher.model_version,
         plan.prices.index[plan.train_end],
