@@ -113,6 +113,10 @@ BUY_AND_HOLD_VALUE = Gauge(
 DEAD_LETTER_RETRY_S = 5.0
 """How long the watermark follower waits before trying an unreachable broker's .dlq again."""
 
+DEAD_LETTER_HOLD_MAX = 1000
+"""How many undelivered dead letters the watermark follower holds before it stops reading:
+what it has not read stays on the broker, so memory is bounded and nothing is lost."""
+
 
 class WatermarkTracker:
     """Follows features.ready.v1 from its end and remembers each ticker's highest watermark.
@@ -151,16 +155,37 @@ class WatermarkTracker:
         self._thread = threading.Thread(target=self._run, name="watermarks", daemon=True)
         self._thread.start()
 
+    @property
+    def held_dead_letters(self) -> int:
+        """Bad messages read but not yet acknowledged on the .dlq twin."""
+        return len(self._undelivered)
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for records in self._consumer.poll(timeout_ms=100).values():
-                    for record in records:
-                        self._record(record)
+                if len(self._undelivered) >= DEAD_LETTER_HOLD_MAX:
+                    self._stop.wait(min(DEAD_LETTER_RETRY_S, 1.0))
+                else:
+                    for records in self._consumer.poll(timeout_ms=100).values():
+                        self._record_until_full(records)
                 self._deliver_dead_letters()
         finally:
             self._consumer.close()
             self._close_dead_letters()
+
+    def _record_until_full(self, records: list[ConsumerRecord]) -> None:
+        """Take a polled batch in order; once DEAD_LETTER_HOLD_MAX letters are held, rewind
+        the partition to the first record not taken, so it is read again after delivery
+        (watermarks behind it then wait too: a broker that refuses writes holds them back)."""
+        for record in records:
+            if len(self._undelivered) >= DEAD_LETTER_HOLD_MAX:
+                log.error(
+                    "holding %d undelivered dead letters: reading features.ready stops until "
+                    "the broker takes them", len(self._undelivered),
+                )  # fmt: skip
+                self._consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
+                return
+            self._record(record)
 
     def _record(self, record: ConsumerRecord) -> None:
         try:
