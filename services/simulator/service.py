@@ -163,20 +163,20 @@ class WatermarkTracker:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if len(self._undelivered) >= DEAD_LETTER_HOLD_MAX:
-                    self._stop.wait(min(DEAD_LETTER_RETRY_S, 1.0))
-                else:
-                    for records in self._consumer.poll(timeout_ms=100).values():
-                        self._record_until_full(records)
+                for records in self._consumer.poll(timeout_ms=100).values():
+                    self._record_until_full(records)
                 self._deliver_dead_letters()
+                if not self._undelivered and self._consumer.paused():
+                    self._consumer.resume(*self._consumer.paused())
         finally:
             self._consumer.close()
             self._close_dead_letters()
 
     def _record_until_full(self, records: list[ConsumerRecord]) -> None:
         """Take a polled batch in order; once DEAD_LETTER_HOLD_MAX letters are held, rewind
-        the partition to the first record not taken, so it is read again after delivery
-        (watermarks behind it then wait too: a broker that refuses writes holds them back)."""
+        the partition to the first record not taken and pause fetching until they are
+        delivered (`_run` resumes it), so that record is read again then. Watermarks behind
+        it wait too: a broker that refuses writes holds them back."""
         for record in records:
             if len(self._undelivered) >= DEAD_LETTER_HOLD_MAX:
                 log.error(
@@ -184,6 +184,7 @@ class WatermarkTracker:
                     "the broker takes them", len(self._undelivered),
                 )  # fmt: skip
                 self._consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
+                self._consumer.pause(*self._consumer.assignment())
                 return
             self._record(record)
 
